@@ -1,0 +1,3 @@
+#include "optimizers/optimizer.h"
+#include <benchmark/benchmark.h>
+BENCHMARK_MAIN();

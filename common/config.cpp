@@ -1,0 +1,120 @@
+#include "common/config.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace lopt {
+
+ConfigReader::ConfigReader(const json& j, std::string path) : j_(j), path_(std::move(path)) {
+  if (j_.is_null()) j_ = json::object();
+  if (!j_.is_object()) throw ConfigError(path_, "expected a JSON object, got " + j_.dump());
+}
+
+json ConfigReader::object(const std::string& key) {
+  used_.insert(key);
+  if (!has(key)) return json::object();
+  if (!j_.at(key).is_object()) throw ConfigError(path_of(key), "expected a JSON object, got " + j_.at(key).dump());
+  return j_.at(key);
+}
+
+void ConfigReader::finish() const {
+  for (auto it = j_.begin(); it != j_.end(); ++it) {
+    if (!used_.count(it.key())) {
+      std::string known;
+      for (const auto& k : used_) known += (known.empty() ? "" : ", ") + k;
+      throw ConfigError(path_of(it.key()), "unknown key (valid keys here: " + known + ")");
+    }
+  }
+}
+
+void config_check(bool cond, const std::string& path, const std::string& msg) {
+  if (!cond) throw ConfigError(path, msg);
+}
+
+json load_json_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw IoError(path, "cannot open the config file", "check the path passed to --config");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    return json::parse(ss.str());
+  } catch (const json::parse_error& e) {
+    throw ConfigError("", path + " is not valid JSON: " + e.what());
+  }
+}
+
+namespace {
+std::vector<std::string> split_dots(const std::string& key) {
+  std::vector<std::string> parts;
+  std::string cur;
+  for (char c : key) {
+    if (c == '.') {
+      parts.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  parts.push_back(cur);
+  for (const auto& p : parts)
+    if (p.empty()) throw UsageError("malformed key '" + key + "': empty component");
+  return parts;
+}
+}  // namespace
+
+void set_dotted(json& config, const std::string& dotted_key, const json& value) {
+  json* node = &config;
+  auto parts = split_dots(dotted_key);
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    if (!node->is_object()) throw ConfigError("/" + parts[i], "cannot set a key inside a non-object");
+    node = &(*node)[parts[i]];
+    if (node->is_null()) *node = json::object();
+  }
+  (*node)[parts.back()] = value;
+}
+
+const json& get_dotted(const json& config, const std::string& dotted_key) {
+  const json* node = &config;
+  std::string path;
+  for (const auto& p : split_dots(dotted_key)) {
+    path += "/" + p;
+    if (!node->is_object() || !node->contains(p)) throw ConfigError(path, "no such key");
+    node = &node->at(p);
+  }
+  return *node;
+}
+
+void apply_override(json& config, const std::string& assignment) {
+  auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw UsageError("override '" + assignment + "' must look like key.sub=value (e.g. --set optimizer.lr=3e-4)");
+  std::string key = assignment.substr(0, eq);
+  std::string text = assignment.substr(eq + 1);
+  json value;
+  try {
+    value = json::parse(text);
+  } catch (const json::parse_error&) {
+    value = text;
+  }
+  set_dotted(config, key, value);
+}
+
+void write_text_atomic(const std::string& path, const std::string& text) {
+  namespace fs = std::filesystem;
+  fs::path p(path);
+  if (p.has_parent_path()) fs::create_directories(p.parent_path());
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw IoError(tmp, "cannot open for writing", "check that the folder is writable");
+    out << text;
+    if (!out.flush()) throw IoError(tmp, "write failed", "disk full?");
+  }
+  std::error_code ec;
+  fs::rename(tmp, p, ec);
+  if (ec) throw IoError(path, "cannot rename temporary file: " + ec.message());
+}
+
+}  // namespace lopt

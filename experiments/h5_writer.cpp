@@ -1,0 +1,170 @@
+#include "experiments/h5_writer.h"
+
+#include <H5Cpp.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "common/errors.h"
+
+namespace lopt {
+
+struct H5Writer::Impl {
+  H5::H5File file;
+};
+
+namespace {
+template <class F>
+auto h5_call(const std::string& path, const std::string& what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const H5::Exception& e) {
+    throw IoError(path, "HDF5 error while " + what + ": " + e.getDetailMsg());
+  }
+}
+
+/// Calls fn(object) on the root group, a group or a dataset named `object`.
+template <class F>
+void with_object(H5::H5File& file, const std::string& object, F&& fn) {
+  if (object == "/") {
+    fn(static_cast<H5::H5Object&>(file));
+    return;
+  }
+  H5O_info_t info;
+  H5Oget_info_by_name(file.getId(), object.c_str(), &info, H5P_DEFAULT);
+  if (info.type == H5O_TYPE_GROUP) {
+    H5::Group g = file.openGroup(object);
+    fn(static_cast<H5::H5Object&>(g));
+  } else {
+    H5::DataSet d = file.openDataSet(object);
+    fn(static_cast<H5::H5Object&>(d));
+  }
+}
+}  // namespace
+
+H5Writer::H5Writer(std::string path) : impl_(std::make_unique<Impl>()), path_(std::move(path)) {
+  tmp_path_ = path_ + ".tmp";
+  std::filesystem::path p(path_);
+  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
+  H5::Exception::dontPrint();
+  h5_call(tmp_path_, "creating the file", [&] {
+    impl_->file = H5::H5File(tmp_path_, H5F_ACC_TRUNC);
+    return 0;
+  });
+}
+
+H5Writer::~H5Writer() {
+  if (!committed_) {
+    try {
+      impl_->file.close();
+    } catch (...) {
+    }
+    std::remove(tmp_path_.c_str());
+  }
+}
+
+void H5Writer::group(const std::string& name) {
+  h5_call(tmp_path_, "creating group " + name, [&] {
+    impl_->file.createGroup(name);
+    return 0;
+  });
+}
+
+namespace {
+template <class T>
+void write_dataset(H5::H5File& file, const std::string& tmp, const std::string& name, const std::vector<T>& data,
+                   std::vector<uint64_t> shape, const H5::PredType& type) {
+  if (shape.empty()) shape = {data.size()};
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  h5_call(tmp, "writing dataset " + name, [&] {
+    H5::DataSpace space(static_cast<int>(dims.size()), dims.data());
+    auto ds = file.createDataSet(name, type, space);
+    if (!data.empty()) ds.write(data.data(), type);
+    return 0;
+  });
+}
+}  // namespace
+
+void H5Writer::dataset(const std::string& name, const std::vector<double>& data, std::vector<uint64_t> shape) {
+  write_dataset(impl_->file, tmp_path_, name, data, std::move(shape), H5::PredType::NATIVE_DOUBLE);
+}
+
+void H5Writer::dataset(const std::string& name, const std::vector<int64_t>& data, std::vector<uint64_t> shape) {
+  write_dataset(impl_->file, tmp_path_, name, data, std::move(shape), H5::PredType::NATIVE_INT64);
+}
+
+void H5Writer::attr(const std::string& name, const std::string& value, const std::string& object) {
+  h5_call(tmp_path_, "writing attribute " + name, [&] {
+    with_object(impl_->file, object, [&](H5::H5Object& obj) {
+      H5::StrType type(H5::PredType::C_S1, H5T_VARIABLE);
+      obj.createAttribute(name, type, H5::DataSpace(H5S_SCALAR)).write(type, value);
+    });
+    return 0;
+  });
+}
+
+void H5Writer::attr(const std::string& name, double value, const std::string& object) {
+  h5_call(tmp_path_, "writing attribute " + name, [&] {
+    with_object(impl_->file, object, [&](H5::H5Object& obj) {
+      obj.createAttribute(name, H5::PredType::NATIVE_DOUBLE, H5::DataSpace(H5S_SCALAR)).write(H5::PredType::NATIVE_DOUBLE, &value);
+    });
+    return 0;
+  });
+}
+
+void H5Writer::attr(const std::string& name, int64_t value, const std::string& object) {
+  h5_call(tmp_path_, "writing attribute " + name, [&] {
+    with_object(impl_->file, object, [&](H5::H5Object& obj) {
+      obj.createAttribute(name, H5::PredType::NATIVE_INT64, H5::DataSpace(H5S_SCALAR)).write(H5::PredType::NATIVE_INT64, &value);
+    });
+    return 0;
+  });
+}
+
+void H5Writer::commit() {
+  h5_call(tmp_path_, "closing the file", [&] {
+    impl_->file.close();
+    return 0;
+  });
+  std::error_code ec;
+  std::filesystem::rename(tmp_path_, path_, ec);
+  if (ec) throw IoError(path_, "cannot rename " + tmp_path_ + " into place: " + ec.message());
+  committed_ = true;
+}
+
+std::string h5_read_string_attr(const std::string& path, const std::string& name) {
+  H5::Exception::dontPrint();
+  return h5_call(path, "reading attribute " + name, [&] {
+    H5::H5File f(path, H5F_ACC_RDONLY);
+    if (!f.attrExists(name)) return std::string();
+    auto a = f.openAttribute(name);
+    std::string out;
+    a.read(a.getStrType(), out);
+    return out;
+  });
+}
+
+double h5_read_double_attr(const std::string& path, const std::string& name) {
+  H5::Exception::dontPrint();
+  return h5_call(path, "reading attribute " + name, [&] {
+    H5::H5File f(path, H5F_ACC_RDONLY);
+    auto a = f.openAttribute(name);
+    double v = 0;
+    a.read(H5::PredType::NATIVE_DOUBLE, &v);
+    return v;
+  });
+}
+
+std::vector<double> h5_read_doubles(const std::string& path, const std::string& dataset) {
+  H5::Exception::dontPrint();
+  return h5_call(path, "reading dataset " + dataset, [&] {
+    H5::H5File f(path, H5F_ACC_RDONLY);
+    auto ds = f.openDataSet(dataset);
+    auto n = ds.getSpace().getSimpleExtentNpoints();
+    std::vector<double> out(static_cast<size_t>(n));
+    if (n > 0) ds.read(out.data(), H5::PredType::NATIVE_DOUBLE);
+    return out;
+  });
+}
+
+}  // namespace lopt

@@ -1,0 +1,177 @@
+// lopt command-line interface: `lopt <command> [options]`; `lopt --help` lists the commands.
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <boost/program_options.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <thread>
+
+#include "common/config.h"
+#include "common/errors.h"
+#include "experiments/cli.h"
+#include "experiments/coord_check.h"
+#include "experiments/sweep.h"
+#include "experiments/train.h"
+
+namespace po = boost::program_options;
+using lopt::json;
+
+namespace {
+
+const char* kUsage =
+    "lopt - meta-learning learned optimizers (C++/LibTorch)\n\n"
+    "usage: lopt <command> [options]     (lopt <command> --help for its options)\n\n"
+    "commands:\n"
+    "  train         train one task with one optimizer; writes an HDF5 result file\n"
+    "  coord-check   muP coordinate check: activation RMS vs width under SP and muP\n"
+    "  sweep         run a grid of train configs (JSON sweep definition), resumable\n";
+
+struct Common {
+  int threads = 0;
+  bool quiet = false;
+  std::string config;
+  std::vector<std::string> sets;
+};
+
+po::options_description common_options(Common& c) {
+  po::options_description d("common options");
+  d.add_options()("help,h", "show this help")(
+      "config,c", po::value(&c.config), "JSON config file")(
+      "set", po::value(&c.sets)->composing(), "override one config key: --set optimizer.lr=3e-4 (repeatable)")(
+      "threads", po::value(&c.threads)->default_value(0), "intra-op threads (0 = all cores)")(
+      "quiet,q", po::bool_switch(&c.quiet), "no progress output");
+  return d;
+}
+
+/// Parses argv for a subcommand; returns false when --help was printed.
+bool parse(int argc, char** argv, const po::options_description& desc, const char* usage, po::variables_map& vm) {
+  po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+  if (vm.count("help")) {
+    std::cout << usage << "\n" << desc << "\n";
+    return false;
+  }
+  po::notify(vm);
+  return true;
+}
+
+void set_threads(int threads) {
+  int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(n);  // Debian's LibTorch starts with 1 intra-op thread
+}
+
+json load_config(const Common& c, json fallback) {
+  json cfg = c.config.empty() ? std::move(fallback) : lopt::load_json_file(c.config);
+  for (const auto& s : c.sets) lopt::apply_override(cfg, s);
+  return cfg;
+}
+
+lopt::ProgressMode mode(const Common& c) { return c.quiet ? lopt::ProgressMode::quiet : lopt::ProgressMode::automatic; }
+
+int cmd_train(int argc, char** argv) {
+  Common c;
+  std::string output, data_dir;
+  long long steps = -1, seed = -1;
+  auto desc = common_options(c);
+  desc.add_options()("output,o", po::value(&output), "HDF5 result file (sets \"output\")")(
+      "steps", po::value(&steps), "number of training steps (sets \"steps\")")(
+      "seed", po::value(&seed), "random seed (sets \"seed\")")(
+      "data-dir", po::value(&data_dir), "Fashion-MNIST folder (sets task.data_dir; default $LOPT_DATA_DIR or the Debian package's)");
+  po::variables_map vm;
+  if (!parse(argc, argv, desc, "usage: lopt train --config FILE [--set key=value ...] [options]", vm)) return 0;
+  set_threads(c.threads);
+  if (c.config.empty() && c.sets.empty()) throw lopt::UsageError("lopt train needs --config FILE (see experiments/configs/)");
+  json cfg = load_config(c, json::object());
+  if (!output.empty()) cfg["output"] = output;
+  if (steps >= 0) cfg["steps"] = steps;
+  if (seed >= 0) cfg["seed"] = seed;
+  if (!data_dir.empty()) lopt::set_dotted(cfg, "task.data_dir", data_dir);
+  auto resolved = lopt::resolve_train_config(cfg);
+  auto res = lopt::run_train(resolved, mode(c));
+  std::printf("final: train_loss %.5f test_loss %.5f test_accuracy %.4f wall_time %.1fs%s%s\n", res.final_train_loss(),
+              res.eval_test_loss.back(), res.eval_test_accuracy.back(), res.wall_time,
+              resolved["output"].get<std::string>().empty() ? "" : " -> ",
+              resolved["output"].get<std::string>().c_str());
+  return 0;
+}
+
+int cmd_coord_check(int argc, char** argv) {
+  Common c;
+  std::string output = "results/coord_check.h5", png, data_dir;
+  auto desc = common_options(c);
+  desc.add_options()("output,o", po::value(&output)->default_value(output), "HDF5 output file")(
+      "png", po::value(&png), "also draw the curves to this PNG (needs python3-matplotlib)")(
+      "data-dir", po::value(&data_dir), "Fashion-MNIST folder");
+  po::variables_map vm;
+  if (!parse(argc, argv, desc, "usage: lopt coord-check [--config FILE] [--set widths=[64,256]] [options]", vm)) return 0;
+  set_threads(c.threads);
+  json cfg = load_config(c, json::object());
+  if (!data_dir.empty()) cfg["data_dir"] = data_dir;
+  auto cc = lopt::CoordCheckConfig::from_json(cfg);
+  auto res = lopt::run_coord_check(cc, mode(c));
+  lopt::write_coord_check(output, res);
+  for (size_t p = 0; p < cc.parametrizations.size(); ++p) {
+    std::printf("%s: logits RMS after %lld steps:", cc.parametrizations[p].c_str(), static_cast<long long>(cc.steps));
+    for (size_t w = 0; w < cc.widths.size(); ++w)
+      std::printf(" %lld:%.3g", static_cast<long long>(cc.widths[w]), res.at(p, w, cc.steps, res.layers.size() - 1));
+    std::printf("\n");
+  }
+  std::printf("wrote %s\n", output.c_str());
+  if (!png.empty()) lopt::run_plot({output}, png);
+  return 0;
+}
+
+int cmd_sweep(int argc, char** argv) {
+  Common c;
+  std::string png;
+  bool dry_run = false;
+  auto desc = common_options(c);
+  desc.add_options()("png", po::value(&png), "draw the sweep (loss vs LR) to this PNG")(
+      "dry-run", po::bool_switch(&dry_run), "validate and list the runs without training");
+  po::variables_map vm;
+  if (!parse(argc, argv, desc, "usage: lopt sweep --config FILE [--set base.steps=100 ...] [options]", vm)) return 0;
+  set_threads(c.threads);
+  if (c.config.empty()) throw lopt::UsageError("lopt sweep needs --config FILE (see experiments/configs/)");
+  json cfg = load_config(c, json::object());
+  auto runs = lopt::expand_sweep(cfg);
+  std::printf("sweep: %zu runs\n", runs.size());
+  if (dry_run) {
+    for (const auto& r : runs) std::printf("  %s -> %s\n", r.point.dump().c_str(), r.config["output"].get<std::string>().c_str());
+    return 0;
+  }
+  auto rows = lopt::run_sweep(cfg, mode(c));
+  std::string summary = cfg.value("summary", cfg["output_dir"].get<std::string>() + ".h5");
+  std::printf("wrote %s (%zu runs)\n", summary.c_str(), rows.size());
+  if (!png.empty()) lopt::run_plot({summary}, png);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  std::string cmd = argv[1];
+  try {
+    if (cmd == "train") return cmd_train(argc - 1, argv + 1);
+    if (cmd == "coord-check") return cmd_coord_check(argc - 1, argv + 1);
+    if (cmd == "sweep") return cmd_sweep(argc - 1, argv + 1);
+    std::cerr << "lopt: unknown command '" << cmd << "'\n\n" << kUsage;
+    return 2;
+  } catch (const po::error& e) {
+    std::cerr << "lopt " << cmd << ": " << e.what() << " (see lopt " << cmd << " --help)\n";
+    return 2;
+  } catch (const lopt::ConfigError& e) {
+    std::cerr << "lopt " << cmd << ": " << e.what() << "\n";
+    return 2;
+  } catch (const lopt::UsageError& e) {
+    std::cerr << "lopt " << cmd << ": " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "lopt " << cmd << ": error: " << e.what() << "\n";
+    return 1;
+  }
+}

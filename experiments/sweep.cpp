@@ -1,0 +1,110 @@
+#include "experiments/sweep.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "common/config.h"
+#include "experiments/h5_writer.h"
+#include "experiments/train.h"
+
+namespace lopt {
+
+namespace {
+struct SweepSpec {
+  nlohmann::json base, grid;
+  std::string output_dir, summary;
+};
+
+SweepSpec read_spec(const nlohmann::json& sweep) {
+  ConfigReader r(sweep, "");
+  SweepSpec s;
+  s.base = r.object("base");
+  s.grid = r.object("grid");
+  s.output_dir = r.require<std::string>("output_dir");
+  s.summary = r.get<std::string>("summary", s.output_dir + ".h5");
+  r.finish();
+  config_check(!s.grid.empty(), "/grid", "must name at least one key with a list of values");
+  for (auto it = s.grid.begin(); it != s.grid.end(); ++it)
+    config_check(it.value().is_array() && !it.value().empty(), "/grid/" + it.key(), "must be a non-empty list");
+  return s;
+}
+}  // namespace
+
+std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep) {
+  auto spec = read_spec(sweep);
+  std::vector<std::string> keys;
+  for (auto it = spec.grid.begin(); it != spec.grid.end(); ++it) keys.push_back(it.key());
+  std::vector<size_t> idx(keys.size(), 0);
+  std::vector<SweepRun> runs;
+  while (true) {
+    SweepRun run;
+    run.config = spec.base;
+    for (size_t k = 0; k < keys.size(); ++k) {
+      const auto& v = spec.grid[keys[k]][idx[k]];
+      run.point[keys[k]] = v;
+      set_dotted(run.config, keys[k], v);
+    }
+    char name[32];
+    std::snprintf(name, sizeof name, "run_%04zu.h5", runs.size());
+    run.config["output"] = (std::filesystem::path(spec.output_dir) / name).string();
+    try {
+      run.config = resolve_train_config(run.config);
+    } catch (const ConfigError& e) {
+      throw ConfigError("/base" + e.path(), std::string(e.what()) + " (in the run with grid point " + run.point.dump() + ")");
+    }
+    runs.push_back(run);
+    size_t k = keys.size();
+    while (k > 0) {
+      --k;
+      if (++idx[k] < spec.grid[keys[k]].size()) break;
+      idx[k] = 0;
+      if (k == 0) return runs;
+    }
+    if (keys.empty()) return runs;
+  }
+}
+
+nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress) {
+  auto spec = read_spec(sweep);
+  auto runs = expand_sweep(sweep);
+  nlohmann::json rows = nlohmann::json::array();
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const auto& run = runs[i];
+    std::string out = run.config["output"];
+    std::string status;
+    if (std::filesystem::exists(out)) status = h5_read_string_attr(out, "status");
+    if (status == "completed" || status == "diverged") {
+      std::fprintf(stderr, "sweep: run %zu/%zu %s already done (%s), skipping\n", i + 1, runs.size(),
+                   run.point.dump().c_str(), status.c_str());
+    } else {
+      std::fprintf(stderr, "sweep: run %zu/%zu %s\n", i + 1, runs.size(), run.point.dump().c_str());
+      try {
+        run_train(run.config, progress);
+      } catch (const DivergenceError& e) {
+        std::fprintf(stderr, "sweep: %s (recorded, continuing)\n", e.what());
+      }
+    }
+    nlohmann::json row = {{"point", run.point}, {"file", out}, {"status", h5_read_string_attr(out, "status")}};
+    for (const char* k : {"final_train_loss", "final_test_loss", "final_test_accuracy", "wall_time_s"}) {
+      double v = h5_read_double_attr(out, k);
+      row[k] = std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+    }
+    rows.push_back(row);
+  }
+  H5Writer w(spec.summary);
+  w.attr("kind", std::string("sweep"));
+  w.attr("config", sweep.dump(2));
+  w.attr("runs", rows.dump());
+  std::vector<double> ftl, acc;
+  for (const auto& r : rows) {
+    ftl.push_back(r["final_train_loss"].is_null() ? NAN : r["final_train_loss"].get<double>());
+    acc.push_back(r["final_test_accuracy"].is_null() ? NAN : r["final_test_accuracy"].get<double>());
+  }
+  w.dataset("final_train_loss", ftl);
+  w.dataset("final_test_accuracy", acc);
+  w.commit();
+  return rows;
+}
+
+}  // namespace lopt

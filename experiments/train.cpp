@@ -1,0 +1,122 @@
+#include "experiments/train.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "common/config.h"
+#include "common/rng.h"
+#include "experiments/h5_writer.h"
+#include "optimizers/optimizer.h"
+#include "tasks/task.h"
+
+namespace lopt {
+
+nlohmann::json resolve_train_config(const nlohmann::json& config) {
+  ConfigReader r(config, "");
+  nlohmann::json out;
+  auto task_cfg = r.object("task");
+  auto opt_cfg = r.object("optimizer");
+  config_check(!opt_cfg.empty(), "/optimizer", "required (e.g. {\"type\": \"adamw\", \"lr\": 1e-3})");
+  out["steps"] = r.get<int64_t>("steps", 1000);
+  out["eval_every"] = r.get<int64_t>("eval_every", 100);
+  out["eval_examples"] = r.get<int64_t>("eval_examples", 0);
+  out["seed"] = r.get<uint64_t>("seed", 0);
+  out["output"] = r.get<std::string>("output", "");
+  r.finish();
+  config_check(out["steps"].get<int64_t>() >= 1, "/steps", "must be >= 1");
+  config_check(out["eval_every"].get<int64_t>() >= 1, "/eval_every", "must be >= 1");
+  config_check(out["eval_examples"].get<int64_t>() >= 0, "/eval_examples", "must be >= 0 (0 = whole test split)");
+  out["optimizer"] = make_optimizer(opt_cfg, "/optimizer")->hyperparams();
+  out["task"] = resolve_task_config(task_cfg, "/task");
+  return out;
+}
+
+double TrainResult::final_train_loss() const {
+  if (train_loss.empty()) return NAN;
+  size_t n = std::max<size_t>(1, train_loss.size() / 10);
+  double s = 0;
+  for (size_t i = train_loss.size() - n; i < train_loss.size(); ++i) s += train_loss[i];
+  return s / static_cast<double>(n);
+}
+
+TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mode) {
+  auto config = resolve_train_config(raw_config);
+  const int64_t steps = config["steps"], eval_every = config["eval_every"], eval_examples = config["eval_examples"];
+  const uint64_t seed = config["seed"];
+  auto task = make_task(config["task"]);
+  auto opt = make_optimizer(config["optimizer"]);
+  auto init_gen = make_generator(derive_seed(seed, "init"));
+  auto data_gen = make_generator(derive_seed(seed, "data"));
+
+  TrainResult res;
+  OptState state = opt->init(task->init(init_gen));
+  auto t0 = std::chrono::steady_clock::now();
+  auto now = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  auto evaluate = [&](int64_t step) {
+    auto m = task->evaluate(state.params, Split::test, eval_examples);
+    res.eval_steps.push_back(step);
+    res.eval_test_loss.push_back(m.at("loss"));
+    res.eval_test_accuracy.push_back(m.at("accuracy"));
+    res.eval_time.push_back(now());
+  };
+  evaluate(0);
+  Progress progress(steps, "train", progress_mode);
+  char status[128] = "";
+  for (int64_t step = 0; step < steps; ++step) {
+    auto batch = task->sample_batch(Split::train, data_gen);
+    auto p = state.params.detached_requiring_grad();
+    auto loss = task->loss(p, batch);
+    double loss_v = loss.item<double>();
+    if (!std::isfinite(loss_v)) {
+      res.diverged = true;
+      res.diverged_step = step + 1;
+      res.steps.push_back(step + 1);
+      res.train_loss.push_back(loss_v);
+      res.train_time.push_back(now());
+      break;
+    }
+    auto grads = torch::autograd::grad({loss}, p.tensors);
+    opt->update_(state, grads, loss.detach());
+    res.steps.push_back(step + 1);
+    res.train_loss.push_back(loss_v);
+    res.train_time.push_back(now());
+    if ((step + 1) % eval_every == 0 || step + 1 == steps) {
+      evaluate(step + 1);
+      std::snprintf(status, sizeof status, "loss %.4f test_acc %.4f", loss_v, res.eval_test_accuracy.back());
+    }
+    progress.update(step + 1, status);
+  }
+  res.wall_time = now();
+  if (!res.diverged) progress.finish(status);
+  if (!config["output"].get<std::string>().empty()) write_train_result(config["output"], config, res);
+  if (res.diverged) throw DivergenceError(res.diverged_step, res.train_loss.back());
+  return res;
+}
+
+void write_train_result(const std::string& path, const nlohmann::json& config, const TrainResult& r) {
+  H5Writer w(path);
+  w.attr("config", config.dump(2));
+  w.attr("kind", std::string("train"));
+  w.attr("status", std::string(r.diverged ? "diverged" : "completed"));
+  w.attr("diverged_step", r.diverged_step);
+  w.attr("steps_completed", static_cast<int64_t>(r.diverged ? r.diverged_step - 1 : static_cast<int64_t>(r.steps.size())));
+  w.attr("wall_time_s", r.wall_time);
+  w.attr("final_train_loss", r.final_train_loss());
+  w.attr("final_test_loss", r.eval_test_loss.empty() ? NAN : r.eval_test_loss.back());
+  w.attr("final_test_accuracy", r.eval_test_accuracy.empty() ? NAN : r.eval_test_accuracy.back());
+  w.group("train");
+  w.dataset("train/step", r.steps);
+  w.dataset("train/loss", r.train_loss);
+  w.dataset("train/wall_time", r.train_time);
+  w.group("eval");
+  w.dataset("eval/step", r.eval_steps);
+  w.dataset("eval/test_loss", r.eval_test_loss);
+  w.dataset("eval/test_accuracy", r.eval_test_accuracy);
+  w.dataset("eval/wall_time", r.eval_time);
+  w.commit();
+}
+
+}  // namespace lopt

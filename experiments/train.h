@@ -1,0 +1,38 @@
+#pragma once
+/// `lopt train`: trains one task with one optimizer, evaluating periodically, and writes an
+/// HDF5 result file (schema in results/README.md).
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+#include "common/progress.h"
+
+namespace lopt {
+
+/// Validates a train config, fills every default and returns the resolved config:
+/// {"task": {...}, "optimizer": {...}, "steps", "eval_every", "eval_examples", "seed", "output"}.
+/// Throws ConfigError naming the bad key.
+nlohmann::json resolve_train_config(const nlohmann::json& config);
+
+struct TrainResult {
+  std::vector<int64_t> steps;        ///< 1-based update index of each training loss
+  std::vector<double> train_loss;    ///< loss of the batch before that update
+  std::vector<double> train_time;    ///< seconds since start at each step
+  std::vector<int64_t> eval_steps;   ///< number of updates applied when evaluated (0 = init)
+  std::vector<double> eval_test_loss, eval_test_accuracy, eval_time;
+  bool diverged = false;
+  int64_t diverged_step = -1;
+  double wall_time = 0;
+  /// Mean training loss over the last 10% of steps (the sweep's figure of merit).
+  double final_train_loss() const;
+};
+
+/// Runs a resolved (or raw) train config. Writes config["output"] unless it is empty.
+/// Throws DivergenceError after writing the file when the loss became NaN or inf.
+TrainResult run_train(const nlohmann::json& config, ProgressMode progress = ProgressMode::automatic);
+
+/// Writes `result` with its config to an HDF5 file atomically.
+void write_train_result(const std::string& path, const nlohmann::json& config, const TrainResult& result);
+
+}  // namespace lopt

@@ -1,0 +1,95 @@
+#include "optimizers/adam.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+namespace lopt {
+
+Adam::Adam(AdamOptions options) : opt_(std::move(options)), schedule_(make_schedule(opt_.schedule)) {
+  TORCH_CHECK(opt_.lr >= 0, "Invalid learning rate: ", opt_.lr);
+  TORCH_CHECK(opt_.eps >= 0, "Invalid epsilon value: ", opt_.eps);
+  TORCH_CHECK(opt_.beta1 >= 0 && opt_.beta1 < 1, "Invalid beta parameter at index 0: ", opt_.beta1);
+  TORCH_CHECK(opt_.beta2 >= 0 && opt_.beta2 < 1, "Invalid beta parameter at index 1: ", opt_.beta2);
+  TORCH_CHECK(opt_.weight_decay >= 0, "Invalid weight_decay value: ", opt_.weight_decay);
+}
+
+double Adam::lr_at(int64_t step, const ParamInfo& info) const {
+  return opt_.lr * (*schedule_)(step) * (opt_.mup ? mup_.lr_mult(info) : 1.0);
+}
+
+OptState Adam::init(const ParamSet& params) const {
+  OptState s;
+  s.params = params;
+  auto& m = s.slots["exp_avg"];
+  auto& v = s.slots["exp_avg_sq"];
+  for (const auto& p : params.tensors) {
+    m.push_back(torch::zeros_like(p));
+    v.push_back(torch::zeros_like(p));
+  }
+  return s;
+}
+
+// Follows torch/optim/adam.py and adamw.py (_single_tensor_adam[w], non-amsgrad).
+OptState Adam::update(const OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor&) const {
+  check_grads(state, grads, "Adam::update");
+  OptState out;
+  out.step = state.step + 1;
+  out.params.info = state.params.info;
+  const double t = static_cast<double>(out.step);
+  const double bc1 = 1 - std::pow(opt_.beta1, t);
+  const double bc2_sqrt = std::sqrt(1 - std::pow(opt_.beta2, t));
+  auto& ms = out.slots["exp_avg"];
+  auto& vs = out.slots["exp_avg_sq"];
+  for (size_t i = 0; i < grads.size(); ++i) {
+    auto p = state.params.tensors[i];
+    auto g = grads[i];
+    const double lr = lr_at(state.step, state.params.info[i]);
+    if (opt_.weight_decay != 0) {
+      if (opt_.decoupled_weight_decay) p = p * (1 - lr * opt_.weight_decay);
+      else g = g + opt_.weight_decay * p;
+    }
+    auto m = state.slots.at("exp_avg")[i] * opt_.beta1 + (1 - opt_.beta1) * g;
+    auto v = state.slots.at("exp_avg_sq")[i] * opt_.beta2 + (1 - opt_.beta2) * g * g;
+    auto denom = v.sqrt() / bc2_sqrt + opt_.eps;
+    out.params.tensors.push_back(p - (lr / bc1) * m / denom);
+    ms.push_back(m);
+    vs.push_back(v);
+  }
+  return out;
+}
+
+void Adam::update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor&) const {
+  check_grads(state, grads, "Adam::update_");
+  torch::NoGradGuard no_grad;
+  const double t = static_cast<double>(state.step + 1);
+  const double bc1 = 1 - std::pow(opt_.beta1, t);
+  const double bc2_sqrt = std::sqrt(1 - std::pow(opt_.beta2, t));
+  auto& ms = state.slots.at("exp_avg");
+  auto& vs = state.slots.at("exp_avg_sq");
+  for (size_t i = 0; i < grads.size(); ++i) {
+    auto& p = state.params.tensors[i];
+    const double lr = lr_at(state.step, state.params.info[i]);
+    torch::Tensor g = grads[i];
+    if (opt_.weight_decay != 0) {
+      if (opt_.decoupled_weight_decay) p.mul_(1 - lr * opt_.weight_decay);
+      else g = g.add(p, opt_.weight_decay);
+    }
+    ms[i].lerp_(g, 1 - opt_.beta1);
+    vs[i].mul_(opt_.beta2).addcmul_(g, g, 1 - opt_.beta2);
+    auto denom = vs[i].sqrt().div_(bc2_sqrt).add_(opt_.eps);
+    p.addcdiv_(ms[i], denom, -lr / bc1);
+  }
+  state.step += 1;
+}
+
+nlohmann::json Adam::hyperparams() const {
+  std::string type = opt_.mup ? "muadam" : (opt_.decoupled_weight_decay ? "adamw" : "adam");
+  nlohmann::json j = {{"type", type},        {"lr", opt_.lr},   {"beta1", opt_.beta1},
+                      {"beta2", opt_.beta2}, {"eps", opt_.eps}, {"weight_decay", opt_.weight_decay},
+                      {"schedule", schedule_->hyperparams()}};
+  if (opt_.mup) j["decoupled_weight_decay"] = opt_.decoupled_weight_decay;
+  return j;
+}
+
+}  // namespace lopt

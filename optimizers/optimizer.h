@@ -1,0 +1,47 @@
+#pragma once
+/// The functional inner-optimizer interface shared by hand-designed and learned optimizers,
+/// after learned_optimization's `optimizers/base.py`: state in, new state out.
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parametrization/param_set.h"
+
+namespace lopt {
+
+/// Optimizer state: the parameters, the step count (number of updates applied), and named
+/// per-parameter slots (e.g. "exp_avg"[i] belongs to params.tensors[i]).
+struct OptState {
+  ParamSet params;
+  int64_t step = 0;
+  std::map<std::string, std::vector<torch::Tensor>> slots;
+};
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  /// Initial state for `params` (the tensors are referenced, not copied).
+  virtual OptState init(const ParamSet& params) const = 0;
+  /// One step: returns the new state and leaves `state` untouched. Differentiable when the
+  /// inputs carry autograd history. grads[i] has the shape of state.params.tensors[i];
+  /// `loss` is the scalar training loss (learned optimizers may use it).
+  virtual OptState update(const OptState& state, const std::vector<torch::Tensor>& grads,
+                          const torch::Tensor& loss) const = 0;
+  /// No-autograd fast path: updates `state` in place. Default: state = update(state, ...).
+  virtual void update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const;
+  /// Full resolved configuration including "type"; make_optimizer(hyperparams()) rebuilds it.
+  virtual nlohmann::json hyperparams() const = 0;
+};
+
+/// Builds an optimizer from {"type": "sgd"|"adam"|"adamw"|"muadam", ...}; throws ConfigError
+/// (naming `path`) for unknown types or bad values.
+std::unique_ptr<Optimizer> make_optimizer(const nlohmann::json& config, const std::string& path = "/optimizer");
+
+/// Checks that grads match the parameters in number and shape (throws with the index).
+void check_grads(const OptState& state, const std::vector<torch::Tensor>& grads, const char* who);
+
+}  // namespace lopt

@@ -1,0 +1,177 @@
+#include "tasks/image_dataset.h"
+
+#include <torch/torch.h>
+#include <zlib.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "common/errors.h"
+#include "common/rng.h"
+
+namespace lopt {
+
+namespace {
+const char* kPackageHint =
+    "the Fashion-MNIST files come from the Debian package dataset-fashion-mnist "
+    "(apt-get install dataset-fashion-mnist); point --data-dir or LOPT_DATA_DIR at another folder";
+
+uint32_t be32(const unsigned char* b) {
+  return (uint32_t(b[0]) << 24) | (uint32_t(b[1]) << 16) | (uint32_t(b[2]) << 8) | uint32_t(b[3]);
+}
+
+/// Reads exactly n bytes or throws IoError (truncated file).
+void read_exact(gzFile f, const std::string& path, void* dst, size_t n, const std::string& what) {
+  size_t done = 0;
+  auto* p = static_cast<unsigned char*>(dst);
+  while (done < n) {
+    unsigned chunk = static_cast<unsigned>(std::min<size_t>(n - done, 1u << 30));
+    int got = gzread(f, p + done, chunk);
+    if (got < 0) {
+      int errnum = 0;
+      const char* msg = gzerror(f, &errnum);
+      throw IoError(path, std::string("corrupt file while reading ") + what + ": " + msg, kPackageHint);
+    }
+    if (got == 0)
+      throw IoError(path,
+                    "file is truncated: expected " + std::to_string(n) + " bytes of " + what + ", got " +
+                        std::to_string(done),
+                    kPackageHint);
+    done += static_cast<size_t>(got);
+  }
+}
+}  // namespace
+
+torch::Tensor read_idx_file(const std::string& path) {
+  if (!std::filesystem::exists(path)) throw IoError(path, "file not found", kPackageHint);
+  gzFile f = gzopen(path.c_str(), "rb");  // zlib reads plain files transparently
+  if (!f) throw IoError(path, "cannot open", kPackageHint);
+  struct Closer {
+    gzFile f;
+    ~Closer() { gzclose(f); }
+  } closer{f};
+  unsigned char header[4];
+  read_exact(f, path, header, 4, "the IDX magic number");
+  if (header[0] != 0 || header[1] != 0 || header[2] != 0x08)
+    throw IoError(path,
+                  "wrong magic number: expected an IDX file of unsigned bytes (00 00 08 nd), got " +
+                      std::to_string(header[0]) + " " + std::to_string(header[1]) + " " + std::to_string(header[2]) +
+                      " " + std::to_string(header[3]),
+                  kPackageHint);
+  int nd = header[3];
+  if (nd < 1 || nd > 4)
+    throw IoError(path, "IDX file has " + std::to_string(nd) + " dimensions, expected 1 to 4", kPackageHint);
+  std::vector<int64_t> dims(nd);
+  int64_t total = 1;
+  for (int i = 0; i < nd; ++i) {
+    unsigned char b[4];
+    read_exact(f, path, b, 4, "the IDX dimensions");
+    dims[i] = be32(b);
+    total *= dims[i];
+  }
+  if (total > (int64_t(1) << 34)) throw IoError(path, "IDX dimensions are implausibly large", kPackageHint);
+  auto out = torch::empty(dims, torch::kUInt8);
+  read_exact(f, path, out.data_ptr(), static_cast<size_t>(total), "the IDX data");
+  return out;
+}
+
+std::string default_fashion_mnist_dir() {
+  const char* env = std::getenv("LOPT_DATA_DIR");
+  if (env && *env) return env;
+  return "/usr/share/datasets/fashion-mnist";
+}
+
+namespace {
+std::string find_idx(const std::string& dir, const std::string& stem) {
+  for (const char* suffix : {".gz", ""}) {
+    auto p = std::filesystem::path(dir) / (stem + std::string(suffix));
+    if (std::filesystem::exists(p)) return p.string();
+  }
+  throw IoError((std::filesystem::path(dir) / (stem + ".gz")).string(), "file not found (also tried without .gz)",
+                kPackageHint);
+}
+
+torch::Tensor images_to_float(const torch::Tensor& u8, const std::string& path, int64_t image_size) {
+  if (u8.dim() != 3)
+    throw IoError(path, "expected a 3-D IDX image file (N x rows x cols), got " + std::to_string(u8.dim()) + "-D",
+                  kPackageHint);
+  auto x = u8.to(torch::kFloat32).div_(255.0f);
+  if (image_size != u8.size(1)) {
+    x = torch::adaptive_avg_pool2d(x.unsqueeze(1), {image_size, image_size}).squeeze(1);  // area downsampling
+  }
+  return x.reshape({x.size(0), -1}).contiguous();
+}
+}  // namespace
+
+std::shared_ptr<const ImageDataset> load_fashion_mnist(const std::string& dir, int64_t image_size) {
+  if (image_size < 1 || image_size > 28)
+    throw ConfigError("/task/image_size", "must be between 1 and 28 (e.g. 8, 16, 28), got " + std::to_string(image_size));
+  static std::mutex mu;
+  static std::map<std::pair<std::string, int64_t>, std::shared_ptr<const ImageDataset>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto key = std::make_pair(dir, image_size);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+
+  auto ds = std::make_shared<ImageDataset>();
+  ds->name = "fashion_mnist";
+  ds->image_size = image_size;
+  ds->num_classes = 10;
+  torch::Tensor xs[2], ys[2];
+  const char* prefixes[2] = {"train", "t10k"};
+  for (int s = 0; s < 2; ++s) {
+    auto ipath = find_idx(dir, std::string(prefixes[s]) + "-images-idx3-ubyte");
+    auto lpath = find_idx(dir, std::string(prefixes[s]) + "-labels-idx1-ubyte");
+    auto imgs = read_idx_file(ipath);
+    auto labels = read_idx_file(lpath);
+    if (labels.dim() != 1) throw IoError(lpath, "expected a 1-D IDX label file", kPackageHint);
+    if (imgs.dim() >= 1 && labels.size(0) != imgs.size(0))
+      throw IoError(lpath,
+                    "has " + std::to_string(labels.size(0)) + " labels but " + ipath + " has " +
+                        std::to_string(imgs.size(0)) + " images",
+                    kPackageHint);
+    if (labels.numel() > 0 && labels.max().item<int>() >= 10)
+      throw IoError(lpath, "label " + std::to_string(labels.max().item<int>()) + " is out of range 0..9",
+                    kPackageHint);
+    xs[s] = images_to_float(imgs, ipath, image_size);
+    ys[s] = labels.to(torch::kInt64);
+  }
+  if (xs[0].size(1) != xs[1].size(1)) throw IoError(dir, "train and test images have different sizes", kPackageHint);
+  auto mean = xs[0].mean().item<float>();
+  auto stdv = xs[0].std().item<float>();
+  if (!(stdv > 0)) stdv = 1.0f;
+  ds->train_x = xs[0].sub_(mean).div_(stdv);
+  ds->test_x = xs[1].sub_(mean).div_(stdv);
+  ds->train_y = ys[0];
+  ds->test_y = ys[1];
+  cache[key] = ds;
+  return ds;
+}
+
+std::shared_ptr<const ImageDataset> make_synthetic_dataset(int64_t n_train, int64_t n_test, int64_t image_size,
+                                                           int64_t num_classes, uint64_t seed) {
+  auto gen = make_generator(seed);
+  auto ds = std::make_shared<ImageDataset>();
+  ds->name = "synthetic";
+  ds->image_size = image_size;
+  ds->num_classes = num_classes;
+  int64_t d = image_size * image_size;
+  auto teacher = torch::randn({d, num_classes}, gen);
+  auto make = [&](int64_t n, torch::Tensor& x, torch::Tensor& y) {
+    x = torch::randn({n, d}, gen);
+    y = x.matmul(teacher).argmax(1);
+  };
+  make(n_train, ds->train_x, ds->train_y);
+  make(n_test, ds->test_x, ds->test_y);
+  return ds;
+}
+
+Batch ImageDataset::sample(Split split, int64_t batch_size, at::Generator& gen) const {
+  const auto& xs = x(split);
+  auto idx = torch::randint(xs.size(0), {batch_size}, gen, torch::kInt64);
+  return {xs.index_select(0, idx), y(split).index_select(0, idx)};
+}
+
+}  // namespace lopt

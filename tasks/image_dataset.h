@@ -1,0 +1,51 @@
+#pragma once
+/// In-memory image classification data (Fashion-MNIST from IDX files, or synthetic) as
+/// normalised float tensors, with seeded batch sampling.
+#include <ATen/core/Generator.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace lopt {
+
+enum class Split { train, test };
+
+/// A batch: x [B, D] float32 inputs, y [B] int64 labels.
+struct Batch {
+  torch::Tensor x;
+  torch::Tensor y;
+};
+
+/// Flattened images: train_x [N, D], train_y [N] (int64), test_x [M, D], test_y [M].
+struct ImageDataset {
+  std::string name;
+  int64_t image_size = 0;  ///< side length (images are image_size x image_size), 0 for non-image data
+  int64_t num_classes = 0;
+  torch::Tensor train_x, train_y, test_x, test_y;
+
+  int64_t input_dim() const { return train_x.size(1); }
+  const torch::Tensor& x(Split s) const { return s == Split::train ? train_x : test_x; }
+  const torch::Tensor& y(Split s) const { return s == Split::train ? train_y : test_y; }
+  /// `batch_size` examples drawn uniformly with replacement from `split` using `gen`.
+  Batch sample(Split split, int64_t batch_size, at::Generator& gen) const;
+};
+
+/// Default folder of the Debian package dataset-fashion-mnist; LOPT_DATA_DIR overrides it.
+std::string default_fashion_mnist_dir();
+
+/// Reads one IDX file (gzip-compressed or plain). Returns a uint8 tensor with the file's
+/// dimensions. Throws IoError naming the path for missing, truncated, wrong-magic files.
+torch::Tensor read_idx_file(const std::string& path);
+
+/// Loads Fashion-MNIST from `dir` (train-images-idx3-ubyte[.gz], ...), scales pixels to [0,1],
+/// standardises with the training split's mean and std, and area-downsamples to
+/// image_size x image_size (28, 16 or 8). Results are cached per (dir, image_size).
+std::shared_ptr<const ImageDataset> load_fashion_mnist(const std::string& dir, int64_t image_size);
+
+/// Gaussian inputs labelled by a fixed random linear teacher; for tests and coordinate checks.
+std::shared_ptr<const ImageDataset> make_synthetic_dataset(int64_t n_train, int64_t n_test, int64_t image_size,
+                                                           int64_t num_classes, uint64_t seed);
+
+}  // namespace lopt

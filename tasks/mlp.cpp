@@ -1,0 +1,250 @@
+#include "tasks/mlp.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "common/config.h"
+
+namespace lopt {
+
+MlpConfig MlpConfig::from_json(const nlohmann::json& j, const std::string& path) {
+  ConfigReader r(j, path);
+  auto type = r.get<std::string>("type", "mlp");
+  config_check(type == "mlp", r.path_of("type"), "expected \"mlp\", got \"" + type + "\"");
+  MlpConfig c;
+  c.width = r.get<int64_t>("width", c.width);
+  c.depth = r.get<int64_t>("depth", c.depth);
+  c.activation = r.get<std::string>("activation", c.activation);
+  c.batch_size = r.get<int64_t>("batch_size", c.batch_size);
+  c.image_size = r.get<int64_t>("image_size", c.image_size);
+  c.dataset = r.get<std::string>("dataset", c.dataset);
+  c.data_dir = r.get<std::string>("data_dir", c.data_dir);
+  if (auto p = r.object("parametrization"); !p.empty()) c.parametrization = p;
+  r.finish();
+  config_check(c.width >= 1, r.path_of("width"), "must be >= 1, got " + std::to_string(c.width));
+  config_check(c.depth >= 1, r.path_of("depth"), "must be >= 1 (number of hidden layers), got " + std::to_string(c.depth));
+  config_check(c.batch_size >= 1, r.path_of("batch_size"), "must be >= 1, got " + std::to_string(c.batch_size));
+  config_check(c.image_size >= 1 && c.image_size <= 28, r.path_of("image_size"),
+               "must be in 1..28 (8, 16 or 28 for Fashion-MNIST), got " + std::to_string(c.image_size));
+  config_check(c.activation == "relu" || c.activation == "gelu" || c.activation == "tanh", r.path_of("activation"),
+               "unknown activation \"" + c.activation + "\" (valid: relu, gelu, tanh)");
+  config_check(c.dataset == "fashion_mnist" || c.dataset == "synthetic", r.path_of("dataset"),
+               "unknown dataset \"" + c.dataset + "\" (valid: fashion_mnist, synthetic)");
+  make_parametrization(c.parametrization, r.path_of("parametrization"));  // validates
+  return c;
+}
+
+nlohmann::json MlpConfig::to_json() const {
+  return {{"type", "mlp"},         {"width", width},           {"depth", depth},
+          {"activation", activation}, {"batch_size", batch_size}, {"image_size", image_size},
+          {"dataset", dataset},    {"data_dir", data_dir},     {"parametrization", parametrization}};
+}
+
+namespace {
+std::shared_ptr<const ImageDataset> load_data(const MlpConfig& c) {
+  if (c.dataset == "synthetic") return make_synthetic_dataset(4096, 1024, c.image_size, 10, 1234);
+  return load_fashion_mnist(c.data_dir.empty() ? default_fashion_mnist_dir() : c.data_dir, c.image_size);
+}
+}  // namespace
+
+MlpTask::MlpTask(MlpConfig config) : MlpTask(config, load_data(config)) {}
+
+MlpTask::MlpTask(MlpConfig config, std::shared_ptr<const ImageDataset> data)
+    : config_(std::move(config)), data_(std::move(data)) {
+  param_ = make_parametrization(config_.parametrization, "/task/parametrization");
+  config_.parametrization = param_->hyperparams();
+  for (const auto& info : param_info()) forward_mult_.push_back(param_->forward_mult(info));
+}
+
+std::vector<ParamInfo> MlpTask::param_info() const {
+  std::vector<ParamInfo> infos;
+  const int64_t w = config_.width, d_in = data_->input_dim(), classes = data_->num_classes;
+  const double wm = param_->width_mult(w);
+  for (int64_t l = 0; l < config_.depth; ++l) {
+    int64_t fan_in = l == 0 ? d_in : w;
+    ParamRole role = l == 0 ? ParamRole::input_weight : ParamRole::hidden_weight;
+    infos.push_back({"hidden_" + std::to_string(l) + ".weight", role, fan_in, w, wm});
+    infos.push_back({"hidden_" + std::to_string(l) + ".bias", ParamRole::bias, 1, w, wm});
+  }
+  infos.push_back({"readout.weight", ParamRole::output_weight, w, classes, wm});
+  infos.push_back({"readout.bias", ParamRole::bias, 1, classes, 1.0});
+  return infos;
+}
+
+ParamSet MlpTask::init(at::Generator& gen) const {
+  ParamSet p;
+  p.info = param_info();
+  for (const auto& info : p.info) {
+    std::vector<int64_t> shape =
+        info.role == ParamRole::bias ? std::vector<int64_t>{info.fan_out} : std::vector<int64_t>{info.fan_out, info.fan_in};
+    double std = param_->init_std(info);
+    p.tensors.push_back(std > 0 ? torch::randn(shape, gen).mul_(std) : torch::zeros(shape));
+  }
+  return p;
+}
+
+std::vector<std::string> MlpTask::layer_names() const {
+  std::vector<std::string> names;
+  for (int64_t l = 0; l < config_.depth; ++l) names.push_back("hidden_" + std::to_string(l));
+  names.push_back("logits");
+  return names;
+}
+
+torch::Tensor MlpTask::forward(const ParamSet& params, const torch::Tensor& x,
+                               std::vector<torch::Tensor>* activations) const {
+  TORCH_CHECK(params.size() == static_cast<size_t>(2 * config_.depth + 2), "MlpTask::forward: expected ",
+              2 * config_.depth + 2, " tensors, got ", params.size());
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == data_->input_dim(), "MlpTask::forward: x must be [B, ",
+              data_->input_dim(), "], got ", x.sizes());
+  auto linear = [&](const torch::Tensor& h, size_t i) {
+    const auto& W = params.tensors[i];
+    const auto& b = params.tensors[i + 1];
+    if (forward_mult_[i] == 1.0) return torch::linear(h, W, b);
+    return torch::linear(h, W).mul(forward_mult_[i]).add(b);
+  };
+  torch::Tensor h = x;
+  for (int64_t l = 0; l < config_.depth; ++l) {
+    h = linear(h, 2 * l);
+    if (config_.activation == "relu") h = torch::relu(h);
+    else if (config_.activation == "gelu") h = torch::gelu(h);
+    else h = torch::tanh(h);
+    if (activations) activations->push_back(h);
+  }
+  auto logits = linear(h, 2 * config_.depth);
+  if (activations) activations->push_back(logits);
+  return logits;
+}
+
+torch::Tensor MlpTask::loss(const ParamSet& params, const Batch& batch) const {
+  return torch::cross_entropy_loss(forward(params, batch.x), batch.y);
+}
+
+Batch MlpTask::sample_batch(Split split, at::Generator& gen) const {
+  return data_->sample(split, config_.batch_size, gen);
+}
+
+std::map<std::string, double> MlpTask::evaluate(const ParamSet& params, Split split, int64_t max_examples) const {
+  torch::NoGradGuard no_grad;
+  const auto& xs = data_->x(split);
+  const auto& ys = data_->y(split);
+  int64_t n = max_examples > 0 ? std::min<int64_t>(max_examples, xs.size(0)) : xs.size(0);
+  double loss_sum = 0.0;
+  int64_t correct = 0;
+  const int64_t chunk = 2048;
+  for (int64_t i = 0; i < n; i += chunk) {
+    int64_t e = std::min(n, i + chunk);
+    auto logits = forward(params, xs.slice(0, i, e));
+    auto y = ys.slice(0, i, e);
+    loss_sum += torch::cross_entropy_loss(logits, y, {}, at::Reduction::Sum).item<double>();
+    correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+  }
+  return {{"loss", loss_sum / static_cast<double>(n)}, {"accuracy", static_cast<double>(correct) / static_cast<double>(n)}};
+}
+
+nlohmann::json MlpTask::hyperparams() const { return config_.to_json(); }
+
+// ------------------------------------------------------------------ family
+
+namespace {
+template <class T>
+std::vector<T> read_list(ConfigReader& r, const std::string& key, std::vector<T> fallback) {
+  auto v = r.get<std::vector<T>>(key, fallback);
+  config_check(!v.empty(), r.path_of(key), "must be a non-empty list");
+  return v;
+}
+}  // namespace
+
+MlpFamily::MlpFamily(const nlohmann::json& config, const std::string& path) {
+  ConfigReader r(config, path);
+  auto type = r.get<std::string>("type", "mlp_family");
+  config_check(type == "mlp_family", r.path_of("type"), "expected \"mlp_family\", got \"" + type + "\"");
+  if (r.has("width_range")) {
+    auto range = r.get<std::vector<int64_t>>("width_range", {});
+    config_check(range.size() == 2 && range[0] >= 1 && range[0] <= range[1], r.path_of("width_range"),
+                 "must be [lo, hi] with 1 <= lo <= hi");
+    width_lo_ = range[0];
+    width_hi_ = range[1];
+    config_check(!r.has("widths"), r.path_of("widths"), "give either widths or width_range, not both");
+    r.get<std::vector<int64_t>>("widths", {});
+  } else {
+    widths_ = read_list<int64_t>(r, "widths", {128});
+    for (auto w : widths_) config_check(w >= 1, r.path_of("widths"), "widths must be >= 1");
+  }
+  depths_ = read_list<int64_t>(r, "depths", {2});
+  batch_sizes_ = read_list<int64_t>(r, "batch_sizes", {128});
+  image_sizes_ = read_list<int64_t>(r, "image_sizes", {28});
+  activations_ = read_list<std::string>(r, "activations", {"relu"});
+  auto param = r.object("parametrization");
+  if (param.empty()) param = MlpConfig().parametrization;
+  auto dataset = r.get<std::string>("dataset", "fashion_mnist");
+  auto data_dir = r.get<std::string>("data_dir", "");
+  r.finish();
+  config_ = {{"type", "mlp_family"}, {"depths", depths_},         {"batch_sizes", batch_sizes_},
+             {"image_sizes", image_sizes_}, {"activations", activations_}, {"parametrization", param},
+             {"dataset", dataset},    {"data_dir", data_dir}};
+  if (width_hi_ > 0) config_["width_range"] = {width_lo_, width_hi_};
+  else config_["widths"] = widths_;
+  // Validate every combination's static parts once, before any work.
+  nlohmann::json probe = {{"type", "mlp"}, {"width", width_hi_ > 0 ? width_lo_ : widths_[0]}, {"depth", depths_[0]},
+                          {"activation", activations_[0]}, {"batch_size", batch_sizes_[0]},
+                          {"image_size", image_sizes_[0]}, {"dataset", dataset}, {"data_dir", data_dir},
+                          {"parametrization", param}};
+  for (auto d : depths_) { probe["depth"] = d; MlpConfig::from_json(probe, path); }
+  for (const auto& a : activations_) { probe["activation"] = a; MlpConfig::from_json(probe, path); }
+  for (auto s : image_sizes_) { probe["image_size"] = s; MlpConfig::from_json(probe, path); }
+  for (auto b : batch_sizes_) { probe["batch_size"] = b; MlpConfig::from_json(probe, path); }
+}
+
+nlohmann::json MlpFamily::sample(at::Generator& gen) const {
+  auto pick = [&](size_t n) { return static_cast<size_t>(torch::randint(static_cast<int64_t>(n), {1}, gen).item<int64_t>()); };
+  int64_t width;
+  if (width_hi_ > 0) {
+    double u = torch::rand({1}, gen).item<double>();
+    width = static_cast<int64_t>(std::llround(std::exp(std::log(double(width_lo_)) +
+                                                       u * (std::log(double(width_hi_)) - std::log(double(width_lo_))))));
+  } else {
+    width = widths_[pick(widths_.size())];
+  }
+  return {{"type", "mlp"},
+          {"width", width},
+          {"depth", depths_[pick(depths_.size())]},
+          {"activation", activations_[pick(activations_.size())]},
+          {"batch_size", batch_sizes_[pick(batch_sizes_.size())]},
+          {"image_size", image_sizes_[pick(image_sizes_.size())]},
+          {"dataset", config_["dataset"]},
+          {"data_dir", config_["data_dir"]},
+          {"parametrization", config_["parametrization"]}};
+}
+
+std::unique_ptr<Task> TaskFamily::make_task(const nlohmann::json& config) const { return lopt::make_task(config); }
+
+namespace {
+std::string task_type(const nlohmann::json& config, const std::string& path, const std::string& fallback) {
+  if (!config.is_object() || !config.contains("type")) return fallback;
+  if (!config.at("type").is_string()) throw ConfigError(path + "/type", "must be a string");
+  return config.at("type").get<std::string>();
+}
+}  // namespace
+
+nlohmann::json resolve_task_config(const nlohmann::json& config, const std::string& path) {
+  auto type = task_type(config, path, "mlp");
+  if (type != "mlp") throw ConfigError(path + "/type", "unknown task type \"" + type + "\" (valid: mlp)");
+  auto c = MlpConfig::from_json(config, path);
+  c.parametrization = make_parametrization(c.parametrization, path + "/parametrization")->hyperparams();
+  return c.to_json();
+}
+
+std::unique_ptr<Task> make_task(const nlohmann::json& config, const std::string& path) {
+  auto type = task_type(config, path, "mlp");
+  if (type == "mlp") return std::make_unique<MlpTask>(MlpConfig::from_json(config, path));
+  throw ConfigError(path + "/type", "unknown task type \"" + type + "\" (valid: mlp)");
+}
+
+std::unique_ptr<TaskFamily> make_task_family(const nlohmann::json& config, const std::string& path) {
+  auto type = task_type(config, path, "mlp_family");
+  if (type == "mlp_family") return std::make_unique<MlpFamily>(config, path);
+  throw ConfigError(path + "/type", "unknown task family type \"" + type + "\" (valid: mlp_family)");
+}
+
+}  // namespace lopt
