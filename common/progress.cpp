@@ -48,6 +48,7 @@ void Progress::update(int64_t done, const std::string& status) {
 void Progress::finish(const std::string& status) {
   if (finished_ || mode_ == ProgressMode::quiet) return;
   finished_ = true;
+  if (mode_ == ProgressMode::lines && last_line_decile_ == 10) return;  // 100% line already printed
   draw(total_, status, true);
 }
 

@@ -29,6 +29,17 @@ SweepSpec read_spec(const nlohmann::json& sweep) {
     config_check(it.value().is_array() && !it.value().empty(), "/grid/" + it.key(), "must be a non-empty list");
   return s;
 }
+/// "a.b,c.d" -> {"a.b", "c.d"}: keys varied together (zipped) rather than crossed.
+std::vector<std::string> split_keys(const std::string& key) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    auto comma = key.find(',', start);
+    parts.push_back(key.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) return parts;
+    start = comma + 1;
+  }
+}
 }  // namespace
 
 std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep) {
@@ -42,8 +53,19 @@ std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep) {
     run.config = spec.base;
     for (size_t k = 0; k < keys.size(); ++k) {
       const auto& v = spec.grid[keys[k]][idx[k]];
-      run.point[keys[k]] = v;
-      set_dotted(run.config, keys[k], v);
+      auto parts = split_keys(keys[k]);
+      if (parts.size() == 1) {
+        run.point[keys[k]] = v;
+        set_dotted(run.config, keys[k], v);
+        continue;
+      }
+      config_check(v.is_array() && v.size() == parts.size(), "/grid/" + keys[k],
+                   "a grid key naming " + std::to_string(parts.size()) + " keys takes lists of " +
+                       std::to_string(parts.size()) + " values, got " + v.dump());
+      for (size_t j = 0; j < parts.size(); ++j) {
+        run.point[parts[j]] = v[j];
+        set_dotted(run.config, parts[j], v[j]);
+      }
     }
     char name[32];
     std::snprintf(name, sizeof name, "run_%04zu.h5", runs.size());

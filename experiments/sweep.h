@@ -2,6 +2,8 @@
 /// Sweeps: a base train config and a grid of dotted keys, expanded to the Cartesian product.
 /// {"base": {...train config...}, "grid": {"optimizer.lr": [1e-3, 3e-3], "task.width": [128, 512]},
 ///  "output_dir": "results/mup_transfer", "summary": "results/mup_transfer.h5"}
+/// A grid key naming several comma-separated keys varies them together:
+/// "task.parametrization.type,optimizer.type": [["sp", "adam"], ["mup", "muadam"]].
 /// Each run writes output_dir/run_NNNN.h5; finished runs are skipped, so an interrupted sweep resumes.
 #include <nlohmann/json.hpp>
 

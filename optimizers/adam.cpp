@@ -47,12 +47,12 @@ OptState Adam::update(const OptState& state, const std::vector<torch::Tensor>& g
     const double lr = lr_at(state.step, state.params.info[i]);
     if (opt_.weight_decay != 0) {
       if (opt_.decoupled_weight_decay) p = p * (1 - lr * opt_.weight_decay);
-      else g = g + opt_.weight_decay * p;
+      else g = g.add(p, opt_.weight_decay);
     }
-    auto m = state.slots.at("exp_avg")[i] * opt_.beta1 + (1 - opt_.beta1) * g;
-    auto v = state.slots.at("exp_avg_sq")[i] * opt_.beta2 + (1 - opt_.beta2) * g * g;
-    auto denom = v.sqrt() / bc2_sqrt + opt_.eps;
-    out.params.tensors.push_back(p - (lr / bc1) * m / denom);
+    auto m = state.slots.at("exp_avg")[i].mul(opt_.beta1).add(g, 1 - opt_.beta1);
+    auto v = state.slots.at("exp_avg_sq")[i].mul(opt_.beta2).addcmul(g, g, 1 - opt_.beta2);
+    auto denom = v.sqrt().div(bc2_sqrt).add(opt_.eps);
+    out.params.tensors.push_back(p.addcdiv(m, denom, -lr / bc1));
     ms.push_back(m);
     vs.push_back(v);
   }
@@ -75,7 +75,7 @@ void Adam::update_(OptState& state, const std::vector<torch::Tensor>& grads, con
       if (opt_.decoupled_weight_decay) p.mul_(1 - lr * opt_.weight_decay);
       else g = g.add(p, opt_.weight_decay);
     }
-    ms[i].lerp_(g, 1 - opt_.beta1);
+    ms[i].mul_(opt_.beta1).add_(g, 1 - opt_.beta1);
     vs[i].mul_(opt_.beta2).addcmul_(g, g, 1 - opt_.beta2);
     auto denom = vs[i].sqrt().div_(bc2_sqrt).add_(opt_.eps);
     p.addcdiv_(ms[i], denom, -lr / bc1);

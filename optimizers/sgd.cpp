@@ -32,13 +32,15 @@ OptState Sgd::update(const OptState& state, const std::vector<torch::Tensor>& gr
   std::vector<torch::Tensor> new_buf;
   for (size_t i = 0; i < grads.size(); ++i) {
     const auto& p = state.params.tensors[i];
-    auto d_p = opt_.weight_decay != 0 ? grads[i] + opt_.weight_decay * p : grads[i];
+    // Same op forms as torch (add with alpha) so that float32 rounding matches too.
+    auto d_p = opt_.weight_decay != 0 ? grads[i].add(p, opt_.weight_decay) : grads[i];
     if (opt_.momentum > 0) {
-      auto buf = state.step == 0 ? d_p : state.slots.at("momentum_buffer")[i] * opt_.momentum + (1 - opt_.dampening) * d_p;
+      auto buf = state.step == 0 ? d_p.clone()
+                                 : state.slots.at("momentum_buffer")[i].mul(opt_.momentum).add(d_p, 1 - opt_.dampening);
       new_buf.push_back(buf);
-      d_p = opt_.nesterov ? d_p + opt_.momentum * buf : buf;
+      d_p = opt_.nesterov ? d_p.add(buf, opt_.momentum) : buf;
     }
-    out.params.tensors.push_back(p - lr * d_p);
+    out.params.tensors.push_back(p.add(d_p, -lr));
   }
   if (opt_.momentum > 0) out.slots["momentum_buffer"] = std::move(new_buf);
   return out;

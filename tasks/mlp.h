@@ -33,7 +33,8 @@ class MlpTask : public Task {
   ParamSet init(at::Generator& gen) const override;
   torch::Tensor loss(const ParamSet& params, const Batch& batch) const override;
   Batch sample_batch(Split split, at::Generator& gen) const override;
-  std::map<std::string, double> evaluate(const ParamSet& params, Split split, int64_t max_examples) const override;
+  std::map<std::string, double> evaluate(const ParamSet& params, Split split,
+                                         int64_t max_examples = 0) const override;
   nlohmann::json hyperparams() const override;
 
   /// Logits [B, classes] for inputs x [B, D]. When `activations` is given, appends the

@@ -1,0 +1,70 @@
+#include "common/config.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "support.h"
+
+using lopt::ConfigError;
+using lopt::json;
+
+TEST(ConfigReader, ReadsDefaultsAndRejectsUnknownKeys) {
+  json j = {{"width", 64}, {"typo", 1}};
+  lopt::ConfigReader r(j, "/task");
+  EXPECT_EQ(r.get<int>("width", 8), 64);
+  EXPECT_EQ(r.get<int>("depth", 3), 3);
+  try {
+    r.finish();
+    FAIL() << "unknown key accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.path(), "/task/typo");
+    EXPECT_NE(std::string(e.what()).find("unknown key"), std::string::npos);
+  }
+}
+
+TEST(ConfigReader, WrongTypeNamesKeyAndValue) {
+  json j = {{"width", "wide"}};
+  lopt::ConfigReader r(j, "/task");
+  try {
+    r.get<int>("width", 8);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.path(), "/task/width");
+    EXPECT_NE(std::string(e.what()).find("\"wide\""), std::string::npos);
+  }
+}
+
+TEST(Config, OverridesParseJsonValuesAndStrings) {
+  json cfg = {{"optimizer", {{"lr", 1.0}}}};
+  lopt::apply_override(cfg, "optimizer.lr=3e-4");
+  lopt::apply_override(cfg, "optimizer.type=adamw");
+  lopt::apply_override(cfg, "task.widths=[1,2]");
+  EXPECT_DOUBLE_EQ(cfg["optimizer"]["lr"].get<double>(), 3e-4);
+  EXPECT_EQ(cfg["optimizer"]["type"], "adamw");
+  EXPECT_EQ(cfg["task"]["widths"], json({1, 2}));
+  EXPECT_THROW(lopt::apply_override(cfg, "no_equals_sign"), lopt::UsageError);
+  EXPECT_THROW(lopt::get_dotted(cfg, "optimizer.missing"), ConfigError);
+}
+
+TEST(Config, LoadJsonFileErrors) {
+  lopt_test::TempDir dir;
+  EXPECT_THROW(lopt::load_json_file(dir.path("missing.json")), lopt::IoError);
+  std::ofstream(dir.path("bad.json")) << "{\"a\": 1,,}";
+  try {
+    lopt::load_json_file(dir.path("bad.json"));
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.json"), std::string::npos);
+  }
+}
+
+TEST(Config, AtomicWriteLeavesNoTemporary) {
+  lopt_test::TempDir dir;
+  lopt::write_text_atomic(dir.path("sub/out.txt"), "hello");
+  std::ifstream in(dir.path("sub/out.txt"));
+  std::string s;
+  in >> s;
+  EXPECT_EQ(s, "hello");
+  EXPECT_FALSE(std::filesystem::exists(dir.path("sub/out.txt.tmp")));
+}

@@ -1,0 +1,126 @@
+#include "experiments/train.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "common/config.h"
+#include "common/errors.h"
+#include "experiments/h5_writer.h"
+#include "experiments/sweep.h"
+#include "support.h"
+
+using lopt::json;
+
+namespace {
+json tiny_config(const std::string& data_dir, const std::string& output) {
+  return {{"task", {{"width", 32}, {"depth", 2}, {"batch_size", 32}, {"image_size", 8}, {"data_dir", data_dir}}},
+          {"optimizer", {{"type", "muadam"}, {"lr", 3e-3}}},
+          {"steps", 60},
+          {"eval_every", 20},
+          {"output", output}};
+}
+}  // namespace
+
+TEST(Train, WritesTheResultSchemaAndLearns) {
+  lopt_test::TempDir dir;
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 200, 50);
+  auto out = dir.path("run.h5");
+  auto res = lopt::run_train(tiny_config(dir.path("fm"), out), lopt::ProgressMode::quiet);
+  ASSERT_TRUE(std::filesystem::exists(out));
+  EXPECT_FALSE(std::filesystem::exists(out + ".tmp"));
+  EXPECT_EQ(lopt::h5_read_string_attr(out, "status"), "completed");
+  auto cfg = json::parse(lopt::h5_read_string_attr(out, "config"));
+  EXPECT_EQ(cfg["optimizer"]["type"], "muadam");
+  EXPECT_EQ(cfg["optimizer"]["beta2"], 0.999);  // defaults are resolved into the file
+  EXPECT_EQ(lopt::h5_read_doubles(out, "train/loss").size(), 60u);
+  auto eval_acc = lopt::h5_read_doubles(out, "eval/test_accuracy");
+  ASSERT_EQ(eval_acc.size(), 4u);  // steps 0, 20, 40, 60
+  EXPECT_GT(eval_acc.back(), 0.5);  // the fake images are easy; chance is 0.1
+  EXPECT_DOUBLE_EQ(lopt::h5_read_double_attr(out, "final_test_accuracy"), eval_acc.back());
+  // Same seed, same result.
+  auto again = lopt::run_train(tiny_config(dir.path("fm"), ""), lopt::ProgressMode::quiet);
+  EXPECT_EQ(again.train_loss, res.train_loss);
+}
+
+TEST(Train, DivergenceStopsWritesAValidFileAndThrows) {
+  lopt_test::TempDir dir;
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
+  auto cfg = tiny_config(dir.path("fm"), dir.path("nan.h5"));
+  cfg["optimizer"] = {{"type", "sgd"}, {"lr", 1e6}};
+  try {
+    lopt::run_train(cfg, lopt::ProgressMode::quiet);
+    FAIL() << "no divergence";
+  } catch (const lopt::DivergenceError& e) {
+    EXPECT_GT(e.step(), 0);
+    EXPECT_EQ(lopt::h5_read_string_attr(dir.path("nan.h5"), "status"), "diverged");
+    EXPECT_EQ(lopt::h5_read_double_attr(dir.path("nan.h5"), "diverged_step"), static_cast<double>(e.step()));
+  }
+}
+
+TEST(Cli, HelpUnknownFlagsAndKeysAndExitCodes) {
+  lopt_test::TempDir dir;
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
+  std::string out;
+  EXPECT_EQ(lopt_test::run_lopt("--help", &out), 0);
+  EXPECT_NE(out.find("coord-check"), std::string::npos);
+  EXPECT_EQ(lopt_test::run_lopt("train --help", &out), 0);
+  EXPECT_NE(out.find("--config"), std::string::npos);
+  EXPECT_EQ(lopt_test::run_lopt("frobnicate", &out), 2);
+  EXPECT_EQ(lopt_test::run_lopt("train --bogus-flag", &out), 2);
+  EXPECT_NE(out.find("bogus-flag"), std::string::npos);
+
+  std::ofstream(dir.path("c.json")) << tiny_config(dir.path("fm"), dir.path("cli.h5")).dump();
+  EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --set task.widht=3", &out), 2);
+  EXPECT_NE(out.find("/task/widht"), std::string::npos) << out;
+  EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --set optimizer.lr=-1", &out), 2);
+  EXPECT_NE(out.find("/optimizer/lr"), std::string::npos) << out;
+  EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("missing.json"), &out), 1);
+  EXPECT_NE(out.find("missing.json"), std::string::npos);
+  EXPECT_EQ(lopt_test::run_lopt("train -q --data-dir " + dir.path("nowhere") + " --config " + dir.path("c.json"), &out), 1);
+  EXPECT_NE(out.find("dataset-fashion-mnist"), std::string::npos) << out;
+
+  EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --steps 10", &out), 0) << out;
+  EXPECT_NE(out.find("final: train_loss"), std::string::npos);
+  EXPECT_EQ(lopt::h5_read_doubles(dir.path("cli.h5"), "train/loss").size(), 10u);
+  EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --set optimizer.type=sgd --set optimizer.lr=1e7", &out), 1);
+  EXPECT_NE(out.find("diverged"), std::string::npos) << out;
+}
+
+TEST(Sweep, ExpandsTheGridValidatesAndResumes) {
+  lopt_test::TempDir dir;
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
+  auto base = tiny_config(dir.path("fm"), "");
+  base["steps"] = 5;
+  json sweep = {{"base", base},
+                {"grid", {{"optimizer.lr", {1e-3, 1e-2, 1e-1}}, {"task.width", {16, 32}}}},
+                {"output_dir", dir.path("sw")}};
+  auto runs = lopt::expand_sweep(sweep);
+  ASSERT_EQ(runs.size(), 6u);
+  EXPECT_EQ(runs[1].config["task"]["width"], 32);
+  EXPECT_DOUBLE_EQ(runs[1].config["optimizer"]["lr"].get<double>(), 1e-3);
+
+  auto rows = lopt::run_sweep(sweep, lopt::ProgressMode::quiet);
+  ASSERT_EQ(rows.size(), 6u);
+  EXPECT_TRUE(std::filesystem::exists(dir.path("sw.h5")));
+  auto t0 = std::filesystem::last_write_time(dir.path("sw/run_0000.h5"));
+  lopt::run_sweep(sweep, lopt::ProgressMode::quiet);  // resume: nothing is rerun
+  EXPECT_EQ(std::filesystem::last_write_time(dir.path("sw/run_0000.h5")), t0);
+
+  // Zipped keys vary together.
+  json zipped = sweep;
+  zipped["grid"] = json::object();
+  zipped["grid"]["task.parametrization.type,optimizer.type"] =
+      json::array({json::array({"sp", "adam"}), json::array({"mup", "muadam"})});
+  auto zr = lopt::expand_sweep(zipped);
+  ASSERT_EQ(zr.size(), 2u);
+  EXPECT_EQ(zr[0].config["optimizer"]["type"], "adam");
+  EXPECT_EQ(zr[0].config["task"]["parametrization"]["type"], "sp");
+  EXPECT_EQ(zr[1].config["optimizer"]["type"], "muadam");
+  zipped["grid"] = json::object();
+  zipped["grid"]["task.width,optimizer.type"] = json::array({json::array({16})});
+  EXPECT_THROW(lopt::expand_sweep(zipped), lopt::ConfigError);
+
+  sweep["grid"]["task.depth"] = {0};
+  EXPECT_THROW(lopt::expand_sweep(sweep), lopt::ConfigError);
+}

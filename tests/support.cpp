@@ -1,0 +1,88 @@
+#include "support.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+namespace lopt_test {
+
+TempDir::TempDir() {
+  static int counter = 0;
+  dir_ = std::filesystem::temp_directory_path() /
+         ("lopt_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+  std::filesystem::remove_all(dir_);
+  std::filesystem::create_directories(dir_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+std::string TempDir::path(const std::string& name) const { return name.empty() ? dir_.string() : (dir_ / name).string(); }
+
+torch::Tensor tensor_from(const std::vector<float>& values, const std::vector<int64_t>& shape) {
+  return torch::tensor(values, torch::kFloat32).reshape(shape).clone();
+}
+
+double max_rel_error(const torch::Tensor& a, const torch::Tensor& b, double floor) {
+  auto a64 = a.detach().to(torch::kFloat64), b64 = b.detach().to(torch::kFloat64);
+  return ((a64 - b64).abs() / b64.abs().clamp_min(floor)).max().item<double>();
+}
+
+void write_idx(const std::string& path, const std::vector<uint32_t>& dims, const std::vector<uint8_t>& data, bool gz) {
+  std::vector<uint8_t> bytes = {0, 0, 0x08, static_cast<uint8_t>(dims.size())};
+  for (uint32_t d : dims)
+    for (int s = 24; s >= 0; s -= 8) bytes.push_back(static_cast<uint8_t>(d >> s));
+  bytes.insert(bytes.end(), data.begin(), data.end());
+  if (gz) {
+    gzFile f = gzopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size()));
+    gzclose(f);
+  } else {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+}
+
+void write_fake_fashion_mnist(const std::string& dir, int n_train, int n_test, bool gz) {
+  std::filesystem::create_directories(dir);
+  std::mt19937 rng(7);
+  auto write_split = [&](const std::string& prefix, int n) {
+    std::vector<uint8_t> imgs(static_cast<size_t>(n) * 28 * 28), labels(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      labels[i] = static_cast<uint8_t>(i % 10);
+      // Class-dependent bright square plus noise: learnable, like a tiny image dataset.
+      for (int r = 0; r < 28; ++r)
+        for (int c = 0; c < 28; ++c) {
+          bool on = (r / 7) == (labels[i] % 4) && (c / 7) == (labels[i] / 4 % 4);
+          imgs[static_cast<size_t>(i) * 784 + r * 28 + c] = static_cast<uint8_t>((on ? 180 : 0) + rng() % 60);
+        }
+    }
+    std::string sfx = gz ? ".gz" : "";
+    write_idx(dir + "/" + prefix + "-images-idx3-ubyte" + sfx, {static_cast<uint32_t>(n), 28, 28}, imgs, gz);
+    write_idx(dir + "/" + prefix + "-labels-idx1-ubyte" + sfx, {static_cast<uint32_t>(n)}, labels, gz);
+  };
+  write_split("train", n_train);
+  write_split("t10k", n_test);
+}
+
+int run_lopt(const std::string& args, std::string* output) {
+  std::string cmd = std::string(LOPT_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return -1;
+  std::string out;
+  std::array<char, 4096> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
+  int status = pclose(pipe);
+  if (output) *output = out;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace lopt_test

@@ -1,0 +1,39 @@
+#pragma once
+// Shared helpers for lopt's tests.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace lopt_test {
+
+/// A fresh empty folder under the system temp dir, removed at destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  std::string path(const std::string& name = "") const;
+
+ private:
+  std::filesystem::path dir_;
+};
+
+/// Float tensor of `shape` from row-major values.
+torch::Tensor tensor_from(const std::vector<float>& values, const std::vector<int64_t>& shape);
+
+/// Max over elements of |a - b| / max(|b|, floor).
+double max_rel_error(const torch::Tensor& a, const torch::Tensor& b, double floor = 1e-6);
+
+/// Writes an IDX file of unsigned bytes (gzip-compressed when `gz`).
+void write_idx(const std::string& path, const std::vector<uint32_t>& dims, const std::vector<uint8_t>& data, bool gz);
+
+/// Writes a small Fashion-MNIST-like folder: n_train / n_test images of side 28 with labels 0..9.
+void write_fake_fashion_mnist(const std::string& dir, int n_train, int n_test, bool gz = true);
+
+/// Runs the lopt binary with `args` (a shell string); returns the exit code, output in `output`.
+int run_lopt(const std::string& args, std::string* output = nullptr);
+
+}  // namespace lopt_test
