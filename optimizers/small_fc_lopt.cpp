@@ -1,0 +1,380 @@
+#include "optimizers/small_fc_lopt.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "common/config.h"
+#include "common/errors.h"
+#include "optimizers/safetensors.h"
+#include "parametrization/parametrization.h"
+
+namespace lopt {
+
+const std::array<double, kLoptTimeFeatures> kLoptTimescales = {1, 3, 10, 30, 100, 300, 1e3, 3e3, 1e4, 3e4, 1e5};
+
+// ------------------------------------------------------------------ config
+
+SmallFcLoptConfig SmallFcLoptConfig::from_json(const nlohmann::json& j, const std::string& path) {
+  ConfigReader r(j, path);
+  auto type = r.get<std::string>("type", "mulo");
+  config_check(type == "mulo" || type == "small_fc_lopt", r.path_of("type"),
+               "unknown learned optimizer \"" + type + "\" (valid: small_fc_lopt, mulo)");
+  SmallFcLoptConfig c;
+  c.mup = type == "mulo";
+  c.hidden_size = r.get<int64_t>("hidden_size", c.hidden_size);
+  c.hidden_layers = r.get<int64_t>("hidden_layers", c.hidden_layers);
+  c.step_mult = r.get<double>("step_mult", c.step_mult);
+  c.exp_mult = r.get<double>("exp_mult", c.exp_mult);
+  c.lr = r.get<double>("lr", c.lr);
+  c.weight_decay = r.get<double>("weight_decay", c.weight_decay);
+  c.max_grad_norm = r.get<double>("max_grad_norm", c.max_grad_norm);
+  c.initial_momentum_decays = r.get<std::vector<double>>("initial_momentum_decays", c.initial_momentum_decays);
+  c.initial_rms_decays = r.get<std::vector<double>>("initial_rms_decays", c.initial_rms_decays);
+  c.initial_adafactor_decays = r.get<std::vector<double>>("initial_adafactor_decays", c.initial_adafactor_decays);
+  c.impl = r.get<std::string>("impl", c.impl);
+  r.finish();
+  config_check(c.hidden_size >= 1, r.path_of("hidden_size"), "must be >= 1");
+  config_check(c.hidden_layers >= 0, r.path_of("hidden_layers"), "must be >= 0");
+  config_check(c.lr >= 0, r.path_of("lr"), "must be >= 0");
+  config_check(c.weight_decay >= 0, r.path_of("weight_decay"), "must be >= 0");
+  config_check(c.max_grad_norm >= 0, r.path_of("max_grad_norm"), "must be >= 0 (0 = no clipping)");
+  config_check(c.initial_momentum_decays.size() == 3, r.path_of("initial_momentum_decays"), "needs 3 values");
+  config_check(c.initial_rms_decays.size() == 1, r.path_of("initial_rms_decays"), "needs 1 value");
+  config_check(c.initial_adafactor_decays.size() == 3, r.path_of("initial_adafactor_decays"), "needs 3 values");
+  config_check(c.impl == "fused" || c.impl == "tensor", r.path_of("impl"), "must be \"fused\" or \"tensor\"");
+  return c;
+}
+
+nlohmann::json SmallFcLoptConfig::to_json() const {
+  return {{"type", mup ? "mulo" : "small_fc_lopt"},
+          {"hidden_size", hidden_size},
+          {"hidden_layers", hidden_layers},
+          {"step_mult", step_mult},
+          {"exp_mult", exp_mult},
+          {"lr", lr},
+          {"weight_decay", weight_decay},
+          {"max_grad_norm", max_grad_norm},
+          {"initial_momentum_decays", initial_momentum_decays},
+          {"initial_rms_decays", initial_rms_decays},
+          {"initial_adafactor_decays", initial_adafactor_decays},
+          {"impl", impl}};
+}
+
+std::unique_ptr<SmallFcLopt> make_learned_optimizer(const nlohmann::json& config, const std::string& path) {
+  return std::make_unique<SmallFcLopt>(SmallFcLoptConfig::from_json(config, path));
+}
+
+std::pair<int64_t, int64_t> lopt_factored_dims(const std::vector<int64_t>& shape) {
+  std::vector<int64_t> order(shape.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return shape[a] < shape[b]; });
+  return {order[order.size() - 2], order[order.size() - 1]};
+}
+
+// ------------------------------------------------------------------ theta
+
+SmallFcLopt::SmallFcLopt(SmallFcLoptConfig config) : config_(std::move(config)) {}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> SmallFcLopt::theta_layout() const {
+  const int64_t h = config_.hidden_size;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> l;
+  l.push_back({"network.input.weight", {h, kLoptInputs}});
+  l.push_back({"network.input.bias", {h}});
+  for (int64_t i = 0; i < config_.hidden_layers; ++i) {
+    l.push_back({"network.linear_" + std::to_string(i) + ".weight", {h, h}});
+    l.push_back({"network.linear_" + std::to_string(i) + ".bias", {h}});
+  }
+  l.push_back({"network.output.weight", {2, h}});
+  l.push_back({"network.output.bias", {2}});
+  l.push_back({"momentum_decays", {3}});
+  l.push_back({"rms_decays", {1}});
+  l.push_back({"adafactor_decays", {3}});
+  return l;
+}
+
+int64_t SmallFcLopt::num_theta() const {
+  int64_t n = 0;
+  for (const auto& [name, shape] : theta_layout())
+    n += std::accumulate(shape.begin(), shape.end(), int64_t(1), std::multiplies<int64_t>());
+  return n;
+}
+
+std::map<std::string, torch::Tensor> SmallFcLopt::unflatten(const torch::Tensor& theta) const {
+  TORCH_CHECK(theta.dim() == 1 && theta.size(0) == num_theta(), "SmallFcLopt: theta must be [", num_theta(),
+              "], got ", theta.sizes());
+  std::map<std::string, torch::Tensor> out;
+  int64_t off = 0;
+  for (const auto& [name, shape] : theta_layout()) {
+    int64_t n = std::accumulate(shape.begin(), shape.end(), int64_t(1), std::multiplies<int64_t>());
+    out[name] = theta.narrow(0, off, n).view(shape);
+    off += n;
+  }
+  return out;
+}
+
+torch::Tensor SmallFcLopt::flatten(const std::map<std::string, torch::Tensor>& named) const {
+  std::vector<torch::Tensor> parts;
+  for (const auto& [name, shape] : theta_layout()) {
+    auto it = named.find(name);
+    if (it == named.end()) {
+      TORCH_CHECK(name.rfind("network.", 0) != 0, "SmallFcLopt::flatten: missing ", name);
+      parts.push_back(torch::zeros(shape));
+      continue;
+    }
+    TORCH_CHECK(it->second.sizes() == torch::IntArrayRef(shape), "SmallFcLopt::flatten: ", name, " has shape ",
+                it->second.sizes(), ", expected ", torch::IntArrayRef(shape));
+    parts.push_back(it->second.reshape({-1}).to(torch::kFloat32));
+  }
+  return torch::cat(parts);
+}
+
+torch::Tensor SmallFcLopt::init_theta(at::Generator& gen) const {
+  // torch.nn.Linear's default init (as PyLO's MetaMLP): U(-1/sqrt(fan_in), 1/sqrt(fan_in)); offsets 0.
+  std::map<std::string, torch::Tensor> named;
+  for (const auto& [name, shape] : theta_layout()) {
+    if (name.rfind("network.", 0) != 0) continue;
+    bool is_weight = name.size() > 7 && name.substr(name.size() - 7) == ".weight";
+    int64_t fan_in = is_weight ? shape[1] : (name.find("input") != std::string::npos ? kLoptInputs : config_.hidden_size);
+    double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    named[name] = torch::rand(shape, gen).mul_(2 * bound).sub_(bound);
+  }
+  return flatten(named);
+}
+
+void SmallFcLopt::save(const std::string& path, const torch::Tensor& theta) const {
+  SafeTensors st;
+  for (const auto& [name, t] : unflatten(theta.detach())) {
+    if (name.rfind("network.", 0) == 0) {
+      st.tensors[name] = t;
+    } else {
+      std::vector<float> v(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+      st.metadata[name] = nlohmann::json(v).dump();
+    }
+  }
+  st.metadata["lopt_config"] = config_.to_json().dump();
+  write_safetensors(path, st);
+}
+
+torch::Tensor SmallFcLopt::load(const std::string& path) const {
+  auto st = read_safetensors(path);
+  std::map<std::string, torch::Tensor> named;
+  for (const auto& [name, shape] : theta_layout()) {
+    if (name.rfind("network.", 0) == 0) {
+      auto it = st.tensors.find(name);
+      if (it == st.tensors.end())
+        throw IoError(path, "missing tensor '" + name + "' (expected PyLO MetaMLP names, hidden_size " +
+                                std::to_string(config_.hidden_size) + ", hidden_layers " +
+                                std::to_string(config_.hidden_layers) + ")");
+      if (it->second.sizes() != torch::IntArrayRef(shape))
+        throw IoError(path, "tensor '" + name + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
+                                c10::str(torch::IntArrayRef(shape)) + " (check hidden_size)");
+      named[name] = it->second;
+    } else if (auto m = st.metadata.find(name); m != st.metadata.end()) {
+      try {
+        auto v = nlohmann::json::parse(m->second).get<std::vector<float>>();
+        if (static_cast<int64_t>(v.size()) != shape[0]) throw std::runtime_error("wrong length");
+        named[name] = torch::tensor(v);
+      } catch (const std::exception&) {
+        throw IoError(path, "metadata '" + name + "' must be a JSON list of " + std::to_string(shape[0]) + " numbers");
+      }
+    }
+  }
+  for (const auto& [name, t] : st.tensors) {
+    bool known = false;
+    for (const auto& [n, s] : theta_layout()) known |= n == name;
+    if (!known) throw IoError(path, "unexpected tensor '" + name + "' (more MLP layers than hidden_layers=" +
+                                        std::to_string(config_.hidden_layers) + "?)");
+  }
+  return flatten(named);
+}
+
+nlohmann::json SmallFcLopt::hyperparams() const { return config_.to_json(); }
+
+std::unique_ptr<Optimizer> SmallFcLopt::bind(const torch::Tensor& theta) const {
+  return std::make_unique<SmallFcLoptOptimizer>(*this, theta);
+}
+
+// ------------------------------------------------------------------ bound optimizer
+
+SmallFcLoptOptimizer::SmallFcLoptOptimizer(const SmallFcLopt& lopt, torch::Tensor theta)
+    : config_(lopt.config()), theta_(std::move(theta)), named_(lopt.unflatten(theta_)) {
+  weights_.push_back(named_.at("network.input.weight"));
+  biases_.push_back(named_.at("network.input.bias"));
+  for (int64_t i = 0; i < config_.hidden_layers; ++i) {
+    weights_.push_back(named_.at("network.linear_" + std::to_string(i) + ".weight"));
+    biases_.push_back(named_.at("network.linear_" + std::to_string(i) + ".bias"));
+  }
+  weights_.push_back(named_.at("network.output.weight"));
+  biases_.push_back(named_.at("network.output.bias"));
+}
+
+nlohmann::json SmallFcLoptOptimizer::hyperparams() const { return config_.to_json(); }
+
+double SmallFcLoptOptimizer::lr_for(const ParamInfo& info) const {
+  // PyLO MuLO_naive: matrix-like tensors (both dims infinite) get lr / width_mult; weight decay
+  // is not rescaled (unlike mup.MuAdam).
+  if (!config_.mup) return config_.lr;
+  return config_.lr * MupParametrization().lr_mult(info);
+}
+
+SmallFcLoptOptimizer::Decays SmallFcLoptOptimizer::decays() const {
+  // beta = clip(1 - (1 - initial) * exp(10 * offset), 0, 1)  (learned_optimization reparam_decay=10)
+  auto conv = [&](const std::vector<double>& init, const torch::Tensor& off) {
+    auto one_minus = torch::tensor(std::vector<float>(init.begin(), init.end())).neg().add(1.0);
+    return (1 - one_minus * torch::exp(10 * off)).clamp(0.0, 1.0);
+  };
+  return {conv(config_.initial_momentum_decays, named_.at("momentum_decays")),
+          conv(config_.initial_rms_decays, named_.at("rms_decays")),
+          conv(config_.initial_adafactor_decays, named_.at("adafactor_decays"))};
+}
+
+namespace {
+std::vector<int64_t> eff_shape(const torch::Tensor& p) {
+  return p.dim() == 0 ? std::vector<int64_t>{1} : p.sizes().vec();
+}
+std::vector<int64_t> with_last(std::vector<int64_t> s, int64_t n) {
+  s.push_back(n);
+  return s;
+}
+std::vector<int64_t> without(std::vector<int64_t> s, int64_t d) {
+  s.erase(s.begin() + d);
+  return s;
+}
+}  // namespace
+
+OptState SmallFcLoptOptimizer::init(const ParamSet& params) const {
+  OptState s;
+  s.params = params;
+  for (const auto& p : params.tensors) {
+    auto shape = eff_shape(p);
+    s.slots["mom"].push_back(torch::zeros(with_last(shape, 3)));
+    s.slots["rms"].push_back(torch::zeros(with_last(shape, 1)));
+    if (shape.size() >= 2) {
+      auto [d1, d0] = lopt_factored_dims(shape);
+      s.slots["fac_vec_row"].push_back(torch::zeros(with_last(without(shape, d0), 3)));
+      s.slots["fac_vec_col"].push_back(torch::zeros(with_last(without(shape, d1), 3)));
+      s.slots["fac_vec_v"].push_back(torch::zeros({0}));
+    } else {
+      s.slots["fac_vec_row"].push_back(torch::zeros({0}));
+      s.slots["fac_vec_col"].push_back(torch::zeros({0}));
+      s.slots["fac_vec_v"].push_back(torch::zeros(with_last(shape, 3)));
+    }
+  }
+  return s;
+}
+
+namespace {
+/// Global-norm clipping factor min(1, max_norm / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_.
+torch::Tensor clip_scale(const std::vector<torch::Tensor>& grads, double max_norm) {
+  auto total = torch::zeros({}, torch::kFloat64);
+  for (const auto& g : grads) total = total + g.to(torch::kFloat64).square().sum();
+  return (max_norm / (total.sqrt() + 1e-6)).clamp_max(1.0).to(torch::kFloat32);
+}
+}  // namespace
+
+OptState SmallFcLoptOptimizer::update(const OptState& state, const std::vector<torch::Tensor>& grads,
+                                      const torch::Tensor&) const {
+  return step(state, grads, nullptr, nullptr);
+}
+
+// Follows PyLO MuLO_naive.step / AdafacLO_naive.step (feature order in kLopt* and the golden file).
+OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<torch::Tensor>& grads_in,
+                                    std::vector<torch::Tensor>* mlp_inputs,
+                                    std::vector<torch::Tensor>* mlp_outputs) const {
+  check_grads(state, grads_in, "SmallFcLoptOptimizer::update");
+  std::vector<torch::Tensor> grads = grads_in;
+  if (config_.max_grad_norm > 0) {
+    auto scale = clip_scale(grads, config_.max_grad_norm);
+    for (auto& g : grads) g = g * scale;
+  }
+  const auto dec = decays();
+  const double t = static_cast<double>(state.step);  // PyLO: step incremented first, feature uses step - 1
+  std::vector<float> tf;
+  for (double s : kLoptTimescales) tf.push_back(static_cast<float>(std::tanh(t / s - 1.0)));
+  auto time_features = torch::tensor(tf);
+
+  OptState out;
+  out.step = state.step + 1;
+  out.params.info = state.params.info;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const auto& p0 = state.params.tensors[i];
+    auto shape = eff_shape(p0);
+    auto p = p0.reshape(shape), g = grads[i].reshape(shape);
+    auto gu = g.unsqueeze(-1);
+    auto mom = state.slots.at("mom")[i] * dec.mom + (1 - dec.mom) * gu;
+    auto rms = state.slots.at("rms")[i] * dec.rms + (1 - dec.rms) * gu.square();
+    auto g2 = g.square() + 1e-30;
+    torch::Tensor row = state.slots.at("fac_vec_row")[i], col = state.slots.at("fac_vec_col")[i],
+                  v = state.slots.at("fac_vec_v")[i];
+    torch::Tensor fac_g, row_feat, col_feat, fac_mom_mult;
+    auto full = with_last(shape, 3);
+    if (shape.size() >= 2) {
+      auto [d1, d0] = lopt_factored_dims(shape);
+      row = row * dec.fac + (1 - dec.fac) * g2.mean(d0).unsqueeze(-1);
+      col = col * dec.fac + (1 - dec.fac) * g2.mean(d1).unsqueeze(-1);
+      const int64_t reduced_d1 = d1 > d0 ? d1 - 1 : d1;
+      auto row_factor = (row / (row.mean(reduced_d1, true) + 1e-9)).clamp_min(1e-9).rsqrt().unsqueeze(d0);
+      auto col_factor = col.clamp_min(1e-9).rsqrt().unsqueeze(d1);
+      fac_g = gu * row_factor * col_factor;
+      row_feat = row.unsqueeze(d0).expand(full);
+      col_feat = col.unsqueeze(d1).expand(full);
+      fac_mom_mult = mom * row_factor * col_factor;
+    } else {
+      v = v * dec.fac + (1 - dec.fac) * g2.unsqueeze(-1);
+      fac_g = gu * (v + 1e-9).clamp_min(1e-9).rsqrt();
+      row_feat = col_feat = v;
+      fac_mom_mult = mom * (v + 1e-6).pow(-0.5);
+    }
+    auto rsq = (rms + 1e-6).rsqrt();
+    auto x = torch::cat({gu, p.unsqueeze(-1), mom, rms, mom * rsq, rsq, fac_g, row_feat, col_feat,
+                         (row_feat + 1e-8).rsqrt(), (col_feat + 1e-8).rsqrt(), fac_mom_mult},
+                        -1);
+    std::vector<int64_t> reduce_dims(shape.size());
+    std::iota(reduce_dims.begin(), reduce_dims.end(), 0);
+    x = x * (x.square().mean(reduce_dims, true) + 1e-5).rsqrt();
+    x = torch::cat({x, time_features.to(x.scalar_type()).expand(with_last(shape, kLoptTimeFeatures))}, -1);
+    auto h = x;
+    for (size_t l = 0; l + 1 < weights_.size(); ++l) h = torch::relu(torch::linear(h, weights_[l], biases_[l]));
+    auto o = torch::linear(h, weights_.back(), biases_.back());
+    auto direction = o.select(-1, 0), magnitude = o.select(-1, 1);
+    auto stepv = direction * torch::exp(magnitude * config_.exp_mult) * config_.step_mult;
+    const double lr = lr_for(state.params.info[i]);
+    auto p_new = p - lr * stepv;
+    if (config_.weight_decay > 0) p_new = p_new - (lr * config_.weight_decay) * p_new;  // PyLO: on the updated p
+    out.params.tensors.push_back(p_new.reshape(p0.sizes()));
+    out.slots["mom"].push_back(mom);
+    out.slots["rms"].push_back(rms);
+    out.slots["fac_vec_row"].push_back(row);
+    out.slots["fac_vec_col"].push_back(col);
+    out.slots["fac_vec_v"].push_back(v);
+    if (mlp_inputs) mlp_inputs->push_back(x);
+    if (mlp_outputs) mlp_outputs->push_back(o);
+  }
+  return out;
+}
+
+void SmallFcLoptOptimizer::update_(OptState& state, const std::vector<torch::Tensor>& grads,
+                                   const torch::Tensor& loss) const {
+  torch::NoGradGuard no_grad;
+  if (config_.impl != "fused") {
+    state = update(state, grads, loss);
+    return;
+  }
+  check_grads(state, grads, "SmallFcLoptOptimizer::update_");
+  std::vector<torch::Tensor> g = grads;
+  if (config_.max_grad_norm > 0) {
+    auto scale = clip_scale(grads, config_.max_grad_norm);
+    for (auto& x : g) x = x * scale;
+  }
+  for (size_t i = 0; i < g.size(); ++i) {
+    std::vector<torch::Tensor*> slots = {&state.slots.at("mom")[i], &state.slots.at("rms")[i],
+                                         &state.slots.at("fac_vec_row")[i], &state.slots.at("fac_vec_col")[i],
+                                         &state.slots.at("fac_vec_v")[i]};
+    detail::fused_lopt_step(*this, state.params.tensors[i], g[i], slots, lr_for(state.params.info[i]), state.step);
+  }
+  state.step += 1;
+}
+
+}  // namespace lopt

@@ -1,0 +1,115 @@
+#pragma once
+/// small_fc_lopt and muLO: the per-parameter MLP learned optimizer of learned_optimization
+/// `learned_optimizers/adafac_mlp_lopt.py`, as implemented by PyLO's AdafacLO_naive and
+/// MuLO_naive (Belilovsky-Lab/pylo). Where the two differ, lopt follows PyLO (noted inline).
+///
+/// Per tensor: momentum (3 decays), rms (1 decay) and Adafactor row/column accumulators
+/// (3 decays) are updated; 28 features are built and each normalised over the tensor; 11 time
+/// features tanh(t/s - 1) are appended; an MLP 39 -> hidden -> ... -> 2 gives direction d and
+/// magnitude m; step = d * exp(m * exp_mult) * step_mult; p <- p - lr * step, then
+/// p <- p - lr * weight_decay * p. muLO multiplies lr by 1/width_mult for hidden (matrix-like) weights.
+#include <array>
+#include <vector>
+
+#include "optimizers/learned_optimizer.h"
+
+namespace lopt {
+
+struct SmallFcLoptConfig {
+  int64_t hidden_size = 32;
+  int64_t hidden_layers = 1;  ///< hidden->hidden layers (PyLO's linear_0 ...)
+  double step_mult = 1e-2;    ///< muLO configs and PyLO; learned_optimization's default is 1e-3
+  double exp_mult = 1e-3;
+  double lr = 1.0;
+  double weight_decay = 0.0;
+  double max_grad_norm = 0.0;  ///< global-norm gradient clipping; 0 = off
+  bool mup = false;            ///< muLO: per-tensor LR x 1/width_mult for hidden weights
+  std::vector<double> initial_momentum_decays = {0.9, 0.99, 0.999};
+  std::vector<double> initial_rms_decays = {0.999};
+  std::vector<double> initial_adafactor_decays = {0.9, 0.99, 0.999};
+  std::string impl = "fused";  ///< "fused" (CPU kernel for the no-grad path) or "tensor"
+
+  static SmallFcLoptConfig from_json(const nlohmann::json& j, const std::string& path);
+  nlohmann::json to_json() const;
+};
+
+/// Number of MLP inputs: 28 normalised features + 11 time features.
+constexpr int64_t kLoptInputs = 39;
+constexpr int64_t kLoptTensorFeatures = 28;
+constexpr int64_t kLoptTimeFeatures = 11;
+extern const std::array<double, kLoptTimeFeatures> kLoptTimescales;
+
+class SmallFcLopt : public LearnedOptimizer {
+ public:
+  explicit SmallFcLopt(SmallFcLoptConfig config);
+  torch::Tensor init_theta(at::Generator& gen) const override;
+  int64_t num_theta() const override;
+  std::unique_ptr<Optimizer> bind(const torch::Tensor& theta) const override;
+  /// safetensors with PyLO's MetaMLP names (network.input.weight, network.linear_0.weight, ...,
+  /// network.output.weight); the decay offsets go in the metadata (PyLO keeps them in its config).
+  void save(const std::string& path, const torch::Tensor& theta) const override;
+  /// Reads PyLO-named safetensors; decay offsets from the metadata when present, else zero.
+  torch::Tensor load(const std::string& path) const override;
+  nlohmann::json hyperparams() const override;
+  const SmallFcLoptConfig& config() const { return config_; }
+
+  /// (name, shape) of each piece of theta, in order.
+  std::vector<std::pair<std::string, std::vector<int64_t>>> theta_layout() const;
+  /// Named views into theta (differentiable).
+  std::map<std::string, torch::Tensor> unflatten(const torch::Tensor& theta) const;
+  /// Flat theta from named tensors (missing decay offsets are zero).
+  torch::Tensor flatten(const std::map<std::string, torch::Tensor>& named) const;
+
+ private:
+  SmallFcLoptConfig config_;
+};
+
+/// The learned optimizer for one theta. Slots follow PyLO's state: "mom" [*shape, 3],
+/// "rms" [*shape, 1], "fac_vec_row", "fac_vec_col" (factored, ndim >= 2) and "fac_vec_v" (ndim < 2).
+class SmallFcLoptOptimizer : public Optimizer {
+ public:
+  SmallFcLoptOptimizer(const SmallFcLopt& lopt, torch::Tensor theta);
+  OptState init(const ParamSet& params) const override;
+  /// Tensor-op step: differentiable w.r.t. theta and the parameters.
+  OptState update(const OptState& state, const std::vector<torch::Tensor>& grads,
+                  const torch::Tensor& loss) const override;
+  /// No-grad step in place; uses the fused CPU kernel when config.impl == "fused".
+  void update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const override;
+  nlohmann::json hyperparams() const override;
+
+  /// update() that also returns each tensor's MLP inputs [*shape, 39] and outputs [*shape, 2].
+  OptState step(const OptState& state, const std::vector<torch::Tensor>& grads,
+                std::vector<torch::Tensor>* mlp_inputs, std::vector<torch::Tensor>* mlp_outputs) const;
+  /// Learning rate applied to a tensor (lr x muP multiplier).
+  double lr_for(const ParamInfo& info) const;
+  /// Effective decays (3 momentum, 1 rms, 3 adafactor) from the offsets in theta.
+  struct Decays {
+    torch::Tensor mom, rms, fac;
+  };
+  Decays decays() const;
+  const SmallFcLoptConfig& config() const { return config_; }
+  /// MLP layers in order (views into theta): weight [out, in], bias [out].
+  const std::vector<torch::Tensor>& mlp_weights() const { return weights_; }
+  const std::vector<torch::Tensor>& mlp_biases() const { return biases_; }
+
+ private:
+  SmallFcLoptConfig config_;
+  torch::Tensor theta_;
+  std::map<std::string, torch::Tensor> named_;
+  std::vector<torch::Tensor> weights_, biases_;  // MLP layers in order
+};
+
+/// Builds {"type": "small_fc_lopt" | "mulo", ...}.
+std::unique_ptr<SmallFcLopt> make_learned_optimizer(const nlohmann::json& config, const std::string& path = "/lopt");
+
+/// Factored dimensions of a shape as in learned_optimization `factored_dims`: (d1, d0) where d0 is
+/// the largest dimension and d1 the second largest (argsort order; ties keep the lower index first).
+std::pair<int64_t, int64_t> lopt_factored_dims(const std::vector<int64_t>& shape);
+
+namespace detail {
+/// Fused no-grad step of one tensor, updating p and the slots in place (small_fc_lopt_fused.cpp).
+void fused_lopt_step(const SmallFcLoptOptimizer& opt, torch::Tensor& p, const torch::Tensor& g,
+                     std::vector<torch::Tensor*> slots, double lr, int64_t step);
+}  // namespace detail
+
+}  // namespace lopt
