@@ -71,22 +71,28 @@ lopt::ProgressMode mode(const Common& c) { return c.quiet ? lopt::ProgressMode::
 
 int cmd_train(int argc, char** argv) {
   Common c;
-  std::string output, data_dir;
+  std::string output, data_dir, optimizer, lo_checkpoint;
   long long steps = -1, seed = -1;
   auto desc = common_options(c);
   desc.add_options()("output,o", po::value(&output), "HDF5 result file (sets \"output\")")(
       "steps", po::value(&steps), "number of training steps (sets \"steps\")")(
       "seed", po::value(&seed), "random seed (sets \"seed\")")(
+      "optimizer", po::value(&optimizer), "optimizer type: sgd, adam, adamw, muadam, mulo, small_fc_lopt (sets optimizer.type)")(
+      "lo-checkpoint", po::value(&lo_checkpoint), "learned-optimizer weights, safetensors with PyLO names (sets optimizer.checkpoint)")(
       "data-dir", po::value(&data_dir), "Fashion-MNIST folder (sets task.data_dir; default $LOPT_DATA_DIR or the Debian package's)");
   po::variables_map vm;
   if (!parse(argc, argv, desc, "usage: lopt train --config FILE [--set key=value ...] [options]", vm)) return 0;
   set_threads(c.threads);
   if (c.config.empty() && c.sets.empty()) throw lopt::UsageError("lopt train needs --config FILE (see experiments/configs/)");
-  json cfg = load_config(c, json::object());
+  json cfg = c.config.empty() ? json::object() : lopt::load_json_file(c.config);
+  if (!optimizer.empty() && cfg.value("optimizer", json::object()).value("type", "") != optimizer)
+    cfg["optimizer"] = {{"type", optimizer}};  // a different optimizer: its own defaults, not the file's keys
+  for (const auto& s : c.sets) lopt::apply_override(cfg, s);
   if (!output.empty()) cfg["output"] = output;
   if (steps >= 0) cfg["steps"] = steps;
   if (seed >= 0) cfg["seed"] = seed;
   if (!data_dir.empty()) lopt::set_dotted(cfg, "task.data_dir", data_dir);
+  if (!lo_checkpoint.empty()) lopt::set_dotted(cfg, "optimizer.checkpoint", lo_checkpoint);
   auto resolved = lopt::resolve_train_config(cfg);
   auto res = lopt::run_train(resolved, mode(c));
   std::printf("final: train_loss %.5f test_loss %.5f test_accuracy %.4f wall_time %.1fs%s%s\n", res.final_train_loss(),

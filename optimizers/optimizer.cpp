@@ -5,6 +5,8 @@
 #include "common/config.h"
 #include "optimizers/adam.h"
 #include "optimizers/sgd.h"
+#include "optimizers/small_fc_lopt.h"
+#include "common/rng.h"
 
 namespace lopt {
 
@@ -64,9 +66,29 @@ std::unique_ptr<Optimizer> make_optimizer(const nlohmann::json& config, const st
     config_check(o.beta2 >= 0 && o.beta2 < 1, r.path_of("beta2"), "must be in [0, 1)");
     make_schedule(o.schedule, r.path_of("schedule"));
     out = std::make_unique<Adam>(o);
+  } else if (type == "mulo" || type == "small_fc_lopt") {
+    // A learned optimizer with theta from a checkpoint (safetensors, PyLO names) or, without one,
+    // an untrained theta drawn from theta_seed.
+    auto checkpoint = r.get<std::string>("checkpoint", "");
+    auto theta_seed = r.get<uint64_t>("theta_seed", 0);
+    nlohmann::json lcfg = config;
+    lcfg.erase("checkpoint");
+    lcfg.erase("theta_seed");
+    for (auto it = lcfg.begin(); it != lcfg.end(); ++it) r.get<nlohmann::json>(it.key(), nullptr);
+    auto lo = make_learned_optimizer(lcfg, path);
+    torch::Tensor theta;
+    if (checkpoint.empty()) {
+      auto gen = make_generator(derive_seed(theta_seed, "theta"));
+      theta = lo->init_theta(gen);
+    } else {
+      theta = lo->load(checkpoint);
+    }
+    auto bound = std::make_unique<SmallFcLoptOptimizer>(*lo, theta);
+    bound->set_provenance({{"checkpoint", checkpoint}, {"theta_seed", theta_seed}});
+    out = std::move(bound);
   } else {
     throw ConfigError(r.path_of("type"),
-                      "unknown optimizer \"" + type + "\" (valid: sgd, adam, adamw, muadam)");
+                      "unknown optimizer \"" + type + "\" (valid: sgd, adam, adamw, muadam, mulo, small_fc_lopt)");
   }
   r.finish();
   return out;

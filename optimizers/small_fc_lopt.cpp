@@ -210,7 +210,11 @@ SmallFcLoptOptimizer::SmallFcLoptOptimizer(const SmallFcLopt& lopt, torch::Tenso
   biases_.push_back(named_.at("network.output.bias"));
 }
 
-nlohmann::json SmallFcLoptOptimizer::hyperparams() const { return config_.to_json(); }
+nlohmann::json SmallFcLoptOptimizer::hyperparams() const {
+  auto j = config_.to_json();
+  j.update(provenance_);
+  return j;
+}
 
 double SmallFcLoptOptimizer::lr_for(const ParamInfo& info) const {
   // PyLO MuLO_naive: matrix-like tensors (both dims infinite) get lr / width_mult; weight decay

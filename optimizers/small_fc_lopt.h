@@ -75,7 +75,9 @@ class SmallFcLoptOptimizer : public Optimizer {
                   const torch::Tensor& loss) const override;
   /// No-grad step in place; uses the fused CPU kernel when config.impl == "fused".
   void update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const override;
+  /// Config plus provenance (e.g. {"checkpoint": ..., "theta_seed": ...}) for result files.
   nlohmann::json hyperparams() const override;
+  void set_provenance(const nlohmann::json& p) { provenance_ = p; }
 
   /// update() that also returns each tensor's MLP inputs [*shape, 39] and outputs [*shape, 2].
   OptState step(const OptState& state, const std::vector<torch::Tensor>& grads,
@@ -97,6 +99,7 @@ class SmallFcLoptOptimizer : public Optimizer {
   torch::Tensor theta_;
   std::map<std::string, torch::Tensor> named_;
   std::vector<torch::Tensor> weights_, biases_;  // MLP layers in order
+  nlohmann::json provenance_ = nlohmann::json::object();
 };
 
 /// Builds {"type": "small_fc_lopt" | "mulo", ...}.

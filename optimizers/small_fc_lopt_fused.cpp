@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "optimizers/small_fc_lopt.h"
@@ -112,33 +113,38 @@ inline void build_features(const KernelArgs& a, int64_t e0, int n, const Indexer
     for (int f = 0; f < kF; ++f) x[f][i] = 0.0f;
 }
 
-/// out[j][e] = act(b[j] + sum_k W[j][k] * in[k][e]) for j < rows, k < cols.
+/// kBlk floats as one value (GCC/Clang vector extension): the compiler keeps it in one AVX-512,
+/// two AVX2 or four NEON registers, so the register-blocked accumulators never touch memory.
+typedef float VecBlk __attribute__((vector_size(kBlk * sizeof(float))));
+
+inline VecBlk load_blk(const float* p) {
+  VecBlk v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store_blk(float* p, VecBlk v, bool relu) {
+  if (relu) v = v > 0.0f ? v : VecBlk{};
+  std::memcpy(p, &v, sizeof v);
+}
+
+/// out[j][e] = act(b[j] + sum_k W[j][k] * in[k][e]) for j < rows, k < cols; in/out are [*, kBlk].
 LOPT_TARGET_CLONES
 void dense_block(const float* __restrict W, const float* __restrict b, const float* __restrict in, float* __restrict out,
                  int rows, int cols, bool relu) {
   int j = 0;
   for (; j + kJb <= rows; j += kJb) {
-    float acc[kJb][kBlk];
-    for (int jj = 0; jj < kJb; ++jj)
-      for (int e = 0; e < kBlk; ++e) acc[jj][e] = b[j + jj];
+    VecBlk acc[kJb];
+    for (int jj = 0; jj < kJb; ++jj) acc[jj] = VecBlk{} + b[j + jj];
     for (int k = 0; k < cols; ++k) {
-      const float* xk = in + k * kBlk;
-      for (int jj = 0; jj < kJb; ++jj) {
-        const float w = W[(j + jj) * cols + k];
-        for (int e = 0; e < kBlk; ++e) acc[jj][e] += w * xk[e];
-      }
+      const VecBlk xk = load_blk(in + k * kBlk);
+      for (int jj = 0; jj < kJb; ++jj) acc[jj] += W[(j + jj) * cols + k] * xk;
     }
-    for (int jj = 0; jj < kJb; ++jj)
-      for (int e = 0; e < kBlk; ++e) out[(j + jj) * kBlk + e] = relu ? std::max(acc[jj][e], 0.0f) : acc[jj][e];
+    for (int jj = 0; jj < kJb; ++jj) store_blk(out + (j + jj) * kBlk, acc[jj], relu);
   }
   for (; j < rows; ++j) {
-    float acc[kBlk];
-    for (int e = 0; e < kBlk; ++e) acc[e] = b[j];
-    for (int k = 0; k < cols; ++k) {
-      const float w = W[j * cols + k];
-      for (int e = 0; e < kBlk; ++e) acc[e] += w * in[k * kBlk + e];
-    }
-    for (int e = 0; e < kBlk; ++e) out[j * kBlk + e] = relu ? std::max(acc[e], 0.0f) : acc[e];
+    VecBlk acc = VecBlk{} + b[j];
+    for (int k = 0; k < cols; ++k) acc += W[j * cols + k] * load_blk(in + k * kBlk);
+    store_blk(out + j * kBlk, acc, relu);
   }
 }
 

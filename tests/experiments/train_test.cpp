@@ -8,6 +8,8 @@
 #include "common/errors.h"
 #include "experiments/h5_writer.h"
 #include "experiments/sweep.h"
+#include "optimizers/small_fc_lopt.h"
+#include "common/rng.h"
 #include "support.h"
 
 using lopt::json;
@@ -123,4 +125,30 @@ TEST(Sweep, ExpandsTheGridValidatesAndResumes) {
 
   sweep["grid"]["task.depth"] = {0};
   EXPECT_THROW(lopt::expand_sweep(sweep), lopt::ConfigError);
+}
+
+TEST(Cli, TrainsWithMuloFromACheckpointOrASeededTheta) {
+  lopt_test::TempDir dir;
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
+  std::ofstream(dir.path("c.json")) << tiny_config(dir.path("fm"), dir.path("lo.h5")).dump();
+  auto lo = lopt::make_learned_optimizer({{"type", "mulo"}});
+  auto gen = lopt::make_generator(9);
+  lo->save(dir.path("theta.safetensors"), lo->init_theta(gen));
+  std::string out;
+  ASSERT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --steps 5 --optimizer mulo --lo-checkpoint " +
+                                    dir.path("theta.safetensors"), &out), 0) << out;
+  auto cfg = json::parse(lopt::h5_read_string_attr(dir.path("lo.h5"), "config"));
+  EXPECT_EQ(cfg["optimizer"]["type"], "mulo");
+  EXPECT_EQ(cfg["optimizer"]["checkpoint"], dir.path("theta.safetensors"));
+  EXPECT_EQ(cfg["optimizer"]["step_mult"], 0.01);
+  // Without a checkpoint: an untrained theta from theta_seed, reproducible.
+  ASSERT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --steps 5 --optimizer small_fc_lopt", &out), 0);
+  auto a = lopt::h5_read_doubles(dir.path("lo.h5"), "train/loss");
+  ASSERT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --steps 5 --optimizer small_fc_lopt", &out), 0);
+  EXPECT_EQ(a, lopt::h5_read_doubles(dir.path("lo.h5"), "train/loss"));
+  EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --optimizer mulo --lo-checkpoint " +
+                                    dir.path("missing.safetensors"), &out), 1);
+  EXPECT_NE(out.find("missing.safetensors"), std::string::npos);
+  EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --optimizer mulo --set optimizer.hidden_size=0", &out), 2);
+  EXPECT_NE(out.find("/optimizer/hidden_size"), std::string::npos) << out;
 }

@@ -1,3 +1,0 @@
-#include "optimizers/optimizer.h"
-#include <benchmark/benchmark.h>
-BENCHMARK_MAIN();
