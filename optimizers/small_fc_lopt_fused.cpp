@@ -223,18 +223,22 @@ void fused_lopt_step(const SmallFcLoptOptimizer& opt, torch::Tensor& p_ref, cons
   const int64_t chunks = (N + grain - 1) / grain;
   std::vector<double> partial(static_cast<size_t>(chunks) * kF, 0.0);
   a.update_accumulators = true;
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    alignas(64) float x[kF][kBlk];
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t e_end = std::min(N, (c + 1) * grain);
-      auto cur = ix.at(c * grain);
-      for (int64_t e = c * grain; e < e_end; e += kBlk) {
-        int n = static_cast<int>(std::min<int64_t>(kBlk, e_end - e));
-        build_features(a, e, n, ix, cur, x);
-        sumsq_block(x, &partial[static_cast<size_t>(c) * kF]);
+  // Runs body(chunk, first element, count, features) over every block of every chunk, in parallel.
+  auto for_each_block = [&](auto&& body) {
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      alignas(64) float x[kF][kBlk];
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t e_end = std::min(N, (c + 1) * grain);
+        auto cur = ix.at(c * grain);
+        for (int64_t e = c * grain; e < e_end; e += kBlk) {
+          int n = static_cast<int>(std::min<int64_t>(kBlk, e_end - e));
+          build_features(a, e, n, ix, cur, x);
+          body(c, e, n, x);
+        }
       }
-    }
-  });
+    });
+  };
+  for_each_block([&](int64_t c, int64_t, int, float(*x)[kBlk]) { sumsq_block(x, &partial[static_cast<size_t>(c) * kF]); });
   double sumsq[kF] = {0};
   for (int64_t c = 0; c < chunks; ++c)
     for (int f = 0; f < kF; ++f) sumsq[f] += partial[static_cast<size_t>(c) * kF + f];
@@ -271,31 +275,25 @@ void fused_lopt_step(const SmallFcLoptOptimizer& opt, torch::Tensor& p_ref, cons
 
   // (3) Pass two: features -> MLP -> update.
   a.update_accumulators = false;
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    alignas(64) float x[kF][kBlk];
-    std::vector<float> h1(static_cast<size_t>(H) * kBlk), h2(static_cast<size_t>(H) * kBlk);
+  for_each_block([&](int64_t, int64_t e, int n, float(*x)[kBlk]) {
+    // Per-thread scratch for the hidden layers, reused across blocks.
+    thread_local std::vector<float> h1, h2;
+    h1.resize(static_cast<size_t>(H) * kBlk);
+    h2.resize(static_cast<size_t>(H) * kBlk);
     alignas(64) float out[2 * kBlk];
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t e_end = std::min(N, (c + 1) * grain);
-      auto cur = ix.at(c * grain);
-      for (int64_t e = c * grain; e < e_end; e += kBlk) {
-        int n = static_cast<int>(std::min<int64_t>(kBlk, e_end - e));
-        build_features(a, e, n, ix, cur, x);
-        dense_block(w1.data(), b1.data(), &x[0][0], h1.data(), H, kF, true);
-        float* hin = h1.data();
-        float* hout = h2.data();
-        for (int l = 0; l < n_hidden; ++l) {
-          dense_block(Wc[l].data_ptr<float>(), Bc[l].data_ptr<float>(), hin, hout, H, H, true);
-          std::swap(hin, hout);
-        }
-        dense_block(Wc.back().data_ptr<float>(), Bc.back().data_ptr<float>(), hin, out, 2, H, false);
-        for (int i = 0; i < n; ++i) {
-          float s = out[i] * std::exp(out[kBlk + i] * exp_mult) * step_mult;
-          float pn = a.p[e + i] - flr * s;
-          if (wd) pn -= decay * pn;
-          a.p[e + i] = pn;
-        }
-      }
+    dense_block(w1.data(), b1.data(), &x[0][0], h1.data(), H, kF, true);
+    float* hin = h1.data();
+    float* hout = h2.data();
+    for (int l = 0; l < n_hidden; ++l) {
+      dense_block(Wc[l].data_ptr<float>(), Bc[l].data_ptr<float>(), hin, hout, H, H, true);
+      std::swap(hin, hout);
+    }
+    dense_block(Wc.back().data_ptr<float>(), Bc.back().data_ptr<float>(), hin, out, 2, H, false);
+    for (int i = 0; i < n; ++i) {
+      float s = out[i] * std::exp(out[kBlk + i] * exp_mult) * step_mult;
+      float pn = a.p[e + i] - flr * s;
+      if (wd) pn -= decay * pn;
+      a.p[e + i] = pn;
     }
   });
   if (!p_ref.is_contiguous()) p_ref.copy_(p);
