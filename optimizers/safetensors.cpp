@@ -69,7 +69,7 @@ SafeTensors read_safetensors(const std::string& path) {
                               std::to_string(numel * static_cast<int64_t>(elem)), kHint);
     auto t = torch::empty(shape, st);
     if (numel > 0) std::memcpy(t.data_ptr(), bytes.data() + data_start + off[0], off[1] - off[0]);
-    out.tensors[it.key()] = t.to(torch::kFloat32);
+    out.tensors[it.key()] = st == torch::kFloat64 ? t : t.to(torch::kFloat32);
   }
   return out;
 }
@@ -79,10 +79,11 @@ void write_safetensors(const std::string& path, const SafeTensors& st) {
   if (!st.metadata.empty()) header["__metadata__"] = st.metadata;
   std::string data;
   for (const auto& [name, t] : st.tensors) {
-    auto c = t.detach().to(torch::kFloat32).contiguous();
+    const bool f64 = t.scalar_type() == torch::kFloat64;
+    auto c = t.detach().to(f64 ? torch::kFloat64 : torch::kFloat32).contiguous();
     size_t begin = data.size();
-    data.append(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.numel()) * 4);
-    header[name] = {{"dtype", "F32"}, {"shape", c.sizes().vec()}, {"data_offsets", {begin, data.size()}}};
+    data.append(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.numel()) * c.element_size());
+    header[name] = {{"dtype", f64 ? "F64" : "F32"}, {"shape", c.sizes().vec()}, {"data_offsets", {begin, data.size()}}};
   }
   std::string h = header.dump();
   while ((8 + h.size()) % 8 != 0) h += ' ';  // align the data section as the reference writer does

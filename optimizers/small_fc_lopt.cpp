@@ -170,7 +170,7 @@ torch::Tensor SmallFcLopt::load(const std::string& path) const {
       if (it->second.sizes() != torch::IntArrayRef(shape))
         throw IoError(path, "tensor '" + name + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
                                 c10::str(torch::IntArrayRef(shape)) + " (check hidden_size)");
-      named[name] = it->second;
+      named[name] = it->second.to(torch::kFloat32);
     } else if (auto m = st.metadata.find(name); m != st.metadata.end()) {
       try {
         auto v = nlohmann::json::parse(m->second).get<std::vector<float>>();

@@ -120,6 +120,30 @@ torch::Tensor MlpTask::loss(const ParamSet& params, const Batch& batch) const {
   return torch::cross_entropy_loss(forward(params, batch.x), batch.y);
 }
 
+torch::Tensor MlpTask::population_loss(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y) const {
+  TORCH_CHECK(stacked.size() == static_cast<size_t>(2 * config_.depth + 2), "MlpTask::population_loss: expected ",
+              2 * config_.depth + 2, " tensors, got ", stacked.size());
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == data_->input_dim() && y.dim() == 2 && x.size(0) == y.size(0),
+              "MlpTask::population_loss: x must be [P, B, ", data_->input_dim(), "] and y [P, B], got ", x.sizes(),
+              " and ", y.sizes());
+  // h [P, B, in] x W^T [P, in, out] + b [P, 1, out]
+  auto linear = [&](const torch::Tensor& h, size_t i) {
+    const auto& W = stacked.tensors[i];
+    auto b = stacked.tensors[i + 1].unsqueeze(1);
+    if (forward_mult_[i] == 1.0) return torch::baddbmm(b, h, W.transpose(1, 2));
+    return torch::bmm(h, W.transpose(1, 2)).mul(forward_mult_[i]).add(b);
+  };
+  torch::Tensor h = x;
+  for (int64_t l = 0; l < config_.depth; ++l) {
+    h = linear(h, 2 * l);
+    if (config_.activation == "relu") h = torch::relu(h);
+    else if (config_.activation == "gelu") h = torch::gelu(h);
+    else h = torch::tanh(h);
+  }
+  auto logp = torch::log_softmax(linear(h, 2 * config_.depth), -1);
+  return -logp.gather(2, y.unsqueeze(2)).squeeze(2).mean(1);
+}
+
 Batch MlpTask::sample_batch(Split split, at::Generator& gen) const {
   return data_->sample(split, config_.batch_size, gen);
 }
@@ -215,6 +239,16 @@ nlohmann::json MlpFamily::sample(at::Generator& gen) const {
           {"dataset", config_["dataset"]},
           {"data_dir", config_["data_dir"]},
           {"parametrization", config_["parametrization"]}};
+}
+
+torch::Tensor Task::population_loss(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y) const {
+  std::vector<torch::Tensor> losses;
+  for (int64_t p = 0; p < x.size(0); ++p) {
+    std::vector<torch::Tensor> member;
+    for (const auto& t : stacked.tensors) member.push_back(t[p]);
+    losses.push_back(loss(stacked.with_tensors(member), Batch{x[p], y[p]}));
+  }
+  return torch::stack(losses);
 }
 
 std::unique_ptr<Task> TaskFamily::make_task(const nlohmann::json& config) const { return lopt::make_task(config); }

@@ -24,6 +24,12 @@ class Task {
   virtual ParamSet init(at::Generator& gen) const = 0;
   /// Scalar training loss of `params` on `batch` (differentiable w.r.t. params).
   virtual torch::Tensor loss(const ParamSet& params, const Batch& batch) const = 0;
+  /// Training losses [P] of P parameter sets with identical shapes stacked along a leading
+  /// population dimension (stacked.tensors[i] is [P, *shape_i]) on batches x [P, B, ...],
+  /// y [P, B]. Differentiable w.r.t. the stacked tensors. The default loops over members;
+  /// tasks override it with one batched computation (the MLP uses bmm), which is what makes
+  /// the N tasks and antithetic pairs of a meta-gradient estimate cheap at small widths.
+  virtual torch::Tensor population_loss(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y) const;
   /// A batch of the configured size from `split`.
   virtual Batch sample_batch(Split split, at::Generator& gen) const = 0;
   /// Metrics ("loss", "accuracy", ...) over the first `max_examples` of `split` (all if <= 0), no grad.

@@ -1,5 +1,7 @@
 #include "support.h"
 
+#include "common/errors.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -83,6 +85,16 @@ int run_lopt(const std::string& args, std::string* output) {
   int status = pclose(pipe);
   if (output) *output = out;
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+void expect_config_error(const std::function<void(const nlohmann::json&)>& build, const nlohmann::json& config,
+                         const std::string& path) {
+  try {
+    build(config);
+    ADD_FAILURE() << "accepted " << config.dump() << " (expected an error at " << path << ")";
+  } catch (const lopt::ConfigError& e) {
+    EXPECT_EQ(e.path(), path) << e.what();
+  }
 }
 
 }  // namespace lopt_test

@@ -3,8 +3,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -32,6 +35,10 @@ void write_idx(const std::string& path, const std::vector<uint32_t>& dims, const
 
 /// Writes a small Fashion-MNIST-like folder: n_train / n_test images of side 28 with labels 0..9.
 void write_fake_fashion_mnist(const std::string& dir, int n_train, int n_test, bool gz = true);
+
+/// Expects `build(config)` to throw lopt::ConfigError whose JSON path is `path`.
+void expect_config_error(const std::function<void(const nlohmann::json&)>& build, const nlohmann::json& config,
+                         const std::string& path);
 
 /// Runs the lopt binary with `args` (a shell string); returns the exit code, output in `output`.
 int run_lopt(const std::string& args, std::string* output = nullptr);

@@ -1,0 +1,301 @@
+#include "meta/estimators.h"
+
+#include <torch/torch.h>
+
+#include "common/config.h"
+#include "common/errors.h"
+#include "common/rng.h"
+
+namespace lopt {
+
+EstimatorConfig EstimatorConfig::from_json(const nlohmann::json& j, const std::string& path) {
+  config_check(j.is_object(), path, "must be an object like {\"type\": \"pes\", \"std\": 0.01, \"trunc_length\": 50}");
+  ConfigReader r(j, path);
+  EstimatorConfig c;
+  c.type = r.get<std::string>("type", c.type);
+  c.std = r.get<double>("std", c.std);
+  c.trunc_length = r.get<int64_t>("trunc_length", c.trunc_length);
+  c.num_tasks = r.get<int64_t>("num_tasks", c.num_tasks);
+  c.stagger = r.get<bool>("stagger", c.stagger);
+  c.population = r.get<bool>("population", c.population);
+  r.finish();
+  const bool known = c.type == "pes" || c.type == "truncated_es" || c.type == "truncated_backprop" || c.type == "full_es";
+  config_check(known, r.path_of("type"),
+               "unknown estimator '" + c.type + "' (valid: pes, truncated_es, truncated_backprop, full_es)");
+  config_check(c.std > 0, r.path_of("std"), "must be > 0 (perturbation standard deviation, e.g. 0.01)");
+  config_check(c.trunc_length >= 1, r.path_of("trunc_length"), "must be >= 1");
+  config_check(c.num_tasks >= 1, r.path_of("num_tasks"), "must be >= 1");
+  return c;
+}
+
+nlohmann::json EstimatorConfig::to_json() const {
+  return {{"type", type}, {"std", std}, {"trunc_length", trunc_length}, {"num_tasks", num_tasks},
+          {"stagger", stagger}, {"population", population}};
+}
+
+torch::Tensor GradientEstimator::sample_perturbations(const torch::Tensor& theta, int64_t n, uint64_t seed) const {
+  auto gen = make_generator(derive_seed(seed, "perturb"));
+  return torch::randn({n, theta.numel()}, gen, theta.options().requires_grad(false)).mul_(config_.std);
+}
+
+uint64_t GradientEstimator::step_seed(uint64_t seed, int64_t j) {
+  return mix_seed(derive_seed(seed, "step") ^ mix_seed(static_cast<uint64_t>(j)));
+}
+
+std::vector<InnerState> GradientEstimator::fresh_states(const torch::Tensor& theta, uint64_t seed) const {
+  std::vector<InnerState> s;
+  for (int64_t i = 0; i < step_.num_tasks(); ++i)
+    s.push_back(step_.init_state(theta, i, mix_seed(derive_seed(seed, "init") ^ mix_seed(static_cast<uint64_t>(i))), config_.stagger));
+  return s;
+}
+
+namespace {
+
+/// Per-member running sums of the masked loss over a truncation.
+struct Sums {
+  std::vector<double> loss, count;
+  explicit Sums(size_t m) : loss(m, 0.0), count(m, 0.0) {}
+  void add(const UnrollOut& out) {
+    auto l = out.loss.detach().to(torch::kFloat64).contiguous(), k = out.mask.to(torch::kFloat64).contiguous();
+    for (size_t i = 0; i < loss.size(); ++i) {
+      loss[i] += l.data_ptr<double>()[i] * k.data_ptr<double>()[i];
+      count[i] += k.data_ptr<double>()[i];
+    }
+  }
+  double mean(size_t i) const { return count[i] > 0 ? loss[i] / count[i] : 0.0; }
+};
+
+int64_t count_steps(const UnrollOut& out) {
+  int64_t n = 0;
+  for (size_t i = 0; i < out.done.size(); ++i) n += out.was_reset[i] ? 0 : 1;
+  return n;
+}
+int64_t count_resets(const UnrollOut& out) {
+  int64_t n = 0;
+  for (bool r : out.was_reset) n += r ? 1 : 0;
+  return n;
+}
+
+/// Antithetic thetas: rows 0..N-1 positive, N..2N-1 negative.
+std::vector<torch::Tensor> antithetic(const torch::Tensor& theta, const torch::Tensor& eps) {
+  std::vector<torch::Tensor> out;
+  auto flat = theta.detach().reshape({-1});
+  for (int64_t i = 0; i < eps.size(0); ++i) out.push_back((flat + eps[i]).view(theta.sizes()));
+  for (int64_t i = 0; i < eps.size(0); ++i) out.push_back((flat - eps[i]).view(theta.sizes()));
+  return out;
+}
+
+std::vector<int64_t> slots_twice(int64_t n) {
+  std::vector<int64_t> t;
+  for (int r = 0; r < 2; ++r)
+    for (int64_t i = 0; i < n; ++i) t.push_back(i);
+  return t;
+}
+
+/// mean_i c_i eps_i, as theta's dtype and shape.
+torch::Tensor weighted_mean(const std::vector<double>& c, const torch::Tensor& eps, const torch::Tensor& theta) {
+  auto w = torch::tensor(c, torch::kFloat64).unsqueeze(1);
+  return (w * eps.to(torch::kFloat64)).mean(0).to(theta.scalar_type()).view(theta.sizes());
+}
+
+void require_states(bool ok, const char* who) {
+  if (!ok) throw std::logic_error(std::string(who) + ": estimate() called before init() or load()");
+}
+
+}  // namespace
+
+// ---- truncated ES ---------------------------------------------------------------------------
+
+void TruncatedES::init(const torch::Tensor& theta, uint64_t seed) { states_ = fresh_states(theta, seed); }
+
+EstimateOut TruncatedES::estimate(const torch::Tensor& theta, uint64_t seed) {
+  require_states(!states_.empty(), "TruncatedES");
+  const int64_t N = static_cast<int64_t>(states_.size());
+  torch::NoGradGuard no_grad;
+  auto eps = sample_perturbations(theta, N, seed);
+  std::vector<InnerState> neg;
+  for (const auto& s : states_) neg.push_back(s.clone());
+  std::vector<InnerState*> ptrs;
+  for (auto& s : states_) ptrs.push_back(&s);
+  for (auto& s : neg) ptrs.push_back(&s);
+  auto thetas = antithetic(theta, eps);
+  auto tasks = slots_twice(N);
+  Sums sums(2 * N);
+  EstimateOut res;
+  for (int64_t j = 0; j < config_.trunc_length; ++j) {
+    auto out = step_.step(thetas, ptrs, tasks, step_seed(seed, j), false);
+    sums.add(out);
+    res.inner_steps += count_steps(out);
+    res.resets += count_resets(out);
+  }
+  std::vector<double> c(N);
+  for (int64_t i = 0; i < N; ++i) {
+    c[i] = (sums.mean(i) - sums.mean(N + i)) / (2 * config_.std * config_.std);
+    res.loss += 0.5 * (sums.mean(i) + sums.mean(N + i)) / static_cast<double>(N);
+  }
+  res.grad = weighted_mean(c, eps, theta);
+  return res;
+}
+
+nlohmann::json TruncatedES::save(SafeTensors& out) const { return {{"states", save_inner_states(states_, "es", out)}}; }
+void TruncatedES::load(const nlohmann::json& meta, const SafeTensors& in, const std::string& file) {
+  states_ = load_inner_states(meta.at("states"), "es", in, file);
+}
+
+// ---- PES ------------------------------------------------------------------------------------
+
+void TruncatedPES::init(const torch::Tensor& theta, uint64_t seed) {
+  pos_ = fresh_states(theta, seed);
+  neg_.clear();
+  for (const auto& s : pos_) neg_.push_back(s.clone());
+  accum_ = torch::zeros({static_cast<int64_t>(pos_.size()), theta.numel()}, theta.options().requires_grad(false));
+}
+
+EstimateOut TruncatedPES::estimate(const torch::Tensor& theta, uint64_t seed) {
+  require_states(!pos_.empty(), "TruncatedPES");
+  const int64_t N = static_cast<int64_t>(pos_.size());
+  torch::NoGradGuard no_grad;
+  auto eps = sample_perturbations(theta, N, seed);
+  std::vector<InnerState*> ptrs;
+  for (auto& s : pos_) ptrs.push_back(&s);
+  for (auto& s : neg_) ptrs.push_back(&s);
+  auto thetas = antithetic(theta, eps);
+  auto tasks = slots_twice(N);
+  std::vector<double> before(N, 0.0), after(N, 0.0), count(N, 0.0), pos_sum(N, 0.0), neg_sum(N, 0.0);
+  std::vector<bool> reset(N, false);
+  EstimateOut res;
+  for (int64_t j = 0; j < config_.trunc_length; ++j) {
+    auto out = step_.step(thetas, ptrs, tasks, step_seed(seed, j), false);
+    res.inner_steps += count_steps(out);
+    res.resets += count_resets(out);
+    auto l = out.loss.detach().to(torch::kFloat64).contiguous(), k = out.mask.to(torch::kFloat64).contiguous();
+    const double* lp = l.data_ptr<double>();
+    const double* kp = k.data_ptr<double>();
+    for (int64_t i = 0; i < N; ++i) {
+      if (out.was_reset[i]) reset[i] = true;
+      const double d = (lp[i] - lp[N + i]) * kp[i];
+      (reset[i] ? after[i] : before[i]) += d;
+      count[i] += kp[i];
+      pos_sum[i] += lp[i] * kp[i];
+      neg_sum[i] += lp[N + i] * kp[N + i];
+    }
+  }
+  auto e64 = eps.to(torch::kFloat64), a64 = accum_.to(torch::kFloat64);
+  auto grad = torch::zeros({theta.numel()}, torch::kFloat64);
+  for (int64_t i = 0; i < N; ++i) {
+    if (count[i] > 0) {
+      const double s = 1.0 / (count[i] * 2 * config_.std * config_.std * static_cast<double>(N));
+      grad += (a64[i] + e64[i]) * (before[i] * s) + e64[i] * (after[i] * s);
+      res.loss += 0.5 * (pos_sum[i] + neg_sum[i]) / count[i] / static_cast<double>(N);
+    }
+    accum_[i].copy_(reset[i] ? eps[i] : accum_[i] + eps[i]);
+  }
+  res.grad = grad.to(theta.scalar_type()).view(theta.sizes());
+  return res;
+}
+
+nlohmann::json TruncatedPES::save(SafeTensors& out) const {
+  out.tensors["pes.accumulator"] = accum_;
+  return {{"pos", save_inner_states(pos_, "pes_pos", out)}, {"neg", save_inner_states(neg_, "pes_neg", out)}};
+}
+void TruncatedPES::load(const nlohmann::json& meta, const SafeTensors& in, const std::string& file) {
+  pos_ = load_inner_states(meta.at("pos"), "pes_pos", in, file);
+  neg_ = load_inner_states(meta.at("neg"), "pes_neg", in, file);
+  auto it = in.tensors.find("pes.accumulator");
+  if (it == in.tensors.end()) throw IoError(file, "checkpoint lacks tensor 'pes.accumulator'", "the file is not a complete PES checkpoint");
+  accum_ = it->second;
+}
+
+// ---- truncated backprop ---------------------------------------------------------------------
+
+void TruncatedBackprop::init(const torch::Tensor& theta, uint64_t seed) { states_ = fresh_states(theta, seed); }
+
+EstimateOut TruncatedBackprop::estimate(const torch::Tensor& theta, uint64_t seed) {
+  require_states(!states_.empty(), "TruncatedBackprop");
+  const int64_t N = static_cast<int64_t>(states_.size());
+  auto th = theta.detach().clone().requires_grad_(true);
+  std::vector<torch::Tensor> thetas(N, th);
+  std::vector<InnerState*> ptrs;
+  for (auto& s : states_) ptrs.push_back(&s);
+  std::vector<int64_t> tasks;
+  for (int64_t i = 0; i < N; ++i) tasks.push_back(i);
+  auto loss_sum = torch::zeros({N}, torch::kFloat64);
+  auto count = torch::zeros({N}, torch::kFloat64);
+  EstimateOut res;
+  for (int64_t j = 0; j < config_.trunc_length; ++j) {
+    auto out = step_.step(thetas, ptrs, tasks, step_seed(seed, j), true);
+    loss_sum = loss_sum + out.loss * out.mask;
+    count = count + out.mask;
+    res.inner_steps += count_steps(out);
+    res.resets += count_resets(out);
+  }
+  auto meta = (loss_sum / count.clamp_min(1.0)).mean();
+  res.loss = meta.item<double>();
+  if (meta.requires_grad())
+    res.grad = torch::autograd::grad({meta}, {th}, {}, false, false, true)[0];
+  if (!res.grad.defined()) res.grad = torch::zeros_like(theta);
+  res.grad = res.grad.detach().to(theta.scalar_type());
+  for (auto& s : states_) s.detach_();
+  return res;
+}
+
+nlohmann::json TruncatedBackprop::save(SafeTensors& out) const { return {{"states", save_inner_states(states_, "tbptt", out)}}; }
+void TruncatedBackprop::load(const nlohmann::json& meta, const SafeTensors& in, const std::string& file) {
+  states_ = load_inner_states(meta.at("states"), "tbptt", in, file);
+}
+
+// ---- full-horizon ES ------------------------------------------------------------------------
+
+EstimateOut FullES::estimate(const torch::Tensor& theta, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  const int64_t N = step_.num_tasks();
+  auto eps = sample_perturbations(theta, N, seed);
+  std::vector<InnerState> members;
+  for (int64_t i = 0; i < N; ++i)
+    members.push_back(step_.init_state(theta, i, mix_seed(derive_seed(seed, "task") ^ mix_seed(static_cast<uint64_t>(i))), false));
+  for (int64_t i = 0; i < N; ++i) members.push_back(members[i].clone());
+  auto all_thetas = antithetic(theta, eps);
+  auto all_tasks = slots_twice(N);
+  std::vector<size_t> running;
+  for (size_t m = 0; m < members.size(); ++m) running.push_back(m);
+  std::vector<double> sum(2 * N, 0.0), count(2 * N, 0.0);
+  EstimateOut res;
+  for (int64_t j = 0; !running.empty(); ++j) {
+    std::vector<torch::Tensor> thetas;
+    std::vector<InnerState*> ptrs;
+    std::vector<int64_t> tasks;
+    for (size_t m : running) {
+      thetas.push_back(all_thetas[m]);
+      ptrs.push_back(&members[m]);
+      tasks.push_back(all_tasks[m]);
+    }
+    auto out = step_.step(thetas, ptrs, tasks, step_seed(seed, j), false);
+    res.inner_steps += count_steps(out);
+    auto l = out.loss.to(torch::kFloat64).contiguous(), k = out.mask.to(torch::kFloat64).contiguous();
+    std::vector<size_t> still;
+    for (size_t r = 0; r < running.size(); ++r) {
+      sum[running[r]] += l.data_ptr<double>()[r] * k.data_ptr<double>()[r];
+      count[running[r]] += k.data_ptr<double>()[r];
+      if (!out.done[r]) still.push_back(running[r]);
+    }
+    running = still;
+  }
+  std::vector<double> c(N);
+  for (int64_t i = 0; i < N; ++i) {
+    const double lp = count[i] > 0 ? sum[i] / count[i] : 0.0, ln = count[N + i] > 0 ? sum[N + i] / count[N + i] : 0.0;
+    c[i] = (lp - ln) / (2 * config_.std * config_.std);
+    res.loss += 0.5 * (lp + ln) / static_cast<double>(N);
+  }
+  res.grad = weighted_mean(c, eps, theta);
+  return res;
+}
+
+std::unique_ptr<GradientEstimator> make_gradient_estimator(const EstimatorConfig& config, TruncatedStep& step) {
+  if (config.type == "pes") return std::make_unique<TruncatedPES>(step, config);
+  if (config.type == "truncated_es") return std::make_unique<TruncatedES>(step, config);
+  if (config.type == "truncated_backprop") return std::make_unique<TruncatedBackprop>(step, config);
+  if (config.type == "full_es") return std::make_unique<FullES>(step, config);
+  throw ConfigError("/estimator/type", "unknown estimator '" + config.type + "' (valid: pes, truncated_es, truncated_backprop, full_es)");
+}
+
+}  // namespace lopt

@@ -1,0 +1,230 @@
+#include "meta/truncated_step.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "common/config.h"
+#include "common/errors.h"
+#include "common/rng.h"
+#include "optimizers/small_fc_lopt.h"
+#include "tasks/task.h"
+
+namespace lopt {
+
+InnerState InnerState::clone() const {
+  InnerState s;
+  s.task = task;
+  s.inner_step = inner_step;
+  s.length = length;
+  s.opt.params = opt.params.clone();
+  s.opt.step = opt.step;
+  for (const auto& [name, v] : opt.slots) {
+    auto& out = s.opt.slots[name];
+    for (const auto& t : v) out.push_back(t.defined() ? t.detach().clone() : t);
+  }
+  return s;
+}
+
+void InnerState::detach_() {
+  for (auto& t : opt.params.tensors) t = t.detach();
+  for (auto& [name, v] : opt.slots)
+    for (auto& t : v)
+      if (t.defined()) t = t.detach();
+}
+
+torch::Tensor normalize_classifier_loss(const torch::Tensor& loss, int64_t num_classes) {
+  const double max = 1.5 * std::log(static_cast<double>(num_classes));
+  return torch::nan_to_num(loss, max, max, max).clamp(0.0, max);
+}
+
+LoptTruncatedStep::LoptTruncatedStep(LoptTruncatedStepConfig config) : config_(std::move(config)) {
+  family_ = make_task_family(config_.task_family, "/task_family");
+  lopt_ = make_learned_optimizer(config_.lopt, "/lopt");
+  trunc_ = make_truncation_schedule(config_.truncation, "/truncation");
+  config_check(config_.num_tasks >= 1, "/estimator/num_tasks", "must be >= 1");
+}
+
+LoptTruncatedStep::~LoptTruncatedStep() = default;
+
+const Task& LoptTruncatedStep::task(const nlohmann::json& config) const {
+  auto key = config.dump();
+  auto it = tasks_.find(key);
+  if (it == tasks_.end()) it = tasks_.emplace(key, family_->make_task(config)).first;
+  return *it->second;
+}
+
+nlohmann::json LoptTruncatedStep::hyperparams() const {
+  return {{"type", "lopt_truncated_step"},
+          {"task_family", family_->hyperparams()},
+          {"lopt", lopt_->hyperparams()},
+          {"truncation", trunc_->hyperparams()},
+          {"num_tasks", config_.num_tasks},
+          {"stagger", config_.stagger},
+          {"population", config_.population}};
+}
+
+InnerState LoptTruncatedStep::init_state(const torch::Tensor& theta, int64_t, uint64_t seed, bool stagger) const {
+  torch::NoGradGuard no_grad;
+  auto gen = make_generator(seed);
+  InnerState s;
+  s.task = family_->sample(gen);
+  s.opt = lopt_->bind(theta.detach())->init(task(s.task).init(gen));
+  s.length = trunc_->sample_length(gen);
+  if (stagger && config_.stagger)
+    s.inner_step = torch::randint(0, s.length, {1}, gen, torch::kInt64).item<int64_t>();
+  return s;
+}
+
+namespace {
+uint64_t member_seed(uint64_t seed, const char* what, int64_t task) {
+  return mix_seed(derive_seed(seed, what) ^ mix_seed(static_cast<uint64_t>(task) + 1));
+}
+}  // namespace
+
+UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, const std::vector<InnerState*>& states,
+                                  const std::vector<int64_t>& tasks, uint64_t seed, bool differentiable) {
+  const size_t M = states.size();
+  TORCH_CHECK(thetas.size() == M && tasks.size() == M, "LoptTruncatedStep::step: thetas, states and tasks differ in size");
+  UnrollOut out;
+  out.done.assign(M, false);
+  out.was_reset.assign(M, false);
+  std::vector<torch::Tensor> losses(M);
+  std::vector<double> mask(M, 0.0);
+
+  // Resets first: the member skips training this step (masked), as learned_optimization does.
+  std::map<std::string, std::vector<size_t>> groups;
+  for (size_t m = 0; m < M; ++m) {
+    InnerState& s = *states[m];
+    if (s.inner_step >= s.length) {
+      s = init_state(thetas[m], tasks[m], member_seed(seed, "reset", tasks[m]), false);
+      out.was_reset[m] = true;
+      continue;
+    }
+    std::string key = config_.population ? s.task.dump() : std::to_string(m);
+    groups[key].push_back(m);
+  }
+
+  for (const auto& [key, members] : groups) {
+    const Task& t = task(states[members.front()]->task);
+    // One batch per task slot: antithetic copies share it.
+    std::map<int64_t, Batch> batches;
+    std::vector<torch::Tensor> xs, ys;
+    for (size_t m : members) {
+      auto it = batches.find(tasks[m]);
+      if (it == batches.end()) {
+        auto gen = make_generator(member_seed(seed, "data", tasks[m]));
+        it = batches.emplace(tasks[m], t.sample_batch(Split::train, gen)).first;
+      }
+      xs.push_back(it->second.x);
+      ys.push_back(it->second.y);
+    }
+    const ParamSet& first = states[members.front()]->opt.params;
+    std::vector<torch::Tensor> stacked;
+    for (size_t k = 0; k < first.size(); ++k) {
+      std::vector<torch::Tensor> parts;
+      for (size_t m : members) parts.push_back(states[m]->opt.params.tensors[k]);
+      auto st = torch::stack(parts);
+      stacked.push_back(differentiable ? st : st.detach().requires_grad_(true));
+    }
+    torch::Tensor group_loss;
+    std::vector<torch::Tensor> grads;
+    {
+      group_loss = t.population_loss(first.with_tensors(stacked), torch::stack(xs), torch::stack(ys));
+      grads = torch::autograd::grad({group_loss.sum()}, stacked, {}, differentiable, differentiable);
+    }
+    for (size_t j = 0; j < members.size(); ++j) {
+      const size_t m = members[j];
+      InnerState& s = *states[m];
+      std::vector<torch::Tensor> g;
+      for (auto& gk : grads) g.push_back(gk[static_cast<int64_t>(j)]);
+      auto opt = lopt_->bind(thetas[m]);
+      if (differentiable) {
+        s.opt = opt->update(s.opt, g, group_loss[static_cast<int64_t>(j)]);
+      } else {
+        torch::NoGradGuard no_grad;
+        for (auto& gk : g) gk = gk.detach();
+        opt->update_(s.opt, g, group_loss[static_cast<int64_t>(j)].detach());
+      }
+      auto l = differentiable ? group_loss[static_cast<int64_t>(j)] : group_loss[static_cast<int64_t>(j)].detach();
+      losses[m] = normalize_classifier_loss(l);
+      mask[m] = 1.0;
+      s.inner_step += 1;
+      out.done[m] = s.inner_step >= s.length;
+    }
+  }
+  auto zero = torch::zeros({}, torch::kFloat32);
+  for (auto& l : losses)
+    if (!l.defined()) l = zero;
+  out.loss = torch::stack(losses).to(torch::kFloat64);
+  out.mask = torch::tensor(mask, torch::kFloat64);
+  return out;
+}
+
+nlohmann::json save_inner_states(const std::vector<InnerState>& states, const std::string& prefix, SafeTensors& out) {
+  nlohmann::json all = nlohmann::json::array();
+  for (size_t i = 0; i < states.size(); ++i) {
+    const InnerState& s = states[i];
+    const std::string base = prefix + "." + std::to_string(i) + ".";
+    nlohmann::json j = {{"task", s.task}, {"inner_step", s.inner_step}, {"length", s.length}, {"opt_step", s.opt.step}};
+    nlohmann::json info = nlohmann::json::array();
+    for (size_t k = 0; k < s.opt.params.size(); ++k) {
+      const auto& pi = s.opt.params.info[k];
+      info.push_back({{"name", pi.name}, {"role", to_string(pi.role)}, {"fan_in", pi.fan_in}, {"fan_out", pi.fan_out},
+                      {"width_mult", pi.width_mult}});
+      out.tensors[base + "p" + std::to_string(k)] = s.opt.params.tensors[k];
+    }
+    j["info"] = info;
+    nlohmann::json slots = nlohmann::json::object();
+    for (const auto& [name, v] : s.opt.slots) {
+      std::vector<bool> defined;
+      for (size_t k = 0; k < v.size(); ++k) {
+        defined.push_back(v[k].defined());
+        if (v[k].defined()) out.tensors[base + "s." + name + "." + std::to_string(k)] = v[k];
+      }
+      slots[name] = defined;
+    }
+    j["slots"] = slots;
+    all.push_back(j);
+  }
+  return all;
+}
+
+std::vector<InnerState> load_inner_states(const nlohmann::json& meta, const std::string& prefix, const SafeTensors& in,
+                                          const std::string& file) {
+  auto get = [&](const std::string& name) {
+    auto it = in.tensors.find(name);
+    if (it == in.tensors.end()) throw IoError(file, "checkpoint lacks tensor '" + name + "'", "the file is not a complete lopt meta-training checkpoint");
+    return it->second;
+  };
+  std::vector<InnerState> states;
+  for (size_t i = 0; i < meta.size(); ++i) {
+    const auto& j = meta[i];
+    const std::string base = prefix + "." + std::to_string(i) + ".";
+    InnerState s;
+    s.task = j["task"];
+    s.inner_step = j["inner_step"];
+    s.length = j["length"];
+    s.opt.step = j["opt_step"];
+    for (size_t k = 0; k < j["info"].size(); ++k) {
+      const auto& pj = j["info"][k];
+      ParamInfo pi;
+      pi.name = pj["name"];
+      pi.role = param_role_from_string(pj["role"]);
+      pi.fan_in = pj["fan_in"];
+      pi.fan_out = pj["fan_out"];
+      pi.width_mult = pj["width_mult"];
+      s.opt.params.info.push_back(pi);
+      s.opt.params.tensors.push_back(get(base + "p" + std::to_string(k)));
+    }
+    for (auto it = j["slots"].begin(); it != j["slots"].end(); ++it) {
+      auto& v = s.opt.slots[it.key()];
+      for (size_t k = 0; k < it.value().size(); ++k)
+        v.push_back(it.value()[k].get<bool>() ? get(base + "s." + it.key() + "." + std::to_string(k)) : torch::Tensor());
+    }
+    states.push_back(std::move(s));
+  }
+  return states;
+}
+
+}  // namespace lopt

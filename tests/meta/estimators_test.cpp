@@ -1,0 +1,166 @@
+// Gradient estimators on the quadratic problem (meta/quadratic.h), whose meta-gradients are
+// known in closed form: x_j(t) = (1 - theta_j a_j)^t x0_j, L_t = 1/2 sum_j a_j x_j(t)^2.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <functional>
+
+#include "meta/estimators.h"
+#include "meta/quadratic.h"
+#include "support.h"
+
+namespace {
+
+const std::vector<double> kA = {1.0, 0.5};
+const std::vector<double> kX0 = {1.0, -2.0};
+const std::vector<double> kTheta = {0.3, 0.5};
+
+/// d/dtheta_j of the full-episode meta-loss (1/T) sum_{t<T} L_t, at theta_j = th.
+double episode_grad(size_t j, double th, int64_t T) {
+  const double r = 1.0 - th * kA[j];
+  double g = 0;
+  for (int64_t t = 1; t < T; ++t) g -= static_cast<double>(t) * kA[j] * kA[j] * kX0[j] * kX0[j] * std::pow(r, 2 * t - 1);
+  return g / static_cast<double>(T);
+}
+
+/// E_{e ~ N(0, std^2)} [episode_grad(th + e)]: the gradient of the Gaussian-smoothed meta-loss
+/// (the loss is separable over coordinates, so this is a 1-D integral per coordinate).
+double smoothed_episode_grad(size_t j, double th, int64_t T, double std) {
+  const int n = 8001;
+  const double lo = -8 * std, h = 16 * std / (n - 1);
+  double s = 0;
+  for (int i = 0; i < n; ++i) {
+    const double e = lo + i * h;
+    const double w = (i == 0 || i == n - 1 ? 0.5 : 1.0) * std::exp(-0.5 * e * e / (std * std));
+    s += w * episode_grad(j, th + e, T);
+  }
+  return s * h / (std * std::sqrt(2 * M_PI));
+}
+
+torch::Tensor theta64() { return torch::tensor(kTheta, torch::kFloat64); }
+
+lopt::EstimatorConfig config(const std::string& type, int64_t n, int64_t trunc, double std, bool stagger) {
+  lopt::EstimatorConfig c;
+  c.type = type;
+  c.num_tasks = n;
+  c.trunc_length = trunc;
+  c.std = std;
+  c.stagger = stagger;
+  return c;
+}
+
+/// Mean and standard error over `groups` independent runs of `one(seed)` (each a [D] estimate).
+std::pair<torch::Tensor, torch::Tensor> mean_and_se(int groups, const std::function<torch::Tensor(uint64_t)>& one) {
+  std::vector<torch::Tensor> v;
+  for (int g = 0; g < groups; ++g) v.push_back(one(1000 + g));
+  auto s = torch::stack(v);
+  return {s.mean(0), s.std(0) / std::sqrt(static_cast<double>(groups))};
+}
+
+TEST(Estimators, TruncatedBackpropEqualsClosedFormGradient) {
+  // Staggered starts, truncations that cross episode ends (T = 7, K = 5), two estimates in a
+  // row (the second starts from a detached state): every case of the truncated meta-loss.
+  const int64_t T = 7, K = 5, N = 4;
+  lopt::QuadraticTruncatedStep step(kA, kX0, N, T);
+  auto est = lopt::make_gradient_estimator(config("truncated_backprop", N, K, 0.01, true), step);
+  auto theta = theta64();
+  est->init(theta, 7);
+  bool saw_reset = false;
+  for (int call = 0; call < 3; ++call) {
+    // Closed form: within a segment that starts from xs (constant), the k-th loss is
+    // 1/2 sum_j a_j xs_j^2 r_j^(2k), with derivative -k a_j^2 xs_j^2 r_j^(2k-1).
+    std::vector<double> ref(kA.size(), 0.0);
+    for (const auto* s : est->unroll_states()) {
+      int64_t inner = s->inner_step;
+      auto xs_t = s->opt.params.tensors[0];
+      std::vector<double> xs = {xs_t[0].item<double>(), xs_t[1].item<double>()};
+      std::vector<double> g(kA.size(), 0.0);
+      int64_t k = 0, count = 0;
+      for (int64_t step_i = 0; step_i < K; ++step_i) {
+        if (inner >= T) {  // reset step: masked, fresh x0
+          xs = kX0;
+          k = 0;
+          inner = 0;
+          saw_reset = true;
+          continue;
+        }
+        for (size_t j = 0; j < kA.size(); ++j) {
+          const double r = 1.0 - kTheta[j] * kA[j];
+          if (k > 0) g[j] -= static_cast<double>(k) * kA[j] * kA[j] * xs[j] * xs[j] * std::pow(r, 2 * k - 1);
+        }
+        ++k;
+        ++inner;
+        ++count;
+      }
+      for (size_t j = 0; j < kA.size(); ++j) ref[j] += (count ? g[j] / static_cast<double>(count) : 0.0) / N;
+    }
+    auto out = est->estimate(theta, 100 + call);
+    for (size_t j = 0; j < kA.size(); ++j)
+      EXPECT_NEAR(out.grad[j].item<double>(), ref[j], 1e-5 * std::max(1.0, std::abs(ref[j]))) << "call " << call << " coord " << j;
+  }
+  EXPECT_TRUE(saw_reset) << "the test should cover a truncation that crosses an episode end";
+}
+
+TEST(Estimators, FullEsMatchesSmoothedGradient) {
+  const int64_t T = 20;
+  const double std = 0.05;  // large enough that smoothing visibly changes the gradient (~6 SE)
+  auto [mean, se] = mean_and_se(20, [&](uint64_t seed) {
+    lopt::QuadraticTruncatedStep step(kA, kX0, 1000, T);
+    auto est = lopt::make_gradient_estimator(config("full_es", 1000, 1, std, false), step);
+    return est->estimate(theta64(), seed).grad;
+  });
+  for (size_t j = 0; j < kA.size(); ++j) {
+    const double smooth = smoothed_episode_grad(j, kTheta[j], T, std), exact = episode_grad(j, kTheta[j], T);
+    const double m = mean[j].item<double>(), e = se[j].item<double>();
+    EXPECT_LT(e, 0.05 * std::abs(smooth)) << "sample too small to test coordinate " << j;
+    EXPECT_LT(std::abs(m - smooth), 4 * e) << "coord " << j << ": ES " << m << " smoothed " << smooth << " se " << e;
+    // The smoothing is visible: the smoothed gradient differs from the plain one by many SEs.
+    if (j == 0) {
+      EXPECT_GT(std::abs(smooth - exact), 4 * e) << "smoothed " << smooth << " exact " << exact;
+    }
+  }
+}
+
+TEST(Estimators, PesIsUnbiasedOverAnEpisodeWhereTruncatedEsIsNot) {
+  // One episode of T = 20 steps as 4 truncations of 5: the mean of the 4 estimates estimates
+  // the gradient of the episode's mean loss. std is small, so smoothing is negligible (< 0.25 SE).
+  const int64_t T = 20, K = 5, N = 200;
+  const double std = 0.01;
+  auto run = [&](const std::string& type) {
+    return mean_and_se(20, [&](uint64_t seed) {
+      lopt::QuadraticTruncatedStep step(kA, kX0, N, T);
+      auto est = lopt::make_gradient_estimator(config(type, N, K, std, false), step);
+      est->init(theta64(), seed);
+      auto sum = torch::zeros({2}, torch::kFloat64);
+      for (int k = 0; k < T / K; ++k) sum += est->estimate(theta64(), seed * 100 + k).grad;
+      return sum / static_cast<double>(T / K);
+    });
+  };
+  auto [pes, pes_se] = run("pes");
+  auto [tes, tes_se] = run("truncated_es");
+  double worst_tes = 0;
+  for (size_t j = 0; j < kA.size(); ++j) {
+    const double exact = smoothed_episode_grad(j, kTheta[j], T, std);
+    EXPECT_NEAR(smoothed_episode_grad(j, kTheta[j], T, std), episode_grad(j, kTheta[j], T), 0.25 * pes_se[j].item<double>());
+    EXPECT_LT(pes_se[j].item<double>(), 0.1 * std::abs(exact));
+    EXPECT_LT(std::abs(pes[j].item<double>() - exact), 4 * pes_se[j].item<double>())
+        << "coord " << j << ": PES " << pes[j].item<double>() << " exact " << exact;
+    worst_tes = std::max(worst_tes, std::abs(tes[j].item<double>() - exact) / tes_se[j].item<double>());
+  }
+  EXPECT_GT(worst_tes, 10.0) << "truncated ES should be visibly biased: " << tes << " vs exact";
+}
+
+TEST(Estimators, ConfigErrorsNameTheKey) {
+  auto expect_path = [](const nlohmann::json& config, const std::string& path) {
+    lopt_test::expect_config_error([](const nlohmann::json& j) { lopt::EstimatorConfig::from_json(j); }, config, path);
+  };
+  expect_path({{"type", "reinforce"}}, "/estimator/type");
+  expect_path({{"std", 0.0}}, "/estimator/std");
+  expect_path({{"std", -1.0}}, "/estimator/std");
+  expect_path({{"trunc_length", 0}}, "/estimator/trunc_length");
+  expect_path({{"num_tasks", 0}}, "/estimator/num_tasks");
+  expect_path({{"sdt", 0.1}}, "/estimator/sdt");
+}
+
+}  // namespace
