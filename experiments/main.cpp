@@ -3,7 +3,9 @@
 #include <torch/torch.h>
 
 #include <boost/program_options.hpp>
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <cstdlib>
 #include <iostream>
 #include <thread>
@@ -12,6 +14,7 @@
 #include "common/errors.h"
 #include "experiments/cli.h"
 #include "experiments/coord_check.h"
+#include "experiments/meta_train.h"
 #include "experiments/sweep.h"
 #include "experiments/train.h"
 
@@ -26,7 +29,8 @@ const char* kUsage =
     "commands:\n"
     "  train         train one task with one optimizer; writes an HDF5 result file\n"
     "  coord-check   muP coordinate check: activation RMS vs width under SP and muP\n"
-    "  sweep         run a grid of train configs (JSON sweep definition), resumable\n";
+    "  sweep         run a grid of train configs (JSON sweep definition), resumable\n"
+    "  meta-train    meta-train a learned optimizer (PES / ES / truncated backprop), resumable\n";
 
 struct Common {
   int threads = 0;
@@ -153,6 +157,51 @@ int cmd_sweep(int argc, char** argv) {
   return 0;
 }
 
+int cmd_meta_train(int argc, char** argv) {
+  Common c;
+  std::string output_dir, data_dir;
+  bool resume = false;
+  long long outer_steps = -1, stop_after = -1, seed = -1;
+  auto desc = common_options(c);
+  desc.add_options()("output-dir,o", po::value(&output_dir), "folder for checkpoints and the HDF5 log (sets \"output_dir\")")(
+      "resume", po::bool_switch(&resume), "continue from <output_dir>/checkpoint.safetensors if it exists")(
+      "outer-steps", po::value(&outer_steps), "number of outer (meta) steps (sets \"outer_steps\")")(
+      "stop-after", po::value(&stop_after), "stop (with a checkpoint) once this many outer steps are done; --resume continues")(
+      "seed", po::value(&seed), "random seed (sets \"seed\")")(
+      "data-dir", po::value(&data_dir), "Fashion-MNIST folder (sets task_family.data_dir)");
+  po::variables_map vm;
+  if (!parse(argc, argv, desc, "usage: lopt meta-train --config FILE [--set key=value ...] [--resume] [options]", vm)) return 0;
+  set_threads(c.threads);
+  if (c.config.empty()) throw lopt::UsageError("lopt meta-train needs --config FILE (see experiments/configs/meta_*.json)");
+  json cfg = load_config(c, json::object());
+  if (!output_dir.empty()) cfg["output_dir"] = output_dir;
+  if (outer_steps >= 0) cfg["outer_steps"] = outer_steps;
+  if (seed >= 0) cfg["seed"] = seed;
+  if (!data_dir.empty()) lopt::set_dotted(cfg, "task_family.data_dir", data_dir);
+  lopt::MetaTrainer trainer(cfg);  // validates the whole config before any work
+  const std::string log_path = trainer.config()["output_dir"].get<std::string>() + "/meta_train.h5";
+  trainer.on_checkpoint = [&](const lopt::MetaTrainer& t) { lopt::write_meta_train_log(log_path, t); };
+  if (std::filesystem::exists(trainer.checkpoint_path())) {
+    if (!resume)
+      throw lopt::UsageError(trainer.checkpoint_path() + " exists: pass --resume to continue it, or choose another --output-dir");
+    trainer.resume();
+    std::printf("resumed %s at outer step %lld\n", trainer.checkpoint_path().c_str(), static_cast<long long>(trainer.step()));
+  }
+  trainer.run(mode(c), stop_after);
+  const auto& log = trainer.log();
+  double recent = 0;
+  int n = 0;
+  for (size_t i = log.meta_loss.size(); i > 0 && n < 20; --i)
+    if (std::isfinite(log.meta_loss[i - 1])) recent += log.meta_loss[i - 1], ++n;
+  std::printf("meta-train: %lld/%lld outer steps, meta-loss (last 20) %.4f, skipped %lld, %.0f inner steps/s, wall %.1fs\n",
+              static_cast<long long>(trainer.step()), static_cast<long long>(trainer.config()["outer_steps"].get<int64_t>()),
+              n ? recent / n : NAN, static_cast<long long>(log.skipped),
+              log.elapsed.empty() ? 0.0 : static_cast<double>(log.inner_steps.back()) / log.elapsed.back(),
+              log.elapsed.empty() ? 0.0 : log.elapsed.back());
+  std::printf("wrote %s, %s, %s\n", trainer.theta_path().c_str(), trainer.checkpoint_path().c_str(), log_path.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -165,6 +214,7 @@ int main(int argc, char** argv) {
     if (cmd == "train") return cmd_train(argc - 1, argv + 1);
     if (cmd == "coord-check") return cmd_coord_check(argc - 1, argv + 1);
     if (cmd == "sweep") return cmd_sweep(argc - 1, argv + 1);
+    if (cmd == "meta-train") return cmd_meta_train(argc - 1, argv + 1);
     std::cerr << "lopt: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const po::error& e) {

@@ -125,11 +125,14 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
       std::vector<torch::Tensor> parts;
       for (size_t m : members) parts.push_back(states[m]->opt.params.tensors[k]);
       auto st = torch::stack(parts);
-      stacked.push_back(differentiable ? st : st.detach().requires_grad_(true));
+      // A state without autograd history (fresh, or after detach) becomes a leaf: the inner
+      // gradient needs it either way.
+      stacked.push_back(differentiable && st.requires_grad() ? st : st.detach().requires_grad_(true));
     }
     torch::Tensor group_loss;
     std::vector<torch::Tensor> grads;
     {
+      torch::AutoGradMode enable_grad(true);  // estimators run under NoGradGuard; the inner gradient needs autograd
       group_loss = t.population_loss(first.with_tensors(stacked), torch::stack(xs), torch::stack(ys));
       grads = torch::autograd::grad({group_loss.sum()}, stacked, {}, differentiable, differentiable);
     }

@@ -1,0 +1,232 @@
+#include "meta/meta_trainer.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "common/config.h"
+#include "common/errors.h"
+#include "common/rng.h"
+#include "optimizers/adam.h"
+#include "optimizers/small_fc_lopt.h"
+#include "tasks/task.h"
+
+namespace lopt {
+
+nlohmann::json resolve_meta_train_config(const nlohmann::json& config) {
+  config_check(config.is_object(), "", "a meta-train config must be a JSON object");
+  ConfigReader r(config, "");
+  nlohmann::json out;
+  auto family = r.object("task_family");
+  config_check(!family.empty(), "/task_family", "required (e.g. {\"type\": \"mlp_family\", \"widths\": [64]})");
+  out["task_family"] = make_task_family(family, "/task_family")->hyperparams();
+  auto lopt_cfg = r.object("lopt");
+  if (lopt_cfg.empty()) lopt_cfg = {{"type", "mulo"}};
+  out["lopt"] = make_learned_optimizer(lopt_cfg, "/lopt")->hyperparams();
+  out["truncation"] = make_truncation_schedule(r.object("truncation"), "/truncation")->hyperparams();
+  out["estimator"] = EstimatorConfig::from_json(r.object("estimator"), "/estimator").to_json();
+  {
+    ConfigReader o(r.object("outer"), "/outer");
+    nlohmann::json oc;
+    oc["lr"] = o.get<double>("lr", 3e-3);
+    oc["warmup_steps"] = o.get<int64_t>("warmup_steps", 0);
+    oc["final_fraction"] = o.get<double>("final_fraction", 0.1);
+    oc["weight_decay"] = o.get<double>("weight_decay", 0.0);
+    oc["beta1"] = o.get<double>("beta1", 0.9);
+    oc["beta2"] = o.get<double>("beta2", 0.999);
+    oc["clip"] = o.get<double>("clip", 1.0);
+    o.finish();
+    config_check(oc["lr"].get<double>() > 0, "/outer/lr", "must be > 0");
+    config_check(oc["warmup_steps"].get<int64_t>() >= 0, "/outer/warmup_steps", "must be >= 0");
+    config_check(oc["clip"].get<double>() >= 0, "/outer/clip", "must be >= 0 (0 = no clipping)");
+    config_check(oc["weight_decay"].get<double>() >= 0, "/outer/weight_decay", "must be >= 0");
+    out["outer"] = oc;
+  }
+  out["outer_steps"] = r.get<int64_t>("outer_steps", 1000);
+  out["seed"] = r.get<uint64_t>("seed", 0);
+  out["checkpoint_every"] = r.get<int64_t>("checkpoint_every", 50);
+  out["output_dir"] = r.get<std::string>("output_dir", "results/checkpoints/meta_train");
+  r.finish();
+  config_check(out["outer_steps"].get<int64_t>() >= 1, "/outer_steps", "must be >= 1");
+  config_check(out["checkpoint_every"].get<int64_t>() >= 1, "/checkpoint_every", "must be >= 1");
+  config_check(!out["output_dir"].get<std::string>().empty(), "/output_dir", "must name a folder");
+  config_check(out["outer"]["warmup_steps"].get<int64_t>() < out["outer_steps"].get<int64_t>(), "/outer/warmup_steps",
+               "must be < outer_steps");
+  return out;
+}
+
+MetaTrainer::MetaTrainer(const nlohmann::json& config) : config_(resolve_meta_train_config(config)) {
+  auto est_cfg = EstimatorConfig::from_json(config_["estimator"]);
+  LoptTruncatedStepConfig sc;
+  sc.task_family = config_["task_family"];
+  sc.lopt = config_["lopt"];
+  sc.truncation = config_["truncation"];
+  sc.num_tasks = est_cfg.num_tasks;
+  sc.stagger = est_cfg.stagger;
+  sc.population = est_cfg.population;
+  step_fn_ = std::make_unique<LoptTruncatedStep>(sc);
+  estimator_ = make_gradient_estimator(est_cfg, *step_fn_);
+
+  const auto& oc = config_["outer"];
+  AdamOptions ao;
+  ao.lr = oc["lr"];
+  ao.beta1 = oc["beta1"];
+  ao.beta2 = oc["beta2"];
+  ao.weight_decay = oc["weight_decay"];
+  ao.decoupled_weight_decay = true;
+  ao.schedule = {{"type", "warmup_cosine"},
+                 {"warmup_steps", oc["warmup_steps"]},
+                 {"total_steps", config_["outer_steps"]},
+                 {"final_fraction", oc["final_fraction"]}};
+  outer_ = std::make_unique<Adam>(ao);
+
+  const uint64_t seed = config_["seed"];
+  auto gen = make_generator(derive_seed(seed, "theta"));
+  ParamSet p;
+  p.tensors = {step_fn_->learned_optimizer().init_theta(gen)};
+  p.info = {ParamInfo{"theta", ParamRole::bias, 1, p.tensors[0].numel(), 1.0}};
+  outer_state_ = std::make_unique<OptState>(outer_->init(p));
+  estimator_->init(theta(), derive_seed(seed, "unroll"));
+}
+
+MetaTrainer::~MetaTrainer() = default;
+
+const torch::Tensor& MetaTrainer::theta() const { return outer_state_->params.tensors[0]; }
+
+std::string MetaTrainer::checkpoint_path() const {
+  return (std::filesystem::path(config_["output_dir"].get<std::string>()) / "checkpoint.safetensors").string();
+}
+std::string MetaTrainer::theta_path() const {
+  return (std::filesystem::path(config_["output_dir"].get<std::string>()) / "theta.safetensors").string();
+}
+
+void MetaTrainer::save_checkpoint() {
+  std::filesystem::create_directories(config_["output_dir"].get<std::string>());
+  SafeTensors st;
+  st.tensors["theta"] = theta();
+  nlohmann::json outer_slots = nlohmann::json::object();
+  for (const auto& [name, v] : outer_state_->slots) {
+    outer_slots[name] = v.size();
+    for (size_t k = 0; k < v.size(); ++k) st.tensors["outer." + name + "." + std::to_string(k)] = v[k];
+  }
+  auto elapsed = log_.elapsed.empty() ? elapsed_before_ : log_.elapsed.back();
+  nlohmann::json meta = {{"config", config_},
+                         {"step", step_},
+                         {"outer_step", outer_state_->step},
+                         {"outer_slots", outer_slots},
+                         {"estimator", estimator_->save(st)},
+                         {"elapsed", elapsed},
+                         {"log",
+                          {{"step", log_.step},
+                           {"meta_loss", log_.meta_loss},
+                           {"grad_norm", log_.grad_norm},
+                           {"outer_lr", log_.outer_lr},
+                           {"elapsed", log_.elapsed},
+                           {"inner_steps", log_.inner_steps},
+                           {"skipped", log_.skipped}}}};
+  // NaN is not JSON: the log stores non-finite losses as null.
+  st.metadata["lopt_meta_train"] = meta.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  step_fn_->learned_optimizer().save(theta_path(), theta());
+  write_safetensors(checkpoint_path(), st);
+  if (on_checkpoint) on_checkpoint(*this);
+}
+
+bool MetaTrainer::resume() {
+  const auto path = checkpoint_path();
+  if (!std::filesystem::exists(path)) return false;
+  auto st = read_safetensors(path);
+  auto it = st.metadata.find("lopt_meta_train");
+  if (it == st.metadata.end()) throw IoError(path, "not a meta-training checkpoint (no lopt_meta_train metadata)");
+  auto meta = nlohmann::json::parse(it->second);
+  auto saved = meta["config"];
+  auto now = config_;
+  for (auto* c : {&saved, &now}) c->erase("checkpoint_every");
+  if (saved != now) {
+    for (auto k = now.begin(); k != now.end(); ++k)
+      if (!saved.contains(k.key()) || saved[k.key()] != k.value())
+        throw UsageError("checkpoint " + path + " was written with a different \"" + k.key() + "\" (" +
+                         (saved.contains(k.key()) ? saved[k.key()].dump() : "absent") + " there, " + k.value().dump() +
+                         " now); use the same config to resume, or another output_dir to start afresh");
+  }
+  auto get = [&](const std::string& name) {
+    auto t = st.tensors.find(name);
+    if (t == st.tensors.end()) throw IoError(path, "checkpoint lacks tensor '" + name + "'");
+    return t->second;
+  };
+  outer_state_->params.tensors[0] = get("theta");
+  outer_state_->step = meta["outer_step"];
+  outer_state_->slots.clear();
+  for (auto s = meta["outer_slots"].begin(); s != meta["outer_slots"].end(); ++s)
+    for (size_t k = 0; k < s.value().get<size_t>(); ++k)
+      outer_state_->slots[s.key()].push_back(get("outer." + s.key() + "." + std::to_string(k)));
+  estimator_->load(meta["estimator"], st, path);
+  step_ = meta["step"];
+  elapsed_before_ = meta["elapsed"];
+  const auto& l = meta["log"];
+  auto doubles = [](const nlohmann::json& a) {
+    std::vector<double> v;
+    for (const auto& x : a) v.push_back(x.is_null() ? NAN : x.get<double>());
+    return v;
+  };
+  log_.step = l["step"].get<std::vector<int64_t>>();
+  log_.meta_loss = doubles(l["meta_loss"]);
+  log_.grad_norm = doubles(l["grad_norm"]);
+  log_.outer_lr = doubles(l["outer_lr"]);
+  log_.elapsed = doubles(l["elapsed"]);
+  log_.inner_steps = l["inner_steps"].get<std::vector<int64_t>>();
+  log_.skipped = l["skipped"];
+  return true;
+}
+
+void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
+  const int64_t total = config_["outer_steps"], every = config_["checkpoint_every"];
+  const int64_t end = stop_after >= 0 ? std::min(total, stop_after) : total;
+  const double clip = config_["outer"]["clip"];
+  const uint64_t seed = config_["seed"];
+  Progress progress(end, "meta-train", mode);
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t inner_total = log_.inner_steps.empty() ? 0 : log_.inner_steps.back();
+  const auto& adam = static_cast<const Adam&>(*outer_);
+  while (step_ < end) {
+    auto out = estimator_->estimate(theta(), mix_seed(derive_seed(seed, "outer") ^ mix_seed(static_cast<uint64_t>(step_))));
+    inner_total += out.inner_steps;
+    const double gnorm = out.grad.norm().item<double>();
+    const bool finite = std::isfinite(out.loss) && std::isfinite(gnorm);
+    double lr = NAN;
+    if (finite) {
+      auto g = out.grad;
+      if (clip > 0 && gnorm > clip) g = g * (clip / gnorm);
+      lr = adam.lr_at(outer_state_->step, outer_state_->params.info[0]);
+      torch::NoGradGuard no_grad;
+      outer_->update_(*outer_state_, {g}, torch::tensor(out.loss));
+    } else {
+      ++log_.skipped;
+    }
+    ++step_;
+    const double elapsed = elapsed_before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    log_.step.push_back(step_);
+    log_.meta_loss.push_back(finite ? out.loss : NAN);
+    log_.grad_norm.push_back(gnorm);
+    log_.outer_lr.push_back(lr);
+    log_.elapsed.push_back(elapsed);
+    log_.inner_steps.push_back(inner_total);
+    // Smoothed meta-loss over the last 20 finite steps for the progress line.
+    double s = 0;
+    int n = 0;
+    for (size_t i = log_.meta_loss.size(); i > 0 && n < 20; --i)
+      if (std::isfinite(log_.meta_loss[i - 1])) s += log_.meta_loss[i - 1], ++n;
+    char status[160];
+    std::snprintf(status, sizeof status, "meta-loss %.4f  %.0f inner steps/s%s", n ? s / n : NAN,
+                  static_cast<double>(inner_total) / std::max(1e-9, elapsed),
+                  log_.skipped ? (" skipped " + std::to_string(log_.skipped)).c_str() : "");
+    progress.update(step_, status);
+    if (step_ % every == 0 || step_ == end) save_checkpoint();
+  }
+  if (!log_.elapsed.empty()) elapsed_before_ = log_.elapsed.back();
+  progress.finish();
+}
+
+}  // namespace lopt

@@ -1,0 +1,72 @@
+#pragma once
+/// The meta-trainer: an outer AdamW (warmup-cosine schedule, global-norm clipping) on theta,
+/// fed by a gradient estimator, with atomic checkpoints that resume exactly. After
+/// learned_optimization `outer_trainers/gradient_learner.py`.
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/progress.h"
+#include "meta/estimators.h"
+
+namespace lopt {
+
+class Optimizer;
+struct OptState;
+
+/// Validates a meta-train config and fills every default; throws ConfigError naming the bad
+/// key before any work is done. Keys: task_family, lopt, truncation, estimator, outer
+/// {lr, warmup_steps, final_fraction, weight_decay, beta1, beta2, clip}, outer_steps, seed,
+/// checkpoint_every, output_dir.
+nlohmann::json resolve_meta_train_config(const nlohmann::json& config);
+
+/// Curves of a meta-training run, one entry per outer step.
+struct MetaTrainLog {
+  std::vector<int64_t> step;            ///< outer step (1-based)
+  std::vector<double> meta_loss;        ///< mean meta-loss of the estimate (NaN if non-finite)
+  std::vector<double> grad_norm;        ///< global norm of the estimate before clipping
+  std::vector<double> outer_lr;         ///< learning rate applied
+  std::vector<double> elapsed;          ///< wall seconds since the run first started (across resumes)
+  std::vector<int64_t> inner_steps;     ///< cumulative inner training steps
+  int64_t skipped = 0;                  ///< non-finite estimates skipped
+};
+
+class MetaTrainer {
+ public:
+  /// `config` as accepted by resolve_meta_train_config (resolved again here).
+  explicit MetaTrainer(const nlohmann::json& config);
+  ~MetaTrainer();
+  /// Restores the checkpoint in output_dir; returns false when there is none. Throws
+  /// UsageError when the checkpoint was written by a different configuration.
+  bool resume();
+  /// Runs outer steps until outer_steps (or `stop_after` steps in total, if >= 0),
+  /// checkpointing every checkpoint_every steps and at the end.
+  void run(ProgressMode mode = ProgressMode::automatic, int64_t stop_after = -1);
+  /// Writes checkpoint.safetensors and theta.safetensors (PyLO format) into output_dir.
+  void save_checkpoint();
+
+  const torch::Tensor& theta() const;
+  int64_t step() const { return step_; }
+  const MetaTrainLog& log() const { return log_; }
+  const nlohmann::json& config() const { return config_; }
+  std::string checkpoint_path() const;
+  std::string theta_path() const;
+  /// Called after every checkpoint (the CLI writes the HDF5 log there).
+  std::function<void(const MetaTrainer&)> on_checkpoint;
+
+ private:
+  nlohmann::json config_;
+  std::unique_ptr<LoptTruncatedStep> step_fn_;
+  std::unique_ptr<GradientEstimator> estimator_;
+  std::unique_ptr<Optimizer> outer_;
+  std::unique_ptr<OptState> outer_state_;
+  int64_t step_ = 0;
+  double elapsed_before_ = 0;  ///< wall time of earlier sessions (from the checkpoint)
+  MetaTrainLog log_;
+};
+
+}  // namespace lopt

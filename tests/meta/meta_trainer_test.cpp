@@ -1,0 +1,137 @@
+// MetaTrainer: exact resume, population batching, config validation, CLI.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "common/errors.h"
+#include "common/config.h"
+#include "meta/meta_trainer.h"
+#include "support.h"
+
+namespace {
+
+nlohmann::json tiny_config(const std::string& dir, const std::string& estimator) {
+  return {{"task_family",
+           {{"type", "mlp_family"},
+            {"widths", {8, 16}},
+            {"depths", {2}},
+            {"batch_sizes", {16}},
+            {"image_sizes", {4}},
+            {"dataset", "synthetic"},
+            {"parametrization", {{"type", "mup"}, {"base_width", 8}}}}},
+          {"lopt", {{"type", "mulo"}}},
+          {"truncation", {{"type", "log_uniform"}, {"min_length", 5}, {"max_length", 12}}},
+          {"estimator", {{"type", estimator}, {"std", 0.01}, {"trunc_length", 4}, {"num_tasks", 3}}},
+          {"outer", {{"lr", 1e-2}, {"warmup_steps", 1}}},
+          {"outer_steps", 6},
+          {"seed", 3},
+          {"checkpoint_every", 2},
+          {"output_dir", dir}};
+}
+
+class Resume : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Resume, StopAndResumeGivesIdenticalTheta) {
+  lopt_test::TempDir tmp;
+  const std::string est = GetParam();
+  lopt::MetaTrainer straight(tiny_config(tmp.path("a"), est));
+  straight.run(lopt::ProgressMode::quiet);
+  {
+    lopt::MetaTrainer first(tiny_config(tmp.path("b"), est));
+    first.run(lopt::ProgressMode::quiet, 3);  // "killed" after 3 steps (checkpoint at step 3)
+    EXPECT_EQ(first.step(), 3);
+  }
+  lopt::MetaTrainer second(tiny_config(tmp.path("b"), est));
+  ASSERT_TRUE(second.resume());
+  EXPECT_EQ(second.step(), 3);
+  second.run(lopt::ProgressMode::quiet);
+  EXPECT_EQ(second.step(), 6);
+  EXPECT_TRUE(torch::equal(straight.theta(), second.theta())) << "max diff "
+                                                              << (straight.theta() - second.theta()).abs().max().item<double>();
+  EXPECT_EQ(straight.log().meta_loss, second.log().meta_loss);
+  EXPECT_FALSE(torch::equal(straight.theta(), lopt::MetaTrainer(tiny_config(tmp.path("c"), est)).theta()))
+      << "meta-training should have changed theta";
+  // The saved theta is a loadable learned-optimizer file.
+  EXPECT_TRUE(std::filesystem::exists(second.theta_path()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Estimators, Resume, ::testing::Values("pes", "truncated_es", "truncated_backprop"));
+
+TEST(MetaTrainer, ResumeRejectsADifferentConfig) {
+  lopt_test::TempDir tmp;
+  lopt::MetaTrainer a(tiny_config(tmp.path("a"), "pes"));
+  a.run(lopt::ProgressMode::quiet, 2);
+  auto cfg = tiny_config(tmp.path("a"), "pes");
+  cfg["estimator"]["std"] = 0.02;
+  lopt::MetaTrainer b(cfg);
+  EXPECT_THROW(b.resume(), lopt::UsageError);
+}
+
+TEST(MetaTrainer, PopulationBatchingMatchesOneMemberAtATime) {
+  lopt_test::TempDir tmp;
+  auto cfg = tiny_config(tmp.path("a"), "pes");
+  cfg["outer_steps"] = 3;
+  lopt::MetaTrainer batched(cfg);
+  batched.run(lopt::ProgressMode::quiet);
+  cfg["estimator"]["population"] = false;
+  cfg["output_dir"] = tmp.path("b");
+  lopt::MetaTrainer single(cfg);
+  single.run(lopt::ProgressMode::quiet);
+  for (size_t i = 0; i < batched.log().meta_loss.size(); ++i)
+    EXPECT_NEAR(batched.log().meta_loss[i], single.log().meta_loss[i], 1e-5);
+  EXPECT_LT(lopt_test::max_rel_error(batched.theta(), single.theta(), 1e-3), 1e-3);
+}
+
+TEST(MetaTrainer, BadConfigsNameTheKey) {
+  auto expect_path = [](const nlohmann::json& config, const std::string& path) {
+    lopt_test::expect_config_error([](const nlohmann::json& j) { lopt::resolve_meta_train_config(j); }, config, path);
+  };
+  auto base = tiny_config("/tmp/unused", "pes");
+  auto c = base;
+  c["estimator"]["type"] = "reinforce";
+  expect_path(c, "/estimator/type");
+  c = base;
+  c["estimator"]["std"] = 0;
+  expect_path(c, "/estimator/std");
+  c = base;
+  c["task_family"]["widths"] = nlohmann::json::array();
+  expect_path(c, "/task_family/widths");
+  c = base;
+  c["truncation"] = {{"type", "log_uniform"}, {"min_length", 50}, {"max_length", 10}};
+  expect_path(c, "/truncation/max_length");
+  c = base;
+  c["outer"]["lr"] = -1;
+  expect_path(c, "/outer/lr");
+  c = base;
+  c["lopt"] = {{"type", "adam"}};
+  expect_path(c, "/lopt/type");
+  c = base;
+  c["outer_stpes"] = 3;
+  expect_path(c, "/outer_stpes");
+}
+
+TEST(MetaTrainer, CliRunsResumesAndRejectsBadInput) {
+  lopt_test::TempDir tmp;
+  auto cfg = tiny_config(tmp.path("out"), "pes");
+  lopt::write_text_atomic(tmp.path("cfg.json"), cfg.dump());
+  std::string out;
+  EXPECT_EQ(lopt_test::run_lopt("meta-train -q -c " + tmp.path("cfg.json") + " --stop-after 2", &out), 0) << out;
+  EXPECT_TRUE(std::filesystem::exists(tmp.path("out/meta_train.h5")));
+  // The checkpoint exists: without --resume the run refuses (nothing is overwritten).
+  EXPECT_EQ(lopt_test::run_lopt("meta-train -q -c " + tmp.path("cfg.json"), &out), 2) << out;
+  EXPECT_NE(out.find("--resume"), std::string::npos) << out;
+  EXPECT_EQ(lopt_test::run_lopt("meta-train -q -c " + tmp.path("cfg.json") + " --resume", &out), 0) << out;
+  EXPECT_NE(out.find("resumed"), std::string::npos) << out;
+  EXPECT_NE(out.find("6/6 outer steps"), std::string::npos) << out;
+  // A bad key fails before any work, naming the key; exit code 2.
+  EXPECT_EQ(lopt_test::run_lopt("meta-train -q -c " + tmp.path("cfg.json") + " --set estimator.std=-1 -o " + tmp.path("x"), &out), 2);
+  EXPECT_NE(out.find("/estimator/std"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(tmp.path("x")));
+  // The meta-trained theta drives `lopt train`.
+  EXPECT_EQ(lopt_test::run_lopt("train -q --set task.dataset=synthetic --set task.image_size=4 --set task.width=32 "
+                                "--optimizer mulo --steps 5 --lo-checkpoint " + tmp.path("out/theta.safetensors"), &out), 0)
+      << out;
+}
+
+}  // namespace
