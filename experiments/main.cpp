@@ -13,6 +13,7 @@
 #include "common/config.h"
 #include "common/errors.h"
 #include "experiments/cli.h"
+#include "experiments/compare.h"
 #include "experiments/coord_check.h"
 #include "experiments/meta_train.h"
 #include "experiments/sweep.h"
@@ -30,6 +31,7 @@ const char* kUsage =
     "  train         train one task with one optimizer; writes an HDF5 result file\n"
     "  coord-check   muP coordinate check: activation RMS vs width under SP and muP\n"
     "  sweep         run a grid of train configs (JSON sweep definition), resumable\n"
+    "  compare       optimizers on one task over held-out seeds, baselines at their best LR\n"
     "  meta-train    meta-train a learned optimizer (PES / ES / truncated backprop), resumable\n";
 
 struct Common {
@@ -157,6 +159,37 @@ int cmd_sweep(int argc, char** argv) {
   return 0;
 }
 
+int cmd_compare(int argc, char** argv) {
+  Common c;
+  std::string png;
+  bool dry_run = false;
+  auto desc = common_options(c);
+  desc.add_options()("png", po::value(&png), "draw the comparison to this PNG")(
+      "dry-run", po::bool_switch(&dry_run), "validate and list the runs without training");
+  po::variables_map vm;
+  if (!parse(argc, argv, desc, "usage: lopt compare --config FILE [--set base.steps=100 ...] [options]", vm)) return 0;
+  set_threads(c.threads);
+  if (c.config.empty()) throw lopt::UsageError("lopt compare needs --config FILE (see experiments/configs/eval_*.json)");
+  json cfg = load_config(c, json::object());
+  auto runs = lopt::expand_compare(cfg);
+  std::printf("compare: %zu runs\n", runs.size());
+  if (dry_run) {
+    for (const auto& r : runs) std::printf("  %s\n", r.config["output"].get<std::string>().c_str());
+    return 0;
+  }
+  auto rows = lopt::run_compare(cfg, mode(c));
+  std::printf("| optimizer | best LR | final train loss (mean over seeds) | test accuracy |\n|---|---|---|---|\n");
+  for (const auto& r : rows)
+    std::printf("| %s | %s | %s | %.4f |\n", r["name"].get<std::string>().c_str(),
+                r["best_lr"].is_null() ? "-" : r["best_lr"].dump().c_str(),
+                r["mean_final_train_loss"].is_null() ? "diverged" : r["mean_final_train_loss"].dump().c_str(),
+                r["mean_final_test_accuracy"].get<double>());
+  std::string summary = cfg.value("summary", cfg["output_dir"].get<std::string>() + ".h5");
+  std::printf("wrote %s\n", summary.c_str());
+  if (!png.empty()) lopt::run_plot({summary}, png);
+  return 0;
+}
+
 int cmd_meta_train(int argc, char** argv) {
   Common c;
   std::string output_dir, data_dir;
@@ -214,6 +247,7 @@ int main(int argc, char** argv) {
     if (cmd == "train") return cmd_train(argc - 1, argv + 1);
     if (cmd == "coord-check") return cmd_coord_check(argc - 1, argv + 1);
     if (cmd == "sweep") return cmd_sweep(argc - 1, argv + 1);
+    if (cmd == "compare") return cmd_compare(argc - 1, argv + 1);
     if (cmd == "meta-train") return cmd_meta_train(argc - 1, argv + 1);
     std::cerr << "lopt: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;

@@ -8,6 +8,8 @@ The kind of plot follows the files' "kind" attribute:
   coord_check  activation RMS against width, one panel per (parametrization, layer), one line per step
   sweep        final training loss against learning rate, one panel per parametrization, one line
                per width; --table also prints the best learning rate of each (parametrization, width)
+  compare      training loss (mean over seeds) of each contender at its chosen LR, and the LR grids
+  meta_train   meta-loss (smoothed) against outer step, one line per file
 Needs Debian's python3-h5py and python3-matplotlib.
 """
 import argparse
@@ -127,6 +129,56 @@ def plot_sweep(path, out, table):
             print(f"| {par} | {width} | {lr:.3g} | {loss:.4f} |")
 
 
+def text(x):
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def plot_compare(path, out):
+    with h5py.File(path, "r") as f:
+        n = int(f.attrs["contenders"])
+        cfg = json.loads(f.attrs["config"])
+        groups = [f[f"c{i}"] for i in range(n)]
+        rows = []
+        for g in groups:
+            best = float(g.attrs["best_lr"])
+            rows.append(dict(name=text(g.attrs["name"]), best=best, curve=g["train_loss_mean"][:],
+                             grid=g["lr_grid"][:] if "lr_grid" in g else None,
+                             grid_loss=g["lr_grid_mean_final_train_loss"][:] if "lr_grid" in g else None,
+                             final=float(g.attrs["mean_final_train_loss"])))
+    task = cfg.get("base", {}).get("task", {})
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.3))
+    for r in rows:
+        lab = r["name"] + ("" if math.isnan(r["best"]) else f" (lr {r['best']:.3g})") + f": {r['final']:.3f}"
+        line, = a1.plot(np.arange(1, len(r["curve"]) + 1), smooth(r["curve"]), label=lab)
+        if r["grid"] is not None:
+            gl = np.where(np.isfinite(r["grid_loss"]), r["grid_loss"], np.nan)
+            a2.plot(r["grid"], gl, marker="o", color=line.get_color(), label=r["name"])
+        else:
+            a2.axhline(r["final"], color=line.get_color(), ls="--", label=r["name"])
+    a1.set_xlabel("step"), a1.set_ylabel("training loss (mean over seeds, smoothed)"), a1.set_yscale("log")
+    a1.set_title(f"width {task.get('width', '?')}, depth {task.get('depth', '?')}, "
+                 f"{task.get('image_size', '?')}px, {task.get('parametrization', {}).get('type', '?')}", fontsize=10)
+    a2.set_xscale("log"), a2.set_yscale("log")
+    a2.set_xlabel("learning rate"), a2.set_ylabel("final training loss (mean over seeds)")
+    for a in (a1, a2):
+        a.grid(alpha=0.3), a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def plot_meta_train(files, out):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for path in files:
+        with h5py.File(path, "r") as f:
+            step, loss = f["meta/step"][:], f["meta/meta_loss"][:]
+        ok = np.isfinite(loss)
+        ax.plot(step[ok], smooth(loss[ok], 0.05), label=os.path.basename(os.path.dirname(os.path.abspath(path))))
+    ax.set_xlabel("outer step"), ax.set_ylabel("meta-loss (smoothed)")
+    ax.grid(alpha=0.3), ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+")
@@ -143,6 +195,10 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     if kind == "coord_check":
         plot_coord_check(args.files[0], args.output)
+    elif kind == "compare":
+        plot_compare(args.files[0], args.output)
+    elif kind == "meta_train":
+        plot_meta_train(args.files, args.output)
     elif kind == "sweep":
         plot_sweep(args.files[0], args.output, args.table)
     else:
