@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "common/rng.h"
+#include "meta/estimators.h"
 #include "optimizers/optimizer.h"
 #include "optimizers/small_fc_lopt.h"
 
@@ -96,5 +97,36 @@ BENCHMARK(BM_LoptTensorOps)->Args({0, 1})->Args({0, 5})->Args({1, 0})->Unit(benc
 BENCHMARK(BM_AdamW)->Args({0, 1})->Args({0, 5})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
+
+/// One PES estimate (8 tasks x antithetic pair = 16 members, 10 inner steps) on MLPs of width
+/// arg1 (depth 2, 8x8 synthetic images, batch 64), with the members of one shape stacked into one
+/// bmm computation (arg0 = 1) or run one at a time (arg0 = 0). Counter: member inner steps/s.
+void BM_PesEstimate(benchmark::State& state) {
+  set_threads();
+  const bool population = state.range(0) != 0;
+  const int64_t width = state.range(1);
+  lopt::LoptTruncatedStepConfig sc;
+  sc.task_family = {{"type", "mlp_family"}, {"widths", {width}}, {"depths", {2}}, {"batch_sizes", {64}},
+                    {"image_sizes", {8}}, {"dataset", "synthetic"}, {"parametrization", {{"type", "mup"}, {"base_width", 32}}}};
+  sc.lopt = {{"type", "mulo"}};
+  sc.truncation = {{"type", "constant"}, {"length", 1000000}};
+  sc.num_tasks = 8;
+  sc.population = population;
+  lopt::LoptTruncatedStep step(sc);
+  lopt::EstimatorConfig ec;
+  ec.type = "pes";
+  ec.trunc_length = 10;
+  ec.num_tasks = 8;
+  ec.population = population;
+  auto est = lopt::make_gradient_estimator(ec, step);
+  auto gen = lopt::make_generator(0);
+  auto theta = step.learned_optimizer().init_theta(gen);
+  est->init(theta, 1);
+  int64_t inner = 0;
+  uint64_t seed = 0;
+  for (auto _ : state) inner += est->estimate(theta, ++seed).inner_steps;
+  state.counters["inner_steps/s"] = benchmark::Counter(static_cast<double>(inner), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_PesEstimate)->Args({0, 32})->Args({1, 32})->Args({0, 128})->Args({1, 128})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();
