@@ -64,6 +64,14 @@ nlohmann::json LoptTruncatedStep::hyperparams() const {
           {"population", config_.population}};
 }
 
+const Optimizer& LoptTruncatedStep::bound(const torch::Tensor& theta) {
+  for (const auto& [t, opt] : bound_)
+    if (t.unsafeGetTensorImpl() == theta.unsafeGetTensorImpl() && t._version() == theta._version()) return *opt;
+  if (bound_.size() >= 64) bound_.clear();
+  bound_.emplace_back(theta, lopt_->bind(theta));
+  return *bound_.back().second;
+}
+
 InnerState LoptTruncatedStep::init_state(const torch::Tensor& theta, int64_t, uint64_t seed, bool stagger) const {
   torch::NoGradGuard no_grad;
   auto gen = make_generator(seed);
@@ -89,8 +97,8 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
   UnrollOut out;
   out.done.assign(M, false);
   out.was_reset.assign(M, false);
-  std::vector<torch::Tensor> losses(M);
-  std::vector<double> mask(M, 0.0);
+  std::vector<torch::Tensor> losses(M);  // differentiable path
+  std::vector<double> loss_value(M, 0.0), mask(M, 0.0);
 
   // Resets first: the member skips training this step (masked), as learned_optimization does.
   std::map<std::string, std::vector<size_t>> groups;
@@ -136,12 +144,18 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
       group_loss = t.population_loss(first.with_tensors(stacked), torch::stack(xs), torch::stack(ys));
       grads = torch::autograd::grad({group_loss.sum()}, stacked, {}, differentiable, differentiable);
     }
+    auto norm_loss = normalize_classifier_loss(differentiable ? group_loss : group_loss.detach());
+    std::vector<double> norm_value;
+    if (!differentiable) {
+      auto nv = norm_loss.to(torch::kFloat64).contiguous();
+      norm_value.assign(nv.data_ptr<double>(), nv.data_ptr<double>() + nv.numel());
+    }
     for (size_t j = 0; j < members.size(); ++j) {
       const size_t m = members[j];
       InnerState& s = *states[m];
       std::vector<torch::Tensor> g;
       for (auto& gk : grads) g.push_back(gk[static_cast<int64_t>(j)]);
-      auto opt = lopt_->bind(thetas[m]);
+      const Optimizer* opt = &bound(thetas[m]);
       if (differentiable) {
         s.opt = opt->update(s.opt, g, group_loss[static_cast<int64_t>(j)]);
       } else {
@@ -149,17 +163,21 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
         for (auto& gk : g) gk = gk.detach();
         opt->update_(s.opt, g, group_loss[static_cast<int64_t>(j)].detach());
       }
-      auto l = differentiable ? group_loss[static_cast<int64_t>(j)] : group_loss[static_cast<int64_t>(j)].detach();
-      losses[m] = normalize_classifier_loss(l);
+      losses[m] = differentiable ? norm_loss[static_cast<int64_t>(j)] : torch::Tensor();
+      if (!differentiable) loss_value[m] = norm_value[j];
       mask[m] = 1.0;
       s.inner_step += 1;
       out.done[m] = s.inner_step >= s.length;
     }
   }
-  auto zero = torch::zeros({}, torch::kFloat32);
-  for (auto& l : losses)
-    if (!l.defined()) l = zero;
-  out.loss = torch::stack(losses).to(torch::kFloat64);
+  if (differentiable) {
+    auto zero = torch::zeros({}, torch::kFloat32);
+    for (auto& l : losses)
+      if (!l.defined()) l = zero;
+    out.loss = torch::stack(losses).to(torch::kFloat64);
+  } else {
+    out.loss = torch::tensor(loss_value, torch::kFloat64);
+  }
   out.mask = torch::tensor(mask, torch::kFloat64);
   return out;
 }

@@ -93,6 +93,10 @@ class LoptTruncatedStep : public TruncatedStep {
   std::unique_ptr<LearnedOptimizer> lopt_;
   std::unique_ptr<TruncationSchedule> trunc_;
   mutable std::map<std::string, std::unique_ptr<Task>> tasks_;
+  /// Optimizers bound to the thetas of recent steps (an estimate reuses its thetas for every
+  /// step of the truncation). Holding the tensor keeps its identity unique while cached.
+  std::vector<std::pair<torch::Tensor, std::unique_ptr<Optimizer>>> bound_;
+  const Optimizer& bound(const torch::Tensor& theta);
 };
 
 /// learned_optimization's classifier normaliser: clip(loss, 0, 1.5 log(num_classes)), non-finite -> max.

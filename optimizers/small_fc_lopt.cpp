@@ -223,6 +223,30 @@ double SmallFcLoptOptimizer::lr_for(const ParamInfo& info) const {
   return config_.lr * MupParametrization().lr_mult(info);
 }
 
+const SmallFcLoptOptimizer::FusedConstants& SmallFcLoptOptimizer::fused_constants() const {
+  if (!fused_) {
+    torch::NoGradGuard no_grad;
+    auto c = std::make_shared<FusedConstants>();
+    auto d = decays();
+    auto m = d.mom.contiguous(), f = d.fac.contiguous();
+    for (int k = 0; k < 3; ++k) {
+      c->mom_decay[k] = m.data_ptr<float>()[k];
+      c->fac_decay[k] = f.data_ptr<float>()[k];
+    }
+    c->rms_decay = d.rms.item<float>();
+    auto as_vec = [](const torch::Tensor& t) {
+      auto x = t.detach().to(torch::kFloat32).contiguous();
+      return std::vector<float>(x.data_ptr<float>(), x.data_ptr<float>() + x.numel());
+    };
+    for (size_t l = 0; l < weights_.size(); ++l) {
+      c->weights.push_back(as_vec(weights_[l]));
+      c->biases.push_back(as_vec(biases_[l]));
+    }
+    fused_ = c;
+  }
+  return *fused_;
+}
+
 SmallFcLoptOptimizer::Decays SmallFcLoptOptimizer::decays() const {
   // beta = clip(1 - (1 - initial) * exp(10 * offset), 0, 1)  (learned_optimization reparam_decay=10)
   auto conv = [&](const std::vector<double>& init, const torch::Tensor& off) {

@@ -94,7 +94,15 @@ class SmallFcLoptOptimizer : public Optimizer {
   const std::vector<torch::Tensor>& mlp_weights() const { return weights_; }
   const std::vector<torch::Tensor>& mlp_biases() const { return biases_; }
 
+  /// theta's pieces as plain floats for the fused kernel (computed once per bound theta).
+  struct FusedConstants {
+    float mom_decay[3], rms_decay, fac_decay[3];
+    std::vector<std::vector<float>> weights, biases;  // MLP layers, weight [out * in] row-major
+  };
+  const FusedConstants& fused_constants() const;
+
  private:
+  mutable std::shared_ptr<const FusedConstants> fused_;
   SmallFcLoptConfig config_;
   torch::Tensor theta_;
   std::map<std::string, torch::Tensor> named_;

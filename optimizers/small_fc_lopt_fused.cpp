@@ -174,49 +174,127 @@ void fused_lopt_step(const SmallFcLoptOptimizer& opt, torch::Tensor& p_ref, cons
   TORCH_CHECK(mom.is_contiguous() && rms.is_contiguous(), "fused small_fc_lopt step: state must be contiguous");
   const int64_t N = p.numel();
   std::vector<int64_t> shape = p.dim() == 0 ? std::vector<int64_t>{1} : p.sizes().vec();
-  auto dec = opt.decays();
-  auto bf = dec.fac;
+  const auto& K = opt.fused_constants();
 
-  // (1) Adafactor accumulators and the row / column side tables.
-  torch::Tensor row_side, col_side;
+  // (1) Adafactor accumulators and the row / column side tables [entries, kSide]. Vectors and
+  // matrices take a plain loop (the common case, and cheap for the many small tensors of
+  // meta-training); other ranks use tensor ops.
+  std::vector<float> row_tab, col_tab;
   Indexer ix;
   ix.sizes = shape;
   ix.row_stride.assign(shape.size(), 0);
   ix.col_stride.assign(shape.size(), 0);
-  auto g2 = g.reshape(shape).square().add_(1e-30);
-  if (shape.size() >= 2) {
-    auto [d1, d0] = lopt_factored_dims(shape);
-    row.mul_(bf).add_(g2.mean(d0).unsqueeze(-1) * (1 - bf));
-    col.mul_(bf).add_(g2.mean(d1).unsqueeze(-1) * (1 - bf));
-    const int64_t reduced_d1 = d1 > d0 ? d1 - 1 : d1;
-    auto rf = (row / (row.mean(reduced_d1, true) + 1e-9)).clamp_min(1e-9).rsqrt();
-    auto cf = col.clamp_min(1e-9).rsqrt();
-    row_side = torch::cat({row, (row + 1e-8).rsqrt(), rf, rf}, -1).reshape({-1, kSide}).contiguous();
-    col_side = torch::cat({col, (col + 1e-8).rsqrt(), cf, cf}, -1).reshape({-1, kSide}).contiguous();
-    int64_t rs = 1, cs = 1;
-    for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
-      if (d != d0) { ix.row_stride[d] = rs; rs *= shape[d]; }
-      if (d != d1) { ix.col_stride[d] = cs; cs *= shape[d]; }
+  const float* gp = g.data_ptr<float>();
+  auto side = [](std::vector<float>& tab, int64_t i, const float* acc, const float* fg, const float* fm) {
+    float* t = &tab[static_cast<size_t>(i) * kSide];
+    for (int k = 0; k < 3; ++k) {
+      t[k] = acc[k];
+      t[3 + k] = 1.0f / std::sqrt(acc[k] + 1e-8f);
+      t[6 + k] = fg[k];
+      t[9 + k] = fm[k];
     }
-  } else {
-    v.mul_(bf).add_(g2.unsqueeze(-1) * (1 - bf));
-    auto ones = torch::ones_like(v);
-    row_side = torch::cat({v, (v + 1e-8).rsqrt(), (v + 1e-9).clamp_min(1e-9).rsqrt(), (v + 1e-6).pow(-0.5)}, -1)
-                   .reshape({-1, kSide}).contiguous();
-    col_side = torch::cat({v, (v + 1e-8).rsqrt(), ones, ones}, -1).reshape({-1, kSide}).contiguous();
+  };
+  if (shape.size() == 2 && row.is_contiguous() && col.is_contiguous()) {
+    auto [d1, d0] = lopt_factored_dims(shape);
+    const int64_t s0 = shape[0], s1 = shape[1];
+    std::vector<double> sum0(static_cast<size_t>(s0), 0.0), sum1(static_cast<size_t>(s1), 0.0);
+    for (int64_t r = 0; r < s0; ++r) {
+      double acc = 0;
+      for (int64_t c = 0; c < s1; ++c) {
+        const float v = gp[r * s1 + c] * gp[r * s1 + c] + 1e-30f;
+        acc += v;
+        sum1[static_cast<size_t>(c)] += v;
+      }
+      sum0[static_cast<size_t>(r)] = acc;
+    }
+    // row: indexed by dim d1, mean over d0; col: indexed by dim d0, mean over d1.
+    const std::vector<double>& row_sum = d1 == 0 ? sum0 : sum1;
+    const std::vector<double>& col_sum = d0 == 0 ? sum0 : sum1;
+    const double row_n = static_cast<double>(shape[d0]), col_n = static_cast<double>(shape[d1]);
+    const int64_t nr = shape[d1], nc = shape[d0];
+    float* R = row.data_ptr<float>();
+    float* C = col.data_ptr<float>();
+    double row_mean[3] = {0, 0, 0};
+    for (int64_t i = 0; i < nr; ++i)
+      for (int k = 0; k < 3; ++k) {
+        R[3 * i + k] = R[3 * i + k] * K.fac_decay[k] + static_cast<float>(row_sum[i] / row_n) * (1.0f - K.fac_decay[k]);
+        row_mean[k] += R[3 * i + k];
+      }
+    for (int64_t i = 0; i < nc; ++i)
+      for (int k = 0; k < 3; ++k)
+        C[3 * i + k] = C[3 * i + k] * K.fac_decay[k] + static_cast<float>(col_sum[i] / col_n) * (1.0f - K.fac_decay[k]);
+    float rm[3];
+    for (int k = 0; k < 3; ++k) rm[k] = static_cast<float>(row_mean[k] / static_cast<double>(nr)) + 1e-9f;
+    row_tab.resize(static_cast<size_t>(nr) * kSide);
+    col_tab.resize(static_cast<size_t>(nc) * kSide);
+    for (int64_t i = 0; i < nr; ++i) {
+      float f[3];
+      for (int k = 0; k < 3; ++k) f[k] = 1.0f / std::sqrt(std::max(R[3 * i + k] / rm[k], 1e-9f));
+      side(row_tab, i, &R[3 * i], f, f);
+    }
+    for (int64_t i = 0; i < nc; ++i) {
+      float f[3];
+      for (int k = 0; k < 3; ++k) f[k] = 1.0f / std::sqrt(std::max(C[3 * i + k], 1e-9f));
+      side(col_tab, i, &C[3 * i], f, f);
+    }
+    ix.row_stride[d1] = 1;  // the row entry follows dim d1, the column entry dim d0
+    ix.col_stride[d0] = 1;
+  } else if (shape.size() == 1 && v.is_contiguous()) {
+    float* V = v.data_ptr<float>();
+    row_tab.resize(static_cast<size_t>(N) * kSide);
+    col_tab.resize(static_cast<size_t>(N) * kSide);
+    const float ones[3] = {1, 1, 1};
+    for (int64_t e = 0; e < N; ++e) {
+      const float g2 = gp[e] * gp[e] + 1e-30f;
+      float fg[3], fm[3];
+      for (int k = 0; k < 3; ++k) {
+        V[3 * e + k] = V[3 * e + k] * K.fac_decay[k] + g2 * (1.0f - K.fac_decay[k]);
+        fg[k] = 1.0f / std::sqrt(std::max(V[3 * e + k] + 1e-9f, 1e-9f));
+        fm[k] = static_cast<float>(std::pow(static_cast<double>(V[3 * e + k]) + 1e-6, -0.5));
+      }
+      side(row_tab, e, &V[3 * e], fg, fm);
+      side(col_tab, e, &V[3 * e], ones, ones);
+    }
     ix.row_stride[0] = ix.col_stride[0] = 1;
+  } else {
+    auto bf = torch::tensor(std::vector<float>(K.fac_decay, K.fac_decay + 3));
+    auto g2 = g.reshape(shape).square().add_(1e-30);
+    torch::Tensor row_side, col_side;
+    if (shape.size() >= 2) {
+      auto [d1, d0] = lopt_factored_dims(shape);
+      row.mul_(bf).add_(g2.mean(d0).unsqueeze(-1) * (1 - bf));
+      col.mul_(bf).add_(g2.mean(d1).unsqueeze(-1) * (1 - bf));
+      const int64_t reduced_d1 = d1 > d0 ? d1 - 1 : d1;
+      auto rf = (row / (row.mean(reduced_d1, true) + 1e-9)).clamp_min(1e-9).rsqrt();
+      auto cf = col.clamp_min(1e-9).rsqrt();
+      row_side = torch::cat({row, (row + 1e-8).rsqrt(), rf, rf}, -1).reshape({-1, kSide}).contiguous();
+      col_side = torch::cat({col, (col + 1e-8).rsqrt(), cf, cf}, -1).reshape({-1, kSide}).contiguous();
+      int64_t rs = 1, cs = 1;
+      for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
+        if (d != d0) { ix.row_stride[d] = rs; rs *= shape[d]; }
+        if (d != d1) { ix.col_stride[d] = cs; cs *= shape[d]; }
+      }
+    } else {
+      v.mul_(bf).add_(g2.unsqueeze(-1) * (1 - bf));
+      auto ones = torch::ones_like(v);
+      row_side = torch::cat({v, (v + 1e-8).rsqrt(), (v + 1e-9).clamp_min(1e-9).rsqrt(), (v + 1e-6).pow(-0.5)}, -1)
+                     .reshape({-1, kSide}).contiguous();
+      col_side = torch::cat({v, (v + 1e-8).rsqrt(), ones, ones}, -1).reshape({-1, kSide}).contiguous();
+      ix.row_stride[0] = ix.col_stride[0] = 1;
+    }
+    row_tab.assign(row_side.data_ptr<float>(), row_side.data_ptr<float>() + row_side.numel());
+    col_tab.assign(col_side.data_ptr<float>(), col_side.data_ptr<float>() + col_side.numel());
   }
 
   KernelArgs a;
-  a.g = g.data_ptr<float>();
+  a.g = gp;
   a.p = p.data_ptr<float>();
   a.mom = mom.data_ptr<float>();
   a.rms = rms.data_ptr<float>();
-  a.row = row_side.data_ptr<float>();
-  a.col = col_side.data_ptr<float>();
-  auto bm = dec.mom.contiguous();
-  for (int k = 0; k < 3; ++k) a.bm[k] = bm.data_ptr<float>()[k];
-  a.br = dec.rms.item<float>();
+  a.row = row_tab.data();
+  a.col = col_tab.data();
+  for (int k = 0; k < 3; ++k) a.bm[k] = K.mom_decay[k];
+  a.br = K.rms_decay;
 
   // (2) Pass one: accumulators and feature second moments, per chunk, reduced in order.
   const int64_t grain = 4096;
@@ -225,7 +303,7 @@ void fused_lopt_step(const SmallFcLoptOptimizer& opt, torch::Tensor& p_ref, cons
   a.update_accumulators = true;
   // Runs body(chunk, first element, count, features) over every block of every chunk, in parallel.
   auto for_each_block = [&](auto&& body) {
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    auto run = [&](int64_t c0, int64_t c1) {
       alignas(64) float x[kF][kBlk];
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t e_end = std::min(N, (c + 1) * grain);
@@ -236,7 +314,10 @@ void fused_lopt_step(const SmallFcLoptOptimizer& opt, torch::Tensor& p_ref, cons
           body(c, e, n, x);
         }
       }
-    });
+    };
+    // One chunk (small tensors): no parallel region, whose start-up would dominate.
+    if (chunks == 1) run(0, 1);
+    else at::parallel_for(0, chunks, 1, run);
   };
   for_each_block([&](int64_t c, int64_t, int, float(*x)[kBlk]) { sumsq_block(x, &partial[static_cast<size_t>(c) * kF]); });
   double sumsq[kF] = {0};
@@ -244,10 +325,7 @@ void fused_lopt_step(const SmallFcLoptOptimizer& opt, torch::Tensor& p_ref, cons
     for (int f = 0; f < kF; ++f) sumsq[f] += partial[static_cast<size_t>(c) * kF + f];
 
   // Fold normalisation into the first layer, the time features into its bias.
-  const auto& Ws = opt.mlp_weights();
-  const auto& bs = opt.mlp_biases();
   const int H = static_cast<int>(cfg.hidden_size);
-  auto W0 = Ws[0].detach().contiguous();
   std::vector<float> w1(static_cast<size_t>(H) * kF), b1(static_cast<size_t>(H));
   float scale[kF];
   for (int f = 0; f < kF; ++f)
@@ -255,20 +333,14 @@ void fused_lopt_step(const SmallFcLoptOptimizer& opt, torch::Tensor& p_ref, cons
   float tfeat[kLoptTimeFeatures];
   for (int s = 0; s < kLoptTimeFeatures; ++s)
     tfeat[s] = static_cast<float>(std::tanh(static_cast<double>(step) / kLoptTimescales[s] - 1.0));
-  const float* w0 = W0.data_ptr<float>();
-  auto B0 = bs[0].detach().contiguous();
+  const float* w0 = K.weights[0].data();
   for (int j = 0; j < H; ++j) {
-    float b = B0.data_ptr<float>()[j];
+    float b = K.biases[0][static_cast<size_t>(j)];
     for (int f = 0; f < kF; ++f) w1[j * kF + f] = w0[j * kLoptInputs + f] * scale[f];
     for (int s = 0; s < kLoptTimeFeatures; ++s) b += w0[j * kLoptInputs + kF + s] * tfeat[s];
     b1[j] = b;
   }
-  std::vector<torch::Tensor> Wc, Bc;
-  for (size_t l = 1; l < Ws.size(); ++l) {
-    Wc.push_back(Ws[l].detach().contiguous());
-    Bc.push_back(bs[l].detach().contiguous());
-  }
-  const int n_hidden = static_cast<int>(Wc.size()) - 1;  // hidden->hidden layers
+  const int n_hidden = static_cast<int>(K.weights.size()) - 2;  // hidden->hidden layers  // hidden->hidden layers
   const float exp_mult = static_cast<float>(cfg.exp_mult), step_mult = static_cast<float>(cfg.step_mult);
   const float flr = static_cast<float>(lr), decay = static_cast<float>(lr * cfg.weight_decay);
   const bool wd = cfg.weight_decay > 0;
@@ -285,10 +357,10 @@ void fused_lopt_step(const SmallFcLoptOptimizer& opt, torch::Tensor& p_ref, cons
     float* hin = h1.data();
     float* hout = h2.data();
     for (int l = 0; l < n_hidden; ++l) {
-      dense_block(Wc[l].data_ptr<float>(), Bc[l].data_ptr<float>(), hin, hout, H, H, true);
+      dense_block(K.weights[l + 1].data(), K.biases[l + 1].data(), hin, hout, H, H, true);
       std::swap(hin, hout);
     }
-    dense_block(Wc.back().data_ptr<float>(), Bc.back().data_ptr<float>(), hin, out, 2, H, false);
+    dense_block(K.weights.back().data(), K.biases.back().data(), hin, out, 2, H, false);
     for (int i = 0; i < n; ++i) {
       float s = out[i] * std::exp(out[kBlk + i] * exp_mult) * step_mult;
       float pn = a.p[e + i] - flr * s;
