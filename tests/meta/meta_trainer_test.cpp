@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "common/errors.h"
@@ -81,6 +82,22 @@ TEST(MetaTrainer, PopulationBatchingMatchesOneMemberAtATime) {
   for (size_t i = 0; i < batched.log().meta_loss.size(); ++i)
     EXPECT_NEAR(batched.log().meta_loss[i], single.log().meta_loss[i], 1e-5);
   EXPECT_LT(lopt_test::max_rel_error(batched.theta(), single.theta(), 1e-3), 1e-3);
+}
+
+TEST(MetaTrainer, NonFiniteEstimatesAreSkippedAndCounted) {
+  // A std beyond float range makes the perturbations infinite, so the estimate is non-finite
+  // (the normaliser keeps the losses finite): it must be skipped, counted, never applied.
+  lopt_test::TempDir tmp;
+  auto cfg = tiny_config(tmp.path("a"), "pes");
+  cfg["estimator"]["std"] = 1e39;
+  cfg["outer_steps"] = 2;
+  lopt::MetaTrainer t(cfg);
+  auto theta0 = t.theta().clone();
+  t.run(lopt::ProgressMode::quiet);
+  EXPECT_EQ(t.log().skipped, 2);
+  EXPECT_TRUE(torch::equal(t.theta(), theta0));
+  EXPECT_TRUE(std::isnan(t.log().meta_loss[0]));
+  EXPECT_FALSE(std::isfinite(t.log().grad_norm[0]));
 }
 
 TEST(MetaTrainer, BadConfigsNameTheKey) {
