@@ -91,6 +91,12 @@ std::vector<std::string> MlpTask::layer_names() const {
   return names;
 }
 
+torch::Tensor MlpTask::activate(const torch::Tensor& h) const {
+  if (config_.activation == "relu") return torch::relu(h);
+  if (config_.activation == "gelu") return torch::gelu(h);
+  return torch::tanh(h);
+}
+
 torch::Tensor MlpTask::forward(const ParamSet& params, const torch::Tensor& x,
                                std::vector<torch::Tensor>* activations) const {
   TORCH_CHECK(params.size() == static_cast<size_t>(2 * config_.depth + 2), "MlpTask::forward: expected ",
@@ -105,10 +111,7 @@ torch::Tensor MlpTask::forward(const ParamSet& params, const torch::Tensor& x,
   };
   torch::Tensor h = x;
   for (int64_t l = 0; l < config_.depth; ++l) {
-    h = linear(h, 2 * l);
-    if (config_.activation == "relu") h = torch::relu(h);
-    else if (config_.activation == "gelu") h = torch::gelu(h);
-    else h = torch::tanh(h);
+    h = activate(linear(h, 2 * l));
     if (activations) activations->push_back(h);
   }
   auto logits = linear(h, 2 * config_.depth);
@@ -135,10 +138,7 @@ torch::Tensor MlpTask::population_loss(const ParamSet& stacked, const torch::Ten
   };
   torch::Tensor h = x;
   for (int64_t l = 0; l < config_.depth; ++l) {
-    h = linear(h, 2 * l);
-    if (config_.activation == "relu") h = torch::relu(h);
-    else if (config_.activation == "gelu") h = torch::gelu(h);
-    else h = torch::tanh(h);
+    h = activate(linear(h, 2 * l));
   }
   auto logp = torch::log_softmax(linear(h, 2 * config_.depth), -1);
   return -logp.gather(2, y.unsqueeze(2)).squeeze(2).mean(1);

@@ -51,6 +51,7 @@ class MlpTask : public Task {
   std::vector<ParamInfo> param_info() const;
 
  private:
+  torch::Tensor activate(const torch::Tensor& h) const;
   MlpConfig config_;
   std::shared_ptr<const ImageDataset> data_;
   std::unique_ptr<Parametrization> param_;
