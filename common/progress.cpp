@@ -20,8 +20,8 @@ std::string format_duration(double s) {
   return buf;
 }
 
-Progress::Progress(int64_t total, std::string label, ProgressMode mode)
-    : total_(total < 1 ? 1 : total), label_(std::move(label)), mode_(mode) {
+Progress::Progress(int64_t total, std::string label, ProgressMode mode, int64_t already_done)
+    : total_(total < 1 ? 1 : total), already_done_(already_done), label_(std::move(label)), mode_(mode) {
   if (mode_ == ProgressMode::automatic) mode_ = isatty(STDERR_FILENO) ? ProgressMode::bar : ProgressMode::lines;
   start_ = last_draw_ = std::chrono::steady_clock::now();
 }
@@ -55,8 +55,10 @@ void Progress::finish(const std::string& status) {
 void Progress::draw(int64_t done, const std::string& status, bool final_line) {
   double el = elapsed_seconds();
   double frac = static_cast<double>(done) / static_cast<double>(total_);
-  double eta = done > 0 ? el * (1.0 - frac) / frac : NAN;
-  double rate = el > 0 ? done / el : 0.0;
+  // Rate and ETA count only this session's work (a resumed run starts at already_done_).
+  const double fresh = static_cast<double>(done - already_done_);
+  double rate = el > 0 ? fresh / el : 0.0;
+  double eta = fresh > 0 ? static_cast<double>(total_ - done) / rate : NAN;
   if (mode_ == ProgressMode::bar) {
     const int width = 30;
     int filled = static_cast<int>(frac * width);

@@ -12,7 +12,8 @@ enum class ProgressMode { automatic, bar, lines, quiet };
 class Progress {
  public:
   /// `total` iterations labelled `label`; automatic picks bar when stderr is a terminal.
-  Progress(int64_t total, std::string label, ProgressMode mode = ProgressMode::automatic);
+  /// `already_done` iterations were done before (a resumed run): rate and ETA exclude them.
+  Progress(int64_t total, std::string label, ProgressMode mode = ProgressMode::automatic, int64_t already_done = 0);
   /// Records that `done` iterations are complete; `status` is shown after the bar (e.g. "loss 0.41").
   void update(int64_t done, const std::string& status = "");
   /// Prints the final state and a newline.
@@ -21,7 +22,7 @@ class Progress {
 
  private:
   void draw(int64_t done, const std::string& status, bool final_line);
-  int64_t total_;
+  int64_t total_, already_done_;
   std::string label_;
   ProgressMode mode_;
   std::chrono::steady_clock::time_point start_, last_draw_;

@@ -186,7 +186,7 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
   const int64_t end = stop_after >= 0 ? std::min(total, stop_after) : total;
   const double clip = config_["outer"]["clip"];
   const uint64_t seed = config_["seed"];
-  Progress progress(end, "meta-train", mode);
+  Progress progress(end, "meta-train", mode, step_);
   const auto t0 = std::chrono::steady_clock::now();
   int64_t inner_total = log_.inner_steps.empty() ? 0 : log_.inner_steps.back();
   const auto& adam = static_cast<const Adam&>(*outer_);
