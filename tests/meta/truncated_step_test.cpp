@@ -1,0 +1,136 @@
+// Truncation schedules and the learned-optimizer truncated step: resets, masks, shared data of
+// antithetic members, staggered starts; MLP population loss equals the per-member loss.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <set>
+
+#include "common/config.h"
+#include "common/errors.h"
+#include "common/rng.h"
+#include "meta/truncated_step.h"
+#include "optimizers/learned_optimizer.h"
+#include "tasks/mlp.h"
+#include "support.h"
+
+namespace {
+
+TEST(TruncationSchedule, LogUniformStaysInRangeAndIsSeeded) {
+  auto s = lopt::make_truncation_schedule({{"type", "log_uniform"}, {"min_length", 100}, {"max_length", 1000}});
+  auto g1 = lopt::make_generator(4), g2 = lopt::make_generator(4);
+  int below_316 = 0;
+  for (int i = 0; i < 400; ++i) {
+    auto a = s->sample_length(g1);
+    EXPECT_EQ(a, s->sample_length(g2));
+    EXPECT_GE(a, 100);
+    EXPECT_LE(a, 1000);
+    below_316 += a < 316 ? 1 : 0;
+  }
+  // log-uniform: half the mass below sqrt(100 * 1000) = 316 (binomial sd 10).
+  EXPECT_NEAR(below_316, 200, 45);
+  auto c = lopt::make_truncation_schedule({{"type", "constant"}, {"length", 7}});
+  EXPECT_EQ(c->sample_length(g1), 7);
+  auto expect_path = [](const nlohmann::json& config, const std::string& path) {
+    lopt_test::expect_config_error([](const nlohmann::json& j) { lopt::make_truncation_schedule(j); }, config, path);
+  };
+  expect_path({{"type", "cosine"}}, "/truncation/type");
+  expect_path({{"type", "constant"}}, "/truncation/length");
+  expect_path({{"type", "constant"}, {"length", 0}}, "/truncation/length");
+  expect_path({{"type", "log_uniform"}, {"min_length", 10}, {"max_length", 5}}, "/truncation/max_length");
+}
+
+TEST(MlpTask, PopulationLossEqualsPerMemberLoss) {
+  lopt::MlpConfig c;
+  c.width = 12;
+  c.depth = 3;
+  c.image_size = 4;
+  c.batch_size = 5;
+  c.dataset = "synthetic";
+  c.parametrization = {{"type", "mup"}, {"base_width", 4}};  // forward multipliers != 1
+  c.activation = "gelu";
+  lopt::MlpTask task(c);
+  std::vector<lopt::ParamSet> members;
+  std::vector<torch::Tensor> xs, ys, ref;
+  for (int m = 0; m < 3; ++m) {
+    auto gen = lopt::make_generator(10 + m);
+    auto p = task.init(gen);
+    for (auto& t : p.tensors) t = t + 0.1 * torch::randn(t.sizes(), gen);  // nonzero readout
+    auto b = task.sample_batch(lopt::Split::train, gen);
+    ref.push_back(task.loss(p, b));
+    members.push_back(p);
+    xs.push_back(b.x);
+    ys.push_back(b.y);
+  }
+  std::vector<torch::Tensor> stacked;
+  for (size_t k = 0; k < members[0].size(); ++k)
+    stacked.push_back(torch::stack({members[0].tensors[k], members[1].tensors[k], members[2].tensors[k]}));
+  auto pop = task.population_loss(members[0].with_tensors(stacked), torch::stack(xs), torch::stack(ys));
+  ASSERT_EQ(pop.sizes(), torch::IntArrayRef({3}));
+  for (int m = 0; m < 3; ++m) EXPECT_NEAR(pop[m].item<double>(), ref[m].item<double>(), 1e-5);
+}
+
+lopt::LoptTruncatedStepConfig step_config(int64_t length) {
+  lopt::LoptTruncatedStepConfig sc;
+  sc.task_family = {{"type", "mlp_family"}, {"widths", {8, 16}}, {"depths", {2}}, {"batch_sizes", {8}},
+                    {"image_sizes", {4}}, {"dataset", "synthetic"}};
+  sc.lopt = {{"type", "mulo"}};
+  sc.truncation = {{"type", "constant"}, {"length", length}};
+  sc.num_tasks = 4;
+  return sc;
+}
+
+TEST(LoptTruncatedStep, ResetsMasksAndSharedDataOfAntitheticMembers) {
+  lopt::LoptTruncatedStep step(step_config(3));
+  auto gen = lopt::make_generator(0);
+  auto theta = step.learned_optimizer().init_theta(gen);
+  // Two members on slot 0 (same theta: they must stay identical), one on slot 1.
+  auto a = step.init_state(theta, 0, 11, false);
+  auto b = a.clone();
+  auto c = step.init_state(theta, 1, 12, false);
+  std::vector<lopt::InnerState*> ptrs = {&a, &b, &c};
+  std::vector<torch::Tensor> thetas = {theta, theta, theta};
+  std::vector<int64_t> tasks = {0, 0, 1};
+  for (int t = 0; t < 4; ++t) {
+    auto out = step.step(thetas, ptrs, tasks, 100 + t, false);
+    EXPECT_EQ(out.loss[0].item<double>(), out.loss[1].item<double>()) << "step " << t;
+    if (t < 3) {
+      EXPECT_EQ(out.mask[0].item<double>(), 1.0);
+      EXPECT_EQ(out.done[0], t == 2) << "episode of 3 steps ends with its third step";
+      EXPECT_GT(out.loss[0].item<double>(), 0.0);
+      EXPECT_LE(out.loss[0].item<double>(), 1.5 * std::log(10.0) + 1e-12);
+    } else {
+      EXPECT_TRUE(out.was_reset[0] && out.was_reset[1] && out.was_reset[2]);
+      EXPECT_EQ(out.mask[0].item<double>(), 0.0) << "a reset step carries no loss";
+      EXPECT_EQ(a.inner_step, 0);
+      EXPECT_EQ(a.task, b.task) << "antithetic members reset to the same task";
+    }
+  }
+  for (size_t k = 0; k < a.opt.params.size(); ++k) EXPECT_TRUE(torch::equal(a.opt.params.tensors[k], b.opt.params.tensors[k]));
+}
+
+TEST(LoptTruncatedStep, StaggeredStartsSpreadOverTheEpisode) {
+  lopt::LoptTruncatedStep step(step_config(1000));
+  auto gen = lopt::make_generator(0);
+  auto theta = step.learned_optimizer().init_theta(gen);
+  std::set<int64_t> starts;
+  for (int i = 0; i < 8; ++i) {
+    auto s = step.init_state(theta, i, 100 + i, true);
+    EXPECT_GE(s.inner_step, 0);
+    EXPECT_LT(s.inner_step, s.length);
+    starts.insert(s.inner_step);
+  }
+  EXPECT_GE(starts.size(), 7u);
+  EXPECT_EQ(step.init_state(theta, 0, 5, false).inner_step, 0);
+}
+
+TEST(LoptTruncatedStep, NormaliserClipsAndReplacesNonFinite) {
+  auto l = torch::tensor(std::vector<double>{-1.0, 0.5, 10.0, std::nan(""), HUGE_VAL}, torch::kFloat64);
+  auto n = lopt::normalize_classifier_loss(l);
+  const double max = 1.5 * std::log(10.0);
+  EXPECT_DOUBLE_EQ(n[0].item<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(n[1].item<double>(), 0.5);
+  for (int i = 2; i < 5; ++i) EXPECT_DOUBLE_EQ(n[i].item<double>(), max);
+}
+
+}  // namespace
