@@ -143,7 +143,11 @@ bool MetaTrainer::resume() {
   auto meta = nlohmann::json::parse(it->second);
   auto saved = meta["config"];
   auto now = config_;
-  for (auto* c : {&saved, &now}) c->erase("checkpoint_every");
+  // How often to checkpoint and where the folder lives do not change the run.
+  for (auto* c : {&saved, &now}) {
+    c->erase("checkpoint_every");
+    c->erase("output_dir");
+  }
   if (saved != now) {
     for (auto k = now.begin(); k != now.end(); ++k)
       if (!saved.contains(k.key()) || saved[k.key()] != k.value())

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <filesystem>
+
 #include "common/config.h"
 #include "optimizers/adam.h"
 #include "optimizers/sgd.h"
@@ -70,6 +72,9 @@ std::unique_ptr<Optimizer> make_optimizer(const nlohmann::json& config, const st
     // A learned optimizer with theta from a checkpoint (safetensors, PyLO names) or, without one,
     // an untrained theta drawn from theta_seed.
     auto checkpoint = r.get<std::string>("checkpoint", "");
+    config_check(checkpoint.empty() || std::filesystem::exists(checkpoint), r.path_of("checkpoint"),
+                 "file not found: " + checkpoint + " (a learned-optimizer safetensors file, e.g. "
+                 "results/checkpoints/mulo_m/theta.safetensors)");
     auto theta_seed = r.get<uint64_t>("theta_seed", 0);
     nlohmann::json lcfg = config;
     lcfg.erase("checkpoint");

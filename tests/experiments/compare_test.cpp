@@ -70,4 +70,7 @@ TEST(Compare, BadSpecsNameTheKey) {
   c = s;
   c["seeds"] = json::array();
   expect_path(c, "/seeds");
+  c = s;
+  c["contenders"][1]["optimizer"]["checkpoint"] = "/nonexistent/theta.safetensors";
+  expect_path(c, "/contenders/1/optimizer/checkpoint");
 }

@@ -147,8 +147,9 @@ TEST(Cli, TrainsWithMuloFromACheckpointOrASeededTheta) {
   ASSERT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --steps 5 --optimizer small_fc_lopt", &out), 0);
   EXPECT_EQ(a, lopt::h5_read_doubles(dir.path("lo.h5"), "train/loss"));
   EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --optimizer mulo --lo-checkpoint " +
-                                    dir.path("missing.safetensors"), &out), 1);
+                                    dir.path("missing.safetensors"), &out), 2);  // a config error: the key names a missing file
   EXPECT_NE(out.find("missing.safetensors"), std::string::npos);
+  EXPECT_NE(out.find("/optimizer/checkpoint"), std::string::npos) << out;
   EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --optimizer mulo --set optimizer.hidden_size=0", &out), 2);
   EXPECT_NE(out.find("/optimizer/hidden_size"), std::string::npos) << out;
 }
