@@ -123,13 +123,15 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
     const auto grid = ct["lr_grid"].get<std::vector<double>>();
     const size_t n_lr = grid.empty() ? 1 : grid.size();
     std::vector<double> mean_final(n_lr, 0.0);
+    std::vector<std::vector<double>> finals(n_lr);  // final_train_loss of each seed's run, as written
     std::vector<std::vector<const CompareRun*>> by_lr(n_lr);
     for (const auto& run : runs)
       if (run.contender == c) by_lr[run.lr_index < 0 ? 0 : run.lr_index].push_back(&run);
     for (size_t li = 0; li < n_lr; ++li) {
       for (const auto* run : by_lr[li]) {
         const std::string out = run->config["output"];
-        double v = h5_read_string_attr(out, "status") == "completed" ? h5_read_double_attr(out, "final_train_loss") : INFINITY;
+        finals[li].push_back(h5_read_double_attr(out, "final_train_loss"));
+        const double v = h5_read_string_attr(out, "status") == "completed" ? finals[li].back() : INFINITY;
         mean_final[li] += (std::isfinite(v) ? v : INFINITY) / static_cast<double>(S);
       }
     }
@@ -137,11 +139,11 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
     for (size_t li = 1; li < n_lr; ++li)
       if (mean_final[li] < mean_final[best]) best = li;
     // Curves and per-seed figures of the chosen LR.
-    std::vector<double> per_seed, curve, acc;
+    const std::vector<double>& per_seed = finals[best];
+    std::vector<double> curve, acc;
     size_t curve_n = 0;
     for (const auto* run : by_lr[best]) {
       const std::string out = run->config["output"];
-      per_seed.push_back(h5_read_double_attr(out, "final_train_loss"));
       acc.push_back(h5_read_double_attr(out, "final_test_accuracy"));
       auto loss = h5_read_doubles(out, "train/loss");
       if (curve.empty()) curve.assign(loss.size(), 0.0);

@@ -222,13 +222,9 @@ int cmd_meta_train(int argc, char** argv) {
   }
   trainer.run(mode(c), stop_after);
   const auto& log = trainer.log();
-  double recent = 0;
-  int n = 0;
-  for (size_t i = log.meta_loss.size(); i > 0 && n < 20; --i)
-    if (std::isfinite(log.meta_loss[i - 1])) recent += log.meta_loss[i - 1], ++n;
   std::printf("meta-train: %lld/%lld outer steps, meta-loss (last 20) %.4f, skipped %lld, %.0f inner steps/s, wall %.1fs\n",
               static_cast<long long>(trainer.step()), static_cast<long long>(trainer.config()["outer_steps"].get<int64_t>()),
-              n ? recent / n : NAN, static_cast<long long>(log.skipped),
+              log.recent_meta_loss(), static_cast<long long>(log.skipped),
               log.elapsed.empty() ? 0.0 : static_cast<double>(log.inner_steps.back()) / log.elapsed.back(),
               log.elapsed.empty() ? 0.0 : log.elapsed.back());
   std::printf("wrote %s, %s, %s\n", trainer.theta_path().c_str(), trainer.checkpoint_path().c_str(), log_path.c_str());

@@ -55,25 +55,24 @@ namespace {
 struct Sums {
   std::vector<double> loss, count;
   explicit Sums(size_t m) : loss(m, 0.0), count(m, 0.0) {}
-  void add(const UnrollOut& out) {
+  /// Adds one step's output; row r of `out` belongs to member members[r] (or r without a map).
+  void add(const UnrollOut& out, const std::vector<size_t>* members = nullptr) {
     auto l = out.loss.detach().to(torch::kFloat64).contiguous(), k = out.mask.to(torch::kFloat64).contiguous();
-    for (size_t i = 0; i < loss.size(); ++i) {
-      loss[i] += l.data_ptr<double>()[i] * k.data_ptr<double>()[i];
-      count[i] += k.data_ptr<double>()[i];
+    for (int64_t r = 0; r < l.numel(); ++r) {
+      const size_t i = members ? (*members)[r] : static_cast<size_t>(r);
+      loss[i] += l.data_ptr<double>()[r] * k.data_ptr<double>()[r];
+      count[i] += k.data_ptr<double>()[r];
     }
   }
   double mean(size_t i) const { return count[i] > 0 ? loss[i] / count[i] : 0.0; }
 };
 
-int64_t count_steps(const UnrollOut& out) {
-  int64_t n = 0;
-  for (size_t i = 0; i < out.done.size(); ++i) n += out.was_reset[i] ? 0 : 1;
-  return n;
-}
-int64_t count_resets(const UnrollOut& out) {
-  int64_t n = 0;
-  for (bool r : out.was_reset) n += r ? 1 : 0;
-  return n;
+/// Counts a step's resets and trained members (resets excluded) into `res`.
+void count_step(const UnrollOut& out, EstimateOut& res) {
+  int64_t resets = 0;
+  for (bool r : out.was_reset) resets += r ? 1 : 0;
+  res.resets += resets;
+  res.inner_steps += static_cast<int64_t>(out.was_reset.size()) - resets;
 }
 
 /// Antithetic thetas: rows 0..N-1 positive, N..2N-1 negative.
@@ -96,6 +95,19 @@ std::vector<int64_t> slots_twice(int64_t n) {
 torch::Tensor weighted_mean(const std::vector<double>& c, const torch::Tensor& eps, const torch::Tensor& theta) {
   auto w = torch::tensor(c, torch::kFloat64).unsqueeze(1);
   return (w * eps.to(torch::kFloat64)).mean(0).to(theta.scalar_type()).view(theta.sizes());
+}
+
+/// Antithetic ES from the mean losses of members 0..N-1 (theta + eps_i) and N..2N-1 (theta - eps_i):
+/// grad = mean_i (L+_i - L-_i) eps_i / (2 std^2); loss = mean of both signs.
+void antithetic_estimate(const Sums& sums, const torch::Tensor& eps, const torch::Tensor& theta, double std,
+                         EstimateOut& res) {
+  const int64_t N = eps.size(0);
+  std::vector<double> c(N);
+  for (int64_t i = 0; i < N; ++i) {
+    c[i] = (sums.mean(i) - sums.mean(N + i)) / (2 * std * std);
+    res.loss += 0.5 * (sums.mean(i) + sums.mean(N + i)) / static_cast<double>(N);
+  }
+  res.grad = weighted_mean(c, eps, theta);
 }
 
 void require_states(bool ok, const char* who) {
@@ -125,15 +137,9 @@ EstimateOut TruncatedES::estimate(const torch::Tensor& theta, uint64_t seed) {
   for (int64_t j = 0; j < config_.trunc_length; ++j) {
     auto out = step_.step(thetas, ptrs, tasks, step_seed(seed, j), false);
     sums.add(out);
-    res.inner_steps += count_steps(out);
-    res.resets += count_resets(out);
+    count_step(out, res);
   }
-  std::vector<double> c(N);
-  for (int64_t i = 0; i < N; ++i) {
-    c[i] = (sums.mean(i) - sums.mean(N + i)) / (2 * config_.std * config_.std);
-    res.loss += 0.5 * (sums.mean(i) + sums.mean(N + i)) / static_cast<double>(N);
-  }
-  res.grad = weighted_mean(c, eps, theta);
+  antithetic_estimate(sums, eps, theta, config_.std, res);
   return res;
 }
 
@@ -166,8 +172,7 @@ EstimateOut TruncatedPES::estimate(const torch::Tensor& theta, uint64_t seed) {
   EstimateOut res;
   for (int64_t j = 0; j < config_.trunc_length; ++j) {
     auto out = step_.step(thetas, ptrs, tasks, step_seed(seed, j), false);
-    res.inner_steps += count_steps(out);
-    res.resets += count_resets(out);
+    count_step(out, res);
     auto l = out.loss.detach().to(torch::kFloat64).contiguous(), k = out.mask.to(torch::kFloat64).contiguous();
     const double* lp = l.data_ptr<double>();
     const double* kp = k.data_ptr<double>();
@@ -226,8 +231,7 @@ EstimateOut TruncatedBackprop::estimate(const torch::Tensor& theta, uint64_t see
     auto out = step_.step(thetas, ptrs, tasks, step_seed(seed, j), true);
     loss_sum = loss_sum + out.loss * out.mask;
     count = count + out.mask;
-    res.inner_steps += count_steps(out);
-    res.resets += count_resets(out);
+    count_step(out, res);
   }
   auto meta = (loss_sum / count.clamp_min(1.0)).mean();
   res.loss = meta.item<double>();
@@ -258,7 +262,7 @@ EstimateOut FullES::estimate(const torch::Tensor& theta, uint64_t seed) {
   auto all_tasks = slots_twice(N);
   std::vector<size_t> running;
   for (size_t m = 0; m < members.size(); ++m) running.push_back(m);
-  std::vector<double> sum(2 * N, 0.0), count(2 * N, 0.0);
+  Sums sums(2 * N);
   EstimateOut res;
   for (int64_t j = 0; !running.empty(); ++j) {
     std::vector<torch::Tensor> thetas;
@@ -270,23 +274,14 @@ EstimateOut FullES::estimate(const torch::Tensor& theta, uint64_t seed) {
       tasks.push_back(all_tasks[m]);
     }
     auto out = step_.step(thetas, ptrs, tasks, step_seed(seed, j), false);
-    res.inner_steps += count_steps(out);
-    auto l = out.loss.to(torch::kFloat64).contiguous(), k = out.mask.to(torch::kFloat64).contiguous();
+    count_step(out, res);
+    sums.add(out, &running);
     std::vector<size_t> still;
-    for (size_t r = 0; r < running.size(); ++r) {
-      sum[running[r]] += l.data_ptr<double>()[r] * k.data_ptr<double>()[r];
-      count[running[r]] += k.data_ptr<double>()[r];
+    for (size_t r = 0; r < running.size(); ++r)
       if (!out.done[r]) still.push_back(running[r]);
-    }
     running = still;
   }
-  std::vector<double> c(N);
-  for (int64_t i = 0; i < N; ++i) {
-    const double lp = count[i] > 0 ? sum[i] / count[i] : 0.0, ln = count[N + i] > 0 ? sum[N + i] / count[N + i] : 0.0;
-    c[i] = (lp - ln) / (2 * config_.std * config_.std);
-    res.loss += 0.5 * (lp + ln) / static_cast<double>(N);
-  }
-  res.grad = weighted_mean(c, eps, theta);
+  antithetic_estimate(sums, eps, theta, config_.std, res);
   return res;
 }
 

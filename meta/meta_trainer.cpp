@@ -58,6 +58,14 @@ nlohmann::json resolve_meta_train_config(const nlohmann::json& config) {
   return out;
 }
 
+double MetaTrainLog::recent_meta_loss(size_t n) const {
+  double s = 0;
+  size_t k = 0;
+  for (size_t i = meta_loss.size(); i > 0 && k < n; --i)
+    if (std::isfinite(meta_loss[i - 1])) s += meta_loss[i - 1], ++k;
+  return k ? s / static_cast<double>(k) : NAN;
+}
+
 MetaTrainer::MetaTrainer(const nlohmann::json& config) : config_(resolve_meta_train_config(config)) {
   auto est_cfg = EstimatorConfig::from_json(config_["estimator"]);
   LoptTruncatedStepConfig sc;
@@ -193,7 +201,6 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
   Progress progress(end, "meta-train", mode, step_);
   const auto t0 = std::chrono::steady_clock::now();
   int64_t inner_total = log_.inner_steps.empty() ? 0 : log_.inner_steps.back();
-  const auto& adam = static_cast<const Adam&>(*outer_);
   while (step_ < end) {
     auto out = estimator_->estimate(theta(), mix_seed(derive_seed(seed, "outer") ^ mix_seed(static_cast<uint64_t>(step_))));
     inner_total += out.inner_steps;
@@ -203,7 +210,7 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
     if (finite) {
       auto g = out.grad;
       if (clip > 0 && gnorm > clip) g = g * (clip / gnorm);
-      lr = adam.lr_at(outer_state_->step, outer_state_->params.info[0]);
+      lr = outer_->lr_at(outer_state_->step, outer_state_->params.info[0]);
       torch::NoGradGuard no_grad;
       outer_->update_(*outer_state_, {g}, torch::tensor(out.loss));
     } else {
@@ -217,13 +224,8 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
     log_.outer_lr.push_back(lr);
     log_.elapsed.push_back(elapsed);
     log_.inner_steps.push_back(inner_total);
-    // Smoothed meta-loss over the last 20 finite steps for the progress line.
-    double s = 0;
-    int n = 0;
-    for (size_t i = log_.meta_loss.size(); i > 0 && n < 20; --i)
-      if (std::isfinite(log_.meta_loss[i - 1])) s += log_.meta_loss[i - 1], ++n;
     char status[160];
-    std::snprintf(status, sizeof status, "meta-loss %.4f  %.0f inner steps/s%s", n ? s / n : NAN,
+    std::snprintf(status, sizeof status, "meta-loss %.4f  %.0f inner steps/s%s", log_.recent_meta_loss(),
                   static_cast<double>(inner_total) / std::max(1e-9, elapsed),
                   log_.skipped ? (" skipped " + std::to_string(log_.skipped)).c_str() : "");
     progress.update(step_, status);

@@ -15,7 +15,7 @@
 
 namespace lopt {
 
-class Optimizer;
+class Adam;
 struct OptState;
 
 /// Validates a meta-train config and fills every default; throws ConfigError naming the bad
@@ -33,6 +33,8 @@ struct MetaTrainLog {
   std::vector<double> elapsed;          ///< wall seconds since the run first started (across resumes)
   std::vector<int64_t> inner_steps;     ///< cumulative inner training steps
   int64_t skipped = 0;                  ///< non-finite estimates skipped
+  /// Mean of the last `n` finite meta-losses (NaN when there are none).
+  double recent_meta_loss(size_t n = 20) const;
 };
 
 class MetaTrainer {
@@ -62,7 +64,7 @@ class MetaTrainer {
   nlohmann::json config_;
   std::unique_ptr<LoptTruncatedStep> step_fn_;
   std::unique_ptr<GradientEstimator> estimator_;
-  std::unique_ptr<Optimizer> outer_;
+  std::unique_ptr<Adam> outer_;
   std::unique_ptr<OptState> outer_state_;
   int64_t step_ = 0;
   double elapsed_before_ = 0;  ///< wall time of earlier sessions (from the checkpoint)
