@@ -39,6 +39,10 @@ lopt_require(nlohmann_json_FOUND "nlohmann/json" "nlohmann-json3-dev")
 find_package(HDF5 QUIET COMPONENTS C CXX)
 lopt_require(HDF5_FOUND "HDF5 with its C++ API" "libhdf5-dev")
 
+# Google Highway: portable SIMD with runtime dispatch for the fused learned-optimizer kernels.
+find_package(hwy QUIET)
+lopt_require(hwy_FOUND "Google Highway (hwy-config.cmake)" "libhwy-dev")
+
 find_package(ZLIB QUIET)
 lopt_require(ZLIB_FOUND "zlib" "zlib1g-dev")
 

@@ -113,6 +113,7 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
     groups[key].push_back(m);
   }
 
+  std::vector<PopulationMember> population;
   for (const auto& [key, members] : groups) {
     const Task& t = task(states[members.front()]->task);
     // One batch per task slot: antithetic copies share it.
@@ -150,6 +151,8 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
       auto nv = norm_loss.to(torch::kFloat64).contiguous();
       norm_value.assign(nv.data_ptr<double>(), nv.data_ptr<double>() + nv.numel());
     }
+    // The inner updates: differentiable one member at a time, otherwise collected so that every
+    // member of every group (each with its own theta) takes one population step below.
     for (size_t j = 0; j < members.size(); ++j) {
       const size_t m = members[j];
       InnerState& s = *states[m];
@@ -159,9 +162,8 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
       if (differentiable) {
         s.opt = opt->update(s.opt, g, group_loss[static_cast<int64_t>(j)]);
       } else {
-        torch::NoGradGuard no_grad;
         for (auto& gk : g) gk = gk.detach();
-        opt->update_(s.opt, g, group_loss[static_cast<int64_t>(j)].detach());
+        population.push_back({opt, &s.opt, std::move(g), group_loss[static_cast<int64_t>(j)].detach()});
       }
       losses[m] = differentiable ? norm_loss[static_cast<int64_t>(j)] : torch::Tensor();
       if (!differentiable) loss_value[m] = norm_value[j];
@@ -169,6 +171,10 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
       s.inner_step += 1;
       out.done[m] = s.inner_step >= s.length;
     }
+  }
+  if (!population.empty()) {
+    torch::NoGradGuard no_grad;
+    population.front().opt->update_many_(population);
   }
   if (differentiable) {
     auto zero = torch::zeros({}, torch::kFloat32);

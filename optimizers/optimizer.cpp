@@ -17,6 +17,10 @@ void Optimizer::update_(OptState& state, const std::vector<torch::Tensor>& grads
   state = update(state, grads, loss);
 }
 
+void Optimizer::update_many_(std::vector<PopulationMember>& members) const {
+  for (auto& m : members) m.opt->update_(*m.state, m.grads, m.loss);
+}
+
 void check_grads(const OptState& state, const std::vector<torch::Tensor>& grads, const char* who) {
   TORCH_CHECK(grads.size() == state.params.size(), who, ": got ", grads.size(), " gradients for ",
               state.params.size(), " parameters");

@@ -21,6 +21,17 @@ struct OptState {
   std::map<std::string, std::vector<torch::Tensor>> slots;
 };
 
+class Optimizer;
+
+/// One independent run of a population step: its optimizer (e.g. bound to this member's theta),
+/// its state (updated in place) and its gradients.
+struct PopulationMember {
+  const Optimizer* opt;
+  OptState* state;
+  std::vector<torch::Tensor> grads;
+  torch::Tensor loss;
+};
+
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
@@ -33,6 +44,10 @@ class Optimizer {
                           const torch::Tensor& loss) const = 0;
   /// No-autograd fast path: updates `state` in place. Default: state = update(state, ...).
   virtual void update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const;
+  /// No-autograd steps of several independent runs, in place, each with its member's optimizer.
+  /// Call it on any member's optimizer; the default runs each member's update_, learned
+  /// optimizers batch the members they can into one kernel call.
+  virtual void update_many_(std::vector<PopulationMember>& members) const;
   /// Full resolved configuration including "type"; make_optimizer(hyperparams()) rebuilds it.
   virtual nlohmann::json hyperparams() const = 0;
 };

@@ -383,6 +383,24 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
   return out;
 }
 
+namespace {
+/// Appends the fused jobs of one run (gradients clipped first when max_grad_norm is set).
+void add_fused_jobs(const SmallFcLoptOptimizer& opt, OptState& state, const std::vector<torch::Tensor>& grads,
+                    std::vector<detail::FusedJob>& jobs) {
+  check_grads(state, grads, "SmallFcLoptOptimizer::update_");
+  std::vector<torch::Tensor> g = grads;
+  if (opt.config().max_grad_norm > 0) {
+    auto scale = clip_scale(grads, opt.config().max_grad_norm);
+    for (auto& x : g) x = x * scale;
+  }
+  for (size_t i = 0; i < g.size(); ++i)
+    jobs.push_back({&opt, &state.params.tensors[i], g[i],
+                    {&state.slots.at("mom")[i], &state.slots.at("rms")[i], &state.slots.at("fac_vec_row")[i],
+                     &state.slots.at("fac_vec_col")[i], &state.slots.at("fac_vec_v")[i]},
+                    opt.lr_for(state.params.info[i]), state.step});
+}
+}  // namespace
+
 void SmallFcLoptOptimizer::update_(OptState& state, const std::vector<torch::Tensor>& grads,
                                    const torch::Tensor& loss) const {
   torch::NoGradGuard no_grad;
@@ -390,19 +408,27 @@ void SmallFcLoptOptimizer::update_(OptState& state, const std::vector<torch::Ten
     state = update(state, grads, loss);
     return;
   }
-  check_grads(state, grads, "SmallFcLoptOptimizer::update_");
-  std::vector<torch::Tensor> g = grads;
-  if (config_.max_grad_norm > 0) {
-    auto scale = clip_scale(grads, config_.max_grad_norm);
-    for (auto& x : g) x = x * scale;
-  }
-  for (size_t i = 0; i < g.size(); ++i) {
-    std::vector<torch::Tensor*> slots = {&state.slots.at("mom")[i], &state.slots.at("rms")[i],
-                                         &state.slots.at("fac_vec_row")[i], &state.slots.at("fac_vec_col")[i],
-                                         &state.slots.at("fac_vec_v")[i]};
-    detail::fused_lopt_step(*this, state.params.tensors[i], g[i], slots, lr_for(state.params.info[i]), state.step);
-  }
+  std::vector<detail::FusedJob> jobs;
+  add_fused_jobs(*this, state, grads, jobs);
+  detail::fused_lopt_steps(jobs);
   state.step += 1;
+}
+
+void SmallFcLoptOptimizer::update_many_(std::vector<PopulationMember>& members) const {
+  torch::NoGradGuard no_grad;
+  std::vector<detail::FusedJob> jobs;
+  std::vector<OptState*> fused;
+  for (auto& m : members) {
+    const auto* lo = dynamic_cast<const SmallFcLoptOptimizer*>(m.opt);
+    if (lo == nullptr || lo->config().impl != "fused") {
+      m.opt->update_(*m.state, m.grads, m.loss);
+      continue;
+    }
+    add_fused_jobs(*lo, *m.state, m.grads, jobs);
+    fused.push_back(m.state);
+  }
+  detail::fused_lopt_steps(jobs);
+  for (auto* s : fused) s->step += 1;
 }
 
 }  // namespace lopt

@@ -75,6 +75,9 @@ class SmallFcLoptOptimizer : public Optimizer {
                   const torch::Tensor& loss) const override;
   /// No-grad step in place; uses the fused CPU kernel when config.impl == "fused".
   void update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const override;
+  /// Fused steps of every member whose optimizer is a fused SmallFcLoptOptimizer (each with its
+  /// own theta) in one kernel call; other members take their own update_.
+  void update_many_(std::vector<PopulationMember>& members) const override;
   /// Config plus provenance (e.g. {"checkpoint": ..., "theta_seed": ...}) for result files.
   nlohmann::json hyperparams() const override;
   void set_provenance(const nlohmann::json& p) { provenance_ = p; }
@@ -118,9 +121,22 @@ std::unique_ptr<SmallFcLopt> make_learned_optimizer(const nlohmann::json& config
 std::pair<int64_t, int64_t> lopt_factored_dims(const std::vector<int64_t>& shape);
 
 namespace detail {
-/// Fused no-grad step of one tensor, updating p and the slots in place (small_fc_lopt_fused.cpp).
-void fused_lopt_step(const SmallFcLoptOptimizer& opt, torch::Tensor& p, const torch::Tensor& g,
-                     std::vector<torch::Tensor*> slots, double lr, int64_t step);
+/// One tensor's fused no-grad step: p and the slots (mom, rms, fac_vec_row, fac_vec_col, fac_vec_v)
+/// are updated in place.
+struct FusedJob {
+  const SmallFcLoptOptimizer* opt;
+  torch::Tensor* p;
+  torch::Tensor g;
+  std::array<torch::Tensor*, 5> slots;
+  double lr;     ///< lr_for(ParamInfo)
+  int64_t step;  ///< state.step before the update (the time features' t)
+};
+/// Steps every job at once (small_fc_lopt_fused.cpp): one parallel loop per phase over all tensors
+/// of all jobs, so that a population of small tasks is one kernel call, not one per tensor.
+void fused_lopt_steps(const std::vector<FusedJob>& jobs);
+/// FLOPs per element the fused kernel's MLP performs on a tensor of this shape (the rows layout
+/// takes 16 inputs per element plus a bias add, the generic layout 28), excluding padding lanes.
+int64_t fused_mlp_flops_per_element(const std::vector<int64_t>& shape, int64_t hidden, int64_t hidden_layers);
 }  // namespace detail
 
 }  // namespace lopt

@@ -12,6 +12,8 @@ PACKAGES=(
   # C++ libraries
   libboost-program-options-dev nlohmann-json3-dev libhdf5-dev zlib1g-dev
   libgtest-dev libbenchmark-dev
+  # portable SIMD with runtime dispatch (the fused learned-optimizer kernels)
+  libhwy-dev
   # plotting and result inspection
   python3 python3-h5py python3-matplotlib python3-numpy
   # data
