@@ -39,6 +39,11 @@ lopt_require(nlohmann_json_FOUND "nlohmann/json" "nlohmann-json3-dev")
 find_package(HDF5 QUIET COMPONENTS C CXX)
 lopt_require(HDF5_FOUND "HDF5 with its C++ API" "libhdf5-dev")
 
+# OpenMP: LibTorch's at::parallel_for is only parallel in code compiled with it (ATen/ParallelOpenMP.h
+# keys on _OPENMP), and the fused kernels' parallel loops use it directly; GCC ships it (libgomp).
+find_package(OpenMP QUIET COMPONENTS CXX)
+lopt_require(OpenMP_CXX_FOUND "OpenMP for C++" "libgomp1 (part of g++)")
+
 # Google Highway: portable SIMD with runtime dispatch for the fused learned-optimizer kernels.
 find_package(hwy QUIET)
 lopt_require(hwy_FOUND "Google Highway (hwy-config.cmake)" "libhwy-dev")

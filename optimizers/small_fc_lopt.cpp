@@ -224,7 +224,7 @@ double SmallFcLoptOptimizer::lr_for(const ParamInfo& info) const {
 }
 
 const SmallFcLoptOptimizer::FusedConstants& SmallFcLoptOptimizer::fused_constants() const {
-  if (!fused_) {
+  std::call_once(fused_once_, [&] {
     torch::NoGradGuard no_grad;
     auto c = std::make_shared<FusedConstants>();
     auto d = decays();
@@ -243,7 +243,7 @@ const SmallFcLoptOptimizer::FusedConstants& SmallFcLoptOptimizer::fused_constant
       c->biases.push_back(as_vec(biases_[l]));
     }
     fused_ = c;
-  }
+  });
   return *fused_;
 }
 

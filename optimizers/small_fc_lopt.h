@@ -9,6 +9,7 @@
 /// magnitude m; step = d * exp(m * exp_mult) * step_mult; p <- p - lr * step, then
 /// p <- p - lr * weight_decay * p. muLO multiplies lr by 1/width_mult for hidden (matrix-like) weights.
 #include <array>
+#include <mutex>
 #include <vector>
 
 #include "optimizers/learned_optimizer.h"
@@ -102,9 +103,11 @@ class SmallFcLoptOptimizer : public Optimizer {
     float mom_decay[3], rms_decay, fac_decay[3];
     std::vector<std::vector<float>> weights, biases;  // MLP layers, weight [out * in] row-major
   };
+  /// Thread-safe (built once, on first use, possibly from a parallel loop).
   const FusedConstants& fused_constants() const;
 
  private:
+  mutable std::once_flag fused_once_;
   mutable std::shared_ptr<const FusedConstants> fused_;
   SmallFcLoptConfig config_;
   torch::Tensor theta_;

@@ -10,7 +10,11 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
+#include <omp.h>
+
+#include <atomic>
 #include <cmath>
+#include <exception>
 #include <vector>
 
 #include "optimizers/kernels/lopt_cpu.h"
@@ -133,7 +137,7 @@ void prepare(Work& w, int64_t block) {
       for (int k = 0; k < 3; ++k) {
         V[3 * e + k] = V[3 * e + k] * K.fac_decay[k] + g2 * (1.0f - K.fac_decay[k]);
         fg[k] = 1.0f / std::sqrt(std::max(V[3 * e + k] + 1e-9f, 1e-9f));
-        fm[k] = static_cast<float>(std::pow(static_cast<double>(V[3 * e + k]) + 1e-6, -0.5));
+        fm[k] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(V[3 * e + k]) + 1e-6));  // (v + 1e-6)^-0.5
       }
       put_record(&w.row_rec[static_cast<size_t>(e) * kSideRecord], &V[3 * e], fg, fm);
       put_record(&w.col_rec[static_cast<size_t>(e) * kSideRecord], &V[3 * e], ones, ones);
@@ -247,11 +251,13 @@ void fold(Work& w, const double* elem_sumsq) {
   const int H = static_cast<int>(cfg.hidden_size);
   const float* w0 = K.weights[0].data();
   auto w0at = [&](int j, int f) { return static_cast<double>(w0[j * kLoptInputs + f]); };
+  double time_features[kLoptTimeFeatures];
+  for (int s = 0; s < kLoptTimeFeatures; ++s)
+    time_features[s] = std::tanh(static_cast<double>(job.step) / kLoptTimescales[static_cast<size_t>(s)] - 1.0);
   std::vector<double> b0(static_cast<size_t>(H));
   for (int j = 0; j < H; ++j) {
     double b = K.biases[0][static_cast<size_t>(j)];
-    for (int s = 0; s < kLoptTimeFeatures; ++s)
-      b += w0at(j, kF + s) * std::tanh(static_cast<double>(job.step) / kLoptTimescales[s] - 1.0);
+    for (int s = 0; s < kLoptTimeFeatures; ++s) b += w0at(j, kF + s) * time_features[s];
     b0[static_cast<size_t>(j)] = b;
   }
   const int n_in = t.rows ? kElemFeatures : kF;
@@ -259,28 +265,45 @@ void fold(Work& w, const double* elem_sumsq) {
   for (int j = 0; j < H; ++j)
     for (int i = 0; i < n_in; ++i) w.w_in[static_cast<size_t>(j * n_in + i)] = static_cast<float>(w0at(j, kOrig[i]) * scale[kOrig[i]]);
   if (t.rows) {
-    // Contribution of an entry's side features (value x3 at feat0, rsqrt x3 at rsq0) to unit j.
-    auto contrib = [&](const float* rec, int feat0, int rsq0, int j) {
-      double s = 0;
-      for (int k = 0; k < 3; ++k)
-        s += w0at(j, feat0 + k) * scale[feat0 + k] * rec[k] + w0at(j, rsq0 + k) * scale[rsq0 + k] * rec[3 + k];
-      return s;
+    // Side features of an entry (value x3 at feat0, rsqrt x3 at rsq0; records hold them at 0..5)
+    // weighted for each unit: coef[q][j] = w0[j][f_q] * scale[f_q].
+    auto coefs = [&](int feat0, int rsq0) {
+      std::vector<double> c(static_cast<size_t>(6 * H));
+      for (int q = 0; q < 6; ++q) {
+        const int f = q < 3 ? feat0 + q : rsq0 + q - 3;
+        for (int j = 0; j < H; ++j) c[static_cast<size_t>(q * H + j)] = w0at(j, f) * scale[f];
+      }
+      return c;
     };
     const bool by_row_is_row = !t.row_entry_by_col;
     const std::vector<float>& by_row = by_row_is_row ? w.row_rec : w.col_rec;
     const std::vector<float>& by_col = by_row_is_row ? w.col_rec : w.row_rec;
-    const int row_feat0 = by_row_is_row ? 13 : 16, row_rsq0 = by_row_is_row ? 19 : 22;
-    const int col_feat0 = by_row_is_row ? 16 : 13, col_rsq0 = by_row_is_row ? 22 : 19;
+    const auto row_coef = by_row_is_row ? coefs(13, 19) : coefs(16, 22);
+    const auto col_coef = by_row_is_row ? coefs(16, 22) : coefs(13, 19);
+    // Summed in double (cheap: rows + columns entries), rounded once to float.
+    std::vector<double> acc(static_cast<size_t>(std::max<int64_t>(H, t.n_cols)));
     w.b_in.resize(static_cast<size_t>(t.n_rows * H));
-    for (int64_t r = 0; r < t.n_rows; ++r)
-      for (int j = 0; j < H; ++j)
-        w.b_in[static_cast<size_t>(r * H + j)] = static_cast<float>(
-            b0[static_cast<size_t>(j)] + contrib(&by_row[static_cast<size_t>(r * kSideRecord)], row_feat0, row_rsq0, j));
+    for (int64_t r = 0; r < t.n_rows; ++r) {
+      const float* rec = &by_row[static_cast<size_t>(r * kSideRecord)];
+      for (int j = 0; j < H; ++j) acc[static_cast<size_t>(j)] = b0[static_cast<size_t>(j)];
+      for (int q = 0; q < 6; ++q)
+        for (int j = 0; j < H; ++j) acc[static_cast<size_t>(j)] += row_coef[static_cast<size_t>(q * H + j)] * rec[q];
+      for (int j = 0; j < H; ++j) w.b_in[static_cast<size_t>(r * H + j)] = static_cast<float>(acc[static_cast<size_t>(j)]);
+    }
     w.col_bias.assign(static_cast<size_t>(H * t.stride), 0.0f);
-    for (int j = 0; j < H; ++j)
-      for (int64_t c = 0; c < t.n_cols; ++c)
-        w.col_bias[static_cast<size_t>(j * t.stride + c)] =
-            static_cast<float>(contrib(&by_col[static_cast<size_t>(c * kSideRecord)], col_feat0, col_rsq0, j));
+    std::vector<double> col_vals(static_cast<size_t>(6 * t.n_cols));  // [q][c]
+    for (int64_t c = 0; c < t.n_cols; ++c)
+      for (int q = 0; q < 6; ++q) col_vals[static_cast<size_t>(q * t.n_cols + c)] = by_col[static_cast<size_t>(c * kSideRecord + q)];
+    for (int j = 0; j < H; ++j) {
+      std::fill(acc.begin(), acc.begin() + t.n_cols, 0.0);
+      for (int q = 0; q < 6; ++q) {
+        const double cq = col_coef[static_cast<size_t>(q * H + j)];
+        const double* vals = &col_vals[static_cast<size_t>(q * t.n_cols)];
+        for (int64_t c = 0; c < t.n_cols; ++c) acc[static_cast<size_t>(c)] += cq * vals[c];
+      }
+      float* b = &w.col_bias[static_cast<size_t>(j * t.stride)];
+      for (int64_t c = 0; c < t.n_cols; ++c) b[c] = static_cast<float>(acc[static_cast<size_t>(c)]);
+    }
     t.col_bias = w.col_bias.data();
   } else {
     w.b_in.resize(static_cast<size_t>(H));
@@ -306,16 +329,25 @@ void fold(Work& w, const double* elem_sumsq) {
   t.decay = cfg.weight_decay > 0 ? static_cast<float>(job.lr * cfg.weight_decay) : 0.0f;
 }
 
-/// Runs body(i) for i in [0, n): in one parallel region when n > 1.
+/// Runs body(i) for i in [0, n) on LibTorch's intra-op threads (at::set_num_threads), handing out
+/// items dynamically: tensors and chunks differ in size. The first exception is rethrown.
 template <class Body>
 void parallel(int64_t n, const Body& body) {
-  if (n == 1) {
-    body(0);
+  if (n == 1 || at::get_num_threads() == 1 || omp_in_parallel()) {
+    for (int64_t i = 0; i < n; ++i) body(i);
     return;
   }
-  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) body(i);
-  });
+  std::exception_ptr error;
+  std::atomic_flag failed = ATOMIC_FLAG_INIT;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      body(i);
+    } catch (...) {
+      if (!failed.test_and_set()) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace

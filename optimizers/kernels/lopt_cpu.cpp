@@ -88,21 +88,21 @@ HWY_INLINE V Relu(const V v) {
   return hn::IfThenZeroElse(hn::Lt(v, hn::Zero(d)), v);  // NaN stays NaN
 }
 
-/// Writes the 16 per-element features of vector `v` of a block into x[feature * kB + v * kL].
+/// Calls emit(f, feature f) for the 16 per-element features of one vector of elements.
 /// (ga, gb): the Adafactor row and column factors applied to g; (ma, mb) those applied to m.
+template <class Emit>
 HWY_INLINE void ElemFeatures(const V g, const V p, const V m[3], const V r, const V ga[3], const V gb[3],
-                             const V ma[3], const V mb[3], float* HWY_RESTRICT x, size_t v) {
+                             const V ma[3], const V mb[3], const Emit& emit) {
   const D d;
   const V rsq = hn::Div(hn::Set(d, 1.0f), hn::Sqrt(hn::Add(r, hn::Set(d, 1e-6f))));
-  float* o = x + v * kL;
-  hn::Store(g, d, o + 0 * kB);
-  hn::Store(p, d, o + 1 * kB);
-  for (int k = 0; k < 3; ++k) hn::Store(m[k], d, o + (2 + k) * kB);
-  hn::Store(r, d, o + 5 * kB);
-  for (int k = 0; k < 3; ++k) hn::Store(hn::Mul(m[k], rsq), d, o + (6 + k) * kB);
-  hn::Store(rsq, d, o + 9 * kB);
-  for (int k = 0; k < 3; ++k) hn::Store(hn::Mul(hn::Mul(g, ga[k]), gb[k]), d, o + (10 + k) * kB);
-  for (int k = 0; k < 3; ++k) hn::Store(hn::Mul(hn::Mul(m[k], ma[k]), mb[k]), d, o + (13 + k) * kB);
+  emit(0, g);
+  emit(1, p);
+  for (int k = 0; k < 3; ++k) emit(2 + k, m[k]);
+  emit(5, r);
+  for (int k = 0; k < 3; ++k) emit(6 + k, hn::Mul(m[k], rsq));
+  emit(9, rsq);
+  for (int k = 0; k < 3; ++k) emit(10 + k, hn::Mul(hn::Mul(g, ga[k]), gb[k]));
+  for (int k = 0; k < 3; ++k) emit(13 + k, hn::Mul(hn::Mul(m[k], ma[k]), mb[k]));
 }
 
 /// Momentum and rms update of vector `v` (in place at mom / rms).
@@ -117,19 +117,26 @@ HWY_INLINE void UpdateAccumulators(const LoptTensor& t, const V g, float* HWY_RE
   hn::StoreU(r, d, rms);
 }
 
-/// Adds the masked squares of the 16 features of a block with n valid elements to sumsq.
-HWY_INLINE void AddSquares(const float* HWY_RESTRICT x, size_t n, double* sumsq) {
-  const D d;
-  for (int f = 0; f < kElemFeatures; ++f) {
-    V s = hn::Zero(d);
-    for (size_t v = 0; v < kV; ++v) {
-      V xv = hn::Load(d, x + f * kB + v * kL);
-      if (n < kB) xv = hn::IfThenElseZero(hn::FirstN(d, n > v * kL ? n - v * kL : 0), xv);
-      s = hn::MulAdd(xv, xv, s);
-    }
-    sumsq[f] += static_cast<double>(hn::GetLane(hn::SumOfLanes(d, s)));
+/// Sums of squares of the 16 features: a block sums into registers, blocks into float vectors, and
+/// every kFlushBlocks blocks those move to double (at most kFlushBlocks * kV additions per lane in float).
+struct SquareAccumulator {
+  static constexpr int kFlushBlocks = 16;
+  HWY_ALIGN float acc[kElemFeatures][kL];
+  int blocks = 0;
+  double* out;
+  explicit SquareAccumulator(double* sumsq) : out(sumsq) { clear(); }
+  void clear() { std::fill(&acc[0][0], &acc[0][0] + kElemFeatures * kL, 0.0f); }
+  HWY_INLINE void add_block(const V* block) {
+    const D d;
+    for (int f = 0; f < kElemFeatures; ++f) hn::Store(hn::Add(hn::Load(d, acc[f]), block[f]), d, acc[f]);
+    if (++blocks % kFlushBlocks == 0) flush();
   }
-}
+  void flush() {
+    const D d;
+    for (int f = 0; f < kElemFeatures; ++f) out[f] += static_cast<double>(hn::GetLane(hn::SumOfLanes(d, hn::Load(d, acc[f]))));
+    clear();
+  }
+};
 
 /// out[j][e] = relu(init(j, vector) + sum_k w[j][k] in[k][e]) for j < rows, k < cols; in/out are
 /// [*][kB]. The register tile is kJ units x kV vectors.
@@ -296,10 +303,12 @@ void AccumulateImpl(const LoptTensor& t, int64_t begin, int64_t end, double* sum
   HWY_ALIGN float x[kAllFeatures * kB];
   HWY_ALIGN float fac[12][kB];
   BlockData bd;
+  SquareAccumulator squares(sumsq);
   detail::Cursor cur(t, t.rows ? 0 : begin);
   ForEachBlock(t, begin, end, [&](int64_t e, size_t n, int64_t r, int64_t c0) {
     bd.load(t, e, n);
     if (!t.rows) GatherSide(t, cur, n, x, fac);
+    V sq[kElemFeatures];  // vector 0 initialises, later vectors accumulate
     for (size_t v = 0; v < kV; ++v) {
       const V g = hn::LoadU(d, bd.gp + v * kL);
       V m[3], rms, ga[3], gb[3], ma[3], mb[3];
@@ -315,11 +324,22 @@ void AccumulateImpl(const LoptTensor& t, int64_t begin, int64_t end, double* sum
           mb[k] = hn::Load(d, fac[9 + k] + v * kL);
         }
       }
-      ElemFeatures(g, hn::LoadU(d, bd.pp + v * kL), m, rms, ga, gb, ma, mb, x, v);
+      const V p = hn::LoadU(d, bd.pp + v * kL);
+      if (n == kB) {
+        ElemFeatures(g, p, m, rms, ga, gb, ma, mb,
+                     [&](int f, V xf) { sq[f] = v == 0 ? hn::Mul(xf, xf) : hn::MulAdd(xf, xf, sq[f]); });
+      } else {  // padding lanes must not count
+        const auto valid = hn::FirstN(d, n > v * kL ? n - v * kL : 0);
+        ElemFeatures(g, p, m, rms, ga, gb, ma, mb, [&](int f, V xf) {
+          xf = hn::IfThenElseZero(valid, xf);
+          sq[f] = v == 0 ? hn::Mul(xf, xf) : hn::MulAdd(xf, xf, sq[f]);
+        });
+      }
     }
     bd.store_accumulators(t, e);
-    AddSquares(x, n, sumsq);
+    squares.add_block(sq);
   });
+  squares.flush();
 }
 
 void ApplyImpl(const LoptTensor& t, int64_t begin, int64_t end) {
@@ -348,8 +368,9 @@ void ApplyImpl(const LoptTensor& t, int64_t begin, int64_t end) {
           mb[k] = hn::Load(d, fac[9 + k] + v * kL);
         }
       }
+      float* xv = x + v * kL;
       ElemFeatures(hn::LoadU(d, bd.gp + v * kL), hn::LoadU(d, bd.pp + v * kL), m, hn::LoadU(d, bd.rp + v * kL), ga,
-                   gb, ma, mb, x, v);
+                   gb, ma, mb, [&](int f, V xf) { hn::Store(xf, d, xv + f * kB); });
     }
     if (t.rows) {
       const float* bias_row = t.b_in + r * H;
