@@ -204,6 +204,7 @@ int main(int argc, char** argv) {
     else argv[kept++] = argv[i];
   }
   argc = kept;
+  lopt::kernels::apply_target_from_env();  // LOPT_SIMD_TARGET=AVX2 runs "best" as an AVX2-only CPU would
   std::vector<int64_t> targets;
   std::string names;
   for (int64_t t : lopt::kernels::available_targets()) {

@@ -353,6 +353,7 @@ void parallel(int64_t n, const Body& body) {
 }  // namespace
 
 void fused_lopt_steps(const std::vector<FusedJob>& jobs) {
+  kernels::apply_target_from_env();
   std::vector<Work> works;
   works.reserve(jobs.size());
   for (const auto& j : jobs) {

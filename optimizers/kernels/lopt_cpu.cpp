@@ -429,6 +429,11 @@ int64_t TargetImpl() { return HWY_TARGET; }
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
+#include <cstdlib>
+#include <mutex>
+
+#include "common/errors.h"
+
 namespace lopt::kernels {
 
 HWY_EXPORT(AccumulateImpl);
@@ -458,6 +463,31 @@ std::vector<int64_t> available_targets() {
 void force_target(int64_t target) {
   available_targets();
   hwy::SetSupportedTargetsForTest(target);
+}
+
+void apply_target_from_env() {
+  // Re-read on every call (cheap), applied only when the value changes.
+  static std::mutex mu;
+  static std::string applied = "\x01";  // no value yet
+  const char* env = std::getenv("LOPT_SIMD_TARGET");
+  const std::string want = env == nullptr || std::string(env) == "best" ? "" : env;
+  std::lock_guard<std::mutex> lock(mu);
+  if (want == applied) return;
+  if (want.empty()) {
+    if (applied != "\x01") force_target(0);
+    applied = want;
+    return;
+  }
+  std::string names;
+  for (int64_t t : available_targets()) {
+    if (target_name(t) == want) {
+      force_target(t);
+      applied = want;
+      return;
+    }
+    names += ", " + target_name(t);
+  }
+  throw UsageError("LOPT_SIMD_TARGET=" + want + " is not a SIMD target of this CPU (valid: best" + names + ")");
 }
 
 }  // namespace lopt::kernels

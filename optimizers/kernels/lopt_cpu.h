@@ -85,5 +85,9 @@ std::string target_name(int64_t target);
 /// Restricts dispatch to `target` (one of available_targets()); 0 restores the CPU's best.
 /// For tests and benchmarks: it changes a process-wide setting.
 void force_target(int64_t target);
+/// Applies the environment variable LOPT_SIMD_TARGET (a target name such as AVX2, or unset / "best")
+/// whenever its value has changed, e.g. to run an AVX-512 machine as an AVX2-only one. Throws lopt::UsageError
+/// naming the valid targets for an unknown or unsupported name.
+void apply_target_from_env();
 
 }  // namespace lopt::kernels

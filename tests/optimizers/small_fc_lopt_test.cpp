@@ -402,3 +402,20 @@ TEST(SmallFcLopt, SafetensorsRoundTripAndPyloNames) {
     EXPECT_NE(std::string(e.what()).find("network.input.weight"), std::string::npos) << e.what();
   }
 }
+
+// LOPT_SIMD_TARGET pins dispatch for the process; an unknown name is a usage error listing the valid ones.
+TEST(SmallFcLopt, SimdTargetFromEnvironmentIsChecked) {
+  const char* old = std::getenv("LOPT_SIMD_TARGET");
+  const std::string saved = old ? old : "";
+  setenv("LOPT_SIMD_TARGET", "NOT_A_TARGET", 1);
+  try {
+    lopt::kernels::apply_target_from_env();
+    ADD_FAILURE() << "accepted LOPT_SIMD_TARGET=NOT_A_TARGET";
+  } catch (const lopt::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("NOT_A_TARGET"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(lopt::kernels::target_name(lopt::kernels::available_targets().front())),
+              std::string::npos) << e.what();
+  }
+  if (old) setenv("LOPT_SIMD_TARGET", saved.c_str(), 1);
+  else unsetenv("LOPT_SIMD_TARGET");
+}
