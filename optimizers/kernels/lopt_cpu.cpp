@@ -262,6 +262,24 @@ HWY_INLINE void RowsFactors(const LoptTensor& t, int64_t r, int64_t c0, size_t v
   }
 }
 
+/// The Adafactor factors of vector v of a block: applied to g (ga row, gb column) and to m (ma, mb).
+/// Rows layout: from the tables (one factor serves g and m for matrices); generic: gathered into fac.
+HWY_INLINE void BlockFactors(const LoptTensor& t, int64_t r, int64_t c0, size_t v, const float (*fac)[kB], V ga[3],
+                             V gb[3], V ma[3], V mb[3]) {
+  const D d;
+  if (t.rows) {
+    RowsFactors(t, r, c0, v, ga, gb);
+    for (int k = 0; k < 3; ++k) ma[k] = ga[k], mb[k] = gb[k];
+    return;
+  }
+  for (int k = 0; k < 3; ++k) {
+    ga[k] = hn::Load(d, fac[k] + v * kL);
+    gb[k] = hn::Load(d, fac[3 + k] + v * kL);
+    ma[k] = hn::Load(d, fac[6 + k] + v * kL);
+    mb[k] = hn::Load(d, fac[9 + k] + v * kL);
+  }
+}
+
 /// Generic layout: gathers the side records of n elements from the cursor into the block's side
 /// feature rows x[16..27] and the factor buffers (zero-padded to kB).
 HWY_INLINE void GatherSide(const LoptTensor& t, detail::Cursor& cur, size_t n, float* HWY_RESTRICT x,
@@ -313,17 +331,7 @@ void AccumulateImpl(const LoptTensor& t, int64_t begin, int64_t end, double* sum
       const V g = hn::LoadU(d, bd.gp + v * kL);
       V m[3], rms, ga[3], gb[3], ma[3], mb[3];
       UpdateAccumulators(t, g, bd.mp + 3 * v * kL, bd.rp + v * kL, m, rms);
-      if (t.rows) {
-        RowsFactors(t, r, c0, v, ga, gb);
-        for (int k = 0; k < 3; ++k) ma[k] = ga[k], mb[k] = gb[k];
-      } else {
-        for (int k = 0; k < 3; ++k) {
-          ga[k] = hn::Load(d, fac[k] + v * kL);
-          gb[k] = hn::Load(d, fac[3 + k] + v * kL);
-          ma[k] = hn::Load(d, fac[6 + k] + v * kL);
-          mb[k] = hn::Load(d, fac[9 + k] + v * kL);
-        }
-      }
+      BlockFactors(t, r, c0, v, fac, ga, gb, ma, mb);
       const V p = hn::LoadU(d, bd.pp + v * kL);
       if (n == kB) {
         ElemFeatures(g, p, m, rms, ga, gb, ma, mb,
@@ -357,17 +365,7 @@ void ApplyImpl(const LoptTensor& t, int64_t begin, int64_t end) {
     for (size_t v = 0; v < kV; ++v) {
       V m[3], ga[3], gb[3], ma[3], mb[3];
       hn::LoadInterleaved3(d, bd.mp + 3 * v * kL, m[0], m[1], m[2]);
-      if (t.rows) {
-        RowsFactors(t, r, c0, v, ga, gb);
-        for (int k = 0; k < 3; ++k) ma[k] = ga[k], mb[k] = gb[k];
-      } else {
-        for (int k = 0; k < 3; ++k) {
-          ga[k] = hn::Load(d, fac[k] + v * kL);
-          gb[k] = hn::Load(d, fac[3 + k] + v * kL);
-          ma[k] = hn::Load(d, fac[6 + k] + v * kL);
-          mb[k] = hn::Load(d, fac[9 + k] + v * kL);
-        }
-      }
+      BlockFactors(t, r, c0, v, fac, ga, gb, ma, mb);
       float* xv = x + v * kL;
       ElemFeatures(hn::LoadU(d, bd.gp + v * kL), hn::LoadU(d, bd.pp + v * kL), m, hn::LoadU(d, bd.rp + v * kL), ga,
                    gb, ma, mb, [&](int f, V xf) { hn::Store(xf, d, xv + f * kB); });
