@@ -314,8 +314,9 @@ TEST(SmallFcLopt, NonFiniteValuesPropagateLikeTensorOps) {
         EXPECT_TRUE(torch::equal(a.isfinite(), b.isfinite())) << where;
         non_finite += (~b.isfinite()).sum().item<int64_t>();
         auto finite = b.isfinite();
-        if (finite.any().item<bool>())
+        if (finite.any().item<bool>()) {
           EXPECT_LT(rel_err(a.masked_select(finite), b.masked_select(finite)), 1e-5) << where;
+        }
       }
       EXPECT_GT(non_finite, 0) << target << " scenario " << scenario << ": the non-finite input vanished";
     }
