@@ -18,6 +18,7 @@
 #include "experiments/meta_train.h"
 #include "experiments/sweep.h"
 #include "experiments/train.h"
+#include "optimizers/small_fc_lopt.h"
 
 namespace po = boost::program_options;
 using lopt::json;
@@ -32,7 +33,8 @@ const char* kUsage =
     "  coord-check   muP coordinate check: activation RMS vs width under SP and muP\n"
     "  sweep         run a grid of train configs (JSON sweep definition), resumable\n"
     "  compare       optimizers on one task over held-out seeds, baselines at their best LR\n"
-    "  meta-train    meta-train a learned optimizer (PES / ES / truncated backprop), resumable\n";
+    "  meta-train    meta-train a learned optimizer (PES / ES / truncated backprop), resumable\n"
+    "  export-hub    write a learned-optimizer checkpoint in the hub layout PyLO loads\n";
 
 struct Common {
   int threads = 0;
@@ -233,6 +235,33 @@ int cmd_meta_train(int argc, char** argv) {
 
 }  // namespace
 
+/// lopt export-hub CHECKPOINT DIR: the checkpoint's theta as DIR/model.safetensors + DIR/config.json,
+/// which PyLO's MetaMLP.from_pretrained(DIR) reads.
+int cmd_export_hub(int argc, char** argv) {
+  std::string checkpoint, dir;
+  po::options_description desc("export-hub options");
+  desc.add_options()("help,h", "show this help")("checkpoint", po::value(&checkpoint)->required(),
+                                                   "learned-optimizer checkpoint (safetensors file or hub folder)")(
+      "output,o", po::value(&dir)->required(), "folder to write model.safetensors and config.json into");
+  po::positional_options_description pos;
+  pos.add("checkpoint", 1).add("output", 1);
+  po::variables_map vm;
+  po::store(po::command_line_parser(argc, argv).options(desc).positional(pos).run(), vm);
+  if (vm.count("help")) {
+    std::cout << "usage: lopt export-hub CHECKPOINT DIR\n\n" << desc << "\n";
+    return 0;
+  }
+  po::notify(vm);
+  const auto stored = lopt::read_checkpoint_config(checkpoint);
+  json cfg = stored.config;
+  if (!cfg.contains("type")) cfg["type"] = "mulo";
+  cfg.erase("impl");
+  auto lo = lopt::make_learned_optimizer(cfg, "/checkpoint");
+  lo->save_hub(dir, lo->load(checkpoint));
+  std::printf("wrote %s/model.safetensors, %s/config.json\n", dir.c_str(), dir.c_str());
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::cout << kUsage;
@@ -245,6 +274,7 @@ int main(int argc, char** argv) {
     if (cmd == "sweep") return cmd_sweep(argc - 1, argv + 1);
     if (cmd == "compare") return cmd_compare(argc - 1, argv + 1);
     if (cmd == "meta-train") return cmd_meta_train(argc - 1, argv + 1);
+    if (cmd == "export-hub") return cmd_export_hub(argc - 1, argv + 1);
     std::cerr << "lopt: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const po::error& e) {

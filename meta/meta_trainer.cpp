@@ -138,6 +138,8 @@ void MetaTrainer::save_checkpoint() {
   // NaN is not JSON: the log stores non-finite losses as null.
   st.metadata["lopt_meta_train"] = meta.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   step_fn_->learned_optimizer().save(theta_path(), theta());
+  // The same theta as PyLO's MetaMLP.from_pretrained reads it (model.safetensors + config.json).
+  step_fn_->learned_optimizer().save_hub((std::filesystem::path(theta_path()).parent_path() / "hub").string(), theta());
   write_safetensors(checkpoint_path(), st);
   if (on_checkpoint) on_checkpoint(*this);
 }

@@ -24,6 +24,12 @@ class LearnedOptimizer {
   /// Writes / reads theta (format chosen by the implementation).
   virtual void save(const std::string& path, const torch::Tensor& theta) const = 0;
   virtual torch::Tensor load(const std::string& path) const = 0;
+  /// Writes theta in the Hugging Face hub layout of the reference implementation (folder `dir`),
+  /// where it has one; the default writes nothing.
+  virtual void save_hub(const std::string& dir, const torch::Tensor& theta) const {
+    (void)dir;
+    (void)theta;
+  }
   virtual nlohmann::json hyperparams() const = 0;
 };
 

@@ -84,6 +84,8 @@ std::unique_ptr<Optimizer> make_optimizer(const nlohmann::json& config, const st
     lcfg.erase("checkpoint");
     lcfg.erase("theta_seed");
     for (auto it = lcfg.begin(); it != lcfg.end(); ++it) r.get<nlohmann::json>(it.key(), nullptr);
+    if (!checkpoint.empty()) lcfg = resolve_checkpoint_config(lcfg, checkpoint, path);
+    else config_check(!lcfg.contains("override"), r.path_of("override"), "only applies with a checkpoint");
     auto lo = make_learned_optimizer(lcfg, path);
     torch::Tensor theta;
     if (checkpoint.empty()) {

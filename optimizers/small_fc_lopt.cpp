@@ -2,7 +2,10 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <numeric>
 
 #include "common/config.h"
@@ -143,6 +146,22 @@ torch::Tensor SmallFcLopt::init_theta(at::Generator& gen) const {
   return flatten(named);
 }
 
+namespace {
+
+// PyLO's default decay offsets (the MuLO / AdafacLO constructor defaults, i.e. the offsets shipped
+// with its pretrained MetaMLP; tests/data/pylo_mulo_golden.json "constructor_defaults").
+const std::map<std::string, std::vector<float>> kPyloDefaultOffsets = {
+    {"momentum_decays", {0.15216392f, 0.14245212f, 0.06812963f}},
+    {"rms_decays", {0.01079706f}},
+    {"adafactor_decays", {0.18621896f, -0.10864615f, -0.06185547f}}};
+
+/// The safetensors file of a checkpoint: the file itself, or model.safetensors of a hub folder.
+std::string weights_file(const std::string& path) {
+  return std::filesystem::is_directory(path) ? (std::filesystem::path(path) / "model.safetensors").string() : path;
+}
+
+}  // namespace
+
 void SmallFcLopt::save(const std::string& path, const torch::Tensor& theta) const {
   SafeTensors st;
   for (const auto& [name, t] : unflatten(theta.detach())) {
@@ -157,7 +176,17 @@ void SmallFcLopt::save(const std::string& path, const torch::Tensor& theta) cons
   write_safetensors(path, st);
 }
 
-torch::Tensor SmallFcLopt::load(const std::string& path) const {
+void SmallFcLopt::save_hub(const std::string& dir, const torch::Tensor& theta) const {
+  std::filesystem::create_directories(dir);
+  save((std::filesystem::path(dir) / "model.safetensors").string(), theta);
+  // PyTorchModelHubMixin's config.json: MetaMLP's constructor arguments.
+  const nlohmann::json cfg = {{"input_size", kLoptInputs}, {"hidden_size", config_.hidden_size},
+                              {"hidden_layers", config_.hidden_layers}};
+  write_text_atomic((std::filesystem::path(dir) / "config.json").string(), cfg.dump(2) + "\n");
+}
+
+torch::Tensor SmallFcLopt::load(const std::string& checkpoint) const {
+  const std::string path = weights_file(checkpoint);
   auto st = read_safetensors(path);
   std::map<std::string, torch::Tensor> named;
   for (const auto& [name, shape] : theta_layout()) {
@@ -179,6 +208,8 @@ torch::Tensor SmallFcLopt::load(const std::string& path) const {
       } catch (const std::exception&) {
         throw IoError(path, "metadata '" + name + "' must be a JSON list of " + std::to_string(shape[0]) + " numbers");
       }
+    } else {
+      named[name] = torch::tensor(kPyloDefaultOffsets.at(name));  // a PyLO file: PyLO's defaults
     }
   }
   for (const auto& [name, t] : st.tensors) {
@@ -188,6 +219,96 @@ torch::Tensor SmallFcLopt::load(const std::string& path) const {
                                         std::to_string(config_.hidden_layers) + "?)");
   }
   return flatten(named);
+}
+
+CheckpointConfig read_checkpoint_config(const std::string& checkpoint) {
+  const std::string path = weights_file(checkpoint);
+  auto st = read_safetensors(path);
+  CheckpointConfig out;
+  if (auto it = st.metadata.find("lopt_config"); it != st.metadata.end()) {
+    try {
+      out.config = nlohmann::json::parse(it->second);
+    } catch (const std::exception&) {
+      throw IoError(path, "metadata 'lopt_config' is not valid JSON", "rewrite the file with lopt meta-train");
+    }
+    if (!out.config.is_object()) throw IoError(path, "metadata 'lopt_config' must be a JSON object");
+    out.from_lopt = true;
+    return out;
+  }
+  // PyLO: the MetaMLP geometry from the tensors (and config.json of a hub folder), the rest PyLO's defaults.
+  int64_t hidden_layers = 0;
+  while (st.tensors.count("network.linear_" + std::to_string(hidden_layers) + ".weight")) ++hidden_layers;
+  auto in = st.tensors.find("network.input.weight");
+  if (in == st.tensors.end() || in->second.dim() != 2)
+    throw IoError(path, "no 'network.input.weight' [hidden, 39] tensor and no lopt metadata",
+                  "not a small_fc_lopt / muLO checkpoint (lopt or PyLO MetaMLP)");
+  out.config = {{"hidden_size", in->second.size(0)}, {"hidden_layers", hidden_layers}, {"step_mult", 1e-2},
+                {"exp_mult", 1e-3}, {"initial_momentum_decays", {0.9, 0.99, 0.999}},
+                {"initial_rms_decays", {0.999}}, {"initial_adafactor_decays", {0.9, 0.99, 0.999}}};
+  if (std::filesystem::is_directory(checkpoint)) {
+    const auto cfg_path = (std::filesystem::path(checkpoint) / "config.json").string();
+    if (std::filesystem::exists(cfg_path)) {
+      nlohmann::json hub;
+      try {
+        hub = load_json_file(cfg_path);
+      } catch (const ConfigError&) {
+        throw IoError(cfg_path, "not valid JSON", "a PyTorchModelHubMixin config.json");
+      }
+      for (const char* k : {"hidden_size", "hidden_layers"})
+        if (hub.contains(k) && hub[k] != out.config[k])
+          throw IoError(cfg_path, std::string(k) + " " + hub[k].dump() + " disagrees with model.safetensors (" +
+                                      out.config[k].dump() + ")");
+    }
+  }
+  out.from_lopt = false;
+  return out;
+}
+
+nlohmann::json resolve_checkpoint_config(const nlohmann::json& config, const std::string& checkpoint,
+                                         const std::string& path) {
+  // What a checkpoint decides: its architecture and the hyperparameters theta was meta-trained with.
+  static const std::vector<std::string> kOwned = {"type", "hidden_size", "hidden_layers", "step_mult", "exp_mult",
+                                                  "initial_momentum_decays", "initial_rms_decays",
+                                                  "initial_adafactor_decays"};
+  const auto stored = read_checkpoint_config(checkpoint);
+  nlohmann::json out = config;
+  out.erase("override");
+  std::vector<std::string> overrides;
+  if (config.contains("override")) {
+    const auto& o = config["override"];
+    config_check(o.is_array() && std::all_of(o.begin(), o.end(), [](const nlohmann::json& x) { return x.is_string(); }),
+                 path + "/override", "must be a list of key names, e.g. [\"step_mult\"]");
+    for (const auto& k : o) {
+      config_check(std::find(kOwned.begin(), kOwned.end(), k.get<std::string>()) != kOwned.end(), path + "/override",
+                   "cannot override '" + k.get<std::string>() + "' (keys a checkpoint decides: type, hidden_size, "
+                   "hidden_layers, step_mult, exp_mult, initial_*_decays)");
+      overrides.push_back(k);
+    }
+  }
+  for (const auto& k : kOwned) {
+    if (!stored.config.contains(k)) continue;  // a PyLO file does not say whether it is muP: the config does
+    const auto& theirs = stored.config[k];
+    if (!config.contains(k)) {
+      out[k] = theirs;
+      continue;
+    }
+    if (config[k] == theirs) continue;
+    if (std::find(overrides.begin(), overrides.end(), k) != overrides.end()) {
+      std::fprintf(stderr, "warning: %s/%s = %s overrides the checkpoint's %s (%s)\n", path.c_str(), k.c_str(),
+                   config[k].dump().c_str(), theirs.dump().c_str(), checkpoint.c_str());
+      continue;
+    }
+    throw ConfigError(path + "/" + k, "the checkpoint " + checkpoint + " holds " + k + " = " + theirs.dump() +
+                                          ", the config says " + config[k].dump() +
+                                          "; drop the key to use the checkpoint's value, or add \"override\": [\"" +
+                                          k + "\"]");
+  }
+  if (!stored.from_lopt)
+    std::fprintf(stderr,
+                 "note: %s has no lopt metadata (a PyLO checkpoint): PyLO's defaults for step_mult 0.01, exp_mult "
+                 "1e-3 and the decays and their offsets; type \"%s\" from the config\n",
+                 checkpoint.c_str(), out.value("type", std::string("mulo")).c_str());
+  return out;
 }
 
 nlohmann::json SmallFcLopt::hyperparams() const { return config_.to_json(); }

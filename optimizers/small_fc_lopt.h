@@ -49,8 +49,13 @@ class SmallFcLopt : public LearnedOptimizer {
   /// safetensors with PyLO's MetaMLP names (network.input.weight, network.linear_0.weight, ...,
   /// network.output.weight); the decay offsets go in the metadata (PyLO keeps them in its config).
   void save(const std::string& path, const torch::Tensor& theta) const override;
-  /// Reads PyLO-named safetensors; decay offsets from the metadata when present, else zero.
+  /// Reads PyLO-named safetensors (a file, or a hub folder's model.safetensors); decay offsets from
+  /// the metadata when present, else PyLO's defaults. The config must match the file's (see
+  /// resolve_checkpoint_config).
   torch::Tensor load(const std::string& path) const override;
+  /// The Hugging Face hub layout PyLO's MetaMLP.from_pretrained reads: dir/model.safetensors (as
+  /// save(), lopt metadata included) and dir/config.json {input_size, hidden_size, hidden_layers}.
+  void save_hub(const std::string& dir, const torch::Tensor& theta) const override;
   nlohmann::json hyperparams() const override;
   const SmallFcLoptConfig& config() const { return config_; }
 
@@ -115,6 +120,23 @@ class SmallFcLoptOptimizer : public Optimizer {
   std::vector<torch::Tensor> weights_, biases_;  // MLP layers in order
   nlohmann::json provenance_ = nlohmann::json::object();
 };
+
+/// The learned-optimizer config a checkpoint carries: lopt's metadata "lopt_config", or for a file
+/// without it (PyLO's MetaMLP safetensors, or its hub folder) the geometry read from the tensors and
+/// PyLO's defaults for the rest (from_lopt = false; the type is not recorded there).
+struct CheckpointConfig {
+  nlohmann::json config;
+  bool from_lopt = false;
+};
+CheckpointConfig read_checkpoint_config(const std::string& checkpoint);
+
+/// `config` (an optimizer config at JSON path `path`) completed from the checkpoint: keys the config
+/// leaves out take the checkpoint's values; a key it names with a different value throws ConfigError
+/// naming both, unless listed in "override": [...] (then a warning on stderr). A PyLO file gets a
+/// one-line notice. The keys a checkpoint decides: type, hidden_size, hidden_layers, step_mult,
+/// exp_mult, initial_*_decays.
+nlohmann::json resolve_checkpoint_config(const nlohmann::json& config, const std::string& checkpoint,
+                                         const std::string& path);
 
 /// Builds {"type": "small_fc_lopt" | "mulo", ...}.
 std::unique_ptr<SmallFcLopt> make_learned_optimizer(const nlohmann::json& config, const std::string& path = "/lopt");

@@ -6,6 +6,7 @@
 #include <functional>
 #include <iostream>
 
+#include "common/config.h"
 #include "common/errors.h"
 #include "common/rng.h"
 #include "optimizers/kernels/lopt_cpu.h"
@@ -362,13 +363,18 @@ TEST(SmallFcLopt, SafetensorsRoundTripAndPyloNames) {
   EXPECT_EQ(st.tensors.at("network.linear_0.weight").sizes(), (std::vector<int64_t>{32, 32}));
   EXPECT_EQ(st.tensors.at("network.input.weight").sizes(), (std::vector<int64_t>{32, 39}));
 
-  // A PyLO checkpoint has only network.* tensors: decay offsets default to zero.
+  // A PyLO checkpoint has only network.* tensors: decay offsets are PyLO's constructor defaults
+  // (the golden file records them).
   lopt::SafeTensors pylo;
   for (const auto& [name, t] : st.tensors) pylo.tensors[name] = t;
   lopt::write_safetensors(dir.path("pylo.safetensors"), pylo);
   auto loaded = lo->load(dir.path("pylo.safetensors"));
   EXPECT_TRUE(torch::equal(loaded.narrow(0, 0, theta.size(0) - 7), theta.narrow(0, 0, theta.size(0) - 7)));
-  EXPECT_EQ(loaded.narrow(0, theta.size(0) - 7, 7).abs().sum().item<float>(), 0.0f);
+  const auto& ctor = golden().at("hyperparameters").at("constructor_defaults");
+  std::vector<float> pylo_offsets;
+  for (const char* k : {"momentum_decays", "rms_decays", "adafactor_decays"})
+    for (float v : ctor.at(k).get<std::vector<float>>()) pylo_offsets.push_back(v);
+  EXPECT_TRUE(torch::equal(loaded.narrow(0, theta.size(0) - 7, 7), torch::tensor(pylo_offsets)));
 
   // Malformed files give IoError naming the file.
   auto expect_bad = [&](const std::string& bytes, const std::string& needle) {
@@ -419,4 +425,83 @@ TEST(SmallFcLopt, SimdTargetFromEnvironmentIsChecked) {
   }
   if (old) setenv("LOPT_SIMD_TARGET", saved.c_str(), 1);
   else unsetenv("LOPT_SIMD_TARGET");
+}
+
+// A checkpoint carries its config: omitted keys take the file's values, a conflicting key is a
+// ConfigError naming both values unless listed in "override", and a PyLO file (no lopt metadata)
+// is read with PyLO's defaults.
+TEST(SmallFcLopt, CheckpointConfigWinsAndConflictsAreErrors) {
+  lopt_test::TempDir dir;
+  auto lo = lopt::make_learned_optimizer({{"type", "small_fc_lopt"}, {"step_mult", 0.05}, {"hidden_size", 16}});
+  auto gen = lopt::make_generator(7);
+  auto theta = lo->init_theta(gen);
+  const auto file = dir.path("sp.safetensors");
+  lo->save(file, theta);
+
+  // Omitted keys come from the file: an SP LO with step_mult 0.05 and 16 hidden units.
+  auto opt = lopt::make_optimizer({{"type", "small_fc_lopt"}, {"checkpoint", file}});
+  const auto hp = opt->hyperparams();
+  EXPECT_EQ(hp.at("type"), "small_fc_lopt");
+  EXPECT_EQ(hp.at("step_mult").get<double>(), 0.05);
+  EXPECT_EQ(hp.at("hidden_size").get<int64_t>(), 16);
+
+  // Loading an SP checkpoint as muLO, or with another step_mult: an error naming both values.
+  auto expect_conflict = [&](const json& cfg, const std::string& key, const std::string& a, const std::string& b) {
+    try {
+      lopt::make_optimizer(cfg);
+      ADD_FAILURE() << "accepted " << cfg.dump();
+    } catch (const lopt::ConfigError& e) {
+      EXPECT_EQ(e.path(), "/optimizer/" + key);
+      EXPECT_NE(std::string(e.what()).find(a), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(b), std::string::npos) << e.what();
+    }
+  };
+  expect_conflict({{"type", "mulo"}, {"checkpoint", file}}, "type", "\"small_fc_lopt\"", "\"mulo\"");
+  expect_conflict({{"type", "small_fc_lopt"}, {"checkpoint", file}, {"step_mult", 0.001}}, "step_mult", "0.05", "0.001");
+  // ... unless the config says it overrides that key on purpose.
+  auto over = lopt::make_optimizer(
+      {{"type", "small_fc_lopt"}, {"checkpoint", file}, {"step_mult", 0.001}, {"override", {"step_mult"}}});
+  EXPECT_EQ(over->hyperparams().at("step_mult").get<double>(), 0.001);
+  lopt_test::expect_config_error([](const json& c) { lopt::make_optimizer(c); },
+                                 {{"type", "small_fc_lopt"}, {"checkpoint", file}, {"override", {"lr"}}}, "/optimizer/override");
+
+  // A PyLO file: geometry from its tensors, type from the config.
+  lopt::SafeTensors pylo;
+  for (const auto& [name, t] : lopt::read_safetensors(file).tensors) pylo.tensors[name] = t;
+  lopt::write_safetensors(dir.path("pylo.safetensors"), pylo);
+  auto from_pylo = lopt::make_optimizer({{"type", "mulo"}, {"checkpoint", dir.path("pylo.safetensors")}});
+  EXPECT_EQ(from_pylo->hyperparams().at("type"), "mulo");
+  EXPECT_EQ(from_pylo->hyperparams().at("hidden_size").get<int64_t>(), 16);
+  EXPECT_EQ(from_pylo->hyperparams().at("step_mult").get<double>(), 0.01);
+}
+
+// save_hub writes what PyLO's MetaMLP.from_pretrained reads (model.safetensors with PyLO's names,
+// config.json with MetaMLP's constructor arguments), and lopt reads the folder back to the same theta.
+TEST(SmallFcLopt, HubLayoutRoundTrips) {
+  lopt_test::TempDir dir;
+  auto lo = lopt::make_learned_optimizer({{"type", "mulo"}});
+  auto gen = lopt::make_generator(8);
+  auto theta = lo->init_theta(gen);
+  theta.narrow(0, theta.size(0) - 7, 7).fill_(-0.125);
+  lo->save_hub(dir.path("hub"), theta);
+  const auto cfg = lopt::load_json_file(dir.path("hub/config.json"));
+  EXPECT_EQ(cfg, json({{"input_size", 39}, {"hidden_size", 32}, {"hidden_layers", 1}}));
+  const auto st = lopt::read_safetensors(dir.path("hub/model.safetensors"));
+  EXPECT_EQ(st.tensors.size(), 6u);
+  EXPECT_EQ(st.tensors.at("network.output.weight").sizes(), (std::vector<int64_t>{2, 32}));
+  auto opt = lopt::make_optimizer({{"type", "mulo"}, {"checkpoint", dir.path("hub")}});
+  auto* bound = dynamic_cast<lopt::SmallFcLoptOptimizer*>(opt.get());
+  ASSERT_NE(bound, nullptr);
+  EXPECT_TRUE(torch::equal(lo->load(dir.path("hub")), theta));
+  // A config.json that disagrees with the tensors is named.
+  lopt::write_text_atomic(dir.path("hub/config.json"), R"({"input_size": 39, "hidden_size": 64, "hidden_layers": 1})");
+  lopt::SafeTensors bare;
+  bare.tensors = st.tensors;
+  lopt::write_safetensors(dir.path("hub/model.safetensors"), bare);
+  try {
+    lopt::read_checkpoint_config(dir.path("hub"));
+    ADD_FAILURE() << "accepted a config.json that disagrees with model.safetensors";
+  } catch (const lopt::IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
+  }
 }
