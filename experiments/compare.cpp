@@ -1,8 +1,10 @@
 #include "experiments/compare.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <set>
 
 #include "common/config.h"
@@ -14,12 +16,54 @@ namespace lopt {
 
 namespace {
 
+constexpr int kMaxExtensions = 4;
+
+struct Contender {
+  std::string name;
+  nlohmann::json optimizer;
+  std::vector<double> lr_grid;              ///< sorted ascending; empty: a learned optimizer, no tuning
+  std::vector<nlohmann::json> schedules;    ///< as written in the spec
+  std::vector<double> wd_grid;              ///< empty: the optimizer's own weight decay
+  bool tuned() const { return !lr_grid.empty(); }
+};
+
 struct Spec {
   nlohmann::json base;
-  std::vector<uint64_t> seeds;
-  std::vector<nlohmann::json> contenders;  // {name, optimizer, lr_grid}
+  std::vector<uint64_t> seeds, tuning_seeds;
+  std::vector<Contender> contenders;
   std::string output_dir, summary;
+  int64_t steps = 0;
 };
+
+/// One point of a baseline's search space.
+struct Candidate {
+  double lr;
+  size_t schedule;
+  int64_t wd;  ///< index into wd_grid, -1 without one
+};
+
+nlohmann::json default_schedules() {
+  return nlohmann::json::array({{{"type", "constant"}},
+                                {{"type", "warmup_cosine"}, {"warmup_fraction", 0.05}, {"final_fraction", 0.0}}});
+}
+
+/// A spec schedule as the optimizer's "schedule" config for `steps` training steps.
+nlohmann::json schedule_config(const nlohmann::json& s, int64_t steps) {
+  if (s.at("type") == "constant") return {{"type", "constant"}};
+  const double warmup = s.value("warmup_fraction", 0.0);
+  return {{"type", "warmup_cosine"},
+          {"warmup_steps", static_cast<int64_t>(std::llround(warmup * static_cast<double>(steps)))},
+          {"total_steps", steps},
+          {"final_fraction", s.value("final_fraction", 0.0)}};
+}
+
+std::string schedule_name(const nlohmann::json& s) {
+  if (s.at("type") == "constant") return "constant";
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "warmup %g%% + cosine to %g", 100 * s.value("warmup_fraction", 0.0),
+                s.value("final_fraction", 0.0));
+  return buf;
+}
 
 Spec read_spec(const nlohmann::json& j) {
   config_check(j.is_object(), "", "a comparison must be a JSON object with base, seeds, contenders, output_dir");
@@ -29,152 +73,309 @@ Spec read_spec(const nlohmann::json& j) {
   config_check(!s.base.contains("optimizer"), "/base/optimizer", "give optimizers per contender, not in base");
   s.seeds = r.get<std::vector<uint64_t>>("seeds", {0});
   config_check(!s.seeds.empty(), "/seeds", "needs at least one seed");
+  s.tuning_seeds = r.get<std::vector<uint64_t>>("tuning_seeds", {1, 2});
+  config_check(!s.tuning_seeds.empty(), "/tuning_seeds", "needs at least one seed");
+  for (uint64_t t : s.tuning_seeds)
+    config_check(std::find(s.seeds.begin(), s.seeds.end(), t) == s.seeds.end(), "/tuning_seeds",
+                 "seed " + std::to_string(t) + " is also a report seed: baselines must be tuned on other seeds "
+                 "than the ones reported");
   s.output_dir = r.require<std::string>("output_dir");
   s.summary = r.get<std::string>("summary", s.output_dir + ".h5");
   auto contenders = j.value("contenders", nlohmann::json::array());
   r.get<nlohmann::json>("contenders", nlohmann::json::array());
   r.finish();
+  {
+    nlohmann::json probe = s.base;
+    probe["optimizer"] = {{"type", "sgd"}};
+    try {
+      s.steps = resolve_train_config(probe)["steps"];
+    } catch (const ConfigError& e) {
+      throw ConfigError("/base" + e.path(), e.what());
+    }
+  }
   config_check(contenders.is_array() && !contenders.empty(), "/contenders", "needs a non-empty list of {name, optimizer, lr_grid}");
   std::set<std::string> names;
   for (size_t i = 0; i < contenders.size(); ++i) {
     const std::string path = "/contenders/" + std::to_string(i);
     ConfigReader c(contenders[i], path);
-    nlohmann::json out;
-    out["name"] = c.require<std::string>("name");
-    out["optimizer"] = c.object("optimizer");
-    out["lr_grid"] = c.get<std::vector<double>>("lr_grid", {});
+    Contender ct;
+    ct.name = c.require<std::string>("name");
+    ct.optimizer = c.object("optimizer");
+    ct.lr_grid = c.get<std::vector<double>>("lr_grid", {});
+    auto schedules = c.get<nlohmann::json>("schedules", nullptr);
+    ct.wd_grid = c.get<std::vector<double>>("weight_decay_grid", {});
     c.finish();
-    const std::string name = out["name"];
-    config_check(!name.empty() && name.find_first_of("/ \t") == std::string::npos, c.path_of("name"),
+    config_check(!ct.name.empty() && ct.name.find_first_of("/ \t") == std::string::npos, c.path_of("name"),
                  "must be non-empty without '/' or spaces (it names files)");
-    config_check(names.insert(name).second, c.path_of("name"), "duplicate contender name '" + name + "'");
-    config_check(!out["optimizer"].empty(), c.path_of("optimizer"), "required (e.g. {\"type\": \"adamw\"})");
-    for (double lr : out["lr_grid"].get<std::vector<double>>()) config_check(lr > 0, c.path_of("lr_grid"), "learning rates must be > 0");
-    s.contenders.push_back(out);
+    config_check(names.insert(ct.name).second, c.path_of("name"), "duplicate contender name '" + ct.name + "'");
+    config_check(!ct.optimizer.empty(), c.path_of("optimizer"), "required (e.g. {\"type\": \"adamw\"})");
+    for (double lr : ct.lr_grid) config_check(std::isfinite(lr) && lr > 0, c.path_of("lr_grid"), "learning rates must be > 0");
+    std::sort(ct.lr_grid.begin(), ct.lr_grid.end());
+    config_check(std::adjacent_find(ct.lr_grid.begin(), ct.lr_grid.end()) == ct.lr_grid.end(), c.path_of("lr_grid"),
+                 "has a repeated learning rate");
+    for (double wd : ct.wd_grid) config_check(std::isfinite(wd) && wd >= 0, c.path_of("weight_decay_grid"), "values must be >= 0");
+    if (!ct.tuned()) {
+      config_check(schedules.is_null(), c.path_of("schedules"), "only a contender with an lr_grid is tuned");
+      config_check(ct.wd_grid.empty(), c.path_of("weight_decay_grid"), "only a contender with an lr_grid is tuned");
+    } else {
+      config_check(!ct.optimizer.contains("lr"), c.path_of("optimizer") + "/lr", "the lr comes from lr_grid");
+      config_check(!ct.optimizer.contains("schedule"), c.path_of("optimizer") + "/schedule", "schedules come from \"schedules\"");
+      config_check(ct.wd_grid.empty() || !ct.optimizer.contains("weight_decay"), c.path_of("optimizer") + "/weight_decay",
+                   "the weight decay comes from weight_decay_grid");
+      if (schedules.is_null()) schedules = default_schedules();
+      config_check(schedules.is_array() && !schedules.empty(), c.path_of("schedules"), "must be a non-empty list");
+      for (size_t k = 0; k < schedules.size(); ++k) {
+        const std::string sp = c.path_of("schedules") + "/" + std::to_string(k);
+        ConfigReader sr(schedules[k], sp);
+        const auto type = sr.require<std::string>("type");
+        config_check(type == "constant" || type == "warmup_cosine", sr.path_of("type"),
+                     "unknown schedule \"" + type + "\" (valid: constant, warmup_cosine)");
+        if (type == "warmup_cosine") {
+          const double w = sr.get<double>("warmup_fraction", 0.0), f = sr.get<double>("final_fraction", 0.0);
+          config_check(w >= 0 && w < 1, sr.path_of("warmup_fraction"), "must be in [0, 1)");
+          config_check(f >= 0 && f <= 1, sr.path_of("final_fraction"), "must be in [0, 1]");
+        }
+        sr.finish();
+        ct.schedules.push_back(schedules[k]);
+      }
+    }
+    s.contenders.push_back(ct);
   }
   return s;
 }
 
+/// The resolved train config of contender c with candidate `cand` (null for a learned one) and seed.
+nlohmann::json run_config(const Spec& spec, size_t c, const Candidate* cand, uint64_t seed, const std::string& file) {
+  const Contender& ct = spec.contenders[c];
+  auto cfg = spec.base;
+  cfg["optimizer"] = ct.optimizer;
+  if (cand != nullptr) {
+    cfg["optimizer"]["lr"] = cand->lr;
+    cfg["optimizer"]["schedule"] = schedule_config(ct.schedules[cand->schedule], spec.steps);
+    if (cand->wd >= 0) cfg["optimizer"]["weight_decay"] = ct.wd_grid[static_cast<size_t>(cand->wd)];
+  }
+  cfg["seed"] = seed;
+  cfg["output"] = (std::filesystem::path(spec.output_dir) / file).string();
+  try {
+    return resolve_train_config(cfg);
+  } catch (const ConfigError& e) {
+    std::string p = e.path();
+    if (p.rfind("/optimizer", 0) == 0) p = "/contenders/" + std::to_string(c) + p;
+    else p = "/base" + p;
+    throw ConfigError(p, std::string(e.what()));
+  }
+}
+
+std::string tune_file(const Contender& ct, size_t k, uint64_t seed) {
+  return ct.name + "_tune" + std::to_string(k) + "_seed" + std::to_string(seed) + ".h5";
+}
+std::string report_file(const Contender& ct, uint64_t seed) { return ct.name + "_seed" + std::to_string(seed) + ".h5"; }
+
+std::vector<Candidate> candidates_for(const Contender& ct, double lr) {
+  std::vector<Candidate> out;
+  for (size_t s = 0; s < ct.schedules.size(); ++s) {
+    if (ct.wd_grid.empty()) out.push_back({lr, s, -1});
+    for (size_t w = 0; w < ct.wd_grid.size(); ++w) out.push_back({lr, s, static_cast<int64_t>(w)});
+  }
+  return out;
+}
+
+/// Final figures of a finished run file: training loss (+inf when diverged) and test accuracy (NaN when diverged).
+std::pair<double, double> run_figures(const std::string& path) {
+  if (h5_read_string_attr(path, "status") != "completed")
+    return {std::numeric_limits<double>::infinity(), std::numeric_limits<double>::quiet_NaN()};
+  const double loss = h5_read_double_attr(path, "final_train_loss");
+  return {std::isfinite(loss) ? loss : std::numeric_limits<double>::infinity(), h5_read_double_attr(path, "final_test_accuracy")};
+}
+
+/// Mean and sample standard deviation (n - 1; 0 for one value); +inf mean when any value is +inf.
+std::pair<double, double> mean_std(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m += x / static_cast<double>(v.size());
+  if (!std::isfinite(m)) return {m, std::numeric_limits<double>::quiet_NaN()};
+  double ss = 0;
+  for (double x : v) ss += (x - m) * (x - m);
+  return {m, v.size() > 1 ? std::sqrt(ss / static_cast<double>(v.size() - 1)) : 0.0};
+}
+
+nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+
 }  // namespace
 
 std::vector<CompareRun> expand_compare(const nlohmann::json& spec_json) {
-  auto spec = read_spec(spec_json);
+  const auto spec = read_spec(spec_json);
   std::vector<CompareRun> runs;
   for (size_t c = 0; c < spec.contenders.size(); ++c) {
     const auto& ct = spec.contenders[c];
-    const auto grid = ct["lr_grid"].get<std::vector<double>>();
-    const int64_t n_lr = grid.empty() ? 1 : static_cast<int64_t>(grid.size());
-    for (int64_t li = 0; li < n_lr; ++li) {
-      for (uint64_t seed : spec.seeds) {
-        CompareRun run;
-        run.contender = c;
-        run.lr_index = grid.empty() ? -1 : li;
-        run.seed = seed;
-        auto cfg = spec.base;
-        cfg["optimizer"] = ct["optimizer"];
-        if (!grid.empty()) cfg["optimizer"]["lr"] = grid[li];
-        cfg["seed"] = seed;
-        char name[160];
-        std::snprintf(name, sizeof name, "%s_lr%lld_seed%llu.h5", ct["name"].get<std::string>().c_str(),
-                      static_cast<long long>(li), static_cast<unsigned long long>(seed));
-        cfg["output"] = (std::filesystem::path(spec.output_dir) / name).string();
-        try {
-          run.config = resolve_train_config(cfg);
-        } catch (const ConfigError& e) {
-          std::string p = e.path();
-          if (p.rfind("/optimizer", 0) == 0) p = "/contenders/" + std::to_string(c) + p;
-          else p = "/base" + p;
-          throw ConfigError(p, std::string(e.what()));
-        }
-        runs.push_back(run);
-      }
+    if (!ct.tuned()) {
+      for (uint64_t seed : spec.seeds) runs.push_back({c, -1, seed, run_config(spec, c, nullptr, seed, report_file(ct, seed))});
+      continue;
     }
+    std::vector<Candidate> cands;
+    for (double lr : ct.lr_grid)
+      for (const auto& cd : candidates_for(ct, lr)) cands.push_back(cd);
+    for (size_t k = 0; k < cands.size(); ++k)
+      for (uint64_t seed : spec.tuning_seeds)
+        runs.push_back({c, static_cast<int64_t>(k), seed, run_config(spec, c, &cands[k], seed, tune_file(ct, k, seed))});
   }
   return runs;
 }
 
-nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progress) {
-  auto spec = read_spec(spec_json);
-  auto runs = expand_compare(spec_json);
+nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progress, bool fresh) {
+  const auto spec = read_spec(spec_json);
+  expand_compare(spec_json);  // every initial config is valid before any work
   std::filesystem::create_directories(spec.output_dir);
-  for (size_t i = 0; i < runs.size(); ++i) {
-    const auto& run = runs[i];
-    const std::string out = run.config["output"];
-    std::string status = std::filesystem::exists(out) ? h5_read_string_attr(out, "status") : "";
-    if (status == "completed" || status == "diverged") continue;
-    std::fprintf(stderr, "compare: run %zu/%zu %s lr %s seed %llu\n", i + 1, runs.size(),
-                 spec.contenders[run.contender]["name"].get<std::string>().c_str(),
-                 run.config["optimizer"].contains("lr") ? run.config["optimizer"]["lr"].dump().c_str() : "-",
-                 static_cast<unsigned long long>(run.seed));
-    try {
-      run_train(run.config, progress);
-    } catch (const DivergenceError& e) {
-      std::fprintf(stderr, "compare: %s (recorded as diverged, counts as +inf when choosing the LR)\n", e.what());
+  int64_t reused = 0, total = 0;
+  // Runs one training unless a finished file of the same config and inputs exists.
+  auto ensure = [&](const nlohmann::json& cfg, const std::string& what) {
+    ++total;
+    const std::string out = cfg["output"];
+    if (!fresh && finished_run_matches(out, cfg)) {
+      ++reused;
+      return;
     }
-  }
-  // Per contender and LR: mean final training loss over seeds (a diverged run counts as +inf).
+    std::fprintf(stderr, "compare: %s\n", what.c_str());
+    try {
+      run_train(cfg, progress);
+    } catch (const DivergenceError& e) {
+      std::fprintf(stderr, "compare: %s (recorded as diverged, scores +inf)\n", e.what());
+    }
+  };
+
   nlohmann::json result = nlohmann::json::array();
   H5Writer w(spec.summary);
   w.attr("kind", std::string("compare"));
   w.attr("config", spec_json.dump(2));
-  const size_t S = spec.seeds.size();
   for (size_t c = 0; c < spec.contenders.size(); ++c) {
     const auto& ct = spec.contenders[c];
-    const auto grid = ct["lr_grid"].get<std::vector<double>>();
-    const size_t n_lr = grid.empty() ? 1 : grid.size();
-    std::vector<double> mean_final(n_lr, 0.0);
-    std::vector<std::vector<double>> finals(n_lr);  // final_train_loss of each seed's run, as written
-    std::vector<std::vector<const CompareRun*>> by_lr(n_lr);
-    for (const auto& run : runs)
-      if (run.contender == c) by_lr[run.lr_index < 0 ? 0 : run.lr_index].push_back(&run);
-    for (size_t li = 0; li < n_lr; ++li) {
-      for (const auto* run : by_lr[li]) {
-        const std::string out = run->config["output"];
-        finals[li].push_back(h5_read_double_attr(out, "final_train_loss"));
-        const double v = h5_read_string_attr(out, "status") == "completed" ? finals[li].back() : INFINITY;
-        mean_final[li] += (std::isfinite(v) ? v : INFINITY) / static_cast<double>(S);
+    const std::string g = "c" + std::to_string(c);
+    w.group(g);
+    w.attr("name", ct.name, g);
+    nlohmann::json row = {{"name", ct.name}, {"tuned", ct.tuned()}};
+    Candidate chosen{0, 0, -1};
+    const Candidate* chosen_ptr = nullptr;
+    if (ct.tuned()) {
+      // Tuning on the tuning seeds, extending the LR grid while the best LR sits on its edge.
+      std::vector<double> lrs = ct.lr_grid;
+      std::vector<Candidate> cands;
+      for (double lr : lrs)
+        for (const auto& cd : candidates_for(ct, lr)) cands.push_back(cd);
+      std::vector<double> score;
+      int extensions = 0;
+      bool at_edge = false;
+      size_t best = 0;
+      for (;;) {
+        for (size_t k = score.size(); k < cands.size(); ++k) {
+          std::vector<double> losses;
+          for (uint64_t seed : spec.tuning_seeds) {
+            auto cfg = run_config(spec, c, &cands[k], seed, tune_file(ct, k, seed));
+            char what[200];
+            std::snprintf(what, sizeof what, "%s tuning lr %g %s seed %llu", ct.name.c_str(), cands[k].lr,
+                          schedule_name(ct.schedules[cands[k].schedule]).c_str(), static_cast<unsigned long long>(seed));
+            ensure(cfg, what);
+            losses.push_back(run_figures(cfg["output"]).first);
+          }
+          score.push_back(mean_std(losses).first);
+        }
+        best = static_cast<size_t>(std::min_element(score.begin(), score.end()) - score.begin());
+        if (!std::isfinite(score[best])) break;  // every candidate diverged
+        const bool low = cands[best].lr == lrs.front(), high = cands[best].lr == lrs.back();
+        at_edge = low || high;
+        if (!at_edge || extensions == kMaxExtensions) break;
+        const double ratio = lrs.size() >= 2 ? (low ? lrs[1] / lrs[0] : lrs.back() / lrs[lrs.size() - 2]) : std::sqrt(10.0);
+        const double lr = low ? lrs.front() / ratio : lrs.back() * ratio;
+        std::fprintf(stderr, "compare: %s: best lr %g is on the %s edge of the grid, extending it to %g\n",
+                     ct.name.c_str(), cands[best].lr, low ? "lower" : "upper", lr);
+        if (low) lrs.insert(lrs.begin(), lr);
+        else lrs.push_back(lr);
+        for (const auto& cd : candidates_for(ct, lr)) cands.push_back(cd);
+        ++extensions;
       }
+      chosen = cands[best];
+      chosen_ptr = &chosen;
+      std::vector<double> tune_lr, tune_sched, tune_wd;
+      for (const auto& cd : cands) {
+        tune_lr.push_back(cd.lr);
+        tune_sched.push_back(static_cast<double>(cd.schedule));
+        tune_wd.push_back(cd.wd < 0 ? std::numeric_limits<double>::quiet_NaN() : ct.wd_grid[static_cast<size_t>(cd.wd)]);
+      }
+      w.dataset(g + "/tune_lr", tune_lr);
+      w.dataset(g + "/tune_schedule", tune_sched);
+      w.dataset(g + "/tune_weight_decay", tune_wd);
+      w.dataset(g + "/tune_score", score);
+      w.attr("schedules", nlohmann::json(ct.schedules).dump(), g);
+      w.attr("grid_extensions", static_cast<int64_t>(extensions), g);
+      w.attr("best_at_grid_edge", static_cast<int64_t>(at_edge && std::isfinite(score[best])), g);
+      w.attr("best_lr", chosen.lr, g);
+      w.attr("best_schedule", ct.schedules[chosen.schedule].dump(), g);
+      row["best_lr"] = chosen.lr;
+      row["schedule"] = schedule_name(ct.schedules[chosen.schedule]);
+      if (chosen.wd >= 0) row["weight_decay"] = ct.wd_grid[static_cast<size_t>(chosen.wd)];
+      row["grid_extensions"] = extensions;
+      row["best_at_grid_edge"] = at_edge && std::isfinite(score[best]);
+      row["tuning_score"] = finite_or_null(score[best]);
+    } else {
+      w.attr("best_lr", std::numeric_limits<double>::quiet_NaN(), g);
+      row["best_lr"] = nullptr;
     }
-    size_t best = 0;
-    for (size_t li = 1; li < n_lr; ++li)
-      if (mean_final[li] < mean_final[best]) best = li;
-    // Curves and per-seed figures of the chosen LR.
-    const std::vector<double>& per_seed = finals[best];
-    std::vector<double> curve, acc;
+    // Report runs on the held-out seeds.
+    std::vector<double> finals, accs, curve;
     size_t curve_n = 0;
-    for (const auto* run : by_lr[best]) {
-      const std::string out = run->config["output"];
-      acc.push_back(h5_read_double_attr(out, "final_test_accuracy"));
-      auto loss = h5_read_doubles(out, "train/loss");
-      if (curve.empty()) curve.assign(loss.size(), 0.0);
-      if (loss.size() == curve.size()) {
-        for (size_t t = 0; t < loss.size(); ++t) curve[t] += loss[t];
-        ++curve_n;
+    nlohmann::json chosen_optimizer;
+    for (uint64_t seed : spec.seeds) {
+      auto cfg = run_config(spec, c, chosen_ptr, seed, report_file(ct, seed));
+      chosen_optimizer = cfg["optimizer"];
+      ensure(cfg, ct.name + " report seed " + std::to_string(seed));
+      const auto [loss, acc] = run_figures(cfg["output"]);
+      finals.push_back(loss);
+      accs.push_back(acc);
+      if (std::isfinite(loss)) {
+        auto l = h5_read_doubles(cfg["output"], "train/loss");
+        if (curve.empty()) curve.assign(l.size(), 0.0);
+        if (l.size() == curve.size()) {
+          for (size_t t = 0; t < l.size(); ++t) curve[t] += l[t];
+          ++curve_n;
+        }
       }
     }
     for (auto& v : curve) v /= static_cast<double>(std::max<size_t>(1, curve_n));
-    const std::string g = "c" + std::to_string(c);
-    w.group(g);
-    w.attr("name", ct["name"].get<std::string>(), g);
-    w.attr("optimizer", by_lr[best].front()->config["optimizer"].dump(), g);
-    w.attr("best_lr", grid.empty() ? NAN : grid[best], g);
-    w.attr("mean_final_train_loss", mean_final[best], g);
-    w.dataset(g + "/final_train_loss", per_seed);
-    w.dataset(g + "/final_test_accuracy", acc);
+    const auto [mean, sd] = mean_std(finals);
+    std::vector<double> finite_acc;
+    for (double a : accs)
+      if (std::isfinite(a)) finite_acc.push_back(a);
+    const auto [acc_mean, acc_sd] = finite_acc.empty() ? std::make_pair(std::numeric_limits<double>::quiet_NaN(),
+                                                                         std::numeric_limits<double>::quiet_NaN())
+                                                       : mean_std(finite_acc);
+    int64_t diverged = 0;
+    for (double f : finals) diverged += std::isfinite(f) ? 0 : 1;
+    w.attr("optimizer", chosen_optimizer.dump(), g);
+    w.attr("mean_final_train_loss", mean, g);
+    w.attr("std_final_train_loss", sd, g);
+    w.attr("mean_final_test_accuracy", acc_mean, g);
+    w.attr("std_final_test_accuracy", acc_sd, g);
+    w.attr("diverged_seeds", diverged, g);
+    w.attr("status", std::string(diverged == static_cast<int64_t>(finals.size()) ? "diverged" : "ok"), g);
+    w.dataset(g + "/seeds", std::vector<int64_t>(spec.seeds.begin(), spec.seeds.end()));
+    w.dataset(g + "/final_train_loss", finals);
+    w.dataset(g + "/final_test_accuracy", accs);
     w.dataset(g + "/train_loss_mean", curve);
-    if (!grid.empty()) {
-      w.dataset(g + "/lr_grid", grid);
-      w.dataset(g + "/lr_grid_mean_final_train_loss", mean_final);
-    }
-    double acc_mean = 0;
-    for (double a : acc) acc_mean += a / static_cast<double>(acc.size());
-    result.push_back({{"name", ct["name"]},
-                      {"best_lr", grid.empty() ? nlohmann::json(nullptr) : nlohmann::json(grid[best])},
-                      {"mean_final_train_loss", std::isfinite(mean_final[best]) ? nlohmann::json(mean_final[best]) : nlohmann::json(nullptr)},
-                      {"final_train_loss", per_seed},
-                      {"mean_final_test_accuracy", acc_mean}});
+    row["optimizer"] = chosen_optimizer;
+    row["status"] = diverged == static_cast<int64_t>(finals.size()) ? "diverged" : "ok";
+    row["diverged_seeds"] = diverged;
+    row["mean_final_train_loss"] = finite_or_null(mean);
+    row["std_final_train_loss"] = finite_or_null(sd);
+    nlohmann::json per_seed = nlohmann::json::array();
+    for (double f : finals) per_seed.push_back(finite_or_null(f));
+    row["final_train_loss"] = per_seed;
+    row["mean_final_test_accuracy"] = finite_or_null(acc_mean);
+    row["std_final_test_accuracy"] = finite_or_null(acc_sd);
+    result.push_back(row);
   }
+  std::fprintf(stderr, "compare: %lld of %lld runs reused (same resolved config and inputs)%s\n",
+               static_cast<long long>(reused), static_cast<long long>(total), fresh ? ", --fresh" : "");
   w.attr("contenders", static_cast<int64_t>(spec.contenders.size()));
+  w.attr("runs", total);
+  w.attr("runs_reused", reused);
   w.attr("summary", result.dump());
   w.commit();
   return result;

@@ -1,13 +1,26 @@
 #pragma once
-/// `lopt compare`: optimizers compared on one task over held-out seeds, each hand-designed
-/// optimizer at its best learning rate from a grid (chosen by the mean final training loss
-/// over the seeds), learned optimizers as they are.
+/// `lopt compare`: optimizers compared on one task, reported over held-out seeds.
+///
+/// The tuning rule for hand-designed baselines (a contender with an "lr_grid"): every candidate
+/// (learning rate x schedule [x weight decay]) is trained on the *tuning* seeds and scored by its
+/// mean final training loss (a diverged run scores +inf); when the best learning rate lies on an
+/// edge of the grid, the grid is extended by one step beyond that edge and the new candidates are
+/// run, up to 4 times. The chosen candidate alone is then trained on the *report* seeds, which
+/// must differ from the tuning seeds. Learned optimizers get no tuning: they run on the report
+/// seeds as they are.
+///
 /// {"base": {train config without "optimizer": task, steps, eval_every, ...},
-///  "seeds": [100, 101, 102],
-///  "contenders": [{"name": "AdamW", "optimizer": {"type": "adamw"}, "lr_grid": [1e-4, ...]},
+///  "seeds": [100, 101, 102],            // report seeds (held out)
+///  "tuning_seeds": [1, 2],              // default [1, 2]
+///  "contenders": [{"name": "AdamW", "optimizer": {"type": "adamw"}, "lr_grid": [1e-4, ...],
+///                  "schedules": [{"type": "constant"},
+///                                {"type": "warmup_cosine", "warmup_fraction": 0.05, "final_fraction": 0}],
+///                  "weight_decay_grid": [0.0, 0.1]},          // optional
 ///                 {"name": "muLO_S", "optimizer": {"type": "mulo", "checkpoint": "..."}}],
-///  "output_dir": "results/eval/mulo_s", "summary": "results/eval_mulo_s.h5"}
-/// Each run writes output_dir/<name>_lr<i>_seed<s>.h5 and is skipped when already finished.
+///  "output_dir": "runs/eval/mulo_s", "summary": "runs/eval_mulo_s.h5"}
+/// "schedules" defaults to the two shown (constant, and 5% linear warmup + cosine decay to 0).
+/// Run files: output_dir/<name>_tune<k>_seed<s>.h5 (candidate k) and <name>_seed<s>.h5 (report);
+/// a finished file is reused only when its resolved config and input fingerprint match.
 #include <nlohmann/json.hpp>
 
 #include <string>
@@ -19,16 +32,21 @@ namespace lopt {
 
 struct CompareRun {
   size_t contender = 0;
-  int64_t lr_index = -1;  ///< index into lr_grid, -1 without a grid
+  int64_t candidate = -1;  ///< tuning candidate index, -1 for a report run
   uint64_t seed = 0;
-  nlohmann::json config;  ///< resolved train config with "output"
+  nlohmann::json config;   ///< resolved train config with "output"
 };
 
-/// Validates the comparison and every run config (ConfigError names the key) before any work.
+/// Validates the comparison and every tuning-run config (ConfigError names the key) before any
+/// work; returns the runs known before tuning (tuning runs of the initial grids, report runs of the
+/// learned contenders).
 std::vector<CompareRun> expand_compare(const nlohmann::json& spec);
 
-/// Runs (or resumes) every run, picks each contender's best LR and writes the summary HDF5
-/// (kind "compare"); returns one JSON object per contender (name, best_lr, final losses).
-nlohmann::json run_compare(const nlohmann::json& spec, ProgressMode progress = ProgressMode::automatic);
+/// Tunes, runs (or reuses) every run and writes the summary HDF5 (kind "compare"); returns one JSON
+/// object per contender: name, chosen optimizer config, best_lr, schedule, per-seed and mean / std
+/// final training loss and test accuracy ("diverged" status when every report run diverged).
+/// `fresh` re-runs finished runs instead of reusing them.
+nlohmann::json run_compare(const nlohmann::json& spec, ProgressMode progress = ProgressMode::automatic,
+                           bool fresh = false);
 
 }  // namespace lopt

@@ -112,7 +112,7 @@ int cmd_train(int argc, char** argv) {
 
 int cmd_coord_check(int argc, char** argv) {
   Common c;
-  std::string output = "results/coord_check.h5", png, data_dir;
+  std::string output = "runs/coord_check.h5", png, data_dir;
   auto desc = common_options(c);
   desc.add_options()("output,o", po::value(&output)->default_value(output), "HDF5 output file")(
       "png", po::value(&png), "also draw the curves to this PNG (needs python3-matplotlib)")(
@@ -136,11 +136,31 @@ int cmd_coord_check(int argc, char** argv) {
   return 0;
 }
 
+/// Options shared by sweep and compare: where runs go, and whether finished ones are reused.
+struct RunFolderOptions {
+  std::string output_dir, summary;
+  bool fresh = false;
+  void add(po::options_description& d) {
+    d.add_options()("output-dir,o", po::value(&output_dir), "folder for the run files (sets \"output_dir\")")(
+        "summary", po::value(&summary), "summary HDF5 file (sets \"summary\"; default <output_dir>.h5)")(
+        "fresh", po::bool_switch(&fresh), "re-run every run instead of reusing finished files of the same config");
+  }
+  void apply(json& cfg) const {
+    if (!output_dir.empty()) {
+      cfg["output_dir"] = output_dir;
+      if (summary.empty()) cfg.erase("summary");
+    }
+    if (!summary.empty()) cfg["summary"] = summary;
+  }
+};
+
 int cmd_sweep(int argc, char** argv) {
   Common c;
+  RunFolderOptions f;
   std::string png;
   bool dry_run = false;
   auto desc = common_options(c);
+  f.add(desc);
   desc.add_options()("png", po::value(&png), "draw the sweep (loss vs LR) to this PNG")(
       "dry-run", po::bool_switch(&dry_run), "validate and list the runs without training");
   po::variables_map vm;
@@ -148,13 +168,14 @@ int cmd_sweep(int argc, char** argv) {
   set_threads(c.threads);
   if (c.config.empty()) throw lopt::UsageError("lopt sweep needs --config FILE (see experiments/configs/)");
   json cfg = load_config(c, json::object());
+  f.apply(cfg);
   auto runs = lopt::expand_sweep(cfg);
   std::printf("sweep: %zu runs\n", runs.size());
   if (dry_run) {
     for (const auto& r : runs) std::printf("  %s -> %s\n", r.point.dump().c_str(), r.config["output"].get<std::string>().c_str());
     return 0;
   }
-  auto rows = lopt::run_sweep(cfg, mode(c));
+  auto rows = lopt::run_sweep(cfg, mode(c), f.fresh);
   std::string summary = cfg.value("summary", cfg["output_dir"].get<std::string>() + ".h5");
   std::printf("wrote %s (%zu runs)\n", summary.c_str(), rows.size());
   if (!png.empty()) lopt::run_plot({summary}, png);
@@ -163,29 +184,50 @@ int cmd_sweep(int argc, char** argv) {
 
 int cmd_compare(int argc, char** argv) {
   Common c;
+  RunFolderOptions f;
   std::string png;
   bool dry_run = false;
   auto desc = common_options(c);
+  f.add(desc);
   desc.add_options()("png", po::value(&png), "draw the comparison to this PNG")(
-      "dry-run", po::bool_switch(&dry_run), "validate and list the runs without training");
+      "dry-run", po::bool_switch(&dry_run), "validate and list the runs known before tuning, without training");
   po::variables_map vm;
   if (!parse(argc, argv, desc, "usage: lopt compare --config FILE [--set base.steps=100 ...] [options]", vm)) return 0;
   set_threads(c.threads);
   if (c.config.empty()) throw lopt::UsageError("lopt compare needs --config FILE (see experiments/configs/eval_*.json)");
   json cfg = load_config(c, json::object());
+  f.apply(cfg);
   auto runs = lopt::expand_compare(cfg);
-  std::printf("compare: %zu runs\n", runs.size());
+  std::printf("compare: %zu runs before any grid extension (tuning runs, then the report runs of the chosen configs)\n",
+              runs.size());
   if (dry_run) {
     for (const auto& r : runs) std::printf("  %s\n", r.config["output"].get<std::string>().c_str());
     return 0;
   }
-  auto rows = lopt::run_compare(cfg, mode(c));
-  std::printf("| optimizer | best LR | final train loss (mean over seeds) | test accuracy |\n|---|---|---|---|\n");
-  for (const auto& r : rows)
-    std::printf("| %s | %s | %s | %.4f |\n", r["name"].get<std::string>().c_str(),
-                r["best_lr"].is_null() ? "-" : r["best_lr"].dump().c_str(),
-                r["mean_final_train_loss"].is_null() ? "diverged" : r["mean_final_train_loss"].dump().c_str(),
-                r["mean_final_test_accuracy"].get<double>());
+  auto rows = lopt::run_compare(cfg, mode(c), f.fresh);
+  auto num = [](const json& v, const char* fmt) {
+    if (v.is_null()) return std::string("-");
+    char buf[64];
+    std::snprintf(buf, sizeof buf, fmt, v.get<double>());
+    return std::string(buf);
+  };
+  std::printf("| optimizer | chosen on the tuning seeds | final train loss, mean ± std | per report seed | test accuracy |\n"
+              "|---|---|---|---|---|\n");
+  for (const auto& r : rows) {
+    std::string chosen = "— (no tuning)";
+    if (r["tuned"].get<bool>()) {
+      chosen = "lr " + num(r["best_lr"], "%g") + ", " + r["schedule"].get<std::string>();
+      if (r.contains("weight_decay")) chosen += ", wd " + num(r["weight_decay"], "%g");
+      if (r["grid_extensions"].get<int>() > 0) chosen += " (grid extended " + r["grid_extensions"].dump() + "×)";
+      if (r["best_at_grid_edge"].get<bool>()) chosen += " (still at the grid edge)";
+    }
+    std::string per_seed;
+    for (const auto& v : r["final_train_loss"]) per_seed += (per_seed.empty() ? "" : " / ") + (v.is_null() ? std::string("diverged") : num(v, "%.4f"));
+    const std::string loss = r["status"] == "diverged" ? "diverged (every seed)"
+                                                       : num(r["mean_final_train_loss"], "%.4f") + " ± " + num(r["std_final_train_loss"], "%.4f");
+    std::printf("| %s | %s | %s | %s | %s ± %s |\n", r["name"].get<std::string>().c_str(), chosen.c_str(), loss.c_str(),
+                per_seed.c_str(), num(r["mean_final_test_accuracy"], "%.4f").c_str(), num(r["std_final_test_accuracy"], "%.4f").c_str());
+  }
   std::string summary = cfg.value("summary", cfg["output_dir"].get<std::string>() + ".h5");
   std::printf("wrote %s\n", summary.c_str());
   if (!png.empty()) lopt::run_plot({summary}, png);

@@ -8,7 +8,8 @@ The kind of plot follows the files' "kind" attribute:
   coord_check  activation RMS against width, one panel per (parametrization, layer), one line per step
   sweep        final training loss against learning rate, one panel per parametrization, one line
                per width; --table also prints the best learning rate of each (parametrization, width)
-  compare      training loss (mean over seeds) of each contender at its chosen LR, and the LR grids
+  compare      training loss (mean over report seeds) of each contender at its chosen config, and the
+               tuning scores over LR per schedule
   meta_train   meta-loss (smoothed) against outer step, one line per file
 Needs Debian's python3-h5py and python3-matplotlib.
 """
@@ -137,31 +138,42 @@ def plot_compare(path, out):
     with h5py.File(path, "r") as f:
         n = int(f.attrs["contenders"])
         cfg = json.loads(f.attrs["config"])
-        groups = [f[f"c{i}"] for i in range(n)]
         rows = []
-        for g in groups:
-            best = float(g.attrs["best_lr"])
-            rows.append(dict(name=text(g.attrs["name"]), best=best, curve=g["train_loss_mean"][:],
-                             grid=g["lr_grid"][:] if "lr_grid" in g else None,
-                             grid_loss=g["lr_grid_mean_final_train_loss"][:] if "lr_grid" in g else None,
-                             final=float(g.attrs["mean_final_train_loss"])))
+        for i in range(n):
+            g = f[f"c{i}"]
+            tuned = "tune_lr" in g
+            rows.append(dict(name=text(g.attrs["name"]), best=float(g.attrs["best_lr"]), curve=g["train_loss_mean"][:],
+                             tune_lr=g["tune_lr"][:] if tuned else None,
+                             tune_sched=g["tune_schedule"][:].astype(int) if tuned else None,
+                             tune_score=g["tune_score"][:] if tuned else None,
+                             schedules=json.loads(text(g.attrs["schedules"])) if tuned else [],
+                             final=float(g.attrs["mean_final_train_loss"]),
+                             sd=float(g.attrs["std_final_train_loss"]) if "std_final_train_loss" in g.attrs else 0.0))
     task = cfg.get("base", {}).get("task", {})
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.3))
+    styles = ["-", "--", ":", "-."]
     for r in rows:
-        lab = r["name"] + ("" if math.isnan(r["best"]) else f" (lr {r['best']:.3g})") + f": {r['final']:.3f}"
-        line, = a1.plot(np.arange(1, len(r["curve"]) + 1), smooth(r["curve"]), label=lab)
-        if r["grid"] is not None:
-            gl = np.where(np.isfinite(r["grid_loss"]), r["grid_loss"], np.nan)
-            a2.plot(r["grid"], gl, marker="o", color=line.get_color(), label=r["name"])
-        else:
-            a2.axhline(r["final"], color=line.get_color(), ls="--", label=r["name"])
-    a1.set_xlabel("step"), a1.set_ylabel("training loss (mean over seeds, smoothed)"), a1.set_yscale("log")
+        fin = f"{r['final']:.3f} ± {r['sd']:.3f}" if math.isfinite(r["final"]) else "diverged"
+        lab = r["name"] + ("" if math.isnan(r["best"]) else f" (lr {r['best']:.3g})") + f": {fin}"
+        curve = r["curve"] if len(r["curve"]) else np.array([np.nan])
+        line, = a1.plot(np.arange(1, len(curve) + 1), smooth(curve), label=lab)
+        if r["tune_lr"] is not None:
+            for k, sched in enumerate(r["schedules"]):
+                sel = r["tune_sched"] == k
+                order = np.argsort(r["tune_lr"][sel])
+                lr, sc = r["tune_lr"][sel][order], r["tune_score"][sel][order]
+                sc = np.where(np.isfinite(sc), sc, np.nan)
+                a2.plot(lr, sc, marker="o", ls=styles[k % len(styles)], color=line.get_color(),
+                        label=f"{r['name']}, {sched.get('type')}")
+        elif math.isfinite(r["final"]):
+            a2.axhline(r["final"], color=line.get_color(), ls="--", label=r["name"] + " (held-out seeds)")
+    a1.set_xlabel("step"), a1.set_ylabel("training loss (mean over report seeds, smoothed)"), a1.set_yscale("log")
     a1.set_title(f"width {task.get('width', '?')}, depth {task.get('depth', '?')}, "
                  f"{task.get('image_size', '?')}px, {task.get('parametrization', {}).get('type', '?')}", fontsize=10)
     a2.set_xscale("log"), a2.set_yscale("log")
-    a2.set_xlabel("learning rate"), a2.set_ylabel("final training loss (mean over seeds)")
+    a2.set_xlabel("learning rate"), a2.set_ylabel("final training loss (mean over tuning seeds)")
     for a in (a1, a2):
-        a.grid(alpha=0.3), a.legend(fontsize=8)
+        a.grid(alpha=0.3), a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 

@@ -87,18 +87,18 @@ std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep) {
   }
 }
 
-nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress) {
+nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, bool fresh) {
   auto spec = read_spec(sweep);
   auto runs = expand_sweep(sweep);
   nlohmann::json rows = nlohmann::json::array();
+  int64_t reused = 0;
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto& run = runs[i];
     std::string out = run.config["output"];
-    std::string status;
-    if (std::filesystem::exists(out)) status = h5_read_string_attr(out, "status");
-    if (status == "completed" || status == "diverged") {
-      std::fprintf(stderr, "sweep: run %zu/%zu %s already done (%s), skipping\n", i + 1, runs.size(),
-                   run.point.dump().c_str(), status.c_str());
+    if (!fresh && finished_run_matches(out, run.config)) {
+      ++reused;
+      std::fprintf(stderr, "sweep: run %zu/%zu %s already done with this config (%s), reused\n", i + 1, runs.size(),
+                   run.point.dump().c_str(), h5_read_string_attr(out, "status").c_str());
     } else {
       std::fprintf(stderr, "sweep: run %zu/%zu %s\n", i + 1, runs.size(), run.point.dump().c_str());
       try {
@@ -114,9 +114,12 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress) {
     }
     rows.push_back(row);
   }
+  std::fprintf(stderr, "sweep: %lld of %zu runs reused (same resolved config and inputs)%s\n",
+               static_cast<long long>(reused), runs.size(), fresh ? ", --fresh" : "");
   H5Writer w(spec.summary);
   w.attr("kind", std::string("sweep"));
   w.attr("config", sweep.dump(2));
+  w.attr("runs_reused", reused);
   w.attr("runs", rows.dump());
   std::vector<double> ftl, acc;
   for (const auto& r : rows) {

@@ -23,6 +23,8 @@ struct SweepRun {
 std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep);
 
 /// Runs (or resumes) the sweep and writes the summary file; returns the summary rows.
-nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress = ProgressMode::automatic);
+/// A finished run file is reused only when its resolved config and input fingerprint match
+/// (finished_run_matches); `fresh` re-runs every run.
+nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress = ProgressMode::automatic, bool fresh = false);
 
 }  // namespace lopt

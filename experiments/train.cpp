@@ -5,8 +5,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 
 #include "common/config.h"
+#include "common/errors.h"
 #include "common/rng.h"
 #include "experiments/h5_writer.h"
 #include "optimizers/optimizer.h"
@@ -96,9 +99,57 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
   return res;
 }
 
+namespace {
+/// FNV-1a 64 over a file's bytes, continuing from `h`.
+uint64_t fnv1a_file(const std::string& path, uint64_t h) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw IoError(path, "cannot read the file to fingerprint it");
+  std::vector<char> buf(1 << 16);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    for (std::streamsize i = 0; i < in.gcount(); ++i) {
+      h ^= static_cast<unsigned char>(buf[static_cast<size_t>(i)]);
+      h *= 1099511628211ULL;
+    }
+  }
+  return h;
+}
+}  // namespace
+
+std::string input_fingerprint(const nlohmann::json& config) {
+  const auto& opt = config.at("optimizer");
+  const std::string checkpoint = opt.value("checkpoint", std::string());
+  if (checkpoint.empty()) return "";
+  uint64_t h = 14695981039346656037ULL;
+  std::vector<std::string> files = {checkpoint};
+  if (std::filesystem::is_directory(checkpoint)) {
+    files = {(std::filesystem::path(checkpoint) / "model.safetensors").string()};
+    const auto cfg = (std::filesystem::path(checkpoint) / "config.json").string();
+    if (std::filesystem::exists(cfg)) files.push_back(cfg);
+  }
+  for (const auto& f : files) h = fnv1a_file(f, h);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+
+bool finished_run_matches(const std::string& path, const nlohmann::json& config) {
+  if (!std::filesystem::exists(path)) return false;
+  const std::string status = h5_read_string_attr(path, "status");
+  if (status != "completed" && status != "diverged") return false;
+  nlohmann::json stored;
+  try {
+    stored = nlohmann::json::parse(h5_read_string_attr(path, "config"));
+  } catch (const nlohmann::json::exception&) {
+    return false;
+  }
+  return stored == config && h5_read_string_attr(path, "inputs") == input_fingerprint(config);
+}
+
 void write_train_result(const std::string& path, const nlohmann::json& config, const TrainResult& r) {
   H5Writer w(path);
   w.attr("config", config.dump(2));
+  w.attr("inputs", input_fingerprint(config));
   w.attr("kind", std::string("train"));
   w.attr("status", std::string(r.diverged ? "diverged" : "completed"));
   w.attr("diverged_step", r.diverged_step);

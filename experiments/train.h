@@ -32,7 +32,17 @@ struct TrainResult {
 /// Throws DivergenceError after writing the file when the loss became NaN or inf.
 TrainResult run_train(const nlohmann::json& config, ProgressMode progress = ProgressMode::automatic);
 
-/// Writes `result` with its config to an HDF5 file atomically.
+/// Content fingerprint (FNV-1a 64, hex) of the files a resolved train config reads besides the data:
+/// the learned-optimizer checkpoint (a file, or a hub folder's model.safetensors and config.json).
+/// Empty when there are none.
+std::string input_fingerprint(const nlohmann::json& config);
+
+/// Whether `path` holds a finished run (completed or diverged) of exactly this resolved config with
+/// the same input fingerprint, so that a sweep or comparison may reuse it instead of re-running.
+bool finished_run_matches(const std::string& path, const nlohmann::json& config);
+
+/// Writes `result` with its config (attr "config") and input fingerprint (attr "inputs") to an HDF5
+/// file atomically.
 void write_train_result(const std::string& path, const nlohmann::json& config, const TrainResult& result);
 
 }  // namespace lopt

@@ -1,5 +1,7 @@
 #include "support.h"
 
+#include "experiments/h5_writer.h"
+
 #include "common/errors.h"
 
 #include <sys/wait.h>
@@ -97,4 +99,10 @@ void expect_config_error(const std::function<void(const nlohmann::json&)>& build
   }
 }
 
+}  // namespace lopt_test
+
+namespace lopt_test {
+int64_t h5_int_attr(const std::string& path, const std::string& name) {
+  return static_cast<int64_t>(lopt::h5_read_double_attr(path, name));
+}
 }  // namespace lopt_test

@@ -40,6 +40,9 @@ void write_fake_fashion_mnist(const std::string& dir, int n_train, int n_test, b
 void expect_config_error(const std::function<void(const nlohmann::json&)>& build, const nlohmann::json& config,
                          const std::string& path);
 
+/// Reads an integer attribute of an HDF5 file's root group.
+int64_t h5_int_attr(const std::string& path, const std::string& name);
+
 /// Runs the lopt binary with `args` (a shell string); returns the exit code, output in `output`.
 int run_lopt(const std::string& args, std::string* output = nullptr);
 

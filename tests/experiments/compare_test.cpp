@@ -7,7 +7,9 @@
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/rng.h"
 #include "experiments/h5_writer.h"
+#include "optimizers/small_fc_lopt.h"
 #include "support.h"
 
 using lopt::json;
@@ -20,34 +22,95 @@ json spec(const std::string& dir) {
             {"eval_every", 30},
             {"eval_examples", 200}}},
           {"seeds", {5, 6}},
+          {"tuning_seeds", {1, 2}},
           {"contenders",
            {{{"name", "SGD"}, {"optimizer", {{"type", "sgd"}}}, {"lr_grid", {1e-5, 1e-1, 1e6}}},
             {{"name", "muLO"}, {"optimizer", {{"type", "mulo"}}}}}},
           {"output_dir", dir + "/runs"},
           {"summary", dir + "/compare.h5"}};
 }
+int64_t reused(const std::string& dir) { return lopt_test::h5_int_attr(dir + "/compare.h5", "runs_reused"); }
 }  // namespace
 
-TEST(Compare, PicksTheBestLearningRateOverSeedsAndResumes) {
+// Baselines are tuned (LR x schedule) on the tuning seeds and reported on the others.
+TEST(Compare, TunesOnTuningSeedsAndReportsHeldOutSeeds) {
   lopt_test::TempDir dir;
   auto rows = lopt::run_compare(spec(dir.path()), lopt::ProgressMode::quiet);
   ASSERT_EQ(rows.size(), 2u);
-  // 1e-5 barely moves, 1e6 diverges (counted as +inf): 0.1 must win.
+  // 1e-5 barely moves, 1e6 diverges (scores +inf): 0.1 must win, with one of the two default schedules.
   EXPECT_EQ(rows[0]["best_lr"].get<double>(), 1e-1);
-  auto grid_loss = lopt::h5_read_doubles(dir.path("compare.h5"), "c0/lr_grid_mean_final_train_loss");
-  ASSERT_EQ(grid_loss.size(), 3u);
-  EXPECT_LT(grid_loss[1], grid_loss[0]);
-  EXPECT_TRUE(std::isinf(grid_loss[2]));
-  // The best LR's mean equals the mean of its per-seed figures.
+  EXPECT_EQ(rows[0]["grid_extensions"].get<int>(), 0);
+  auto tune_lr = lopt::h5_read_doubles(dir.path("compare.h5"), "c0/tune_lr");
+  auto tune_score = lopt::h5_read_doubles(dir.path("compare.h5"), "c0/tune_score");
+  ASSERT_EQ(tune_score.size(), 6u);  // 3 LRs x 2 schedules
+  for (size_t k = 0; k < tune_lr.size(); ++k) {
+    if (tune_lr[k] == 1e6) EXPECT_TRUE(std::isinf(tune_score[k]));
+    if (tune_lr[k] == 1e-5) EXPECT_GT(tune_score[k], rows[0]["tuning_score"].get<double>());
+  }
+  // Tuning files use the tuning seeds, report files the report seeds, and only the chosen config.
+  EXPECT_TRUE(std::filesystem::exists(dir.path("runs/SGD_tune0_seed1.h5")));
+  EXPECT_TRUE(std::filesystem::exists(dir.path("runs/SGD_seed6.h5")));
+  EXPECT_FALSE(std::filesystem::exists(dir.path("runs/SGD_tune0_seed5.h5")));
+  auto report_cfg = json::parse(lopt::h5_read_string_attr(dir.path("runs/SGD_seed5.h5"), "config"));
+  EXPECT_EQ(report_cfg["optimizer"]["lr"].get<double>(), 1e-1);
+  EXPECT_EQ(report_cfg["seed"].get<uint64_t>(), 5u);
+  // Mean and sample std of the per-seed figures.
   auto per_seed = lopt::h5_read_doubles(dir.path("compare.h5"), "c0/final_train_loss");
   ASSERT_EQ(per_seed.size(), 2u);
   EXPECT_NEAR(rows[0]["mean_final_train_loss"].get<double>(), 0.5 * (per_seed[0] + per_seed[1]), 1e-12);
+  EXPECT_NEAR(rows[0]["std_final_train_loss"].get<double>(), std::abs(per_seed[0] - per_seed[1]) / std::sqrt(2.0), 1e-12);
   EXPECT_EQ(lopt::h5_read_doubles(dir.path("compare.h5"), "c1/train_loss_mean").size(), 30u);
   EXPECT_TRUE(rows[1]["best_lr"].is_null());
-  // Every run file exists; a second call reuses them (same figures).
-  EXPECT_TRUE(std::filesystem::exists(dir.path("runs/SGD_lr1_seed6.h5")));
-  auto again = lopt::run_compare(spec(dir.path()), lopt::ProgressMode::quiet);
-  EXPECT_EQ(again[0]["mean_final_train_loss"], rows[0]["mean_final_train_loss"]);
+  EXPECT_FALSE(std::filesystem::exists(dir.path("runs/muLO_tune0_seed1.h5")));  // learned: no tuning
+}
+
+// A run is reused only when its resolved config and inputs are unchanged: changing one contender's
+// config or its checkpoint's content re-runs exactly that contender's runs.
+TEST(Compare, ReusesExactlyTheRunsWhoseConfigAndInputsAreUnchanged) {
+  lopt_test::TempDir dir;
+  auto lo = lopt::make_learned_optimizer({{"type", "mulo"}});
+  auto gen = lopt::make_generator(3);
+  lo->save(dir.path("theta.safetensors"), lo->init_theta(gen));
+  auto s = spec(dir.path());
+  s["contenders"][1]["optimizer"]["checkpoint"] = dir.path("theta.safetensors");
+  lopt::run_compare(s, lopt::ProgressMode::quiet);
+  const int64_t total = lopt_test::h5_int_attr(dir.path("compare.h5"), "runs");
+  EXPECT_EQ(total, 12 + 2 + 2);  // 6 candidates x 2 tuning seeds, 2 report runs each
+  EXPECT_EQ(reused(dir.path()), 0);
+  lopt::run_compare(s, lopt::ProgressMode::quiet);
+  EXPECT_EQ(reused(dir.path()), total);
+  // Another lr for the learned optimizer: its 2 report runs.
+  auto s2 = s;
+  s2["contenders"][1]["optimizer"]["lr"] = 0.5;
+  lopt::run_compare(s2, lopt::ProgressMode::quiet);
+  EXPECT_EQ(reused(dir.path()), total - 2);
+  // Same path, new theta: its 2 report runs again.
+  lo->save(dir.path("theta.safetensors"), lo->init_theta(gen));
+  lopt::run_compare(s2, lopt::ProgressMode::quiet);
+  EXPECT_EQ(reused(dir.path()), total - 2);
+  // A longer run changes every config; --fresh ignores old files.
+  lopt::run_compare(s2, lopt::ProgressMode::quiet, /*fresh=*/true);
+  EXPECT_EQ(reused(dir.path()), 0);
+  auto s3 = s2;
+  s3["base"]["steps"] = 31;
+  lopt::run_compare(s3, lopt::ProgressMode::quiet);
+  EXPECT_EQ(reused(dir.path()), 0);
+}
+
+// A best LR on the edge of the grid extends the grid until it is inside (or 4 extensions).
+TEST(Compare, ExtendsTheGridWhenTheBestLrIsOnItsEdge) {
+  lopt_test::TempDir dir;
+  auto s = spec(dir.path());
+  s["contenders"] = {{{"name", "SGD"}, {"optimizer", {{"type", "sgd"}}}, {"lr_grid", {1e-4, 1e-3}},
+                      {"schedules", {{{"type", "constant"}}}}}};
+  auto rows = lopt::run_compare(s, lopt::ProgressMode::quiet);
+  const int ext = rows[0]["grid_extensions"].get<int>();
+  EXPECT_GE(ext, 1);
+  EXPECT_GT(rows[0]["best_lr"].get<double>(), 1e-3);
+  auto tune_lr = lopt::h5_read_doubles(dir.path("compare.h5"), "c0/tune_lr");
+  EXPECT_EQ(tune_lr.size(), static_cast<size_t>(2 + ext));
+  EXPECT_NEAR(tune_lr[2], 1e-2, 1e-12);  // the grid's own ratio, 10x
+  if (ext < 4) EXPECT_FALSE(rows[0]["best_at_grid_edge"].get<bool>());
 }
 
 TEST(Compare, BadSpecsNameTheKey) {
@@ -70,6 +133,15 @@ TEST(Compare, BadSpecsNameTheKey) {
   c = s;
   c["seeds"] = json::array();
   expect_path(c, "/seeds");
+  c = s;
+  c["tuning_seeds"] = {1, 5};  // 5 is a report seed
+  expect_path(c, "/tuning_seeds");
+  c = s;
+  c["contenders"][0]["schedules"] = {{{"type", "cosine_forever"}}};
+  expect_path(c, "/contenders/0/schedules/0/type");
+  c = s;
+  c["contenders"][1]["schedules"] = {{{"type", "constant"}}};
+  expect_path(c, "/contenders/1/schedules");
   c = s;
   c["contenders"][1]["optimizer"]["checkpoint"] = "/nonexistent/theta.safetensors";
   expect_path(c, "/contenders/1/optimizer/checkpoint");

@@ -108,6 +108,19 @@ TEST(Sweep, ExpandsTheGridValidatesAndResumes) {
   auto t0 = std::filesystem::last_write_time(dir.path("sw/run_0000.h5"));
   lopt::run_sweep(sweep, lopt::ProgressMode::quiet);  // resume: nothing is rerun
   EXPECT_EQ(std::filesystem::last_write_time(dir.path("sw/run_0000.h5")), t0);
+  EXPECT_EQ(lopt_test::h5_int_attr(dir.path("sw.h5"), "runs_reused"), 6);
+  // A changed base value re-runs every run, a changed grid value only its runs; --fresh re-runs all.
+  json longer = sweep;
+  longer["base"]["steps"] = 6;
+  lopt::run_sweep(longer, lopt::ProgressMode::quiet);
+  EXPECT_EQ(lopt_test::h5_int_attr(dir.path("sw.h5"), "runs_reused"), 0);
+  EXPECT_EQ(lopt::h5_read_doubles(dir.path("sw/run_0000.h5"), "train/loss").size(), 6u);
+  json one_lr = longer;
+  one_lr["grid"]["optimizer.lr"] = {1e-3, 1e-2, 3e-1};
+  lopt::run_sweep(one_lr, lopt::ProgressMode::quiet);
+  EXPECT_EQ(lopt_test::h5_int_attr(dir.path("sw.h5"), "runs_reused"), 4);
+  lopt::run_sweep(one_lr, lopt::ProgressMode::quiet, /*fresh=*/true);
+  EXPECT_EQ(lopt_test::h5_int_attr(dir.path("sw.h5"), "runs_reused"), 0);
 
   // Zipped keys vary together.
   json zipped = sweep;
