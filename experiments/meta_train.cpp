@@ -11,6 +11,9 @@ void write_meta_train_log(const std::string& path, const MetaTrainer& trainer) {
   w.attr("config", trainer.config().dump(2));
   w.attr("outer_steps_done", trainer.step());
   w.attr("skipped_estimates", log.skipped);
+  w.attr("outer_optimizer", std::string(trainer.config()["outer"]["weight_decay"].get<double>() > 0
+                                            ? "AdamW (decoupled weight decay), warmup-cosine, global-norm clip"
+                                            : "Adam (no weight decay), warmup-cosine, global-norm clip"));
   w.attr("checkpoint", trainer.checkpoint_path());
   w.attr("theta", trainer.theta_path());
   if (!log.elapsed.empty()) {

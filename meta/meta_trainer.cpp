@@ -216,7 +216,10 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
       torch::NoGradGuard no_grad;
       outer_->update_(*outer_state_, {g}, torch::tensor(out.loss));
     } else {
+      // An outer step without an update: the outer step count (which drives the LR schedule and
+      // Adam's bias correction) still advances, so the schedule stays on the logged step.
       ++log_.skipped;
+      outer_state_->step += 1;
     }
     ++step_;
     const double elapsed = elapsed_before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -1,5 +1,6 @@
 #pragma once
-/// The meta-trainer: an outer AdamW (warmup-cosine schedule, global-norm clipping) on theta,
+/// The meta-trainer: an outer Adam (decoupled weight decay, i.e. AdamW, when outer.weight_decay > 0;
+/// warmup-cosine schedule, global-norm clipping) on theta,
 /// fed by a gradient estimator, with atomic checkpoints that resume exactly. After
 /// learned_optimization `outer_trainers/gradient_learner.py`.
 #include <nlohmann/json.hpp>

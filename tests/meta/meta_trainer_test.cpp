@@ -8,6 +8,7 @@
 #include "common/errors.h"
 #include "common/config.h"
 #include "meta/meta_trainer.h"
+#include "optimizers/safetensors.h"
 #include "support.h"
 
 namespace {
@@ -98,6 +99,11 @@ TEST(MetaTrainer, NonFiniteEstimatesAreSkippedAndCounted) {
   EXPECT_TRUE(torch::equal(t.theta(), theta0));
   EXPECT_TRUE(std::isnan(t.log().meta_loss[0]));
   EXPECT_FALSE(std::isfinite(t.log().grad_norm[0]));
+  // A skipped estimate is still an outer step: the outer optimizer's step (which drives its LR
+  // schedule) stays equal to the logged step, in the checkpoint too.
+  auto meta = nlohmann::json::parse(lopt::read_safetensors(t.checkpoint_path()).metadata.at("lopt_meta_train"));
+  EXPECT_EQ(meta["step"].get<int64_t>(), 2);
+  EXPECT_EQ(meta["outer_step"].get<int64_t>(), 2);
 }
 
 TEST(MetaTrainer, BadConfigsNameTheKey) {
