@@ -151,6 +151,105 @@ TEST(Estimators, PesIsUnbiasedOverAnEpisodeWhereTruncatedEsIsNot) {
   EXPECT_GT(worst_tes, 10.0) << "truncated ES should be visibly biased: " << tes << " vs exact";
 }
 
+/// Expected estimate of one truncation for one task of the quadratic problem, given its episode
+/// position `phase` and the number of updates `age` since its state was last (re)set to x0, both
+/// advanced in place. Losses L_s = 1/2 a x0^2 r^(2 s) (r = 1 - theta a, s = updates since x0) are
+/// differentiated through the whole trajectory since x0 (PES) or only through the truncation, the
+/// state at its start held fixed (truncated ES); the reset step is masked and the mean is over the
+/// unmasked steps, as the estimators normalise.
+void truncation_expectation(int64_t& phase, int64_t& age, int64_t T, int64_t K, double* pes, double* tes) {
+  int64_t count = 0;
+  const int64_t age0 = age;
+  double p[2] = {0, 0}, t[2] = {0, 0};
+  int64_t start = age0;  // age at which the truncated-ES gradient starts (a reset restarts it at 0)
+  for (int64_t j = 0; j < K; ++j) {
+    if (phase >= T) {  // the reset step: no loss
+      phase = 0;
+      age = 0;
+      start = 0;
+      continue;
+    }
+    for (size_t c = 0; c < 2; ++c) {
+      const double r = 1.0 - kTheta[c] * kA[c];
+      const double base = kA[c] * kA[c] * kX0[c] * kX0[c] * std::pow(r, 2 * age - 1);
+      p[c] -= static_cast<double>(age) * base;
+      t[c] -= static_cast<double>(age - start) * base;
+    }
+    ++count;
+    ++phase;
+    ++age;
+  }
+  for (size_t c = 0; c < 2; ++c) {
+    pes[c] = count ? p[c] / static_cast<double>(count) : 0.0;
+    tes[c] = count ? t[c] / static_cast<double>(count) : 0.0;
+  }
+}
+
+// Staggered starts: every task's truncations cross its episode end at a different place. Each
+// group's estimates are compared with the closed form for the phases its tasks actually drew: PES
+// must match the exact gradient within 4 standard errors, and the test is built so that 4 SE is
+// less than half of truncated ES's bias (an estimator with half that bias would fail), while
+// truncated ES itself matches its own (biased) closed form and misses the exact one. Episodes of 7
+// steps against truncations of 5 put a reset in most truncations, so a PES that normalises by the
+// truncation length instead of the unmasked steps, or credits post-reset losses to the old
+// trajectory's perturbations in a way that changes the mean, fails. (One that merely keeps its
+// accumulator across a reset has the same mean — the new task is independent of the old
+// perturbations — and only more variance: a mean test cannot see that.)
+TEST(Estimators, PesIsExactAcrossStaggeredEpisodeResets) {
+  const int64_t T = 7, K = 5, N = 64, truncations = 6, groups = 40;
+  const double std = 0.01;
+  auto run = [&](const std::string& type, std::vector<double>* exact_ref, std::vector<double>* tes_ref) {
+    std::vector<torch::Tensor> diffs;
+    int resets = 0;
+    for (int g = 0; g < groups; ++g) {
+      const uint64_t seed = 5000 + static_cast<uint64_t>(g);
+      lopt::QuadraticTruncatedStep step(kA, kX0, N, T);
+      auto est = lopt::make_gradient_estimator(config(type, N, K, std, true), step);
+      est->init(theta64(), seed);
+      std::vector<int64_t> phase, age(N, 0);
+      for (const auto* st : est->unroll_states()) phase.push_back(st->inner_step);
+      auto sum = torch::zeros({2}, torch::kFloat64);
+      double ref_exact[2] = {0, 0}, ref_tes[2] = {0, 0};
+      for (int64_t k = 0; k < truncations; ++k) {
+        sum += est->estimate(theta64(), seed * 100 + static_cast<uint64_t>(k)).grad;
+        for (int64_t i = 0; i < N; ++i) {
+          double pe[2], te[2];
+          const int64_t before = phase[static_cast<size_t>(i)];
+          truncation_expectation(phase[static_cast<size_t>(i)], age[static_cast<size_t>(i)], T, K, pe, te);
+          resets += phase[static_cast<size_t>(i)] < before ? 1 : 0;
+          for (int c = 0; c < 2; ++c) {
+            ref_exact[c] += pe[c] / static_cast<double>(N * truncations);
+            ref_tes[c] += te[c] / static_cast<double>(N * truncations);
+          }
+        }
+      }
+      const auto ref = type == "pes" ? ref_exact : ref_tes;
+      diffs.push_back(sum / static_cast<double>(truncations) - torch::tensor({ref[0], ref[1]}, torch::kFloat64));
+      exact_ref->push_back(ref_exact[0]);
+      exact_ref->push_back(ref_exact[1]);
+      tes_ref->push_back(ref_tes[0]);
+      tes_ref->push_back(ref_tes[1]);
+    }
+    EXPECT_GT(resets, groups * N / 2) << "most tasks should cross an episode end";
+    auto d = torch::stack(diffs);
+    return std::make_pair(d.mean(0), d.std(0) / std::sqrt(static_cast<double>(groups)));
+  };
+  std::vector<double> exact_ref, tes_ref, unused1, unused2;
+  auto [pes_diff, pes_se] = run("pes", &exact_ref, &tes_ref);
+  auto [tes_diff, tes_se] = run("truncated_es", &unused1, &unused2);
+  for (int c = 0; c < 2; ++c) {
+    double bias = 0;  // truncated ES's bias, averaged over groups
+    for (int g = 0; g < groups; ++g) bias += (tes_ref[static_cast<size_t>(2 * g + c)] - exact_ref[static_cast<size_t>(2 * g + c)]) / groups;
+    const double se = pes_se[c].item<double>();
+    EXPECT_LT(4 * se, 0.5 * std::abs(bias)) << "coord " << c << ": the tolerance must reject half of truncated ES's bias";
+    EXPECT_LT(std::abs(pes_diff[c].item<double>()), 4 * se) << "coord " << c << ": PES - exact = " << pes_diff[c].item<double>();
+    EXPECT_LT(std::abs(tes_diff[c].item<double>()), 4 * tes_se[c].item<double>())
+        << "coord " << c << ": truncated ES should match its own closed form";
+    EXPECT_GT(std::abs(tes_diff[c].item<double>() + bias), 8 * tes_se[c].item<double>())
+        << "coord " << c << ": truncated ES should miss the exact gradient by its bias";
+  }
+}
+
 TEST(Estimators, ConfigErrorsNameTheKey) {
   auto expect_path = [](const nlohmann::json& config, const std::string& path) {
     lopt_test::expect_config_error([](const nlohmann::json& j) { lopt::EstimatorConfig::from_json(j); }, config, path);
