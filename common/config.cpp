@@ -110,7 +110,12 @@ void write_text_atomic(const std::string& path, const std::string& text) {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) throw IoError(tmp, "cannot open for writing", "check that the folder is writable");
     out << text;
-    if (!out.flush()) throw IoError(tmp, "write failed", "disk full?");
+    out.close();
+    if (!out) {
+      std::error_code ignored;
+      fs::remove(tmp, ignored);
+      throw IoError(path, "write failed, the file was not written", "is the disk full? earlier files are unchanged");
+    }
   }
   std::error_code ec;
   fs::rename(tmp, p, ec);

@@ -5,12 +5,16 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "common/config.h"
 #include "common/errors.h"
 
 namespace lopt {
 
 struct H5Writer::Impl {
-  H5::H5File file;
+  // The file is built in memory (HDF5's core driver, no backing store) and written out by
+  // write_text_atomic at commit: a full disk or an I/O error is then an IoError from our own write,
+  // never a half-torn-down HDF5 file (closing one of those again crashes the HDF5 library).
+  std::unique_ptr<H5::H5File> file;
 };
 
 namespace {
@@ -43,29 +47,29 @@ void with_object(H5::H5File& file, const std::string& object, F&& fn) {
 }  // namespace
 
 H5Writer::H5Writer(std::string path) : impl_(std::make_unique<Impl>()), path_(std::move(path)) {
-  tmp_path_ = path_ + ".tmp";
   std::filesystem::path p(path_);
   if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
   H5::Exception::dontPrint();
-  h5_call(tmp_path_, "creating the file", [&] {
-    impl_->file = H5::H5File(tmp_path_, H5F_ACC_TRUNC);
+  h5_call(path_, "creating the file in memory", [&] {
+    H5::FileAccPropList fapl;
+    fapl.setCore(1 << 20, false);
+    impl_->file = std::make_unique<H5::H5File>(path_, H5F_ACC_TRUNC, H5::FileCreatPropList::DEFAULT, fapl);
     return 0;
   });
 }
 
 H5Writer::~H5Writer() {
-  if (!committed_) {
+  if (impl_->file) {
     try {
-      impl_->file.close();
+      impl_->file->close();
     } catch (...) {
     }
-    std::remove(tmp_path_.c_str());
   }
 }
 
 void H5Writer::group(const std::string& name) {
-  h5_call(tmp_path_, "creating group " + name, [&] {
-    impl_->file.createGroup(name);
+  h5_call(path_, "creating group " + name, [&] {
+    impl_->file->createGroup(name);
     return 0;
   });
 }
@@ -86,16 +90,16 @@ void write_dataset(H5::H5File& file, const std::string& tmp, const std::string& 
 }  // namespace
 
 void H5Writer::dataset(const std::string& name, const std::vector<double>& data, std::vector<uint64_t> shape) {
-  write_dataset(impl_->file, tmp_path_, name, data, std::move(shape), H5::PredType::NATIVE_DOUBLE);
+  write_dataset(*impl_->file, path_, name, data, std::move(shape), H5::PredType::NATIVE_DOUBLE);
 }
 
 void H5Writer::dataset(const std::string& name, const std::vector<int64_t>& data, std::vector<uint64_t> shape) {
-  write_dataset(impl_->file, tmp_path_, name, data, std::move(shape), H5::PredType::NATIVE_INT64);
+  write_dataset(*impl_->file, path_, name, data, std::move(shape), H5::PredType::NATIVE_INT64);
 }
 
 void H5Writer::attr(const std::string& name, const std::string& value, const std::string& object) {
-  h5_call(tmp_path_, "writing attribute " + name, [&] {
-    with_object(impl_->file, object, [&](H5::H5Object& obj) {
+  h5_call(path_, "writing attribute " + name, [&] {
+    with_object(*impl_->file, object, [&](H5::H5Object& obj) {
       H5::StrType type(H5::PredType::C_S1, H5T_VARIABLE);
       obj.createAttribute(name, type, H5::DataSpace(H5S_SCALAR)).write(type, value);
     });
@@ -104,8 +108,8 @@ void H5Writer::attr(const std::string& name, const std::string& value, const std
 }
 
 void H5Writer::attr(const std::string& name, double value, const std::string& object) {
-  h5_call(tmp_path_, "writing attribute " + name, [&] {
-    with_object(impl_->file, object, [&](H5::H5Object& obj) {
+  h5_call(path_, "writing attribute " + name, [&] {
+    with_object(*impl_->file, object, [&](H5::H5Object& obj) {
       obj.createAttribute(name, H5::PredType::NATIVE_DOUBLE, H5::DataSpace(H5S_SCALAR)).write(H5::PredType::NATIVE_DOUBLE, &value);
     });
     return 0;
@@ -113,8 +117,8 @@ void H5Writer::attr(const std::string& name, double value, const std::string& ob
 }
 
 void H5Writer::attr(const std::string& name, int64_t value, const std::string& object) {
-  h5_call(tmp_path_, "writing attribute " + name, [&] {
-    with_object(impl_->file, object, [&](H5::H5Object& obj) {
+  h5_call(path_, "writing attribute " + name, [&] {
+    with_object(*impl_->file, object, [&](H5::H5Object& obj) {
       obj.createAttribute(name, H5::PredType::NATIVE_INT64, H5::DataSpace(H5S_SCALAR)).write(H5::PredType::NATIVE_INT64, &value);
     });
     return 0;
@@ -122,13 +126,19 @@ void H5Writer::attr(const std::string& name, int64_t value, const std::string& o
 }
 
 void H5Writer::commit() {
-  h5_call(tmp_path_, "closing the file", [&] {
-    impl_->file.close();
+  std::string image;
+  h5_call(path_, "finishing the file", [&] {
+    impl_->file->flush(H5F_SCOPE_GLOBAL);
+    const ssize_t size = H5Fget_file_image(impl_->file->getId(), nullptr, 0);
+    if (size < 0) throw H5::FileIException("H5Fget_file_image", "cannot get the file image");
+    image.resize(static_cast<size_t>(size));
+    if (H5Fget_file_image(impl_->file->getId(), image.data(), image.size()) < 0)
+      throw H5::FileIException("H5Fget_file_image", "cannot copy the file image");
+    impl_->file->close();
+    impl_->file.reset();
     return 0;
   });
-  std::error_code ec;
-  std::filesystem::rename(tmp_path_, path_, ec);
-  if (ec) throw IoError(path_, "cannot rename " + tmp_path_ + " into place: " + ec.message());
+  write_text_atomic(path_, image);  // path.tmp, then rename; IoError naming the file when the disk is full
   committed_ = true;
 }
 

@@ -1,6 +1,7 @@
 #pragma once
-/// Minimal HDF5 result writer/reader. Writers create `<path>.tmp` and rename it to `path`
-/// on commit(), so an interrupted run never leaves a half-written result under the real name.
+/// Minimal HDF5 result writer/reader. A writer builds the file in memory and on commit() writes
+/// `<path>.tmp` and renames it to `path`, so an interrupted run or a full disk never leaves a
+/// half-written result under the real name (a failed write removes the .tmp and throws IoError).
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -30,7 +31,7 @@ class H5Writer {
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
-  std::string path_, tmp_path_;
+  std::string path_;
   bool committed_ = false;
 };
 

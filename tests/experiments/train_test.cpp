@@ -166,3 +166,29 @@ TEST(Cli, TrainsWithMuloFromACheckpointOrASeededTheta) {
   EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --optimizer mulo --set optimizer.hidden_size=0", &out), 2);
   EXPECT_NE(out.find("/optimizer/hidden_size"), std::string::npos) << out;
 }
+
+// A full disk: the run fails with one line naming the file (exit 1), no crash, no .tmp left behind.
+TEST(Train, FullDiskFailsCleanly) {
+  lopt_test::TempDir dir;
+  const std::string mnt = dir.path("full");
+  std::filesystem::create_directories(mnt);
+  if (std::system(("mount -t tmpfs -o size=200k tmpfs " + mnt + " 2>/dev/null").c_str()) != 0)
+    GTEST_SKIP() << "cannot mount a small tmpfs here (needs root); the full-disk case is not exercised";
+  struct Unmount {
+    std::string dir;
+    ~Unmount() { (void)std::system(("umount " + dir).c_str()); }
+  } unmount{mnt};
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
+  auto cfg = tiny_config(dir.path("fm"), mnt + "/r.h5");
+  cfg["steps"] = 12000;  // ~300 kB of curves: more than the disk holds
+  cfg["eval_every"] = 6000;
+  lopt::write_text_atomic(dir.path("c.json"), cfg.dump());
+  std::string out;
+  const int rc = lopt_test::run_lopt("train -q --threads 1 --config " + dir.path("c.json"), &out);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find(mnt + "/r.h5"), std::string::npos) << out;
+  EXPECT_NE(out.find("disk full"), std::string::npos) << out;
+  EXPECT_EQ(out.find("Segmentation"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(mnt + "/r.h5"));
+  EXPECT_FALSE(std::filesystem::exists(mnt + "/r.h5.tmp"));
+}
