@@ -33,16 +33,39 @@ void config_check(bool cond, const std::string& path, const std::string& msg) {
   if (!cond) throw ConfigError(path, msg);
 }
 
+json parse_json_strict(const std::string& text, const std::string& what) {
+  // Duplicate keys are an error (nlohmann keeps the last one silently): track the keys of every
+  // open object.
+  std::vector<std::set<std::string>> keys;
+  std::string duplicate;
+  auto cb = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) keys.emplace_back();
+    else if (event == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
+    else if (event == json::parse_event_t::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second &&
+             duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
+  json out;
+  try {
+    out = json::parse(text, cb);
+  } catch (const json::exception& e) {  // syntax errors, and numbers beyond double range (1e400)
+    std::string msg = e.what();
+    if (auto p = msg.find("] "); p != std::string::npos) msg = msg.substr(p + 2);
+    throw ConfigError("", what + " is not valid JSON: " + msg);
+  }
+  if (!duplicate.empty()) throw ConfigError("", what + " has the key \"" + duplicate + "\" twice in one object; keep one");
+  return out;
+}
+
 json load_json_file(const std::string& path) {
+  if (std::filesystem::is_directory(path))
+    throw ConfigError("", path + " is a folder, not a JSON config file (pass a file such as experiments/configs/quickstart.json)");
   std::ifstream in(path);
   if (!in) throw IoError(path, "cannot open the config file", "check the path passed to --config");
   std::stringstream ss;
   ss << in.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    throw ConfigError("", path + " is not valid JSON: " + e.what());
-  }
+  return parse_json_strict(ss.str(), path);
 }
 
 namespace {
@@ -72,6 +95,11 @@ void set_dotted(json& config, const std::string& dotted_key, const json& value) 
     node = &(*node)[parts[i]];
     if (node->is_null()) *node = json::object();
   }
+  if (!node->is_object() && !node->is_null()) {
+    std::string where;
+    for (size_t i = 0; i + 1 < parts.size(); ++i) where += "/" + parts[i];
+    throw ConfigError(where, "is " + node->dump() + ", not an object: cannot set '" + parts.back() + "' inside it");
+  }
   (*node)[parts.back()] = value;
 }
 
@@ -95,6 +123,8 @@ void apply_override(json& config, const std::string& assignment) {
   json value;
   try {
     value = json::parse(text);
+  } catch (const json::out_of_range&) {
+    throw UsageError("--set " + assignment + ": the number is out of range");
   } catch (const json::parse_error&) {
     value = text;
   }

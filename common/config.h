@@ -3,7 +3,9 @@
 /// unknown keys, and load files / apply command-line overrides with actionable errors.
 #include <nlohmann/json.hpp>
 
+#include <limits>
 #include <set>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -19,11 +21,17 @@ class ConfigReader {
  public:
   ConfigReader(const json& j, std::string path);
 
-  /// Value of `key`, or `fallback` when absent. Throws ConfigError on a type mismatch.
+  /// Value of `key`, or `fallback` when absent. Throws ConfigError on a type mismatch, including a
+  /// fractional number for an integer (32.7), a negative one for an unsigned (-1) and null for a
+  /// number, string or bool ("lr": null is an error, not the default).
   template <class T>
   T get(const std::string& key, const T& fallback) {
     used_.insert(key);
-    if (!j_.contains(key) || j_.at(key).is_null()) return fallback;
+    if (!j_.contains(key)) return fallback;
+    if (j_.at(key).is_null()) {
+      if constexpr (std::is_same_v<T, json>) return fallback;
+      throw ConfigError(path_of(key), "is null; give a value or leave the key out for the default");
+    }
     return convert<T>(key);
   }
   /// Value of `key`; throws ConfigError when it is absent.
@@ -43,12 +51,43 @@ class ConfigReader {
   void finish() const;
 
  private:
+  /// Whether `v` holds a T exactly (no silent truncation of 32.7 to 32 or wrap of -1 to 2^64 - 1).
+  template <class T>
+  static bool exact(const json& v) {
+    if constexpr (std::is_same_v<T, bool>) {
+      return v.is_boolean();
+    } else if constexpr (std::is_integral_v<T>) {
+      if (!v.is_number_integer()) return false;
+      if (v.is_number_unsigned()) return v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max());
+      const int64_t x = v.get<int64_t>();
+      if constexpr (std::is_unsigned_v<T>) return x >= 0;
+      else return x >= static_cast<int64_t>(std::numeric_limits<T>::min()) && x <= static_cast<int64_t>(std::numeric_limits<T>::max());
+    } else if constexpr (std::is_floating_point_v<T>) {
+      return v.is_number();
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      return v.is_string();
+    } else if constexpr (is_vector<T>::value) {
+      if (!v.is_array()) return false;
+      for (const auto& x : v)
+        if (!exact<typename T::value_type>(x)) return false;
+      return true;
+    } else {
+      return true;
+    }
+  }
+  template <class T>
+  struct is_vector : std::false_type {};
+  template <class U, class A>
+  struct is_vector<std::vector<U, A>> : std::true_type {};
+
   template <class T>
   T convert(const std::string& key) const {
+    const json& v = j_.at(key);
+    if (!exact<T>(v)) throw ConfigError(path_of(key), "has the wrong type or is out of range (value " + v.dump() + ")");
     try {
-      return j_.at(key).get<T>();
+      return v.get<T>();
     } catch (const json::exception&) {
-      throw ConfigError(path_of(key), "has the wrong type (value " + j_.at(key).dump() + ")");
+      throw ConfigError(path_of(key), "has the wrong type (value " + v.dump() + ")");
     }
   }
   json j_;
@@ -61,6 +100,8 @@ void config_check(bool cond, const std::string& path, const std::string& msg);
 
 /// Parses a JSON file; IoError if unreadable, ConfigError with line/column if malformed.
 json load_json_file(const std::string& path);
+/// Parses JSON text, rejecting duplicate keys and out-of-range numbers with a ConfigError naming `what`.
+json parse_json_strict(const std::string& text, const std::string& what);
 
 /// Applies one override "a.b.c=value" to `config`. The value is parsed as JSON when it can be
 /// (numbers, true/false, lists), otherwise taken as a string. Intermediate objects must exist.

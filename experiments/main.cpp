@@ -65,11 +65,22 @@ bool parse(int argc, char** argv, const po::options_description& desc, const cha
 }
 
 void set_threads(int threads) {
-  int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(n);  // Debian's LibTorch starts with 1 intra-op thread
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads < 0 || threads > 4 * cores)
+    throw lopt::UsageError("--threads " + std::to_string(threads) + " is out of range: give 1.." + std::to_string(4 * cores) +
+                           " (this machine has " + std::to_string(cores) + " cores), or 0 for all cores");
+  at::set_num_threads(threads > 0 ? threads : cores);  // Debian's LibTorch starts with 1 intra-op thread
+}
+
+/// A count given on the command line: must be >= `min` when given.
+void check_count(const po::variables_map& vm, const char* flag, long long value, long long min) {
+  if (vm.count(flag) && value < min)
+    throw lopt::UsageError("--" + std::string(flag) + " " + std::to_string(value) + " must be >= " + std::to_string(min));
 }
 
 json load_config(const Common& c, json fallback) {
+  if (!c.config.empty() && std::filesystem::is_directory(c.config))
+    throw lopt::UsageError("--config " + c.config + " is a folder; pass a JSON file such as experiments/configs/quickstart.json");
   json cfg = c.config.empty() ? std::move(fallback) : lopt::load_json_file(c.config);
   for (const auto& s : c.sets) lopt::apply_override(cfg, s);
   return cfg;
@@ -97,8 +108,10 @@ int cmd_train(int argc, char** argv) {
     cfg["optimizer"] = {{"type", optimizer}};  // a different optimizer: its own defaults, not the file's keys
   for (const auto& s : c.sets) lopt::apply_override(cfg, s);
   if (!output.empty()) cfg["output"] = output;
-  if (steps >= 0) cfg["steps"] = steps;
-  if (seed >= 0) cfg["seed"] = seed;
+  check_count(vm, "steps", steps, 1);
+  check_count(vm, "seed", seed, 0);
+  if (vm.count("steps")) cfg["steps"] = steps;
+  if (vm.count("seed")) cfg["seed"] = seed;
   if (!data_dir.empty()) lopt::set_dotted(cfg, "task.data_dir", data_dir);
   if (!lo_checkpoint.empty()) lopt::set_dotted(cfg, "optimizer.checkpoint", lo_checkpoint);
   auto resolved = lopt::resolve_train_config(cfg);
@@ -252,8 +265,11 @@ int cmd_meta_train(int argc, char** argv) {
   if (c.config.empty()) throw lopt::UsageError("lopt meta-train needs --config FILE (see experiments/configs/meta_*.json)");
   json cfg = load_config(c, json::object());
   if (!output_dir.empty()) cfg["output_dir"] = output_dir;
-  if (outer_steps >= 0) cfg["outer_steps"] = outer_steps;
-  if (seed >= 0) cfg["seed"] = seed;
+  check_count(vm, "outer-steps", outer_steps, 1);
+  check_count(vm, "stop-after", stop_after, 0);
+  check_count(vm, "seed", seed, 0);
+  if (vm.count("outer-steps")) cfg["outer_steps"] = outer_steps;
+  if (vm.count("seed")) cfg["seed"] = seed;
   if (!data_dir.empty()) lopt::set_dotted(cfg, "task_family.data_dir", data_dir);
   lopt::MetaTrainer trainer(cfg);  // validates the whole config before any work
   const std::string log_path = trainer.config()["output_dir"].get<std::string>() + "/meta_train.h5";
@@ -271,6 +287,13 @@ int cmd_meta_train(int argc, char** argv) {
               log.recent_meta_loss(), static_cast<long long>(log.skipped),
               log.elapsed.empty() ? 0.0 : static_cast<double>(log.inner_steps.back()) / log.elapsed.back(),
               log.elapsed.empty() ? 0.0 : log.elapsed.back());
+  if (trainer.step() == 0) {
+    std::printf("meta-train: no outer step run (--stop-after 0), no files written\n");
+    return 0;
+  }
+  // Rewritten even when nothing was left to run: a run killed while writing its final log resumes
+  // here with the checkpoint at the last step and a stale (or missing) log.
+  lopt::write_meta_train_log(log_path, trainer);
   std::printf("wrote %s, %s, %s\n", trainer.theta_path().c_str(), trainer.checkpoint_path().c_str(), log_path.c_str());
   return 0;
 }
@@ -311,6 +334,11 @@ int main(int argc, char** argv) {
   }
   std::string cmd = argv[1];
   try {
+    // Multi-process runs (torchrun sets WORLD_SIZE / RANK) are not implemented yet: refuse rather
+    // than run N copies that write the same files.
+    if (const char* ws = std::getenv("WORLD_SIZE"); ws != nullptr && std::string(ws) != "1" && std::string(ws) != "")
+      throw lopt::UsageError(std::string("WORLD_SIZE=") + ws + " (RANK=" + (std::getenv("RANK") ? std::getenv("RANK") : "unset") +
+                             "): multi-process runs are not supported yet; run a single process (unset WORLD_SIZE)");
     if (cmd == "train") return cmd_train(argc - 1, argv + 1);
     if (cmd == "coord-check") return cmd_coord_check(argc - 1, argv + 1);
     if (cmd == "sweep") return cmd_sweep(argc - 1, argv + 1);
@@ -328,8 +356,17 @@ int main(int argc, char** argv) {
   } catch (const lopt::UsageError& e) {
     std::cerr << "lopt " << cmd << ": " << e.what() << "\n";
     return 2;
+  } catch (const c10::Error& e) {
+    // LibTorch's own checks (an allocation too large for memory, a shape LibTorch rejects): the
+    // message without its C++ backtrace.
+    std::string msg = e.what_without_backtrace();
+    if (auto nl = msg.find('\n'); nl != std::string::npos) msg = msg.substr(0, nl);
+    std::cerr << "lopt " << cmd << ": error: " << msg << "\n";
+    return 1;
   } catch (const std::exception& e) {
-    std::cerr << "lopt " << cmd << ": error: " << e.what() << "\n";
+    std::string msg = e.what();
+    if (auto nl = msg.find('\n'); nl != std::string::npos) msg = msg.substr(0, nl);
+    std::cerr << "lopt " << cmd << ": error: " << msg << "\n";
     return 1;
   }
 }

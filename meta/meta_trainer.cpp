@@ -43,12 +43,16 @@ nlohmann::json resolve_meta_train_config(const nlohmann::json& config) {
     config_check(oc["warmup_steps"].get<int64_t>() >= 0, "/outer/warmup_steps", "must be >= 0");
     config_check(oc["clip"].get<double>() >= 0, "/outer/clip", "must be >= 0 (0 = no clipping)");
     config_check(oc["weight_decay"].get<double>() >= 0, "/outer/weight_decay", "must be >= 0");
+    config_check(oc["final_fraction"].get<double>() >= 0 && oc["final_fraction"].get<double>() <= 1, "/outer/final_fraction",
+                 "must be in [0, 1] (the end of the cosine decay as a fraction of the peak LR)");
+    for (const char* b : {"beta1", "beta2"})
+      config_check(oc[b].get<double>() >= 0 && oc[b].get<double>() < 1, std::string("/outer/") + b, "must be in [0, 1)");
     out["outer"] = oc;
   }
   out["outer_steps"] = r.get<int64_t>("outer_steps", 1000);
   out["seed"] = r.get<uint64_t>("seed", 0);
   out["checkpoint_every"] = r.get<int64_t>("checkpoint_every", 50);
-  out["output_dir"] = r.get<std::string>("output_dir", "results/checkpoints/meta_train");
+  out["output_dir"] = r.get<std::string>("output_dir", "runs/meta/meta_train");
   r.finish();
   config_check(out["outer_steps"].get<int64_t>() >= 1, "/outer_steps", "must be >= 1");
   config_check(out["checkpoint_every"].get<int64_t>() >= 1, "/checkpoint_every", "must be >= 1");

@@ -214,10 +214,26 @@ MlpFamily::MlpFamily(const nlohmann::json& config, const std::string& path) {
                           {"activation", activations_[0]}, {"batch_size", batch_sizes_[0]},
                           {"image_size", image_sizes_[0]}, {"dataset", dataset}, {"data_dir", data_dir},
                           {"parametrization", param}};
-  for (auto d : depths_) { probe["depth"] = d; MlpConfig::from_json(probe, path); }
-  for (const auto& a : activations_) { probe["activation"] = a; MlpConfig::from_json(probe, path); }
-  for (auto s : image_sizes_) { probe["image_size"] = s; MlpConfig::from_json(probe, path); }
-  for (auto b : batch_sizes_) { probe["batch_size"] = b; MlpConfig::from_json(probe, path); }
+  // A task key's error is reported at the family's list key (/task_family/batch_sizes, not /batch_size).
+  auto check = [&] {
+    try {
+      MlpConfig::from_json(probe, path);
+    } catch (const ConfigError& e) {
+      std::string p = e.path();
+      for (const char* k : {"width", "depth", "activation", "batch_size", "image_size"}) {
+        const std::string task_key = path + "/" + k;
+        if (p == task_key) p = path + "/" + (std::string(k) == "width" ? (width_hi_ > 0 ? "width_range" : "widths") : std::string(k) + "s");
+      }
+      std::string msg = e.what();
+      if (auto i = msg.find("': "); i != std::string::npos) msg = msg.substr(i + 3);
+      throw ConfigError(p, msg);
+    }
+  };
+  check();
+  for (auto d : depths_) { probe["depth"] = d; check(); }
+  for (const auto& a : activations_) { probe["activation"] = a; check(); }
+  for (auto s : image_sizes_) { probe["image_size"] = s; check(); }
+  for (auto b : batch_sizes_) { probe["batch_size"] = b; check(); }
 }
 
 nlohmann::json MlpFamily::sample(at::Generator& gen) const {

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <fstream>
 
 #include "common/config.h"
@@ -191,4 +193,37 @@ TEST(Train, FullDiskFailsCleanly) {
   EXPECT_EQ(out.find("Segmentation"), std::string::npos) << out;
   EXPECT_FALSE(std::filesystem::exists(mnt + "/r.h5"));
   EXPECT_FALSE(std::filesystem::exists(mnt + "/r.h5.tmp"));
+}
+
+// Bad numbers and inputs: one line naming the flag / key / file, exit 2 for usage and config errors,
+// no backtrace, nothing trained.
+TEST(Cli, BadNumbersAndInputsAreOneLineErrors) {
+  lopt_test::TempDir dir;
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
+  lopt::write_text_atomic(dir.path("c.json"), tiny_config(dir.path("fm"), dir.path("out.h5")).dump());
+  const std::string train = "train -q --config " + dir.path("c.json") + " ";
+  auto expect = [&](const std::string& args, int code, const std::string& needle, const char* env = "") {
+    std::string out;
+    const int rc = lopt_test::run_lopt(args, &out, env);
+    EXPECT_EQ(rc, code) << args << "\n" << out;
+    EXPECT_NE(out.find(needle), std::string::npos) << args << "\n" << out;
+    EXPECT_EQ(out.find("frame #"), std::string::npos) << "backtrace for " << args << "\n" << out;
+    EXPECT_LE(std::count(out.begin(), out.end(), '\n'), 1) << "more than one line for " << args << "\n" << out;
+  };
+  expect(train + "--threads 100000", 2, "--threads 100000 is out of range");
+  expect(train + "--threads -1", 2, "--threads -1");
+  expect(train + "--steps -3", 2, "--steps -3 must be >= 1");
+  expect(train + "--seed -5", 2, "--seed -5 must be >= 0");
+  expect(train + "--set task.width=32.7", 2, "/task/width");
+  expect(train + "--set seed=-1", 2, "/seed");
+  expect(train + "--set optimizer.lr=null", 2, "/optimizer/lr");
+  expect(train + "--set task.width.x=3", 2, "/task/width");
+  expect("train -q --config " + dir.path("fm"), 2, "is a folder");
+  lopt::write_text_atomic(dir.path("dup.json"), R"({"steps": 5, "steps": 6})");
+  expect("train -q --config " + dir.path("dup.json"), 2, "\"steps\" twice");
+  lopt::write_text_atomic(dir.path("big.json"), R"({"steps": 1e400})");
+  expect("train -q --config " + dir.path("big.json"), 2, "not valid JSON");
+  expect(train, 2, "multi-process runs are not supported", "WORLD_SIZE=2 RANK=1");
+  expect("meta-train -q --config " + dir.path("c.json") + " --stop-after -5", 2, "--stop-after -5");
+  EXPECT_FALSE(std::filesystem::exists(dir.path("out.h5")));
 }
