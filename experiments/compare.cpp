@@ -293,6 +293,7 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
       }
       chosen = cands[best];
       chosen_ptr = &chosen;
+      const bool all_diverged = !std::isfinite(score[best]);
       std::vector<double> tune_lr, tune_sched, tune_wd;
       for (const auto& cd : cands) {
         tune_lr.push_back(cd.lr);
@@ -306,10 +307,13 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
       w.attr("schedules", nlohmann::json(ct.schedules).dump(), g);
       w.attr("grid_extensions", static_cast<int64_t>(extensions), g);
       w.attr("best_at_grid_edge", static_cast<int64_t>(at_edge && std::isfinite(score[best])), g);
-      w.attr("best_lr", chosen.lr, g);
+      w.attr("best_lr", all_diverged ? std::numeric_limits<double>::quiet_NaN() : chosen.lr, g);
+      w.attr("tuning_failed", static_cast<int64_t>(all_diverged), g);
+      if (all_diverged) chosen_ptr = nullptr;  // nothing to report: no config was chosen
       w.attr("best_schedule", ct.schedules[chosen.schedule].dump(), g);
-      row["best_lr"] = chosen.lr;
-      row["schedule"] = schedule_name(ct.schedules[chosen.schedule]);
+      row["best_lr"] = all_diverged ? nlohmann::json(nullptr) : nlohmann::json(chosen.lr);
+      row["schedule"] = all_diverged ? std::string("every candidate diverged in tuning") : schedule_name(ct.schedules[chosen.schedule]);
+      row["tuning_failed"] = all_diverged;
       if (chosen.wd >= 0) row["weight_decay"] = ct.wd_grid[static_cast<size_t>(chosen.wd)];
       row["grid_extensions"] = extensions;
       row["best_at_grid_edge"] = at_edge && std::isfinite(score[best]);
@@ -322,7 +326,13 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
     std::vector<double> finals, accs, curve;
     size_t curve_n = 0;
     nlohmann::json chosen_optimizer;
+    const bool nothing_chosen = ct.tuned() && chosen_ptr == nullptr;
     for (uint64_t seed : spec.seeds) {
+      if (nothing_chosen) {
+        finals.push_back(std::numeric_limits<double>::infinity());
+        accs.push_back(std::numeric_limits<double>::quiet_NaN());
+        continue;
+      }
       auto cfg = run_config(spec, c, chosen_ptr, seed, report_file(ct, seed));
       chosen_optimizer = cfg["optimizer"];
       ensure(cfg, ct.name + " report seed " + std::to_string(seed));

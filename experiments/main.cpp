@@ -228,7 +228,9 @@ int cmd_compare(int argc, char** argv) {
               "|---|---|---|---|---|\n");
   for (const auto& r : rows) {
     std::string chosen = "— (no tuning)";
-    if (r["tuned"].get<bool>()) {
+    if (r["tuned"].get<bool>() && r["tuning_failed"].get<bool>()) {
+      chosen = "none: every candidate diverged on the tuning seeds";
+    } else if (r["tuned"].get<bool>()) {
       chosen = "lr " + num(r["best_lr"], "%g") + ", " + r["schedule"].get<std::string>();
       if (r.contains("weight_decay")) chosen += ", wd " + num(r["weight_decay"], "%g");
       if (r["grid_extensions"].get<int>() > 0) chosen += " (grid extended " + r["grid_extensions"].dump() + "×)";

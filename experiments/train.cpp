@@ -156,8 +156,9 @@ void write_train_result(const std::string& path, const nlohmann::json& config, c
   w.attr("steps_completed", static_cast<int64_t>(r.diverged ? r.diverged_step - 1 : static_cast<int64_t>(r.steps.size())));
   w.attr("wall_time_s", r.wall_time);
   w.attr("final_train_loss", r.final_train_loss());
-  w.attr("final_test_loss", r.eval_test_loss.empty() ? NAN : r.eval_test_loss.back());
-  w.attr("final_test_accuracy", r.eval_test_accuracy.empty() ? NAN : r.eval_test_accuracy.back());
+  // A diverged run has no final evaluation (its last one may be from step 0): NaN, not a stale figure.
+  w.attr("final_test_loss", r.diverged || r.eval_test_loss.empty() ? NAN : r.eval_test_loss.back());
+  w.attr("final_test_accuracy", r.diverged || r.eval_test_accuracy.empty() ? NAN : r.eval_test_accuracy.back());
   w.group("train");
   w.dataset("train/step", r.steps);
   w.dataset("train/loss", r.train_loss);

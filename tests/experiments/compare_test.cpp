@@ -146,3 +146,20 @@ TEST(Compare, BadSpecsNameTheKey) {
   c["contenders"][1]["optimizer"]["checkpoint"] = "/nonexistent/theta.safetensors";
   expect_path(c, "/contenders/1/optimizer/checkpoint");
 }
+
+// A baseline whose every candidate diverges is reported as diverged, with no learning rate.
+TEST(Compare, AnAllDivergedBaselineIsReportedAsDiverged) {
+  lopt_test::TempDir dir;
+  auto s = spec(dir.path());
+  s["contenders"] = {{{"name", "SGD"}, {"optimizer", {{"type", "sgd"}}}, {"lr_grid", {1e6, 1e7}},
+                      {"schedules", {{{"type", "constant"}}}}}};
+  auto rows = lopt::run_compare(s, lopt::ProgressMode::quiet);
+  EXPECT_TRUE(rows[0]["best_lr"].is_null());
+  EXPECT_TRUE(rows[0]["tuning_failed"].get<bool>());
+  EXPECT_EQ(rows[0]["status"], "diverged");
+  EXPECT_TRUE(rows[0]["mean_final_train_loss"].is_null());
+  EXPECT_TRUE(rows[0]["mean_final_test_accuracy"].is_null());
+  EXPECT_EQ(rows[0]["grid_extensions"].get<int>(), 0);
+  // A diverged run's file has no final test figures.
+  EXPECT_TRUE(std::isnan(lopt::h5_read_double_attr(dir.path("runs/SGD_tune0_seed1.h5"), "final_test_accuracy")));
+}
