@@ -41,6 +41,12 @@ class IoError : public Error {
   std::string path_;
 };
 
+/// A computation went non-finite in a way that cannot be skipped (e.g. meta-training's theta).
+class NumericalError : public Error {
+ public:
+  explicit NumericalError(const std::string& msg) : Error(msg) {}
+};
+
 /// Training produced a non-finite loss at `step`.
 class DivergenceError : public Error {
  public:

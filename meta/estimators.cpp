@@ -73,6 +73,7 @@ void count_step(const UnrollOut& out, EstimateOut& res) {
   for (bool r : out.was_reset) resets += r ? 1 : 0;
   res.resets += resets;
   res.inner_steps += static_cast<int64_t>(out.was_reset.size()) - resets;
+  res.nonfinite += out.nonfinite;
 }
 
 /// Antithetic thetas: rows 0..N-1 positive, N..2N-1 negative.

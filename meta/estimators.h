@@ -35,6 +35,7 @@ struct EstimateOut {
   double loss = 0;           ///< mean meta-loss of the unrolls (both antithetic signs)
   int64_t inner_steps = 0;   ///< inner training steps taken (members x steps, resets excluded)
   int64_t resets = 0;        ///< episodes that ended and were reset
+  int64_t nonfinite = 0;     ///< inner steps whose raw training loss was NaN/inf (clipped by the normaliser)
 };
 
 class GradientEstimator {

@@ -199,6 +199,11 @@ bool MetaTrainer::resume() {
   return true;
 }
 
+namespace {
+/// Non-finite estimates in a row after which meta-training stops instead of idling.
+constexpr int64_t kMaxConsecutiveSkips = 10;
+}  // namespace
+
 void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
   const int64_t total = config_["outer_steps"], every = config_["checkpoint_every"];
   const int64_t end = stop_after >= 0 ? std::min(total, stop_after) : total;
@@ -207,11 +212,15 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
   Progress progress(end, "meta-train", mode, step_);
   const auto t0 = std::chrono::steady_clock::now();
   int64_t inner_total = log_.inner_steps.empty() ? 0 : log_.inner_steps.back();
+  int64_t consecutive_skips = 0;
   while (step_ < end) {
     auto out = estimator_->estimate(theta(), mix_seed(derive_seed(seed, "outer") ^ mix_seed(static_cast<uint64_t>(step_))));
     inner_total += out.inner_steps;
     const double gnorm = out.grad.norm().item<double>();
-    const bool finite = std::isfinite(out.loss) && std::isfinite(gnorm);
+    // Most inner losses non-finite: the normaliser clipped them to its maximum, so the estimate is
+    // (close to) an exact zero that says nothing — theta makes inner training diverge. Not applied.
+    const bool all_nonfinite = out.inner_steps > 0 && 2 * out.nonfinite >= out.inner_steps;
+    const bool finite = std::isfinite(out.loss) && std::isfinite(gnorm) && !all_nonfinite;
     double lr = NAN;
     if (finite) {
       auto g = out.grad;
@@ -219,7 +228,18 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
       lr = outer_->lr_at(outer_state_->step, outer_state_->params.info[0]);
       torch::NoGradGuard no_grad;
       outer_->update_(*outer_state_, {g}, torch::tensor(out.loss));
+      if (!torch::isfinite(theta()).all().item<bool>())
+        throw NumericalError("meta-training stopped at outer step " + std::to_string(step_ + 1) +
+                             ": theta became non-finite (lower outer.lr or outer.clip); the last checkpoint, step " +
+                             std::to_string(step_ - step_ % config_["checkpoint_every"].get<int64_t>()) +
+                             ", is intact and finite");
+      consecutive_skips = 0;
     } else {
+      if (++consecutive_skips >= kMaxConsecutiveSkips)
+        throw NumericalError("meta-training stopped at outer step " + std::to_string(step_ + 1) + ": " +
+                             std::to_string(consecutive_skips) + " estimates in a row were non-finite" +
+                             (all_nonfinite ? " (most inner training losses were NaN/inf: theta makes the tasks diverge)" : "") +
+                             "; lower outer.lr or estimator.std. The last checkpoint is intact.");
       // An outer step without an update: the outer step count (which drives the LR schedule and
       // Adam's bias correction) still advances, so the schedule stays on the logged step.
       ++log_.skipped;

@@ -67,7 +67,6 @@ nlohmann::json LoptTruncatedStep::hyperparams() const {
 const Optimizer& LoptTruncatedStep::bound(const torch::Tensor& theta) {
   for (const auto& [t, opt] : bound_)
     if (t.unsafeGetTensorImpl() == theta.unsafeGetTensorImpl() && t._version() == theta._version()) return *opt;
-  if (bound_.size() >= 64) bound_.clear();
   bound_.emplace_back(theta, lopt_->bind(theta));
   return *bound_.back().second;
 }
@@ -98,6 +97,9 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
   out.done.assign(M, false);
   out.was_reset.assign(M, false);
   std::vector<torch::Tensor> losses(M);  // differentiable path
+  // The bound-optimizer cache is pruned only here, before this step takes pointers into it (the
+  // population step below holds them until every member is bound).
+  if (bound_.size() + M > 64) bound_.clear();
   std::vector<double> loss_value(M, 0.0), mask(M, 0.0);
 
   // Resets first: the member skips training this step (masked), as learned_optimization does.
@@ -145,6 +147,7 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
       group_loss = t.population_loss(first.with_tensors(stacked), torch::stack(xs), torch::stack(ys));
       grads = torch::autograd::grad({group_loss.sum()}, stacked, {}, differentiable, differentiable);
     }
+    out.nonfinite += (~torch::isfinite(group_loss.detach())).sum().item<int64_t>();
     auto norm_loss = normalize_classifier_loss(differentiable ? group_loss : group_loss.detach());
     std::vector<double> norm_value;
     if (!differentiable) {

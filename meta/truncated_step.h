@@ -43,6 +43,7 @@ struct UnrollOut {
   torch::Tensor mask;           ///< [M] 1 where the loss counts, 0 on a reset step
   std::vector<bool> done;       ///< the member's episode reached its length with this step
   std::vector<bool> was_reset;  ///< the member was reset (new task) instead of trained
+  int64_t nonfinite = 0;        ///< members whose raw training loss was NaN/inf (normalised to the maximum)
 };
 
 class TruncatedStep {

@@ -106,6 +106,27 @@ TEST(MetaTrainer, NonFiniteEstimatesAreSkippedAndCounted) {
   EXPECT_EQ(meta["outer_step"].get<int64_t>(), 2);
 }
 
+// A huge outer LR sends theta where inner training diverges: the normaliser clips the losses,
+// the estimates are exact zeros, and the run would "succeed" with a useless theta. It must stop
+// with a NumericalError instead, leaving the last checkpoint finite.
+TEST(MetaTrainer, StopsWhenInnerTrainingDiverges) {
+  lopt_test::TempDir tmp;
+  auto cfg = tiny_config(tmp.path("a"), "pes");
+  cfg["outer"] = {{"lr", 1e30}, {"warmup_steps", 0}, {"clip", 0.0}};
+  cfg["outer_steps"] = 40;
+  cfg["checkpoint_every"] = 1;
+  lopt::MetaTrainer t(cfg);
+  t.on_checkpoint = [](const lopt::MetaTrainer& mt) { EXPECT_TRUE(torch::isfinite(mt.theta()).all().item<bool>()); };
+  try {
+    t.run(lopt::ProgressMode::quiet);
+    ADD_FAILURE() << "meta-training with outer lr 1e30 finished " << t.step() << " steps without stopping";
+  } catch (const lopt::NumericalError& e) {
+    EXPECT_NE(std::string(e.what()).find("outer step"), std::string::npos) << e.what();
+  }
+  auto st = lopt::read_safetensors(t.checkpoint_path());
+  EXPECT_TRUE(torch::isfinite(st.tensors.at("theta")).all().item<bool>());
+}
+
 TEST(MetaTrainer, BadConfigsNameTheKey) {
   auto expect_path = [](const nlohmann::json& config, const std::string& path) {
     lopt_test::expect_config_error([](const nlohmann::json& j) { lopt::resolve_meta_train_config(j); }, config, path);
