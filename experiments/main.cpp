@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "common/config.h"
+#include "common/signals.h"
 #include "common/errors.h"
 #include "experiments/cli.h"
 #include "experiments/compare.h"
@@ -335,6 +336,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   std::string cmd = argv[1];
+  lopt::install_interrupt_handlers();
   try {
     // Multi-process runs (torchrun sets WORLD_SIZE / RANK) are not implemented yet: refuse rather
     // than run N copies that write the same files.
@@ -349,6 +351,9 @@ int main(int argc, char** argv) {
     if (cmd == "export-hub") return cmd_export_hub(argc - 1, argv + 1);
     std::cerr << "lopt: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
+  } catch (const lopt::Interrupted& e) {
+    std::cerr << "\nlopt " << cmd << ": " << e.what() << "\n";
+    return 128 + e.signal();
   } catch (const po::error& e) {
     std::cerr << "lopt " << cmd << ": " << e.what() << " (see lopt " << cmd << " --help)\n";
     return 2;

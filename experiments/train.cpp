@@ -10,6 +10,7 @@
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/signals.h"
 #include "common/rng.h"
 #include "experiments/h5_writer.h"
 #include "optimizers/optimizer.h"
@@ -45,8 +46,24 @@ double TrainResult::final_train_loss() const {
   return s / static_cast<double>(n);
 }
 
+void check_output_writable(const std::string& output) {
+  if (output.empty()) return;
+  namespace fs = std::filesystem;
+  config_check(!fs::is_directory(output), "/output", output + " is a folder; give a file name such as " + output + "/run.h5");
+  const fs::path p(output);
+  std::error_code ec;
+  if (p.has_parent_path()) fs::create_directories(p.parent_path(), ec);
+  const std::string probe = output + ".tmp";
+  {
+    std::ofstream f(probe, std::ios::binary | std::ios::trunc);
+    if (!f) throw IoError(output, "cannot be written (folder missing or not writable)", "choose another -o / output");
+  }
+  fs::remove(probe, ec);
+}
+
 TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mode) {
   auto config = resolve_train_config(raw_config);
+  check_output_writable(config["output"]);
   const int64_t steps = config["steps"], eval_every = config["eval_every"], eval_examples = config["eval_examples"];
   const uint64_t seed = config["seed"];
   auto task = make_task(config["task"]);
@@ -91,6 +108,8 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
       std::snprintf(status, sizeof status, "loss %.4f test_acc %.4f", loss_v, res.eval_test_accuracy.back());
     }
     progress.update(step + 1, status);
+    throw_if_interrupted("training", "this run's file was not written; finished runs of a sweep or comparison "
+                                     "are kept and reused: rerun the same command to continue");
   }
   res.wall_time = now();
   if (!res.diverged) progress.finish(status);

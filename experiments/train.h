@@ -28,6 +28,10 @@ struct TrainResult {
   double final_train_loss() const;
 };
 
+/// Checks, before any training, that `output` (a result file path; empty = none) is not a folder
+/// and can be created; ConfigError / IoError naming it otherwise.
+void check_output_writable(const std::string& output);
+
 /// Runs a resolved (or raw) train config. Writes config["output"] unless it is empty.
 /// Throws DivergenceError after writing the file when the loss became NaN or inf.
 TrainResult run_train(const nlohmann::json& config, ProgressMode progress = ProgressMode::automatic);

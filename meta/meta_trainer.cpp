@@ -9,6 +9,7 @@
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/signals.h"
 #include "common/rng.h"
 #include "optimizers/adam.h"
 #include "optimizers/small_fc_lopt.h"
@@ -258,7 +259,15 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
                   static_cast<double>(inner_total) / std::max(1e-9, elapsed),
                   log_.skipped ? (" skipped " + std::to_string(log_.skipped)).c_str() : "");
     progress.update(step_, status);
-    if (step_ % every == 0 || step_ == end) save_checkpoint();
+    if (on_step) on_step(step_);
+    if (step_ % every == 0 || step_ == end) {
+      save_checkpoint();
+    } else if (interrupted()) {
+      save_checkpoint();
+    }
+    throw_if_interrupted("meta-training", "checkpoint written at outer step " + std::to_string(step_) +
+                                              " in " + config_["output_dir"].get<std::string>() +
+                                              ": continue with the same command and --resume");
   }
   if (!log_.elapsed.empty()) elapsed_before_ = log_.elapsed.back();
   progress.finish();

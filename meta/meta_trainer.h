@@ -60,6 +60,8 @@ class MetaTrainer {
   std::string theta_path() const;
   /// Called after every checkpoint (the CLI writes the HDF5 log there).
   std::function<void(const MetaTrainer&)> on_checkpoint;
+  /// Called after each outer step with the number of steps done (tests use it to inject signals).
+  std::function<void(int64_t)> on_step;
 
  private:
   nlohmann::json config_;

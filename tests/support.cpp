@@ -77,8 +77,9 @@ void write_fake_fashion_mnist(const std::string& dir, int n_train, int n_test, b
   write_split("t10k", n_test);
 }
 
-int run_lopt(const std::string& args, std::string* output, const std::string& env) {
-  std::string cmd = (env.empty() ? "" : "env " + env + " ") + std::string(LOPT_BINARY) + " " + args + " 2>&1";
+int run_lopt(const std::string& args, std::string* output, const std::string& env, const std::string& wrapper) {
+  std::string cmd = (env.empty() ? "" : "env " + env + " ") + (wrapper.empty() ? "" : wrapper + " ") +
+                    std::string(LOPT_BINARY) + " " + args + " 2>&1";
   FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) return -1;
   std::string out;

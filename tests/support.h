@@ -44,7 +44,9 @@ void expect_config_error(const std::function<void(const nlohmann::json&)>& build
 int64_t h5_int_attr(const std::string& path, const std::string& name);
 
 /// Runs the lopt binary with `args` (a shell string); returns the exit code, output in `output`.
-/// `env` ("NAME=value ...") is set for that run only.
-int run_lopt(const std::string& args, std::string* output = nullptr, const std::string& env = "");
+/// `env` ("NAME=value ...") is set for that run only; `wrapper` is a command put before the binary
+/// (e.g. "timeout -s INT 4").
+int run_lopt(const std::string& args, std::string* output = nullptr, const std::string& env = "",
+             const std::string& wrapper = "");
 
 }  // namespace lopt_test

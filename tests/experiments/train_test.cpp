@@ -227,3 +227,33 @@ TEST(Cli, BadNumbersAndInputsAreOneLineErrors) {
   expect("meta-train -q --config " + dir.path("c.json") + " --stop-after -5", 2, "--stop-after -5");
   EXPECT_FALSE(std::filesystem::exists(dir.path("out.h5")));
 }
+
+// Ctrl-C / SIGTERM on the command line: meta-train exits 130 with a checkpoint and the resume hint;
+// train exits 143 without leaving a result file.
+TEST(Cli, SignalsStopCleanlyWithAResumeHint) {
+  lopt_test::TempDir dir;
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
+  json meta = {{"task_family", {{"type", "mlp_family"}, {"widths", {16}}, {"depths", {2}}, {"batch_sizes", {16}},
+                                {"image_sizes", {4}}, {"dataset", "synthetic"}}},
+               {"lopt", {{"type", "mulo"}}},
+               {"estimator", {{"type", "pes"}, {"trunc_length", 4}, {"num_tasks", 2}}},
+               {"outer_steps", 1000000},
+               {"checkpoint_every", 1000000},
+               {"output_dir", dir.path("meta")}};
+  lopt::write_text_atomic(dir.path("meta.json"), meta.dump());
+  std::string out;
+  int rc = lopt_test::run_lopt("meta-train -q --threads 1 --config " + dir.path("meta.json"), &out, "", "timeout --preserve-status -s INT 4");
+  EXPECT_EQ(rc, 130) << out;
+  EXPECT_NE(out.find("--resume"), std::string::npos) << out;
+  EXPECT_TRUE(std::filesystem::exists(dir.path("meta/checkpoint.safetensors")));
+  EXPECT_TRUE(std::filesystem::exists(dir.path("meta/meta_train.h5")));
+
+  auto cfg = tiny_config(dir.path("fm"), dir.path("long.h5"));
+  cfg["steps"] = 100000000;
+  lopt::write_text_atomic(dir.path("long.json"), cfg.dump());
+  rc = lopt_test::run_lopt("train -q --threads 1 --config " + dir.path("long.json"), &out, "", "timeout --preserve-status -s TERM 4");
+  EXPECT_EQ(rc, 143) << out;
+  EXPECT_NE(out.find("SIGTERM"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir.path("long.h5")));
+  EXPECT_FALSE(std::filesystem::exists(dir.path("long.h5.tmp")));
+}

@@ -7,6 +7,9 @@
 
 #include "common/errors.h"
 #include "common/config.h"
+#include "common/signals.h"
+
+#include <csignal>
 #include "meta/meta_trainer.h"
 #include "optimizers/safetensors.h"
 #include "support.h"
@@ -125,6 +128,41 @@ TEST(MetaTrainer, StopsWhenInnerTrainingDiverges) {
   }
   auto st = lopt::read_safetensors(t.checkpoint_path());
   EXPECT_TRUE(torch::isfinite(st.tensors.at("theta")).all().item<bool>());
+}
+
+// SIGINT between checkpoints: the run writes a checkpoint at the step it stopped and says how to
+// resume; a resumed run continues from there.
+TEST(MetaTrainer, InterruptWritesACheckpointAndResumes) {
+  lopt::install_interrupt_handlers();
+  lopt::clear_interrupt();
+  lopt_test::TempDir tmp;
+  auto cfg = tiny_config(tmp.path("a"), "pes");
+  cfg["checkpoint_every"] = 100;
+  cfg["outer_steps"] = 6;
+  {
+    lopt::MetaTrainer t(cfg);
+    int calls = 0;
+    t.on_checkpoint = [&](const lopt::MetaTrainer&) { ++calls; };
+    // Deliver the signal during step 3 (the estimator's own work cannot see it; the loop does).
+    t.on_step = [](int64_t step) {
+      if (step == 3) std::raise(SIGINT);
+    };
+    try {
+      t.run(lopt::ProgressMode::quiet);
+      ADD_FAILURE() << "the interrupted run finished";
+    } catch (const lopt::Interrupted& e) {
+      EXPECT_EQ(e.signal(), SIGINT);
+      EXPECT_NE(std::string(e.what()).find("--resume"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(t.step(), 3);
+    EXPECT_EQ(calls, 1);
+  }
+  lopt::clear_interrupt();
+  lopt::MetaTrainer again(cfg);
+  ASSERT_TRUE(again.resume());
+  EXPECT_EQ(again.step(), 3);
+  again.run(lopt::ProgressMode::quiet);
+  EXPECT_EQ(again.step(), 6);
 }
 
 TEST(MetaTrainer, BadConfigsNameTheKey) {

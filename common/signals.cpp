@@ -1,0 +1,30 @@
+#include "common/signals.h"
+
+#include <atomic>
+#include <csignal>
+
+namespace lopt {
+
+namespace {
+std::atomic<int> g_signal{0};
+extern "C" void record_signal(int sig) { g_signal.store(sig); }
+}  // namespace
+
+void install_interrupt_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = record_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+int interrupted() { return g_signal.load(); }
+void clear_interrupt() { g_signal.store(0); }
+
+void throw_if_interrupted(const std::string& what, const std::string& next) {
+  const int sig = interrupted();
+  if (sig == 0) return;
+  throw Interrupted(sig, what + " interrupted by " + (sig == SIGINT ? "SIGINT (Ctrl-C)" : "SIGTERM") + "; " + next);
+}
+
+}  // namespace lopt
