@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "common/config.h"
+#include "common/lock.h"
 #include "common/signals.h"
 #include "common/errors.h"
 #include "experiments/cli.h"
@@ -93,8 +94,10 @@ int cmd_train(int argc, char** argv) {
   Common c;
   std::string output, data_dir, optimizer, lo_checkpoint;
   long long steps = -1, seed = -1;
+  bool overwrite = false;
   auto desc = common_options(c);
   desc.add_options()("output,o", po::value(&output), "HDF5 result file (sets \"output\")")(
+      "overwrite", po::bool_switch(&overwrite), "replace an existing result file")(
       "steps", po::value(&steps), "number of training steps (sets \"steps\")")(
       "seed", po::value(&seed), "random seed (sets \"seed\")")(
       "optimizer", po::value(&optimizer), "optimizer type: sgd, adam, adamw, muadam, mulo, small_fc_lopt (sets optimizer.type)")(
@@ -116,6 +119,14 @@ int cmd_train(int argc, char** argv) {
   if (!data_dir.empty()) lopt::set_dotted(cfg, "task.data_dir", data_dir);
   if (!lo_checkpoint.empty()) lopt::set_dotted(cfg, "optimizer.checkpoint", lo_checkpoint);
   auto resolved = lopt::resolve_train_config(cfg);
+  const std::string out_path = resolved["output"];
+  std::unique_ptr<lopt::OutputLock> lock;
+  if (!out_path.empty()) {
+    lopt::check_output_writable(out_path);
+    lock = std::make_unique<lopt::OutputLock>(out_path + ".lock", "the result file " + out_path);
+    if (std::filesystem::exists(out_path) && !overwrite)
+      throw lopt::UsageError(out_path + " exists (a finished run): pass --overwrite to replace it, or choose another -o");
+  }
   auto res = lopt::run_train(resolved, mode(c));
   std::printf("final: train_loss %.5f test_loss %.5f test_accuracy %.4f wall_time %.1fs%s%s\n", res.final_train_loss(),
               res.eval_test_loss.back(), res.eval_test_accuracy.back(), res.wall_time,
@@ -189,6 +200,7 @@ int cmd_sweep(int argc, char** argv) {
     for (const auto& r : runs) std::printf("  %s -> %s\n", r.point.dump().c_str(), r.config["output"].get<std::string>().c_str());
     return 0;
   }
+  lopt::OutputLock lock(cfg["output_dir"].get<std::string>() + "/.lopt.lock", "the sweep folder " + cfg["output_dir"].get<std::string>());
   auto rows = lopt::run_sweep(cfg, mode(c), f.fresh);
   std::string summary = cfg.value("summary", cfg["output_dir"].get<std::string>() + ".h5");
   std::printf("wrote %s (%zu runs)\n", summary.c_str(), rows.size());
@@ -218,6 +230,8 @@ int cmd_compare(int argc, char** argv) {
     for (const auto& r : runs) std::printf("  %s\n", r.config["output"].get<std::string>().c_str());
     return 0;
   }
+  lopt::OutputLock lock(cfg["output_dir"].get<std::string>() + "/.lopt.lock",
+                        "the comparison folder " + cfg["output_dir"].get<std::string>());
   auto rows = lopt::run_compare(cfg, mode(c), f.fresh);
   auto num = [](const json& v, const char* fmt) {
     if (v.is_null()) return std::string("-");
@@ -255,9 +269,11 @@ int cmd_meta_train(int argc, char** argv) {
   std::string output_dir, data_dir;
   bool resume = false;
   long long outer_steps = -1, stop_after = -1, seed = -1;
+  bool overwrite = false;
   auto desc = common_options(c);
   desc.add_options()("output-dir,o", po::value(&output_dir), "folder for checkpoints and the HDF5 log (sets \"output_dir\")")(
       "resume", po::bool_switch(&resume), "continue from <output_dir>/checkpoint.safetensors if it exists")(
+      "overwrite", po::bool_switch(&overwrite), "replace the results of an earlier meta-training in the folder")(
       "outer-steps", po::value(&outer_steps), "number of outer (meta) steps (sets \"outer_steps\")")(
       "stop-after", po::value(&stop_after), "stop (with a checkpoint) once this many outer steps are done; --resume continues")(
       "seed", po::value(&seed), "random seed (sets \"seed\")")(
@@ -277,6 +293,12 @@ int cmd_meta_train(int argc, char** argv) {
   lopt::MetaTrainer trainer(cfg);  // validates the whole config before any work
   const std::string log_path = trainer.config()["output_dir"].get<std::string>() + "/meta_train.h5";
   trainer.on_checkpoint = [&](const lopt::MetaTrainer& t) { lopt::write_meta_train_log(log_path, t); };
+  const std::string out_dir = trainer.config()["output_dir"];
+  lopt::OutputLock lock(out_dir + "/.lopt.lock", "the meta-training folder " + out_dir);
+  if (!std::filesystem::exists(trainer.checkpoint_path()) && !overwrite &&
+      (std::filesystem::exists(trainer.theta_path()) || std::filesystem::exists(log_path)))
+    throw lopt::UsageError(out_dir + " holds the results of an earlier meta-training (theta.safetensors / meta_train.h5) "
+                           "without a checkpoint to resume: pass --overwrite to replace them, or choose another --output-dir");
   if (std::filesystem::exists(trainer.checkpoint_path())) {
     if (!resume)
       throw lopt::UsageError(trainer.checkpoint_path() + " exists: pass --resume to continue it, or choose another --output-dir");

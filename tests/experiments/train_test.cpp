@@ -2,11 +2,14 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 
 #include <fstream>
 
 #include "common/config.h"
+#include "common/lock.h"
 #include "common/errors.h"
 #include "experiments/h5_writer.h"
 #include "experiments/sweep.h"
@@ -87,8 +90,26 @@ TEST(Cli, HelpUnknownFlagsAndKeysAndExitCodes) {
   EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --steps 10", &out), 0) << out;
   EXPECT_NE(out.find("final: train_loss"), std::string::npos);
   EXPECT_EQ(lopt::h5_read_doubles(dir.path("cli.h5"), "train/loss").size(), 10u);
-  EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --set optimizer.type=sgd --set optimizer.lr=1e7", &out), 1);
+  // A finished result is not replaced without --overwrite.
+  EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --steps 12", &out), 2) << out;
+  EXPECT_NE(out.find("--overwrite"), std::string::npos) << out;
+  EXPECT_EQ(lopt::h5_read_doubles(dir.path("cli.h5"), "train/loss").size(), 10u);
+  EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --overwrite --set optimizer.type=sgd --set optimizer.lr=1e7", &out), 1);
   EXPECT_NE(out.find("diverged"), std::string::npos) << out;
+  // An output folder held by another process: refused at once, naming its PID.
+  {
+    lopt::OutputLock held(dir.path("cmp/.lopt.lock"), "test");
+    json cmp = {{"base", {{"task", {{"width", 8}, {"depth", 2}, {"batch_size", 8}, {"image_size", 4}, {"dataset", "synthetic"}}},
+                          {"steps", 3}}},
+                {"seeds", {5}},
+                {"contenders", {{{"name", "muLO"}, {"optimizer", {{"type", "mulo"}}}}}},
+                {"output_dir", dir.path("cmp")}};
+    lopt::write_text_atomic(dir.path("cmp.json"), cmp.dump());
+    EXPECT_EQ(lopt_test::run_lopt("compare -q --config " + dir.path("cmp.json"), &out), 2) << out;
+    EXPECT_NE(out.find("pid " + std::to_string(::getpid())), std::string::npos) << out;
+  }
+  EXPECT_EQ(lopt_test::run_lopt("compare -q --config " + dir.path("cmp.json"), &out), 0) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir.path("cmp/.lopt.lock")));
 }
 
 TEST(Sweep, ExpandsTheGridValidatesAndResumes) {
@@ -157,9 +178,9 @@ TEST(Cli, TrainsWithMuloFromACheckpointOrASeededTheta) {
   EXPECT_EQ(cfg["optimizer"]["checkpoint"], dir.path("theta.safetensors"));
   EXPECT_EQ(cfg["optimizer"]["step_mult"], 0.01);
   // Without a checkpoint: an untrained theta from theta_seed, reproducible.
-  ASSERT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --steps 5 --optimizer small_fc_lopt", &out), 0);
+  ASSERT_EQ(lopt_test::run_lopt("train -q --overwrite --config " + dir.path("c.json") + " --steps 5 --optimizer small_fc_lopt", &out), 0);
   auto a = lopt::h5_read_doubles(dir.path("lo.h5"), "train/loss");
-  ASSERT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --steps 5 --optimizer small_fc_lopt", &out), 0);
+  ASSERT_EQ(lopt_test::run_lopt("train -q --overwrite --config " + dir.path("c.json") + " --steps 5 --optimizer small_fc_lopt", &out), 0);
   EXPECT_EQ(a, lopt::h5_read_doubles(dir.path("lo.h5"), "train/loss"));
   EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --optimizer mulo --lo-checkpoint " +
                                     dir.path("missing.safetensors"), &out), 2);  // a config error: the key names a missing file
