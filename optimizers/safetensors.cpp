@@ -47,13 +47,21 @@ SafeTensors read_safetensors(const std::string& path) {
     const auto& e = it.value();
     if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") || !e.contains("data_offsets"))
       throw IoError(path, "tensor '" + it.key() + "' lacks dtype, shape or data_offsets", kHint);
-    std::string dtype = e["dtype"];
-    auto shape = e["shape"].get<std::vector<int64_t>>();
-    auto off = e["data_offsets"].get<std::vector<uint64_t>>();
+    std::string dtype;
+    std::vector<int64_t> shape;
+    std::vector<uint64_t> off;
+    try {
+      dtype = e["dtype"].get<std::string>();
+      shape = e["shape"].get<std::vector<int64_t>>();
+      off = e["data_offsets"].get<std::vector<uint64_t>>();
+    } catch (const nlohmann::json::exception&) {
+      throw IoError(path, "tensor '" + it.key() + "': dtype must be a string, shape and data_offsets lists of integers", kHint);
+    }
     int64_t numel = 1;
     for (auto s : shape) {
       if (s < 0) throw IoError(path, "tensor '" + it.key() + "' has a negative dimension", kHint);
-      numel *= s;
+      if (__builtin_mul_overflow(numel, s, &numel) || numel > (int64_t(1) << 40))
+        throw IoError(path, "tensor '" + it.key() + "' has a shape too large to be real", kHint);
     }
     torch::ScalarType st;
     size_t elem;

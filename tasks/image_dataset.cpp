@@ -70,9 +70,10 @@ torch::Tensor read_idx_file(const std::string& path) {
     unsigned char b[4];
     read_exact(f, path, b, 4, "the IDX dimensions");
     dims[i] = be32(b);
-    total *= dims[i];
+    if (__builtin_mul_overflow(total, dims[i], &total) || total > (int64_t(1) << 34))
+      throw IoError(path, "IDX dimensions are implausibly large", kPackageHint);
   }
-  if (total > (int64_t(1) << 34)) throw IoError(path, "IDX dimensions are implausibly large", kPackageHint);
+  if (total == 0) throw IoError(path, "IDX file holds no data (a dimension is 0)", kPackageHint);
   auto out = torch::empty(dims, torch::kUInt8);
   read_exact(f, path, out.data_ptr(), static_cast<size_t>(total), "the IDX data");
   return out;
