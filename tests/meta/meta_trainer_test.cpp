@@ -10,6 +10,7 @@
 #include "common/signals.h"
 
 #include <csignal>
+#include "experiments/h5_writer.h"
 #include "meta/meta_trainer.h"
 #include "optimizers/safetensors.h"
 #include "support.h"
@@ -206,6 +207,22 @@ TEST(MetaTrainer, CliRunsResumesAndRejectsBadInput) {
   EXPECT_EQ(lopt_test::run_lopt("meta-train -q -c " + tmp.path("cfg.json") + " --resume", &out), 0) << out;
   EXPECT_NE(out.find("resumed"), std::string::npos) << out;
   EXPECT_NE(out.find("6/6 outer steps"), std::string::npos) << out;
+  // A run killed while writing its final log (checkpoint at the last step, log missing, a .tmp
+  // left): --resume rewrites the full log.
+  std::filesystem::remove(tmp.path("out/meta_train.h5"));
+  lopt::write_text_atomic(tmp.path("partial"), "partial");
+  std::filesystem::rename(tmp.path("partial"), tmp.path("out/meta_train.h5.tmp"));
+  EXPECT_EQ(lopt_test::run_lopt("meta-train -q -c " + tmp.path("cfg.json") + " --resume", &out), 0) << out;
+  EXPECT_EQ(lopt::h5_read_doubles(tmp.path("out/meta_train.h5"), "meta/meta_loss").size(), 6u);
+  EXPECT_FALSE(std::filesystem::exists(tmp.path("out/meta_train.h5.tmp")));
+  // --stop-after 0 runs nothing and writes nothing, and says so.
+  EXPECT_EQ(lopt_test::run_lopt("meta-train -q -c " + tmp.path("cfg.json") + " --stop-after 0 -o " + tmp.path("y"), &out), 0) << out;
+  EXPECT_NE(out.find("no files written"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(tmp.path("y/theta.safetensors")));
+  // Finished outputs without a checkpoint are not overwritten by a new run unless asked.
+  std::filesystem::remove(tmp.path("out/checkpoint.safetensors"));
+  EXPECT_EQ(lopt_test::run_lopt("meta-train -q -c " + tmp.path("cfg.json"), &out), 2) << out;
+  EXPECT_NE(out.find("--overwrite"), std::string::npos) << out;
   // A bad key fails before any work, naming the key; exit code 2.
   EXPECT_EQ(lopt_test::run_lopt("meta-train -q -c " + tmp.path("cfg.json") + " --set estimator.std=-1 -o " + tmp.path("x"), &out), 2);
   EXPECT_NE(out.find("/estimator/std"), std::string::npos) << out;
