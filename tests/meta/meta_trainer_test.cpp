@@ -192,6 +192,18 @@ TEST(MetaTrainer, BadConfigsNameTheKey) {
   c = base;
   c["outer_stpes"] = 3;
   expect_path(c, "/outer_stpes");
+  c = base;
+  c["outer"]["beta1"] = 2;
+  expect_path(c, "/outer/beta1");
+  c = base;
+  c["outer"]["final_fraction"] = 5;
+  expect_path(c, "/outer/final_fraction");
+  c = base;
+  c["task_family"]["batch_sizes"] = {0};
+  expect_path(c, "/task_family/batch_sizes");
+  c = base;
+  c["task_family"]["depths"] = {2, -1};
+  expect_path(c, "/task_family/depths");
 }
 
 TEST(MetaTrainer, CliRunsResumesAndRejectsBadInput) {
