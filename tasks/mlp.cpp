@@ -22,9 +22,13 @@ MlpConfig MlpConfig::from_json(const nlohmann::json& j, const std::string& path)
   c.data_dir = r.get<std::string>("data_dir", c.data_dir);
   if (auto p = r.object("parametrization"); !p.empty()) c.parametrization = p;
   r.finish();
-  config_check(c.width >= 1, r.path_of("width"), "must be >= 1, got " + std::to_string(c.width));
-  config_check(c.depth >= 1, r.path_of("depth"), "must be >= 1 (number of hidden layers), got " + std::to_string(c.depth));
-  config_check(c.batch_size >= 1, r.path_of("batch_size"), "must be >= 1, got " + std::to_string(c.batch_size));
+  // Upper bounds catch typos (1e9) before LibTorch tries to allocate terabytes: a 65536-wide hidden
+  // layer is already 16 GiB of float32 weights.
+  config_check(c.width >= 1 && c.width <= 65536, r.path_of("width"), "must be in 1..65536, got " + std::to_string(c.width));
+  config_check(c.depth >= 1 && c.depth <= 1024, r.path_of("depth"),
+               "must be in 1..1024 (number of hidden layers), got " + std::to_string(c.depth));
+  config_check(c.batch_size >= 1 && c.batch_size <= 65536, r.path_of("batch_size"),
+               "must be in 1..65536, got " + std::to_string(c.batch_size));
   config_check(c.image_size >= 1 && c.image_size <= 28, r.path_of("image_size"),
                "must be in 1..28 (8, 16 or 28 for Fashion-MNIST), got " + std::to_string(c.image_size));
   config_check(c.activation == "relu" || c.activation == "gelu" || c.activation == "tanh", r.path_of("activation"),

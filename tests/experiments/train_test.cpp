@@ -239,6 +239,8 @@ TEST(Cli, BadNumbersAndInputsAreOneLineErrors) {
   expect(train + "--set seed=-1", 2, "/seed");
   expect(train + "--set optimizer.lr=null", 2, "/optimizer/lr");
   expect(train + "--set task.width.x=3", 2, "/task/width");
+  expect(train + "--set task.width=1000000000", 2, "/task/width");
+  expect(train + "--set task.batch_size=100000000", 2, "/task/batch_size");
   expect("train -q --config " + dir.path("fm"), 2, "is a folder");
   lopt::write_text_atomic(dir.path("dup.json"), R"({"steps": 5, "steps": 6})");
   expect("train -q --config " + dir.path("dup.json"), 2, "\"steps\" twice");
