@@ -265,7 +265,7 @@ TEST(Cli, SignalsStopCleanlyWithAResumeHint) {
                {"output_dir", dir.path("meta")}};
   lopt::write_text_atomic(dir.path("meta.json"), meta.dump());
   std::string out;
-  int rc = lopt_test::run_lopt("meta-train -q --threads 1 --config " + dir.path("meta.json"), &out, "", "timeout --preserve-status -s INT 4");
+  int rc = lopt_test::run_lopt("meta-train -q --threads 1 --config " + dir.path("meta.json"), &out, "", "timeout --preserve-status -s INT 5");
   EXPECT_EQ(rc, 130) << out;
   EXPECT_NE(out.find("--resume"), std::string::npos) << out;
   EXPECT_TRUE(std::filesystem::exists(dir.path("meta/checkpoint.safetensors")));
@@ -274,7 +274,7 @@ TEST(Cli, SignalsStopCleanlyWithAResumeHint) {
   auto cfg = tiny_config(dir.path("fm"), dir.path("long.h5"));
   cfg["steps"] = 100000000;
   lopt::write_text_atomic(dir.path("long.json"), cfg.dump());
-  rc = lopt_test::run_lopt("train -q --threads 1 --config " + dir.path("long.json"), &out, "", "timeout --preserve-status -s TERM 4");
+  rc = lopt_test::run_lopt("train -q --threads 1 --config " + dir.path("long.json"), &out, "", "timeout --preserve-status -s TERM 5");
   EXPECT_EQ(rc, 143) << out;
   EXPECT_NE(out.find("SIGTERM"), std::string::npos) << out;
   EXPECT_FALSE(std::filesystem::exists(dir.path("long.h5")));
