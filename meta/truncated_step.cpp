@@ -136,16 +136,19 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
       std::vector<torch::Tensor> parts;
       for (size_t m : members) parts.push_back(states[m]->opt.params.tensors[k]);
       auto st = torch::stack(parts);
-      // A state without autograd history (fresh, or after detach) becomes a leaf: the inner
-      // gradient needs it either way.
-      stacked.push_back(differentiable && st.requires_grad() ? st : st.detach().requires_grad_(true));
+      // Truncated backprop: a state without autograd history (fresh, or after detach) becomes a
+      // leaf, as the inner gradient needs one. Otherwise plain tensors (the task computes grads).
+      if (differentiable) stacked.push_back(st.requires_grad() ? st : st.detach().requires_grad_(true));
+      else stacked.push_back(st.detach());
     }
     torch::Tensor group_loss;
     std::vector<torch::Tensor> grads;
-    {
+    if (differentiable) {
       torch::AutoGradMode enable_grad(true);  // estimators run under NoGradGuard; the inner gradient needs autograd
       group_loss = t.population_loss(first.with_tensors(stacked), torch::stack(xs), torch::stack(ys));
-      grads = torch::autograd::grad({group_loss.sum()}, stacked, {}, differentiable, differentiable);
+      grads = torch::autograd::grad({group_loss.sum()}, stacked, {}, true, true);
+    } else {
+      group_loss = t.population_loss_and_grads(first.with_tensors(stacked), torch::stack(xs), torch::stack(ys), &grads);
     }
     out.nonfinite += (~torch::isfinite(group_loss.detach())).sum().item<int64_t>();
     auto norm_loss = normalize_classifier_loss(differentiable ? group_loss : group_loss.detach());

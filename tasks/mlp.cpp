@@ -271,6 +271,61 @@ torch::Tensor Task::population_loss(const ParamSet& stacked, const torch::Tensor
   return torch::stack(losses);
 }
 
+torch::Tensor Task::population_loss_and_grads(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y,
+                                              std::vector<torch::Tensor>* grads) const {
+  torch::AutoGradMode enable_grad(true);
+  std::vector<torch::Tensor> leaves;
+  for (const auto& t : stacked.tensors) leaves.push_back(t.detach().requires_grad_(true));
+  auto loss = population_loss(stacked.with_tensors(leaves), x, y);
+  *grads = torch::autograd::grad({loss.sum()}, leaves);
+  return loss.detach();
+}
+
+// The MLP's backward pass written out (relu / tanh; gelu takes autograd): per layer two bmm and a
+// few element-wise ops, no graph.
+torch::Tensor MlpTask::population_loss_and_grads(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y,
+                                                 std::vector<torch::Tensor>* grads) const {
+  if (config_.activation == "gelu") return Task::population_loss_and_grads(stacked, x, y, grads);
+  torch::NoGradGuard no_grad;
+  const int64_t L = config_.depth;
+  TORCH_CHECK(stacked.size() == static_cast<size_t>(2 * L + 2), "MlpTask::population_loss_and_grads: expected ",
+              2 * L + 2, " tensors, got ", stacked.size());
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == data_->input_dim() && y.dim() == 2 && x.size(0) == y.size(0),
+              "MlpTask::population_loss_and_grads: x must be [P, B, ", data_->input_dim(), "] and y [P, B], got ",
+              x.sizes(), " and ", y.sizes());
+  auto W = [&](int64_t l) { return stacked.tensors[static_cast<size_t>(2 * l)].detach(); };
+  auto b = [&](int64_t l) { return stacked.tensors[static_cast<size_t>(2 * l + 1)].detach(); };
+  auto mult = [&](int64_t l) { return forward_mult_[static_cast<size_t>(2 * l)]; };
+  // Forward, as population_loss: z = (h W^T) * mult + b.
+  std::vector<torch::Tensor> hs = {x};
+  auto linear = [&](const torch::Tensor& h, int64_t l) {
+    if (mult(l) == 1.0) return torch::baddbmm(b(l).unsqueeze(1), h, W(l).transpose(1, 2));
+    return torch::bmm(h, W(l).transpose(1, 2)).mul_(mult(l)).add_(b(l).unsqueeze(1));
+  };
+  for (int64_t l = 0; l < L; ++l) hs.push_back(activate(linear(hs.back(), l)));
+  auto logp = torch::log_softmax(linear(hs.back(), L), -1);
+  auto yi = y.unsqueeze(2);
+  auto loss = -logp.gather(2, yi).squeeze(2).mean(1);
+  // Backward of sum_p loss_p: d logits = (softmax - onehot(y)) / B.
+  const double inv_b = 1.0 / static_cast<double>(x.size(1));
+  auto dz = logp.exp().mul_(inv_b);
+  dz.scatter_add_(2, yi, torch::full(yi.sizes(), -inv_b, dz.options()));
+  grads->assign(stacked.size(), torch::Tensor());
+  for (int64_t l = L; l >= 0; --l) {
+    auto dW = torch::bmm(dz.transpose(1, 2), hs[static_cast<size_t>(l)]);
+    if (mult(l) != 1.0) dW.mul_(mult(l));
+    (*grads)[static_cast<size_t>(2 * l)] = dW;
+    (*grads)[static_cast<size_t>(2 * l + 1)] = dz.sum(1);
+    if (l == 0) break;
+    auto dh = torch::bmm(dz, W(l));
+    if (mult(l) != 1.0) dh.mul_(mult(l));
+    const auto& h = hs[static_cast<size_t>(l)];  // act(z_{l-1})
+    if (config_.activation == "relu") dz = dh.mul_(h.gt(0).to(dh.scalar_type()));  // relu'(z) = [z > 0] = [h > 0]
+    else dz = dh.mul_(1 - h.square());                                              // tanh' = 1 - tanh^2
+  }
+  return loss;
+}
+
 std::unique_ptr<Task> TaskFamily::make_task(const nlohmann::json& config) const { return lopt::make_task(config); }
 
 namespace {

@@ -33,6 +33,8 @@ class MlpTask : public Task {
   ParamSet init(at::Generator& gen) const override;
   torch::Tensor loss(const ParamSet& params, const Batch& batch) const override;
   torch::Tensor population_loss(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y) const override;
+  torch::Tensor population_loss_and_grads(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y,
+                                          std::vector<torch::Tensor>* grads) const override;
   Batch sample_batch(Split split, at::Generator& gen) const override;
   std::map<std::string, double> evaluate(const ParamSet& params, Split split,
                                          int64_t max_examples = 0) const override;

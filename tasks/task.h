@@ -30,6 +30,11 @@ class Task {
   /// tasks override it with one batched computation (the MLP uses bmm), which is what makes
   /// the N tasks and antithetic pairs of a meta-gradient estimate cheap at small widths.
   virtual torch::Tensor population_loss(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y) const;
+  /// population_loss [P] and its gradients w.r.t. each stacked tensor (member p's loss only reaches
+  /// member p's slice), without keeping an autograd graph. Default: autograd through
+  /// population_loss; tasks with a closed-form backward override it (fewer ops for small models).
+  virtual torch::Tensor population_loss_and_grads(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y,
+                                                  std::vector<torch::Tensor>* grads) const;
   /// A batch of the configured size from `split`.
   virtual Batch sample_batch(Split split, at::Generator& gen) const = 0;
   /// Metrics ("loss", "accuracy", ...) over the first `max_examples` of `split` (all if <= 0), no grad.

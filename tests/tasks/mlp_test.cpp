@@ -96,3 +96,43 @@ TEST(MlpFamily, SamplingIsSeededAndStaysInRange) {
   EXPECT_THROW(lopt::make_task_family({{"widths", nlohmann::json::array()}}), lopt::ConfigError);
   EXPECT_THROW(lopt::make_task_family({{"depths", {0}}}), lopt::ConfigError);
 }
+
+// The MLP's written-out population backward equals autograd's (float64, muP multipliers, relu and
+// tanh, depth 1 and 3), and its losses equal population_loss.
+TEST(MlpTask, PopulationGradsMatchAutograd) {
+  for (const std::string act : {"relu", "tanh"}) {
+    for (int64_t depth : {1, 3}) {
+      auto task = lopt::make_task({{"type", "mlp"}, {"width", 12}, {"depth", depth}, {"batch_size", 5}, {"image_size", 4},
+                                   {"dataset", "synthetic"}, {"activation", act},
+                                   {"parametrization", {{"type", "mup"}, {"base_width", 4}}}});
+      auto gen = lopt::make_generator(4);
+      const int64_t P = 3;
+      std::vector<std::vector<torch::Tensor>> members(P);
+      for (int64_t p = 0; p < P; ++p) members[static_cast<size_t>(p)] = task->init(gen).tensors;
+      auto proto = task->init(gen);
+      std::vector<torch::Tensor> stacked;
+      for (size_t i = 0; i < proto.size(); ++i) {
+        std::vector<torch::Tensor> parts;
+        for (int64_t p = 0; p < P; ++p) parts.push_back(members[static_cast<size_t>(p)][i] + 0.3 * torch::randn(proto.tensors[i].sizes(), gen));
+        stacked.push_back(torch::stack(parts).to(torch::kFloat64));
+      }
+      std::vector<torch::Tensor> xs, ys;
+      for (int64_t p = 0; p < P; ++p) {
+        auto b = task->sample_batch(lopt::Split::train, gen);
+        xs.push_back(b.x);
+        ys.push_back(b.y);
+      }
+      auto x = torch::stack(xs).to(torch::kFloat64), y = torch::stack(ys);
+      auto params = proto.with_tensors(stacked);
+      std::vector<torch::Tensor> manual, reference;
+      auto loss = task->population_loss_and_grads(params, x, y, &manual);
+      auto ref_loss = task->lopt::Task::population_loss_and_grads(params, x, y, &reference);
+      const std::string where = act + " depth " + std::to_string(depth);
+      EXPECT_TRUE(torch::allclose(loss, ref_loss, 1e-12, 1e-12)) << where;
+      ASSERT_EQ(manual.size(), reference.size());
+      for (size_t i = 0; i < manual.size(); ++i)
+        EXPECT_TRUE(torch::allclose(manual[i], reference[i], 1e-10, 1e-12)) << where << " tensor " << i << "\n"
+                                                                            << (manual[i] - reference[i]).abs().max();
+    }
+  }
+}
