@@ -1,8 +1,12 @@
 #include "meta/truncated_step.h"
 
+#include <ATen/Parallel.h>
+#include <omp.h>
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cmath>
+#include <exception>
 
 #include "common/config.h"
 #include "common/errors.h"
@@ -84,6 +88,41 @@ InnerState LoptTruncatedStep::init_state(const torch::Tensor& theta, int64_t, ui
 }
 
 namespace {
+/// Task::population_loss_and_grads with the members split into one slice per intra-op thread, each
+/// slice on its own thread: at small widths the cost is LibTorch's per-op overhead, which one
+/// batched computation runs serially. The result is the same as one call (members are independent).
+torch::Tensor population_loss_and_grads_parallel(const Task& t, const ParamSet& like, const std::vector<torch::Tensor>& stacked,
+                                                 const torch::Tensor& x, const torch::Tensor& y,
+                                                 std::vector<torch::Tensor>* grads) {
+  const int64_t P = x.size(0);
+  const int64_t T = std::min<int64_t>(at::get_num_threads(), P);
+  if (T <= 1 || omp_in_parallel()) return t.population_loss_and_grads(like.with_tensors(stacked), x, y, grads);
+  std::vector<torch::Tensor> losses(static_cast<size_t>(T));
+  std::vector<std::vector<torch::Tensor>> parts(static_cast<size_t>(T));
+  std::exception_ptr error;
+  std::atomic_flag failed = ATOMIC_FLAG_INIT;
+#pragma omp parallel for num_threads(T) schedule(static, 1)
+  for (int64_t c = 0; c < T; ++c) {
+    try {
+      const int64_t b = c * P / T, n = (c + 1) * P / T - b;
+      std::vector<torch::Tensor> slice;
+      for (const auto& s : stacked) slice.push_back(s.narrow(0, b, n));
+      losses[static_cast<size_t>(c)] =
+          t.population_loss_and_grads(like.with_tensors(slice), x.narrow(0, b, n), y.narrow(0, b, n), &parts[static_cast<size_t>(c)]);
+    } catch (...) {
+      if (!failed.test_and_set()) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+  grads->clear();
+  for (size_t k = 0; k < stacked.size(); ++k) {
+    std::vector<torch::Tensor> g;
+    for (const auto& p : parts) g.push_back(p[k]);
+    grads->push_back(torch::cat(g));
+  }
+  return torch::cat(losses);
+}
+
 uint64_t member_seed(uint64_t seed, const char* what, int64_t task) {
   return mix_seed(derive_seed(seed, what) ^ mix_seed(static_cast<uint64_t>(task) + 1));
 }
@@ -148,7 +187,7 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
       group_loss = t.population_loss(first.with_tensors(stacked), torch::stack(xs), torch::stack(ys));
       grads = torch::autograd::grad({group_loss.sum()}, stacked, {}, true, true);
     } else {
-      group_loss = t.population_loss_and_grads(first.with_tensors(stacked), torch::stack(xs), torch::stack(ys), &grads);
+      group_loss = population_loss_and_grads_parallel(t, first, stacked, torch::stack(xs), torch::stack(ys), &grads);
     }
     out.nonfinite += (~torch::isfinite(group_loss.detach())).sum().item<int64_t>();
     auto norm_loss = normalize_classifier_loss(differentiable ? group_loss : group_loss.detach());
