@@ -1,6 +1,7 @@
 #include "experiments/meta_train.h"
 
 #include "experiments/h5_writer.h"
+#include "optimizers/kernels/lopt_cpu.h"
 
 namespace lopt {
 
@@ -11,6 +12,8 @@ void write_meta_train_log(const std::string& path, const MetaTrainer& trainer) {
   w.attr("config", trainer.config().dump(2));
   w.attr("outer_steps_done", trainer.step());
   w.attr("skipped_estimates", log.skipped);
+  kernels::apply_target_from_env();
+  w.attr("simd_target", kernels::dispatched_target());
   w.attr("outer_optimizer", std::string(trainer.config()["outer"]["weight_decay"].get<double>() > 0
                                             ? "AdamW (decoupled weight decay), warmup-cosine, global-norm clip"
                                             : "Adam (no weight decay), warmup-cosine, global-norm clip"));

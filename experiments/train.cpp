@@ -13,6 +13,7 @@
 #include "common/signals.h"
 #include "common/rng.h"
 #include "experiments/h5_writer.h"
+#include "optimizers/kernels/lopt_cpu.h"
 #include "optimizers/optimizer.h"
 #include "tasks/task.h"
 
@@ -169,6 +170,9 @@ void write_train_result(const std::string& path, const nlohmann::json& config, c
   H5Writer w(path);
   w.attr("config", config.dump(2));
   w.attr("inputs", input_fingerprint(config));
+  // Learned-optimizer runs round differently on each SIMD target (about 1% after 1000 steps).
+  kernels::apply_target_from_env();
+  w.attr("simd_target", kernels::dispatched_target());
   w.attr("kind", std::string("train"));
   w.attr("status", std::string(r.diverged ? "diverged" : "completed"));
   w.attr("diverged_step", r.diverged_step);
