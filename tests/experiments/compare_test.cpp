@@ -44,8 +44,12 @@ TEST(Compare, TunesOnTuningSeedsAndReportsHeldOutSeeds) {
   auto tune_score = lopt::h5_read_doubles(dir.path("compare.h5"), "c0/tune_score");
   ASSERT_EQ(tune_score.size(), 6u);  // 3 LRs x 2 schedules
   for (size_t k = 0; k < tune_lr.size(); ++k) {
-    if (tune_lr[k] == 1e6) EXPECT_TRUE(std::isinf(tune_score[k]));
-    if (tune_lr[k] == 1e-5) EXPECT_GT(tune_score[k], rows[0]["tuning_score"].get<double>());
+    if (tune_lr[k] == 1e6) {
+      EXPECT_TRUE(std::isinf(tune_score[k]));
+    }
+    if (tune_lr[k] == 1e-5) {
+      EXPECT_GT(tune_score[k], rows[0]["tuning_score"].get<double>());
+    }
   }
   // Tuning files use the tuning seeds, report files the report seeds, and only the chosen config.
   EXPECT_TRUE(std::filesystem::exists(dir.path("runs/SGD_tune0_seed1.h5")));
@@ -110,7 +114,9 @@ TEST(Compare, ExtendsTheGridWhenTheBestLrIsOnItsEdge) {
   auto tune_lr = lopt::h5_read_doubles(dir.path("compare.h5"), "c0/tune_lr");
   EXPECT_EQ(tune_lr.size(), static_cast<size_t>(2 + ext));
   EXPECT_NEAR(tune_lr[2], 1e-2, 1e-12);  // the grid's own ratio, 10x
-  if (ext < 4) EXPECT_FALSE(rows[0]["best_at_grid_edge"].get<bool>());
+  if (ext < 4) {
+    EXPECT_FALSE(rows[0]["best_at_grid_edge"].get<bool>());
+  }
 }
 
 TEST(Compare, BadSpecsNameTheKey) {
