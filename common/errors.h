@@ -17,11 +17,13 @@ class Error : public std::runtime_error {
 class ConfigError : public Error {
  public:
   ConfigError(const std::string& path, const std::string& msg)
-      : Error("config error at '" + (path.empty() ? std::string("/") : path) + "': " + msg), path_(path) {}
+      : Error("config error at '" + (path.empty() ? std::string("/") : path) + "': " + msg), path_(path), message_(msg) {}
   const std::string& path() const { return path_; }
+  /// The message without the "config error at '<path>'" prefix (to rethrow it at another path).
+  const std::string& message() const { return message_; }
 
  private:
-  std::string path_;
+  std::string path_, message_;
 };
 
 /// The command line is wrong (unknown flag, missing argument).

@@ -90,7 +90,7 @@ Spec read_spec(const nlohmann::json& j) {
     try {
       s.steps = resolve_train_config(probe)["steps"];
     } catch (const ConfigError& e) {
-      throw ConfigError("/base" + e.path(), e.what());
+      throw ConfigError("/base" + e.path(), e.message());
     }
   }
   config_check(contenders.is_array() && !contenders.empty(), "/contenders", "needs a non-empty list of {name, optimizer, lr_grid}");
@@ -162,7 +162,7 @@ nlohmann::json run_config(const Spec& spec, size_t c, const Candidate* cand, uin
     std::string p = e.path();
     if (p.rfind("/optimizer", 0) == 0) p = "/contenders/" + std::to_string(c) + p;
     else p = "/base" + p;
-    throw ConfigError(p, std::string(e.what()));
+    throw ConfigError(p, e.message());
   }
 }
 

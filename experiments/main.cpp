@@ -121,10 +121,9 @@ int cmd_train(int argc, char** argv) {
   auto resolved = lopt::resolve_train_config(cfg);
   const std::string out_path = resolved["output"];
   std::unique_ptr<lopt::OutputLock> lock;
-  if (!out_path.empty()) {
-    lopt::check_output_writable(out_path);
+  if (!out_path.empty()) {  // run_train checks that the path is writable (and not a folder) before training
     lock = std::make_unique<lopt::OutputLock>(out_path + ".lock", "the result file " + out_path);
-    if (std::filesystem::exists(out_path) && !overwrite)
+    if (std::filesystem::is_regular_file(out_path) && !overwrite)
       throw lopt::UsageError(out_path + " exists (a finished run): pass --overwrite to replace it, or choose another -o");
   }
   auto res = lopt::run_train(resolved, mode(c));

@@ -73,7 +73,7 @@ std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep) {
     try {
       run.config = resolve_train_config(run.config);
     } catch (const ConfigError& e) {
-      throw ConfigError("/base" + e.path(), std::string(e.what()) + " (in the run with grid point " + run.point.dump() + ")");
+      throw ConfigError("/base" + e.path(), e.message() + " (in the run with grid point " + run.point.dump() + ")");
     }
     runs.push_back(run);
     size_t k = keys.size();

@@ -109,8 +109,9 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
       std::snprintf(status, sizeof status, "loss %.4f test_acc %.4f", loss_v, res.eval_test_accuracy.back());
     }
     progress.update(step + 1, status);
-    throw_if_interrupted("training", "this run's file was not written; finished runs of a sweep or comparison "
-                                     "are kept and reused: rerun the same command to continue");
+    if (interrupted())
+      throw_if_interrupted("training", "this run's file was not written; finished runs of a sweep or comparison "
+                                       "are kept and reused: rerun the same command to continue");
   }
   res.wall_time = now();
   if (!res.diverged) progress.finish(status);

@@ -260,14 +260,12 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
                   log_.skipped ? (" skipped " + std::to_string(log_.skipped)).c_str() : "");
     progress.update(step_, status);
     if (on_step) on_step(step_);
-    if (step_ % every == 0 || step_ == end) {
-      save_checkpoint();
-    } else if (interrupted()) {
-      save_checkpoint();
-    }
-    throw_if_interrupted("meta-training", "checkpoint written at outer step " + std::to_string(step_) +
-                                              " in " + config_["output_dir"].get<std::string>() +
-                                              ": continue with the same command and --resume");
+    const bool stop = interrupted() != 0;
+    if (step_ % every == 0 || step_ == end || stop) save_checkpoint();
+    if (stop)
+      throw_if_interrupted("meta-training", "checkpoint written at outer step " + std::to_string(step_) + " in " +
+                                                config_["output_dir"].get<std::string>() +
+                                                ": continue with the same command and --resume");
   }
   if (!log_.elapsed.empty()) elapsed_before_ = log_.elapsed.back();
   progress.finish();

@@ -1,15 +1,13 @@
 #include "meta/truncated_step.h"
 
 #include <ATen/Parallel.h>
-#include <omp.h>
 #include <torch/torch.h>
 
-#include <atomic>
 #include <cmath>
-#include <exception>
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/parallel.h"
 #include "common/rng.h"
 #include "optimizers/small_fc_lopt.h"
 #include "tasks/task.h"
@@ -96,24 +94,16 @@ torch::Tensor population_loss_and_grads_parallel(const Task& t, const ParamSet& 
                                                  std::vector<torch::Tensor>* grads) {
   const int64_t P = x.size(0);
   const int64_t T = std::min<int64_t>(at::get_num_threads(), P);
-  if (T <= 1 || omp_in_parallel()) return t.population_loss_and_grads(like.with_tensors(stacked), x, y, grads);
+  if (T <= 1) return t.population_loss_and_grads(like.with_tensors(stacked), x, y, grads);
   std::vector<torch::Tensor> losses(static_cast<size_t>(T));
   std::vector<std::vector<torch::Tensor>> parts(static_cast<size_t>(T));
-  std::exception_ptr error;
-  std::atomic_flag failed = ATOMIC_FLAG_INIT;
-#pragma omp parallel for num_threads(T) schedule(static, 1)
-  for (int64_t c = 0; c < T; ++c) {
-    try {
-      const int64_t b = c * P / T, n = (c + 1) * P / T - b;
-      std::vector<torch::Tensor> slice;
-      for (const auto& s : stacked) slice.push_back(s.narrow(0, b, n));
-      losses[static_cast<size_t>(c)] =
-          t.population_loss_and_grads(like.with_tensors(slice), x.narrow(0, b, n), y.narrow(0, b, n), &parts[static_cast<size_t>(c)]);
-    } catch (...) {
-      if (!failed.test_and_set()) error = std::current_exception();
-    }
-  }
-  if (error) std::rethrow_exception(error);
+  parallel_items(T, [&](int64_t c) {
+    const int64_t b = c * P / T, n = (c + 1) * P / T - b;
+    std::vector<torch::Tensor> slice;
+    for (const auto& s : stacked) slice.push_back(s.narrow(0, b, n));
+    losses[static_cast<size_t>(c)] =
+        t.population_loss_and_grads(like.with_tensors(slice), x.narrow(0, b, n), y.narrow(0, b, n), &parts[static_cast<size_t>(c)]);
+  });
   grads->clear();
   for (size_t k = 0; k < stacked.size(); ++k) {
     std::vector<torch::Tensor> g;

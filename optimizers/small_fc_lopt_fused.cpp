@@ -10,13 +10,10 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
-#include <omp.h>
-
-#include <atomic>
 #include <cmath>
-#include <exception>
 #include <vector>
 
+#include "common/parallel.h"
 #include "optimizers/kernels/lopt_cpu.h"
 #include "optimizers/small_fc_lopt.h"
 
@@ -26,7 +23,6 @@ namespace detail {
 namespace {
 
 using kernels::kElemFeatures;
-using kernels::kSideFeatures;
 using kernels::kSideRecord;
 constexpr int kF = static_cast<int>(kLoptTensorFeatures);  // 28
 /// learned_optimization feature index of each kernel input: 16 per-element features, then the 12
@@ -35,6 +31,13 @@ constexpr int kOrig[kF] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 25, 26, 27,
                            13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24};
 /// Elements per parallel chunk (a multiple of every target's block).
 constexpr int64_t kGrain = 8192;
+
+/// A matrix with rows of `n_cols` takes the rows layout unless padding its rows to whole blocks
+/// would leave more than a quarter of the lanes idle.
+bool rows_fit(int64_t n_cols, int64_t block) {
+  const int64_t padded = (n_cols + block - 1) / block * block;
+  return 4 * (padded - n_cols) <= padded;
+}
 
 /// One tensor's step in preparation.
 struct Work {
@@ -123,9 +126,7 @@ void prepare(Work& w, int64_t block) {
     w.n_col_entries = nc;
     w.row_stride[d1] = 1;  // the row entry follows dim d1, the column entry dim d0
     w.col_stride[d0] = 1;
-    // Rows layout unless short rows would leave more than a quarter of the lanes idle.
-    const int64_t padded = (s1 + block - 1) / block * block;
-    rows_layout = 4 * (padded - s1) <= padded;
+    rows_layout = rows_fit(s1, block);
   } else if (shape.size() == 1 && v.is_contiguous()) {
     float* V = v.data_ptr<float>();
     w.row_rec.resize(static_cast<size_t>(N) * kSideRecord);
@@ -329,27 +330,6 @@ void fold(Work& w, const double* elem_sumsq) {
   t.decay = cfg.weight_decay > 0 ? static_cast<float>(job.lr * cfg.weight_decay) : 0.0f;
 }
 
-/// Runs body(i) for i in [0, n) on LibTorch's intra-op threads (at::set_num_threads), handing out
-/// items dynamically: tensors and chunks differ in size. The first exception is rethrown.
-template <class Body>
-void parallel(int64_t n, const Body& body) {
-  if (n == 1 || at::get_num_threads() == 1 || omp_in_parallel()) {
-    for (int64_t i = 0; i < n; ++i) body(i);
-    return;
-  }
-  std::exception_ptr error;
-  std::atomic_flag failed = ATOMIC_FLAG_INIT;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
-  for (int64_t i = 0; i < n; ++i) {
-    try {
-      body(i);
-    } catch (...) {
-      if (!failed.test_and_set()) error = std::current_exception();
-    }
-  }
-  if (error) std::rethrow_exception(error);
-}
-
 }  // namespace
 
 void fused_lopt_steps(const std::vector<FusedJob>& jobs) {
@@ -365,7 +345,7 @@ void fused_lopt_steps(const std::vector<FusedJob>& jobs) {
   }
   if (works.empty()) return;
   const int64_t block = kernels::block_elements();
-  parallel(static_cast<int64_t>(works.size()), [&](int64_t i) { prepare(works[static_cast<size_t>(i)], block); });
+  parallel_items(static_cast<int64_t>(works.size()), [&](int64_t i) { prepare(works[static_cast<size_t>(i)], block); });
 
   // Chunks of all tensors in one list: (work, first unit).
   std::vector<std::pair<size_t, int64_t>> chunks;
@@ -380,18 +360,18 @@ void fused_lopt_steps(const std::vector<FusedJob>& jobs) {
     return std::make_pair(b, std::min(w.units, b + w.units_per_chunk));
   };
   std::vector<double> partial(static_cast<size_t>(n_chunks * kElemFeatures), 0.0);
-  parallel(n_chunks, [&](int64_t c) {
+  parallel_items(n_chunks, [&](int64_t c) {
     auto [b, e] = range(c);
     kernels::accumulate(works[chunks[static_cast<size_t>(c)].first].kt, b, e, &partial[static_cast<size_t>(c * kElemFeatures)]);
   });
-  parallel(static_cast<int64_t>(works.size()), [&](int64_t i) {
+  parallel_items(static_cast<int64_t>(works.size()), [&](int64_t i) {
     Work& w = works[static_cast<size_t>(i)];
     double sumsq[kElemFeatures] = {0};
     for (int64_t c = w.first_chunk; c < w.first_chunk + w.n_chunks; ++c)  // fixed order: deterministic
       for (int f = 0; f < kElemFeatures; ++f) sumsq[f] += partial[static_cast<size_t>(c * kElemFeatures + f)];
     fold(w, sumsq);
   });
-  parallel(n_chunks, [&](int64_t c) {
+  parallel_items(n_chunks, [&](int64_t c) {
     auto [b, e] = range(c);
     kernels::apply(works[chunks[static_cast<size_t>(c)].first].kt, b, e);
   });
@@ -401,11 +381,7 @@ void fused_lopt_steps(const std::vector<FusedJob>& jobs) {
 
 int64_t fused_mlp_flops_per_element(const std::vector<int64_t>& shape, int64_t hidden, int64_t hidden_layers) {
   const int64_t block = kernels::block_elements();
-  bool rows = false;
-  if (shape.size() == 2) {
-    const int64_t padded = (shape[1] + block - 1) / block * block;
-    rows = 4 * (padded - shape[1]) <= padded;
-  }
+  const bool rows = shape.size() == 2 && rows_fit(shape[1], block);
   const int64_t in = rows ? kElemFeatures : kF;
   // Multiply-adds of the layers (2 FLOPs each); the rows layout adds the column bias (1 FLOP per unit).
   return 2 * (in * hidden + hidden_layers * hidden * hidden + 2 * hidden) + (rows ? hidden : 0);

@@ -228,9 +228,7 @@ MlpFamily::MlpFamily(const nlohmann::json& config, const std::string& path) {
         const std::string task_key = path + "/" + k;
         if (p == task_key) p = path + "/" + (std::string(k) == "width" ? (width_hi_ > 0 ? "width_range" : "widths") : std::string(k) + "s");
       }
-      std::string msg = e.what();
-      if (auto i = msg.find("': "); i != std::string::npos) msg = msg.substr(i + 3);
-      throw ConfigError(p, msg);
+      throw ConfigError(p, e.message());
     }
   };
   check();
