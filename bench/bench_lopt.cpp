@@ -102,7 +102,7 @@ void run_step(benchmark::State& state, const lopt::Optimizer& opt, int64_t kind,
 void BM_LoptFused(benchmark::State& state, int64_t target) {
   TargetScope scope(target);
   state.SetLabel(lopt::kernels::dispatched_target());
-  auto lo = lopt::make_learned_optimizer({{"type", "mulo"}, {"impl", "fused"}});
+  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}, {"impl", "fused"}});
   auto gen = lopt::make_generator(0);
   auto opt = lo->bind(lo->init_theta(gen));
   run_step(state, *opt, state.range(0), state.range(1), true);
@@ -114,7 +114,7 @@ void BM_LoptPopulation(benchmark::State& state, int64_t target) {
   state.SetLabel(lopt::kernels::dispatched_target());
   set_threads();
   const int64_t w = state.range(0);
-  auto lo = lopt::make_learned_optimizer({{"type", "mulo"}, {"impl", "fused"}});
+  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}, {"impl", "fused"}});
   auto gen = lopt::make_generator(0);
   const auto theta = lo->init_theta(gen);
   std::vector<std::unique_ptr<lopt::Optimizer>> opts;
@@ -147,7 +147,7 @@ void BM_LoptPopulation(benchmark::State& state, int64_t target) {
 }
 
 void BM_LoptTensorOps(benchmark::State& state) {
-  auto lo = lopt::make_learned_optimizer({{"type", "mulo"}, {"impl", "tensor"}});
+  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}, {"impl", "tensor"}});
   auto gen = lopt::make_generator(0);
   auto opt = lo->bind(lo->init_theta(gen));
   run_step(state, *opt, state.range(0), state.range(1), true);

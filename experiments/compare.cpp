@@ -180,12 +180,13 @@ std::vector<Candidate> candidates_for(const Contender& ct, double lr) {
   return out;
 }
 
-/// Final figures of a finished run file: training loss (+inf when diverged) and test accuracy (NaN when diverged).
-std::pair<double, double> run_figures(const std::string& path) {
+/// Final figures of a finished run file: training loss (+inf when diverged) and the report metric
+/// (e.g. test accuracy; NaN when diverged).
+std::pair<double, double> run_figures(const std::string& path, const std::string& metric) {
   if (h5_read_string_attr(path, "status") != "completed")
     return {std::numeric_limits<double>::infinity(), std::numeric_limits<double>::quiet_NaN()};
   const double loss = h5_read_double_attr(path, "final_train_loss");
-  return {std::isfinite(loss) ? loss : std::numeric_limits<double>::infinity(), h5_read_double_attr(path, "final_test_accuracy")};
+  return {std::isfinite(loss) ? loss : std::numeric_limits<double>::infinity(), h5_read_double_attr(path, "final_" + metric)};
 }
 
 /// Mean and sample standard deviation (n - 1; 0 for one value); +inf mean when any value is +inf.
@@ -243,6 +244,9 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
   };
 
   nlohmann::json result = nlohmann::json::array();
+  // The figure reported besides the training loss: test accuracy for classifiers, validation bits
+  // per byte for language models.
+  const std::string metric = report_metric_of(spec.base.value("task", nlohmann::json::object()));
   H5Writer w(spec.summary);
   w.attr("kind", std::string("compare"));
   w.attr("config", spec_json.dump(2));
@@ -273,7 +277,7 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
             std::snprintf(what, sizeof what, "%s tuning lr %g %s seed %llu", ct.name.c_str(), cands[k].lr,
                           schedule_name(ct.schedules[cands[k].schedule]).c_str(), static_cast<unsigned long long>(seed));
             ensure(cfg, what);
-            losses.push_back(run_figures(cfg["output"]).first);
+            losses.push_back(run_figures(cfg["output"], metric).first);
           }
           score.push_back(mean_std(losses).first);
         }
@@ -336,7 +340,7 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
       auto cfg = run_config(spec, c, chosen_ptr, seed, report_file(ct, seed));
       chosen_optimizer = cfg["optimizer"];
       ensure(cfg, ct.name + " report seed " + std::to_string(seed));
-      const auto [loss, acc] = run_figures(cfg["output"]);
+      const auto [loss, acc] = run_figures(cfg["output"], metric);
       finals.push_back(loss);
       accs.push_back(acc);
       if (std::isfinite(loss)) {
@@ -361,13 +365,13 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
     w.attr("optimizer", chosen_optimizer.dump(), g);
     w.attr("mean_final_train_loss", mean, g);
     w.attr("std_final_train_loss", sd, g);
-    w.attr("mean_final_test_accuracy", acc_mean, g);
-    w.attr("std_final_test_accuracy", acc_sd, g);
+    w.attr("mean_final_" + metric, acc_mean, g);
+    w.attr("std_final_" + metric, acc_sd, g);
     w.attr("diverged_seeds", diverged, g);
     w.attr("status", std::string(diverged == static_cast<int64_t>(finals.size()) ? "diverged" : "ok"), g);
     w.dataset(g + "/seeds", std::vector<int64_t>(spec.seeds.begin(), spec.seeds.end()));
     w.dataset(g + "/final_train_loss", finals);
-    w.dataset(g + "/final_test_accuracy", accs);
+    w.dataset(g + "/final_" + metric, accs);
     w.dataset(g + "/train_loss_mean", curve);
     row["optimizer"] = chosen_optimizer;
     row["status"] = diverged == static_cast<int64_t>(finals.size()) ? "diverged" : "ok";
@@ -377,8 +381,9 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
     nlohmann::json per_seed = nlohmann::json::array();
     for (double f : finals) per_seed.push_back(finite_or_null(f));
     row["final_train_loss"] = per_seed;
-    row["mean_final_test_accuracy"] = finite_or_null(acc_mean);
-    row["std_final_test_accuracy"] = finite_or_null(acc_sd);
+    row["report_metric"] = metric;
+    row["mean_final_" + metric] = finite_or_null(acc_mean);
+    row["std_final_" + metric] = finite_or_null(acc_sd);
     result.push_back(row);
   }
   std::fprintf(stderr, "compare: %lld of %lld runs reused (same resolved config and inputs)%s\n",

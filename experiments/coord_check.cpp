@@ -6,7 +6,7 @@
 #include "common/rng.h"
 #include "experiments/h5_writer.h"
 #include "optimizers/optimizer.h"
-#include "tasks/mlp.h"
+#include "tasks/task.h"
 
 namespace lopt {
 
@@ -24,6 +24,7 @@ CoordCheckConfig CoordCheckConfig::from_json(const nlohmann::json& j) {
   c.base_width = r.get<int64_t>("base_width", c.base_width);
   c.dataset = r.get<std::string>("dataset", c.dataset);
   c.data_dir = r.get<std::string>("data_dir", c.data_dir);
+  c.task = r.object("task");
   r.finish();
   config_check(!c.widths.empty(), "/widths", "must be a non-empty list");
   for (auto w : c.widths) config_check(w >= 1, "/widths", "widths must be >= 1");
@@ -32,13 +33,27 @@ CoordCheckConfig CoordCheckConfig::from_json(const nlohmann::json& j) {
   config_check(c.steps >= 1, "/steps", "must be >= 1");
   config_check(c.seeds >= 1, "/seeds", "must be >= 1");
   config_check(c.lr > 0, "/lr", "must be > 0");
+  config_check(!c.task.contains("width") && !c.task.contains("parametrization"), "/task",
+               "width and parametrization are set per point from widths, parametrizations and base_width");
+  for (const auto& p : c.parametrizations)
+    for (auto w : c.widths) resolve_task_config(coord_check_task(c, w, p), "/task");
   return c;
 }
 
 nlohmann::json CoordCheckConfig::to_json() const {
   return {{"widths", widths}, {"parametrizations", parametrizations}, {"depth", depth},   {"steps", steps},
           {"seeds", seeds},   {"lr", lr},     {"batch_size", batch_size}, {"image_size", image_size},
-          {"base_width", base_width}, {"dataset", dataset}, {"data_dir", data_dir}};
+          {"base_width", base_width}, {"dataset", dataset}, {"data_dir", data_dir}, {"task", task}};
+}
+
+nlohmann::json coord_check_task(const CoordCheckConfig& c, int64_t width, const std::string& parametrization) {
+  nlohmann::json t = c.task;
+  if (t.empty())
+    t = {{"type", "mlp"}, {"depth", c.depth}, {"batch_size", c.batch_size}, {"image_size", c.image_size},
+         {"dataset", c.dataset}, {"data_dir", c.data_dir}};
+  t["width"] = width;
+  t["parametrization"] = {{"type", parametrization}, {"base_width", c.base_width}};
+  return t;
 }
 
 double CoordCheckResult::at(size_t p, size_t w, int64_t t, size_t l) const {
@@ -54,36 +69,27 @@ CoordCheckResult run_coord_check(const CoordCheckConfig& c, ProgressMode progres
   int64_t done = 0;
   for (size_t p = 0; p < P; ++p) {
     for (size_t w = 0; w < W; ++w) {
-      MlpConfig mc;
-      mc.width = c.widths[w];
-      mc.depth = c.depth;
-      mc.batch_size = c.batch_size;
-      mc.image_size = c.image_size;
-      mc.dataset = c.dataset;
-      mc.data_dir = c.data_dir;
-      mc.parametrization = {{"type", c.parametrizations[p]}, {"base_width", c.base_width}};
-      MlpTask task(mc);
+      auto task = make_task(coord_check_task(c, c.widths[w], c.parametrizations[p]), "/task");
       if (res.layers.empty()) {
-        res.layers = task.layer_names();
+        res.layers = task->activation_names();
         res.rms.assign(P * W * T * res.layers.size(), 0.0);
       }
       const size_t L = res.layers.size();
       auto opt = make_optimizer({{"type", c.parametrizations[p] == "mup" ? "muadam" : "adam"}, {"lr", c.lr}});
       for (int64_t s = 0; s < c.seeds; ++s) {
         auto gen = make_generator(derive_seed(static_cast<uint64_t>(s), "coord_check"));
-        auto state = opt->init(task.init(gen));
-        auto batch = task.sample_batch(Split::train, gen);
+        auto state = opt->init(task->init(gen));
+        auto batch = task->sample_batch(Split::train, gen);
         for (int64_t t = 0; t < static_cast<int64_t>(T); ++t) {
           auto params = state.params.detached_requiring_grad();
           std::vector<torch::Tensor> acts;
-          auto logits = task.forward(params, batch.x, &acts);
+          auto out = task->loss_and_metrics(params, batch, &acts);
           for (size_t l = 0; l < L; ++l)
             res.rms[((p * W + w) * T + static_cast<size_t>(t)) * L + l] +=
                 acts[l].detach().pow(2).mean().sqrt().item<double>() / static_cast<double>(c.seeds);
           if (t + 1 == static_cast<int64_t>(T)) break;
-          auto loss = torch::cross_entropy_loss(logits, batch.y);
-          auto grads = torch::autograd::grad({loss}, params.tensors);
-          opt->update_(state, grads, loss.detach());
+          auto grads = torch::autograd::grad({out.loss}, params.tensors);
+          opt->update_(state, grads, out.loss.detach());
         }
         progress.update(++done);
       }

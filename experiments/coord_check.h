@@ -1,8 +1,10 @@
 #pragma once
 /// Coordinate check (Yang et al., Tensor Programs V, section D.1; microsoft/mup `coord_check.py`):
-/// train MLPs of growing width for a few Adam steps under SP and under muP and record the RMS of
+/// train models of growing width for a few Adam steps under SP and under muP and record the RMS of
 /// every layer's activations after each step. Under muP the curves are flat in width; under SP
-/// the logits grow with width.
+/// the logits grow with width. The model is an MLP built from depth / batch_size / image_size /
+/// dataset, or any task given as "task" (e.g. {"type": "transformer_lm", "depth": 2, "heads": 2,
+/// "context": 32}); its "width" and "parametrization" are set per point.
 #include <nlohmann/json.hpp>
 
 #include <string>
@@ -24,10 +26,14 @@ struct CoordCheckConfig {
   int64_t base_width = 64;
   std::string dataset = "fashion_mnist";
   std::string data_dir;
+  nlohmann::json task = nlohmann::json::object();  ///< empty: the MLP above
 
   static CoordCheckConfig from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;
 };
+
+/// The task config of one point (width, parametrization) of a coordinate check.
+nlohmann::json coord_check_task(const CoordCheckConfig& config, int64_t width, const std::string& parametrization);
 
 /// rms[((p * W + w) * (steps + 1) + t) * L + l]: parametrization p, width w, after t updates, layer l.
 struct CoordCheckResult {

@@ -127,8 +127,9 @@ int cmd_train(int argc, char** argv) {
       throw lopt::UsageError(out_path + " exists (a finished run): pass --overwrite to replace it, or choose another -o");
   }
   auto res = lopt::run_train(resolved, mode(c));
-  std::printf("final: train_loss %.5f test_loss %.5f test_accuracy %.4f wall_time %.1fs%s%s\n", res.final_train_loss(),
-              res.eval_test_loss.back(), res.eval_test_accuracy.back(), res.wall_time,
+  const std::string& sp = res.eval_split;
+  std::printf("final: train_loss %.5f %s_loss %.5f %s_%s %.4f wall_time %.1fs%s%s\n", res.final_train_loss(), sp.c_str(),
+              res.final_eval("loss"), sp.c_str(), res.report_metric.c_str(), res.final_eval(res.report_metric), res.wall_time,
               resolved["output"].get<std::string>().empty() ? "" : " -> ",
               resolved["output"].get<std::string>().c_str());
   return 0;
@@ -238,8 +239,11 @@ int cmd_compare(int argc, char** argv) {
     std::snprintf(buf, sizeof buf, fmt, v.get<double>());
     return std::string(buf);
   };
-  std::printf("| optimizer | chosen on the tuning seeds | final train loss, mean ± std | per report seed | test accuracy |\n"
-              "|---|---|---|---|---|\n");
+  const std::string metric = rows.empty() ? std::string("test_accuracy") : rows.front()["report_metric"].get<std::string>();
+  std::string metric_title = metric;
+  for (auto& ch : metric_title) ch = ch == '_' ? ' ' : ch;
+  std::printf("| optimizer | chosen on the tuning seeds | final train loss, mean ± std | per report seed | %s |\n"
+              "|---|---|---|---|---|\n", metric_title.c_str());
   for (const auto& r : rows) {
     std::string chosen = "— (no tuning)";
     if (r["tuned"].get<bool>() && r["tuning_failed"].get<bool>()) {
@@ -255,7 +259,7 @@ int cmd_compare(int argc, char** argv) {
     const std::string loss = r["status"] == "diverged" ? "diverged (every seed)"
                                                        : num(r["mean_final_train_loss"], "%.4f") + " ± " + num(r["std_final_train_loss"], "%.4f");
     std::printf("| %s | %s | %s | %s | %s ± %s |\n", r["name"].get<std::string>().c_str(), chosen.c_str(), loss.c_str(),
-                per_seed.c_str(), num(r["mean_final_test_accuracy"], "%.4f").c_str(), num(r["std_final_test_accuracy"], "%.4f").c_str());
+                per_seed.c_str(), num(r["mean_final_" + metric], "%.4f").c_str(), num(r["std_final_" + metric], "%.4f").c_str());
   }
   std::string summary = cfg.value("summary", cfg["output_dir"].get<std::string>() + ".h5");
   std::printf("wrote %s\n", summary.c_str());

@@ -108,7 +108,11 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, boo
       }
     }
     nlohmann::json row = {{"point", run.point}, {"file", out}, {"status", h5_read_string_attr(out, "status")}};
-    for (const char* k : {"final_train_loss", "final_test_loss", "final_test_accuracy", "wall_time_s"}) {
+    // Training loss, the evaluation split's loss and the task's report metric (final_test_loss and
+    // final_test_accuracy for classifiers, final_validation_loss and _bits_per_byte for text).
+    const std::string split = h5_read_string_attr(out, "eval_split"), metric = h5_read_string_attr(out, "report_metric");
+    row["report_metric"] = metric;
+    for (const std::string& k : {std::string("final_train_loss"), "final_" + split + "_loss", "final_" + metric, std::string("wall_time_s")}) {
       double v = h5_read_double_attr(out, k);
       row[k] = std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
     }
@@ -122,12 +126,14 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, boo
   w.attr("runs_reused", reused);
   w.attr("runs", rows.dump());
   std::vector<double> ftl, acc;
+  const std::string metric = rows.empty() ? std::string("test_accuracy") : rows.front()["report_metric"].get<std::string>();
   for (const auto& r : rows) {
     ftl.push_back(r["final_train_loss"].is_null() ? NAN : r["final_train_loss"].get<double>());
-    acc.push_back(r["final_test_accuracy"].is_null() ? NAN : r["final_test_accuracy"].get<double>());
+    const std::string k = "final_" + metric;
+    acc.push_back(!r.contains(k) || r[k].is_null() ? NAN : r[k].get<double>());
   }
   w.dataset("final_train_loss", ftl);
-  w.dataset("final_test_accuracy", acc);
+  w.dataset("final_" + metric, acc);
   w.commit();
   return rows;
 }

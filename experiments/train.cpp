@@ -33,10 +33,17 @@ nlohmann::json resolve_train_config(const nlohmann::json& config) {
   r.finish();
   config_check(out["steps"].get<int64_t>() >= 1, "/steps", "must be >= 1");
   config_check(out["eval_every"].get<int64_t>() >= 1, "/eval_every", "must be >= 1");
-  config_check(out["eval_examples"].get<int64_t>() >= 0, "/eval_examples", "must be >= 0 (0 = whole test split)");
+  config_check(out["eval_examples"].get<int64_t>() >= 0, "/eval_examples",
+               "must be >= 0 (0 = the whole test split, or validation split for text)");
   out["optimizer"] = make_optimizer(opt_cfg, "/optimizer")->hyperparams();
   out["task"] = resolve_task_config(task_cfg, "/task");
   return out;
+}
+
+double TrainResult::final_eval(const std::string& metric) const {
+  auto it = eval_metrics.find(metric);
+  if (diverged || it == eval_metrics.end() || it->second.empty()) return NAN;
+  return it->second.back();
 }
 
 double TrainResult::final_train_loss() const {
@@ -45,6 +52,11 @@ double TrainResult::final_train_loss() const {
   double s = 0;
   for (size_t i = train_loss.size() - n; i < train_loss.size(); ++i) s += train_loss[i];
   return s / static_cast<double>(n);
+}
+
+std::string report_metric_of(const nlohmann::json& task_config) {
+  auto task = make_task(task_config);
+  return to_string(task->data()->report_split()) + "_" + task->report_metric();
 }
 
 void check_output_writable(const std::string& output) {
@@ -70,24 +82,26 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
   auto task = make_task(config["task"]);
   auto opt = make_optimizer(config["optimizer"]);
   auto init_gen = make_generator(derive_seed(seed, "init"));
-  auto data_gen = make_generator(derive_seed(seed, "data"));
+  BatchStream batches(task->data(), Split::train, task->batch_size(), derive_seed(seed, "data"));
+  const Split eval_split = task->data()->report_split();
 
   TrainResult res;
+  res.eval_split = to_string(eval_split);
+  res.report_metric = task->report_metric();
   OptState state = opt->init(task->init(init_gen));
   auto t0 = std::chrono::steady_clock::now();
   auto now = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   auto evaluate = [&](int64_t step) {
-    auto m = task->evaluate(state.params, Split::test, eval_examples);
+    auto m = task->evaluate(state.params, eval_split, eval_examples);
     res.eval_steps.push_back(step);
-    res.eval_test_loss.push_back(m.at("loss"));
-    res.eval_test_accuracy.push_back(m.at("accuracy"));
+    for (const auto& [k, v] : m) res.eval_metrics[k].push_back(v);
     res.eval_time.push_back(now());
   };
   evaluate(0);
   Progress progress(steps, "train", progress_mode);
   char status[128] = "";
   for (int64_t step = 0; step < steps; ++step) {
-    auto batch = task->sample_batch(Split::train, data_gen);
+    auto batch = batches.next();
     auto p = state.params.detached_requiring_grad();
     auto loss = task->loss(p, batch);
     double loss_v = loss.item<double>();
@@ -106,7 +120,8 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
     res.train_time.push_back(now());
     if ((step + 1) % eval_every == 0 || step + 1 == steps) {
       evaluate(step + 1);
-      std::snprintf(status, sizeof status, "loss %.4f test_acc %.4f", loss_v, res.eval_test_accuracy.back());
+      std::snprintf(status, sizeof status, "loss %.4f %s_%s %.4f", loss_v, res.eval_split.c_str(), res.report_metric.c_str(),
+                    res.eval_metrics.at(res.report_metric).back());
     }
     progress.update(step + 1, status);
     if (interrupted())
@@ -180,17 +195,19 @@ void write_train_result(const std::string& path, const nlohmann::json& config, c
   w.attr("steps_completed", static_cast<int64_t>(r.diverged ? r.diverged_step - 1 : static_cast<int64_t>(r.steps.size())));
   w.attr("wall_time_s", r.wall_time);
   w.attr("final_train_loss", r.final_train_loss());
-  // A diverged run has no final evaluation (its last one may be from step 0): NaN, not a stale figure.
-  w.attr("final_test_loss", r.diverged || r.eval_test_loss.empty() ? NAN : r.eval_test_loss.back());
-  w.attr("final_test_accuracy", r.diverged || r.eval_test_accuracy.empty() ? NAN : r.eval_test_accuracy.back());
+  // Final figures on the evaluation split, e.g. final_test_accuracy (images) or
+  // final_validation_bits_per_byte (text). A diverged run has no final evaluation (its last one may be
+  // from step 0): NaN, not a stale figure.
+  w.attr("eval_split", r.eval_split);
+  w.attr("report_metric", r.eval_split + "_" + r.report_metric);
+  for (const auto& [k, v] : r.eval_metrics) w.attr("final_" + r.eval_split + "_" + k, r.final_eval(k));
   w.group("train");
   w.dataset("train/step", r.steps);
   w.dataset("train/loss", r.train_loss);
   w.dataset("train/wall_time", r.train_time);
   w.group("eval");
   w.dataset("eval/step", r.eval_steps);
-  w.dataset("eval/test_loss", r.eval_test_loss);
-  w.dataset("eval/test_accuracy", r.eval_test_accuracy);
+  for (const auto& [k, v] : r.eval_metrics) w.dataset("eval/" + r.eval_split + "_" + k, v);
   w.dataset("eval/wall_time", r.eval_time);
   w.commit();
 }

@@ -3,6 +3,7 @@
 /// HDF5 result file (schema in results/README.md).
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -20,13 +21,23 @@ struct TrainResult {
   std::vector<double> train_loss;    ///< loss of the batch before that update
   std::vector<double> train_time;    ///< seconds since start at each step
   std::vector<int64_t> eval_steps;   ///< number of updates applied when evaluated (0 = init)
-  std::vector<double> eval_test_loss, eval_test_accuracy, eval_time;
+  std::string eval_split;            ///< "test" (images) or "validation" (text)
+  std::string report_metric;         ///< the task's summary metric ("accuracy", "bits_per_byte")
+  std::map<std::string, std::vector<double>> eval_metrics;  ///< per metric, one value per eval step
+  std::vector<double> eval_time;
   bool diverged = false;
   int64_t diverged_step = -1;
   double wall_time = 0;
   /// Mean training loss over the last 10% of steps (the sweep's figure of merit).
   double final_train_loss() const;
+  /// Last evaluated value of `metric` (NaN when diverged or never evaluated).
+  double final_eval(const std::string& metric) const;
 };
+
+/// The summary figure a train run of this task config reports besides the training loss, as
+/// "<split>_<metric>" ("test_accuracy" for image classifiers, "validation_bits_per_byte" for text).
+/// Builds the task (loads its data).
+std::string report_metric_of(const nlohmann::json& task_config);
 
 /// Checks, before any training, that `output` (a result file path; empty = none) is not a folder
 /// and can be created; ConfigError / IoError naming it otherwise.

@@ -11,8 +11,7 @@
 #include "common/errors.h"
 #include "common/signals.h"
 #include "common/rng.h"
-#include "optimizers/adam.h"
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/learned_optimizer.h"
 #include "tasks/task.h"
 
 namespace lopt {
@@ -84,17 +83,17 @@ MetaTrainer::MetaTrainer(const nlohmann::json& config) : config_(resolve_meta_tr
   estimator_ = make_gradient_estimator(est_cfg, *step_fn_);
 
   const auto& oc = config_["outer"];
-  AdamOptions ao;
-  ao.lr = oc["lr"];
-  ao.beta1 = oc["beta1"];
-  ao.beta2 = oc["beta2"];
-  ao.weight_decay = oc["weight_decay"];
-  ao.decoupled_weight_decay = true;
-  ao.schedule = {{"type", "warmup_cosine"},
-                 {"warmup_steps", oc["warmup_steps"]},
-                 {"total_steps", config_["outer_steps"]},
-                 {"final_fraction", oc["final_fraction"]}};
-  outer_ = std::make_unique<Adam>(ao);
+  outer_ = make_optimizer({{"type", "adamw"},
+                            {"lr", oc["lr"]},
+                            {"beta1", oc["beta1"]},
+                            {"beta2", oc["beta2"]},
+                            {"weight_decay", oc["weight_decay"]},
+                            {"schedule",
+                             {{"type", "warmup_cosine"},
+                              {"warmup_steps", oc["warmup_steps"]},
+                              {"total_steps", config_["outer_steps"]},
+                              {"final_fraction", oc["final_fraction"]}}}},
+                           "/outer");
 
   const uint64_t seed = config_["seed"];
   auto gen = make_generator(derive_seed(seed, "theta"));

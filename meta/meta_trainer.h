@@ -16,7 +16,7 @@
 
 namespace lopt {
 
-class Adam;
+
 struct OptState;
 
 /// Validates a meta-train config and fills every default; throws ConfigError naming the bad
@@ -67,7 +67,7 @@ class MetaTrainer {
   nlohmann::json config_;
   std::unique_ptr<LoptTruncatedStep> step_fn_;
   std::unique_ptr<GradientEstimator> estimator_;
-  std::unique_ptr<Adam> outer_;
+  std::unique_ptr<Optimizer> outer_;
   std::unique_ptr<OptState> outer_state_;
   int64_t step_ = 0;
   double elapsed_before_ = 0;  ///< wall time of earlier sessions (from the checkpoint)

@@ -9,7 +9,7 @@
 #include "common/errors.h"
 #include "common/parallel.h"
 #include "common/rng.h"
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/learned_optimizer.h"
 #include "tasks/task.h"
 
 namespace lopt {
@@ -35,11 +35,6 @@ void InnerState::detach_() {
       if (t.defined()) t = t.detach();
 }
 
-torch::Tensor normalize_classifier_loss(const torch::Tensor& loss, int64_t num_classes) {
-  const double max = 1.5 * std::log(static_cast<double>(num_classes));
-  return torch::nan_to_num(loss, max, max, max).clamp(0.0, max);
-}
-
 LoptTruncatedStep::LoptTruncatedStep(LoptTruncatedStepConfig config) : config_(std::move(config)) {
   family_ = make_task_family(config_.task_family, "/task_family");
   lopt_ = make_learned_optimizer(config_.lopt, "/lopt");
@@ -52,7 +47,7 @@ LoptTruncatedStep::~LoptTruncatedStep() = default;
 const Task& LoptTruncatedStep::task(const nlohmann::json& config) const {
   auto key = config.dump();
   auto it = tasks_.find(key);
-  if (it == tasks_.end()) it = tasks_.emplace(key, family_->make_task(config)).first;
+  if (it == tasks_.end()) it = tasks_.emplace(key, make_task(config)).first;
   return *it->second;
 }
 
@@ -90,11 +85,10 @@ namespace {
 /// slice on its own thread: at small widths the cost is LibTorch's per-op overhead, which one
 /// batched computation runs serially. The result is the same as one call (members are independent).
 torch::Tensor population_loss_and_grads_parallel(const Task& t, const ParamSet& like, const std::vector<torch::Tensor>& stacked,
-                                                 const torch::Tensor& x, const torch::Tensor& y,
-                                                 std::vector<torch::Tensor>* grads) {
-  const int64_t P = x.size(0);
+                                                 const Batch& batch, std::vector<torch::Tensor>* grads) {
+  const int64_t P = stacked.front().size(0);
   const int64_t T = std::min<int64_t>(at::get_num_threads(), P);
-  if (T <= 1) return t.population_loss_and_grads(like.with_tensors(stacked), x, y, grads);
+  if (T <= 1) return t.population_loss_and_grads(like.with_tensors(stacked), batch, grads);
   std::vector<torch::Tensor> losses(static_cast<size_t>(T));
   std::vector<std::vector<torch::Tensor>> parts(static_cast<size_t>(T));
   parallel_items(T, [&](int64_t c) {
@@ -102,7 +96,7 @@ torch::Tensor population_loss_and_grads_parallel(const Task& t, const ParamSet& 
     std::vector<torch::Tensor> slice;
     for (const auto& s : stacked) slice.push_back(s.narrow(0, b, n));
     losses[static_cast<size_t>(c)] =
-        t.population_loss_and_grads(like.with_tensors(slice), x.narrow(0, b, n), y.narrow(0, b, n), &parts[static_cast<size_t>(c)]);
+        t.population_loss_and_grads(like.with_tensors(slice), batch.slice(b, b + n), &parts[static_cast<size_t>(c)]);
   });
   grads->clear();
   for (size_t k = 0; k < stacked.size(); ++k) {
@@ -149,16 +143,16 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
     const Task& t = task(states[members.front()]->task);
     // One batch per task slot: antithetic copies share it.
     std::map<int64_t, Batch> batches;
-    std::vector<torch::Tensor> xs, ys;
+    std::vector<Batch> member_batches;
     for (size_t m : members) {
       auto it = batches.find(tasks[m]);
       if (it == batches.end()) {
         auto gen = make_generator(member_seed(seed, "data", tasks[m]));
         it = batches.emplace(tasks[m], t.sample_batch(Split::train, gen)).first;
       }
-      xs.push_back(it->second.x);
-      ys.push_back(it->second.y);
+      member_batches.push_back(it->second);
     }
+    const Batch stacked_batch = Batch::stack(member_batches);
     const ParamSet& first = states[members.front()]->opt.params;
     std::vector<torch::Tensor> stacked;
     for (size_t k = 0; k < first.size(); ++k) {
@@ -174,13 +168,13 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
     std::vector<torch::Tensor> grads;
     if (differentiable) {
       torch::AutoGradMode enable_grad(true);  // estimators run under NoGradGuard; the inner gradient needs autograd
-      group_loss = t.population_loss(first.with_tensors(stacked), torch::stack(xs), torch::stack(ys));
+      group_loss = t.population_loss(first.with_tensors(stacked), stacked_batch);
       grads = torch::autograd::grad({group_loss.sum()}, stacked, {}, true, true);
     } else {
-      group_loss = population_loss_and_grads_parallel(t, first, stacked, torch::stack(xs), torch::stack(ys), &grads);
+      group_loss = population_loss_and_grads_parallel(t, first, stacked, stacked_batch, &grads);
     }
     out.nonfinite += (~torch::isfinite(group_loss.detach())).sum().item<int64_t>();
-    auto norm_loss = normalize_classifier_loss(differentiable ? group_loss : group_loss.detach());
+    auto norm_loss = t.normalizer(differentiable ? group_loss : group_loss.detach());
     std::vector<double> norm_value;
     if (!differentiable) {
       auto nv = norm_loss.to(torch::kFloat64).contiguous();

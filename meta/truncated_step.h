@@ -62,8 +62,8 @@ class TruncatedStep {
 };
 
 /// Inner training of tasks from a TaskFamily with a learned optimizer (the meta-training
-/// problem). The meta-loss of a step is the task's training loss through learned_optimization's
-/// task normaliser for classifiers: clip to [0, 1.5 log(classes)], NaN/inf -> the maximum.
+/// problem). The meta-loss of a step is the task's training loss through the task's normaliser
+/// (Task::normalizer; classifiers and byte-level LMs: clip to [0, 1.5 log(classes)], NaN/inf -> max).
 /// Members with the same task configuration are stacked into one population computation.
 struct LoptTruncatedStepConfig {
   nlohmann::json task_family;
@@ -99,9 +99,6 @@ class LoptTruncatedStep : public TruncatedStep {
   std::vector<std::pair<torch::Tensor, std::unique_ptr<Optimizer>>> bound_;
   const Optimizer& bound(const torch::Tensor& theta);
 };
-
-/// learned_optimization's classifier normaliser: clip(loss, 0, 1.5 log(num_classes)), non-finite -> max.
-torch::Tensor normalize_classifier_loss(const torch::Tensor& loss, int64_t num_classes = 10);
 
 /// Stores inner states into `out` as tensors "<prefix>.<i>.p<k>" / "<prefix>.<i>.<slot><k>" and
 /// returns the JSON needed to restore them (task config, counters, ParamInfo, slot layout).

@@ -30,7 +30,7 @@ class Adam : public Optimizer {
   void update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const override;
   nlohmann::json hyperparams() const override;
   /// Learning rate applied to tensor `info` at update `step` (base LR x schedule x muP multiplier).
-  double lr_at(int64_t step, const ParamInfo& info) const;
+  double lr_at(int64_t step, const ParamInfo& info) const override;
 
  private:
   AdamOptions opt_;

@@ -33,4 +33,8 @@ class LearnedOptimizer {
   virtual nlohmann::json hyperparams() const = 0;
 };
 
+/// Builds a learned optimizer from {"type": "small_fc_lopt" | "mulo", ...}; ConfigError naming
+/// `path` for unknown types or bad values.
+std::unique_ptr<LearnedOptimizer> make_learned_optimizer(const nlohmann::json& config, const std::string& path = "/lopt");
+
 }  // namespace lopt

@@ -1,5 +1,7 @@
 #include "optimizers/optimizer.h"
 
+#include <cmath>
+
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -34,6 +36,8 @@ void check_finite_nonneg(ConfigReader& r, const std::string& key, double v) {
   config_check(std::isfinite(v) && v >= 0, r.path_of(key), "must be finite and >= 0, got " + std::to_string(v));
 }
 }  // namespace
+
+double Optimizer::lr_at(int64_t, const ParamInfo&) const { return std::nan(""); }
 
 std::unique_ptr<Optimizer> make_optimizer(const nlohmann::json& config, const std::string& path) {
   ConfigReader r(config, path);
@@ -86,7 +90,7 @@ std::unique_ptr<Optimizer> make_optimizer(const nlohmann::json& config, const st
     for (auto it = lcfg.begin(); it != lcfg.end(); ++it) r.get<nlohmann::json>(it.key(), nullptr);
     if (!checkpoint.empty()) lcfg = resolve_checkpoint_config(lcfg, checkpoint, path);
     else config_check(!lcfg.contains("override"), r.path_of("override"), "only applies with a checkpoint");
-    auto lo = make_learned_optimizer(lcfg, path);
+    auto lo = make_small_fc_lopt(lcfg, path);
     torch::Tensor theta;
     if (checkpoint.empty()) {
       auto gen = make_generator(derive_seed(theta_seed, "theta"));

@@ -48,6 +48,9 @@ class Optimizer {
   /// Call it on any member's optimizer; the default runs each member's update_, learned
   /// optimizers batch the members they can into one kernel call.
   virtual void update_many_(std::vector<PopulationMember>& members) const;
+  /// The learning rate applied to a tensor described by `info` at update `step` (schedule and
+  /// muP multiplier included); NaN for optimizers without one (learned optimizers).
+  virtual double lr_at(int64_t step, const ParamInfo& info) const;
   /// Full resolved configuration including "type"; make_optimizer(hyperparams()) rebuilds it.
   virtual nlohmann::json hyperparams() const = 0;
 };

@@ -65,8 +65,12 @@ nlohmann::json SmallFcLoptConfig::to_json() const {
           {"impl", impl}};
 }
 
-std::unique_ptr<SmallFcLopt> make_learned_optimizer(const nlohmann::json& config, const std::string& path) {
+std::unique_ptr<SmallFcLopt> make_small_fc_lopt(const nlohmann::json& config, const std::string& path) {
   return std::make_unique<SmallFcLopt>(SmallFcLoptConfig::from_json(config, path));
+}
+
+std::unique_ptr<LearnedOptimizer> make_learned_optimizer(const nlohmann::json& config, const std::string& path) {
+  return make_small_fc_lopt(config, path);
 }
 
 std::pair<int64_t, int64_t> lopt_factored_dims(const std::vector<int64_t>& shape) {

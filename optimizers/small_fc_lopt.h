@@ -138,8 +138,8 @@ CheckpointConfig read_checkpoint_config(const std::string& checkpoint);
 nlohmann::json resolve_checkpoint_config(const nlohmann::json& config, const std::string& checkpoint,
                                          const std::string& path);
 
-/// Builds {"type": "small_fc_lopt" | "mulo", ...}.
-std::unique_ptr<SmallFcLopt> make_learned_optimizer(const nlohmann::json& config, const std::string& path = "/lopt");
+/// Builds {"type": "small_fc_lopt" | "mulo", ...} (make_learned_optimizer, as the concrete type).
+std::unique_ptr<SmallFcLopt> make_small_fc_lopt(const nlohmann::json& config, const std::string& path = "/lopt");
 
 /// Factored dimensions of a shape as in learned_optimization `factored_dims`: (d1, d0) where d0 is
 /// the largest dimension and d1 the second largest (argsort order; ties keep the lower index first).

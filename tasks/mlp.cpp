@@ -45,16 +45,10 @@ nlohmann::json MlpConfig::to_json() const {
           {"dataset", dataset},    {"data_dir", data_dir},     {"parametrization", parametrization}};
 }
 
-namespace {
-std::shared_ptr<const ImageDataset> load_data(const MlpConfig& c) {
-  if (c.dataset == "synthetic") return make_synthetic_dataset(4096, 1024, c.image_size, 10, 1234);
-  return load_fashion_mnist(c.data_dir.empty() ? default_fashion_mnist_dir() : c.data_dir, c.image_size);
-}
-}  // namespace
+MlpTask::MlpTask(MlpConfig config)
+    : MlpTask(config, make_image_source(config.dataset, config.data_dir, config.image_size)) {}
 
-MlpTask::MlpTask(MlpConfig config) : MlpTask(config, load_data(config)) {}
-
-MlpTask::MlpTask(MlpConfig config, std::shared_ptr<const ImageDataset> data)
+MlpTask::MlpTask(MlpConfig config, std::shared_ptr<const ImageSource> data)
     : config_(std::move(config)), data_(std::move(data)) {
   param_ = make_parametrization(config_.parametrization, "/task/parametrization");
   config_.parametrization = param_->hyperparams();
@@ -63,7 +57,7 @@ MlpTask::MlpTask(MlpConfig config, std::shared_ptr<const ImageDataset> data)
 
 std::vector<ParamInfo> MlpTask::param_info() const {
   std::vector<ParamInfo> infos;
-  const int64_t w = config_.width, d_in = data_->input_dim(), classes = data_->num_classes;
+  const int64_t w = config_.width, d_in = dataset().input_dim(), classes = dataset().num_classes;
   const double wm = param_->width_mult(w);
   for (int64_t l = 0; l < config_.depth; ++l) {
     int64_t fan_in = l == 0 ? d_in : w;
@@ -105,8 +99,8 @@ torch::Tensor MlpTask::forward(const ParamSet& params, const torch::Tensor& x,
                                std::vector<torch::Tensor>* activations) const {
   TORCH_CHECK(params.size() == static_cast<size_t>(2 * config_.depth + 2), "MlpTask::forward: expected ",
               2 * config_.depth + 2, " tensors, got ", params.size());
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == data_->input_dim(), "MlpTask::forward: x must be [B, ",
-              data_->input_dim(), "], got ", x.sizes());
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == dataset().input_dim(), "MlpTask::forward: x must be [B, ",
+              dataset().input_dim(), "], got ", x.sizes());
   auto linear = [&](const torch::Tensor& h, size_t i) {
     const auto& W = params.tensors[i];
     const auto& b = params.tensors[i + 1];
@@ -123,15 +117,28 @@ torch::Tensor MlpTask::forward(const ParamSet& params, const torch::Tensor& x,
   return logits;
 }
 
-torch::Tensor MlpTask::loss(const ParamSet& params, const Batch& batch) const {
-  return torch::cross_entropy_loss(forward(params, batch.x), batch.y);
+LossAndMetrics MlpTask::loss_and_metrics(const ParamSet& params, const Batch& batch,
+                                         std::vector<torch::Tensor>* activations) const {
+  const auto& y = batch.at("y");
+  auto logits = forward(params, batch.at("x"), activations);
+  LossAndMetrics out;
+  out.loss = torch::cross_entropy_loss(logits, y);
+  out.metrics["loss"] = out.loss.detach();
+  out.metrics["accuracy"] = logits.detach().argmax(1).eq(y).to(torch::kFloat64).mean();
+  return out;
 }
 
-torch::Tensor MlpTask::population_loss(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y) const {
+torch::Tensor MlpTask::normalizer(const torch::Tensor& loss) const {
+  return normalize_classifier_loss(loss, dataset().num_classes);
+}
+
+torch::Tensor MlpTask::population_loss(const ParamSet& stacked, const Batch& batch) const {
+  const auto& x = batch.at("x");
+  const auto& y = batch.at("y");
   TORCH_CHECK(stacked.size() == static_cast<size_t>(2 * config_.depth + 2), "MlpTask::population_loss: expected ",
               2 * config_.depth + 2, " tensors, got ", stacked.size());
-  TORCH_CHECK(x.dim() == 3 && x.size(2) == data_->input_dim() && y.dim() == 2 && x.size(0) == y.size(0),
-              "MlpTask::population_loss: x must be [P, B, ", data_->input_dim(), "] and y [P, B], got ", x.sizes(),
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == dataset().input_dim() && y.dim() == 2 && x.size(0) == y.size(0),
+              "MlpTask::population_loss: x must be [P, B, ", dataset().input_dim(), "] and y [P, B], got ", x.sizes(),
               " and ", y.sizes());
   // h [P, B, in] x W^T [P, in, out] + b [P, 1, out]
   auto linear = [&](const torch::Tensor& h, size_t i) {
@@ -146,28 +153,6 @@ torch::Tensor MlpTask::population_loss(const ParamSet& stacked, const torch::Ten
   }
   auto logp = torch::log_softmax(linear(h, 2 * config_.depth), -1);
   return -logp.gather(2, y.unsqueeze(2)).squeeze(2).mean(1);
-}
-
-Batch MlpTask::sample_batch(Split split, at::Generator& gen) const {
-  return data_->sample(split, config_.batch_size, gen);
-}
-
-std::map<std::string, double> MlpTask::evaluate(const ParamSet& params, Split split, int64_t max_examples) const {
-  torch::NoGradGuard no_grad;
-  const auto& xs = data_->x(split);
-  const auto& ys = data_->y(split);
-  int64_t n = max_examples > 0 ? std::min<int64_t>(max_examples, xs.size(0)) : xs.size(0);
-  double loss_sum = 0.0;
-  int64_t correct = 0;
-  const int64_t chunk = 2048;
-  for (int64_t i = 0; i < n; i += chunk) {
-    int64_t e = std::min(n, i + chunk);
-    auto logits = forward(params, xs.slice(0, i, e));
-    auto y = ys.slice(0, i, e);
-    loss_sum += torch::cross_entropy_loss(logits, y, {}, at::Reduction::Sum).item<double>();
-    correct += logits.argmax(1).eq(y).sum().item<int64_t>();
-  }
-  return {{"loss", loss_sum / static_cast<double>(n)}, {"accuracy", static_cast<double>(correct) / static_cast<double>(n)}};
 }
 
 nlohmann::json MlpTask::hyperparams() const { return config_.to_json(); }
@@ -259,37 +244,19 @@ nlohmann::json MlpFamily::sample(at::Generator& gen) const {
           {"parametrization", config_["parametrization"]}};
 }
 
-torch::Tensor Task::population_loss(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y) const {
-  std::vector<torch::Tensor> losses;
-  for (int64_t p = 0; p < x.size(0); ++p) {
-    std::vector<torch::Tensor> member;
-    for (const auto& t : stacked.tensors) member.push_back(t[p]);
-    losses.push_back(loss(stacked.with_tensors(member), Batch{x[p], y[p]}));
-  }
-  return torch::stack(losses);
-}
-
-torch::Tensor Task::population_loss_and_grads(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y,
-                                              std::vector<torch::Tensor>* grads) const {
-  torch::AutoGradMode enable_grad(true);
-  std::vector<torch::Tensor> leaves;
-  for (const auto& t : stacked.tensors) leaves.push_back(t.detach().requires_grad_(true));
-  auto loss = population_loss(stacked.with_tensors(leaves), x, y);
-  *grads = torch::autograd::grad({loss.sum()}, leaves);
-  return loss.detach();
-}
-
 // The MLP's backward pass written out (relu / tanh; gelu takes autograd): per layer two bmm and a
 // few element-wise ops, no graph.
-torch::Tensor MlpTask::population_loss_and_grads(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y,
+torch::Tensor MlpTask::population_loss_and_grads(const ParamSet& stacked, const Batch& batch,
                                                  std::vector<torch::Tensor>* grads) const {
-  if (config_.activation == "gelu") return Task::population_loss_and_grads(stacked, x, y, grads);
+  if (config_.activation == "gelu") return Task::population_loss_and_grads(stacked, batch, grads);
+  const auto& x = batch.at("x");
+  const auto& y = batch.at("y");
   torch::NoGradGuard no_grad;
   const int64_t L = config_.depth;
   TORCH_CHECK(stacked.size() == static_cast<size_t>(2 * L + 2), "MlpTask::population_loss_and_grads: expected ",
               2 * L + 2, " tensors, got ", stacked.size());
-  TORCH_CHECK(x.dim() == 3 && x.size(2) == data_->input_dim() && y.dim() == 2 && x.size(0) == y.size(0),
-              "MlpTask::population_loss_and_grads: x must be [P, B, ", data_->input_dim(), "] and y [P, B], got ",
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == dataset().input_dim() && y.dim() == 2 && x.size(0) == y.size(0),
+              "MlpTask::population_loss_and_grads: x must be [P, B, ", dataset().input_dim(), "] and y [P, B], got ",
               x.sizes(), " and ", y.sizes());
   auto W = [&](int64_t l) { return stacked.tensors[static_cast<size_t>(2 * l)].detach(); };
   auto b = [&](int64_t l) { return stacked.tensors[static_cast<size_t>(2 * l + 1)].detach(); };
@@ -322,36 +289,6 @@ torch::Tensor MlpTask::population_loss_and_grads(const ParamSet& stacked, const 
     else dz = dh.mul_(1 - h.square());                                              // tanh' = 1 - tanh^2
   }
   return loss;
-}
-
-std::unique_ptr<Task> TaskFamily::make_task(const nlohmann::json& config) const { return lopt::make_task(config); }
-
-namespace {
-std::string task_type(const nlohmann::json& config, const std::string& path, const std::string& fallback) {
-  if (!config.is_object() || !config.contains("type")) return fallback;
-  if (!config.at("type").is_string()) throw ConfigError(path + "/type", "must be a string");
-  return config.at("type").get<std::string>();
-}
-}  // namespace
-
-nlohmann::json resolve_task_config(const nlohmann::json& config, const std::string& path) {
-  auto type = task_type(config, path, "mlp");
-  if (type != "mlp") throw ConfigError(path + "/type", "unknown task type \"" + type + "\" (valid: mlp)");
-  auto c = MlpConfig::from_json(config, path);
-  c.parametrization = make_parametrization(c.parametrization, path + "/parametrization")->hyperparams();
-  return c.to_json();
-}
-
-std::unique_ptr<Task> make_task(const nlohmann::json& config, const std::string& path) {
-  auto type = task_type(config, path, "mlp");
-  if (type == "mlp") return std::make_unique<MlpTask>(MlpConfig::from_json(config, path));
-  throw ConfigError(path + "/type", "unknown task type \"" + type + "\" (valid: mlp)");
-}
-
-std::unique_ptr<TaskFamily> make_task_family(const nlohmann::json& config, const std::string& path) {
-  auto type = task_type(config, path, "mlp_family");
-  if (type == "mlp_family") return std::make_unique<MlpFamily>(config, path);
-  throw ConfigError(path + "/type", "unknown task family type \"" + type + "\" (valid: mlp_family)");
 }
 
 }  // namespace lopt

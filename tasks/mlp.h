@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "parametrization/parametrization.h"
+#include "tasks/data/image_dataset.h"
 #include "tasks/task.h"
 
 namespace lopt {
@@ -24,20 +25,25 @@ struct MlpConfig {
   nlohmann::json to_json() const;
 };
 
+/// Batches {"x": [B, D], "y": [B]}; metrics loss (cross-entropy) and accuracy.
 class MlpTask : public Task {
  public:
+  /// Uses the configured dataset (make_image_source).
   explicit MlpTask(MlpConfig config);
-  /// Uses `data` instead of loading the configured dataset (tests, shared datasets).
-  MlpTask(MlpConfig config, std::shared_ptr<const ImageDataset> data);
+  /// Uses `data` instead (tests, synthetic data); its image size and classes decide the shapes.
+  MlpTask(MlpConfig config, std::shared_ptr<const ImageSource> data);
 
   ParamSet init(at::Generator& gen) const override;
-  torch::Tensor loss(const ParamSet& params, const Batch& batch) const override;
-  torch::Tensor population_loss(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y) const override;
-  torch::Tensor population_loss_and_grads(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y,
+  std::shared_ptr<const DataSource> data() const override { return data_; }
+  int64_t batch_size() const override { return config_.batch_size; }
+  LossAndMetrics loss_and_metrics(const ParamSet& params, const Batch& batch,
+                                  std::vector<torch::Tensor>* activations = nullptr) const override;
+  std::vector<std::string> activation_names() const override { return layer_names(); }
+  std::string report_metric() const override { return "accuracy"; }
+  torch::Tensor normalizer(const torch::Tensor& loss) const override;
+  torch::Tensor population_loss(const ParamSet& stacked, const Batch& batch) const override;
+  torch::Tensor population_loss_and_grads(const ParamSet& stacked, const Batch& batch,
                                           std::vector<torch::Tensor>* grads) const override;
-  Batch sample_batch(Split split, at::Generator& gen) const override;
-  std::map<std::string, double> evaluate(const ParamSet& params, Split split,
-                                         int64_t max_examples = 0) const override;
   nlohmann::json hyperparams() const override;
 
   /// Logits [B, classes] for inputs x [B, D]. When `activations` is given, appends the
@@ -48,14 +54,14 @@ class MlpTask : public Task {
   std::vector<std::string> layer_names() const;
   const MlpConfig& config() const { return config_; }
   const Parametrization& parametrization() const { return *param_; }
-  const ImageDataset& data() const { return *data_; }
+  const ImageDataset& dataset() const { return data_->dataset(); }
   /// Shapes and roles of the parameters (no tensors allocated).
   std::vector<ParamInfo> param_info() const;
 
  private:
   torch::Tensor activate(const torch::Tensor& h) const;
   MlpConfig config_;
-  std::shared_ptr<const ImageDataset> data_;
+  std::shared_ptr<const ImageSource> data_;
   std::unique_ptr<Parametrization> param_;
   std::vector<double> forward_mult_;
 };
@@ -67,7 +73,7 @@ class MlpTask : public Task {
 ///          "parametrization": {...}, "dataset": "fashion_mnist", "data_dir": ""}
 class MlpFamily : public TaskFamily {
  public:
-  MlpFamily(const nlohmann::json& config, const std::string& path = "/task_family");
+  explicit MlpFamily(const nlohmann::json& config, const std::string& path = "/task_family");
   nlohmann::json sample(at::Generator& gen) const override;
   nlohmann::json hyperparams() const override { return config_; }
 

@@ -1,47 +1,82 @@
 #pragma once
-/// Task and TaskFamily: what a learned optimizer is trained and evaluated on.
+/// Task and TaskFamily: what an optimizer is trained and evaluated on, and their registries.
 ///
 /// Tasks are pure functions over a ParamSet (no hidden module state), after
 /// learned_optimization's `tasks/base.py`, so that an unroll can be differentiated
-/// (truncated backprop) or run without autograd (ES, evaluation).
+/// (truncated backprop) or run without autograd (ES, evaluation). A task reads its batches from
+/// a DataSource it is handed (tasks/data/); it does not load data itself.
+///
+/// Adding a task type: implement Task (and a TaskFamily to meta-train on it), then register a
+/// resolver and a factory in tasks/builtin_tasks.cpp. Every command (train, compare, sweep,
+/// meta-train, coord-check) then accepts {"type": "<name>", ...}.
 #include <ATen/core/Generator.h>
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "parametrization/param_set.h"
-#include "tasks/image_dataset.h"
+#include "tasks/data/data_source.h"
 
 namespace lopt {
+
+/// What a task computes on one batch.
+struct LossAndMetrics {
+  /// Scalar training loss, auxiliary terms included (differentiable w.r.t. the parameters).
+  torch::Tensor loss;
+  /// Detached scalar means over the batch: "loss" (the data loss) always, then task-specific ones
+  /// ("accuracy" for classifiers, "bits_per_byte" for byte-level LMs, auxiliary terms, ...).
+  std::map<std::string, torch::Tensor> metrics;
+};
 
 class Task {
  public:
   virtual ~Task() = default;
   /// Freshly initialised parameters, drawn from `gen`.
   virtual ParamSet init(at::Generator& gen) const = 0;
-  /// Scalar training loss of `params` on `batch` (differentiable w.r.t. params).
-  virtual torch::Tensor loss(const ParamSet& params, const Batch& batch) const = 0;
+  /// The task's data and its training batch size.
+  virtual std::shared_ptr<const DataSource> data() const = 0;
+  virtual int64_t batch_size() const = 0;
+  /// Loss and metrics of `params` on `batch`. With `activations`, appends the output of every
+  /// layer named by activation_names() (for coordinate checks).
+  virtual LossAndMetrics loss_and_metrics(const ParamSet& params, const Batch& batch,
+                                          std::vector<torch::Tensor>* activations = nullptr) const = 0;
+  /// The training loss alone.
+  torch::Tensor loss(const ParamSet& params, const Batch& batch) const { return loss_and_metrics(params, batch).loss; }
+  virtual std::vector<std::string> activation_names() const = 0;
+  /// The meta-training loss of a training loss (learned_optimization's `task.normalizer`): maps
+  /// losses of every task of a family to a common range, NaN/inf to the maximum.
+  virtual torch::Tensor normalizer(const torch::Tensor& loss) const = 0;
   /// Training losses [P] of P parameter sets with identical shapes stacked along a leading
-  /// population dimension (stacked.tensors[i] is [P, *shape_i]) on batches x [P, B, ...],
-  /// y [P, B]. Differentiable w.r.t. the stacked tensors. The default loops over members;
-  /// tasks override it with one batched computation (the MLP uses bmm), which is what makes
-  /// the N tasks and antithetic pairs of a meta-gradient estimate cheap at small widths.
-  virtual torch::Tensor population_loss(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y) const;
+  /// population dimension (stacked.tensors[i] is [P, *shape_i]) on a stacked batch (each tensor
+  /// [P, B, ...]). Differentiable w.r.t. the stacked tensors. The default loops over members;
+  /// tasks override it with one batched computation (the MLP uses bmm), which is what makes the N
+  /// tasks and antithetic pairs of a meta-gradient estimate cheap at small widths.
+  virtual torch::Tensor population_loss(const ParamSet& stacked, const Batch& batch) const;
   /// population_loss [P] and its gradients w.r.t. each stacked tensor (member p's loss only reaches
   /// member p's slice), without keeping an autograd graph. Default: autograd through
   /// population_loss; tasks with a closed-form backward override it (fewer ops for small models).
-  virtual torch::Tensor population_loss_and_grads(const ParamSet& stacked, const torch::Tensor& x, const torch::Tensor& y,
+  virtual torch::Tensor population_loss_and_grads(const ParamSet& stacked, const Batch& batch,
                                                   std::vector<torch::Tensor>* grads) const;
-  /// A batch of the configured size from `split`.
-  virtual Batch sample_batch(Split split, at::Generator& gen) const = 0;
-  /// Metrics ("loss", "accuracy", ...) over the first `max_examples` of `split` (all if <= 0), no grad.
-  virtual std::map<std::string, double> evaluate(const ParamSet& params, Split split,
-                                                 int64_t max_examples = 0) const = 0;
+  /// A training batch of the configured size from `split` (and `shard`) of the task's data.
+  Batch sample_batch(Split split, at::Generator& gen, Shard shard = {}) const {
+    return data()->sample(split, batch_size(), gen, shard);
+  }
+  /// The metric that summarises a run besides the training loss ("accuracy", "bits_per_byte"),
+  /// reported on the data's report_split().
+  virtual std::string report_metric() const { return "loss"; }
+  /// Metrics averaged over the first `max_examples` of `split` (all if <= 0), no grad.
+  virtual std::map<std::string, double> evaluate(const ParamSet& params, Split split, int64_t max_examples = 0) const;
   /// Full resolved configuration including "type"; make_task(hyperparams()) rebuilds the task.
   virtual nlohmann::json hyperparams() const = 0;
+
+ protected:
+  /// Examples per evaluation chunk (memory bound of evaluate()).
+  virtual int64_t eval_chunk() const { return 2048; }
 };
 
 class TaskFamily {
@@ -49,15 +84,36 @@ class TaskFamily {
   virtual ~TaskFamily() = default;
   /// A task configuration (JSON accepted by make_task) drawn from `gen`.
   virtual nlohmann::json sample(at::Generator& gen) const = 0;
-  virtual std::unique_ptr<Task> make_task(const nlohmann::json& config) const;
   virtual nlohmann::json hyperparams() const = 0;
 };
 
-/// Builds a task from {"type": "mlp", ...}; `path` is the JSON path used in errors.
+/// learned_optimization's classifier normaliser: clip(loss, 0, 1.5 log(num_classes)), NaN/inf -> the
+/// maximum. Byte-level LMs use it with 256 classes.
+torch::Tensor normalize_classifier_loss(const torch::Tensor& loss, int64_t num_classes);
+
+// ------------------------------------------------------------------ registries
+
+/// How a task type is validated and built. `resolve` checks a config (ConfigError at `path`) and
+/// returns it with every default filled in, without loading data; `make` builds the task from a
+/// resolved config.
+struct TaskType {
+  std::function<nlohmann::json(const nlohmann::json& config, const std::string& path)> resolve;
+  std::function<std::unique_ptr<Task>(const nlohmann::json& resolved)> make;
+};
+using TaskFamilyFactory = std::function<std::unique_ptr<TaskFamily>(const nlohmann::json& config, const std::string& path)>;
+
+void register_task_type(const std::string& type, TaskType t);
+void register_task_family_type(const std::string& type, TaskFamilyFactory f);
+/// Registered names, sorted (for error messages and --help).
+std::vector<std::string> task_types();
+std::vector<std::string> task_family_types();
+
+/// Builds a task from {"type": "mlp" | "transformer_lm", ...} ("mlp" when "type" is absent); `path`
+/// is the JSON path used in errors.
 std::unique_ptr<Task> make_task(const nlohmann::json& config, const std::string& path = "/task");
 /// Validates a task config and returns it with every default filled in, without loading data.
 nlohmann::json resolve_task_config(const nlohmann::json& config, const std::string& path = "/task");
-/// Builds a family from {"type": "mlp_family", ...}.
+/// Builds a family from {"type": "mlp_family" | "transformer_lm_family", ...}.
 std::unique_ptr<TaskFamily> make_task_family(const nlohmann::json& config, const std::string& path = "/task_family");
 
 }  // namespace lopt

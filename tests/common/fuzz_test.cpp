@@ -12,7 +12,7 @@
 #include "experiments/train.h"
 #include "optimizers/optimizer.h"
 #include "optimizers/safetensors.h"
-#include "tasks/image_dataset.h"
+#include "tasks/data/image_dataset.h"
 #include "support.h"
 
 using lopt::json;

@@ -72,7 +72,7 @@ TEST(Compare, TunesOnTuningSeedsAndReportsHeldOutSeeds) {
 // config or its checkpoint's content re-runs exactly that contender's runs.
 TEST(Compare, ReusesExactlyTheRunsWhoseConfigAndInputsAreUnchanged) {
   lopt_test::TempDir dir;
-  auto lo = lopt::make_learned_optimizer({{"type", "mulo"}});
+  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}});
   auto gen = lopt::make_generator(3);
   lo->save(dir.path("theta.safetensors"), lo->init_theta(gen));
   auto s = spec(dir.path());

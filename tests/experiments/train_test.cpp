@@ -167,7 +167,7 @@ TEST(Cli, TrainsWithMuloFromACheckpointOrASeededTheta) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
   std::ofstream(dir.path("c.json")) << tiny_config(dir.path("fm"), dir.path("lo.h5")).dump();
-  auto lo = lopt::make_learned_optimizer({{"type", "mulo"}});
+  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}});
   auto gen = lopt::make_generator(9);
   lo->save(dir.path("theta.safetensors"), lo->init_theta(gen));
   std::string out;

@@ -51,7 +51,8 @@ TEST(MlpTask, PopulationLossEqualsPerMemberLoss) {
   c.activation = "gelu";
   lopt::MlpTask task(c);
   std::vector<lopt::ParamSet> members;
-  std::vector<torch::Tensor> xs, ys, ref;
+  std::vector<lopt::Batch> bs;
+  std::vector<torch::Tensor> ref;
   for (int m = 0; m < 3; ++m) {
     auto gen = lopt::make_generator(10 + m);
     auto p = task.init(gen);
@@ -59,13 +60,12 @@ TEST(MlpTask, PopulationLossEqualsPerMemberLoss) {
     auto b = task.sample_batch(lopt::Split::train, gen);
     ref.push_back(task.loss(p, b));
     members.push_back(p);
-    xs.push_back(b.x);
-    ys.push_back(b.y);
+    bs.push_back(b);
   }
   std::vector<torch::Tensor> stacked;
   for (size_t k = 0; k < members[0].size(); ++k)
     stacked.push_back(torch::stack({members[0].tensors[k], members[1].tensors[k], members[2].tensors[k]}));
-  auto pop = task.population_loss(members[0].with_tensors(stacked), torch::stack(xs), torch::stack(ys));
+  auto pop = task.population_loss(members[0].with_tensors(stacked), lopt::Batch::stack(bs));
   ASSERT_EQ(pop.sizes(), torch::IntArrayRef({3}));
   for (int m = 0; m < 3; ++m) EXPECT_NEAR(pop[m].item<double>(), ref[m].item<double>(), 1e-5);
 }
@@ -126,7 +126,7 @@ TEST(LoptTruncatedStep, StaggeredStartsSpreadOverTheEpisode) {
 
 TEST(LoptTruncatedStep, NormaliserClipsAndReplacesNonFinite) {
   auto l = torch::tensor(std::vector<double>{-1.0, 0.5, 10.0, std::nan(""), HUGE_VAL}, torch::kFloat64);
-  auto n = lopt::normalize_classifier_loss(l);
+  auto n = lopt::normalize_classifier_loss(l, 10);
   const double max = 1.5 * std::log(10.0);
   EXPECT_DOUBLE_EQ(n[0].item<double>(), 0.0);
   EXPECT_DOUBLE_EQ(n[1].item<double>(), 0.5);

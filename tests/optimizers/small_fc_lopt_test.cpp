@@ -66,7 +66,7 @@ GoldenCase load_case(const json& root, const std::string& name, const std::strin
               {"initial_rms_decays", hp.at("initial_rms_decays")},
               {"initial_adafactor_decays", hp.at("initial_adafactor_decays")},
               {"impl", impl}};
-  gc.lopt = lopt::make_learned_optimizer(cfg);
+  gc.lopt = lopt::make_small_fc_lopt(cfg);
   std::map<std::string, torch::Tensor> named;
   for (auto it = c.at("metamlp").begin(); it != c.at("metamlp").end(); ++it) named[it.key()] = from_json(it.value());
   named["momentum_decays"] = torch::tensor(ctor.at("momentum_decays").get<std::vector<float>>());
@@ -185,9 +185,9 @@ FusedCase make_fused_case(bool mup, const std::vector<std::vector<int64_t>>& sha
   json cfg = {{"type", mup ? "mulo" : "small_fc_lopt"}, {"weight_decay", 0.01}, {"max_grad_norm", 5.0},
               {"impl", "tensor"}};
   FusedCase c;
-  c.tensor_lo = lopt::make_learned_optimizer(cfg);
+  c.tensor_lo = lopt::make_small_fc_lopt(cfg);
   cfg["impl"] = "fused";
-  c.fused_lo = lopt::make_learned_optimizer(cfg);
+  c.fused_lo = lopt::make_small_fc_lopt(cfg);
   auto gen = lopt::make_generator(seed);
   c.theta = c.tensor_lo->init_theta(gen);
   c.theta.narrow(0, c.theta.size(0) - 7, 7).copy_(torch::randn({7}, gen) * 0.1);  // nonzero decay offsets
@@ -325,7 +325,7 @@ TEST(SmallFcLopt, NonFiniteValuesPropagateLikeTensorOps) {
 }
 
 TEST(SmallFcLopt, TensorPathIsDifferentiableInThetaAndParams) {
-  auto lo = lopt::make_learned_optimizer({{"type", "mulo"}, {"impl", "tensor"}});
+  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}, {"impl", "tensor"}});
   auto gen = lopt::make_generator(3);
   auto theta = lo->init_theta(gen).to(torch::kFloat64).requires_grad_(true);
   lopt::ParamSet params;
@@ -352,7 +352,7 @@ TEST(SmallFcLopt, TensorPathIsDifferentiableInThetaAndParams) {
 
 TEST(SmallFcLopt, SafetensorsRoundTripAndPyloNames) {
   lopt_test::TempDir dir;
-  auto lo = lopt::make_learned_optimizer({{"type", "mulo"}});
+  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}});
   auto gen = lopt::make_generator(5);
   auto theta = lo->init_theta(gen);
   theta.narrow(0, theta.size(0) - 7, 7).fill_(0.25);
@@ -432,7 +432,7 @@ TEST(SmallFcLopt, SimdTargetFromEnvironmentIsChecked) {
 // is read with PyLO's defaults.
 TEST(SmallFcLopt, CheckpointConfigWinsAndConflictsAreErrors) {
   lopt_test::TempDir dir;
-  auto lo = lopt::make_learned_optimizer({{"type", "small_fc_lopt"}, {"step_mult", 0.05}, {"hidden_size", 16}});
+  auto lo = lopt::make_small_fc_lopt({{"type", "small_fc_lopt"}, {"step_mult", 0.05}, {"hidden_size", 16}});
   auto gen = lopt::make_generator(7);
   auto theta = lo->init_theta(gen);
   const auto file = dir.path("sp.safetensors");
@@ -479,7 +479,7 @@ TEST(SmallFcLopt, CheckpointConfigWinsAndConflictsAreErrors) {
 // config.json with MetaMLP's constructor arguments), and lopt reads the folder back to the same theta.
 TEST(SmallFcLopt, HubLayoutRoundTrips) {
   lopt_test::TempDir dir;
-  auto lo = lopt::make_learned_optimizer({{"type", "mulo"}});
+  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}});
   auto gen = lopt::make_generator(8);
   auto theta = lo->init_theta(gen);
   theta.narrow(0, theta.size(0) - 7, 7).fill_(-0.125);

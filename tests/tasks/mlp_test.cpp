@@ -34,12 +34,12 @@ TEST(MlpTask, LossMatchesAFloat64ComputationIncludingTheMupReadoutMultiplier) {
   double loss = task.loss(p, batch).item<double>();
 
   auto d = [&](int i) { return p.tensors[i].to(torch::kFloat64); };
-  auto x = batch.x.to(torch::kFloat64);
+  auto x = batch.at("x").to(torch::kFloat64);
   auto h = torch::relu(x.matmul(d(0).t()) + d(1));
   h = torch::relu(h.matmul(d(2).t()) + d(3));
   auto logits = h.matmul(d(4).t()) * (16.0 / 32.0) + d(5);  // width_mult = 2
   auto logp = logits - logits.logsumexp(1, true);
-  double ref = -logp.gather(1, batch.y.unsqueeze(1)).mean().item<double>();
+  double ref = -logp.gather(1, batch.at("y").unsqueeze(1)).mean().item<double>();
   EXPECT_NEAR(loss, ref, 1e-5 * std::abs(ref));
 }
 
@@ -91,7 +91,7 @@ TEST(MlpFamily, SamplingIsSeededAndStaysInRange) {
     depths.insert(a["depth"].get<int64_t>());
   }
   EXPECT_EQ(depths.size(), 3u);
-  auto task = family->make_task(family->sample(g1));
+  auto task = lopt::make_task(family->sample(g1));
   EXPECT_EQ(task->hyperparams()["type"], "mlp");
   EXPECT_THROW(lopt::make_task_family({{"widths", nlohmann::json::array()}}), lopt::ConfigError);
   EXPECT_THROW(lopt::make_task_family({{"depths", {0}}}), lopt::ConfigError);
@@ -116,17 +116,14 @@ TEST(MlpTask, PopulationGradsMatchAutograd) {
         for (int64_t p = 0; p < P; ++p) parts.push_back(members[static_cast<size_t>(p)][i] + 0.3 * torch::randn(proto.tensors[i].sizes(), gen));
         stacked.push_back(torch::stack(parts).to(torch::kFloat64));
       }
-      std::vector<torch::Tensor> xs, ys;
-      for (int64_t p = 0; p < P; ++p) {
-        auto b = task->sample_batch(lopt::Split::train, gen);
-        xs.push_back(b.x);
-        ys.push_back(b.y);
-      }
-      auto x = torch::stack(xs).to(torch::kFloat64), y = torch::stack(ys);
+      std::vector<lopt::Batch> bs;
+      for (int64_t p = 0; p < P; ++p) bs.push_back(task->sample_batch(lopt::Split::train, gen));
+      auto batch = lopt::Batch::stack(bs);
+      batch.tensors["x"] = batch.at("x").to(torch::kFloat64);
       auto params = proto.with_tensors(stacked);
       std::vector<torch::Tensor> manual, reference;
-      auto loss = task->population_loss_and_grads(params, x, y, &manual);
-      auto ref_loss = task->lopt::Task::population_loss_and_grads(params, x, y, &reference);
+      auto loss = task->population_loss_and_grads(params, batch, &manual);
+      auto ref_loss = task->lopt::Task::population_loss_and_grads(params, batch, &reference);
       const std::string where = act + " depth " + std::to_string(depth);
       EXPECT_TRUE(torch::allclose(loss, ref_loss, 1e-12, 1e-12)) << where;
       ASSERT_EQ(manual.size(), reference.size());

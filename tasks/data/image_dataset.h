@@ -1,6 +1,6 @@
 #pragma once
 /// In-memory image classification data (Fashion-MNIST from IDX files, or synthetic) as
-/// normalised float tensors, with seeded batch sampling.
+/// normalised float tensors, and ImageSource, its DataSource (batches {"x": [B, D], "y": [B]}).
 #include <ATen/core/Generator.h>
 #include <torch/types.h>
 
@@ -8,15 +8,9 @@
 #include <memory>
 #include <string>
 
+#include "tasks/data/data_source.h"
+
 namespace lopt {
-
-enum class Split { train, test };
-
-/// A batch: x [B, D] float32 inputs, y [B] int64 labels.
-struct Batch {
-  torch::Tensor x;
-  torch::Tensor y;
-};
 
 /// Flattened images: train_x [N, D], train_y [N] (int64), test_x [M, D], test_y [M].
 struct ImageDataset {
@@ -26,11 +20,30 @@ struct ImageDataset {
   torch::Tensor train_x, train_y, test_x, test_y;
 
   int64_t input_dim() const { return train_x.size(1); }
+  /// Split::train or Split::test (the images have no validation split).
   const torch::Tensor& x(Split s) const { return s == Split::train ? train_x : test_x; }
   const torch::Tensor& y(Split s) const { return s == Split::train ? train_y : test_y; }
-  /// `batch_size` examples drawn uniformly with replacement from `split` using `gen`.
-  Batch sample(Split split, int64_t batch_size, at::Generator& gen) const;
 };
+
+/// Image classification batches: {"x": [B, D] float32, "y": [B] int64}; splits train and test.
+class ImageSource : public DataSource {
+ public:
+  explicit ImageSource(std::shared_ptr<const ImageDataset> data) : data_(std::move(data)) {}
+  std::vector<Split> splits() const override { return {Split::train, Split::test}; }
+  Batch sample(Split split, int64_t batch_size, at::Generator& gen, Shard shard = {}) const override;
+  int64_t num_examples(Split split) const override;
+  Batch examples(Split split, int64_t begin, int64_t end) const override;
+  nlohmann::json hyperparams() const override;
+  const ImageDataset& dataset() const { return *data_; }
+
+ private:
+  std::shared_ptr<const ImageDataset> data_;
+};
+
+/// The source for a dataset name ("fashion_mnist" from `data_dir` (empty: the default folder),
+/// or "synthetic") at `image_size`; shared per arguments.
+std::shared_ptr<const ImageSource> make_image_source(const std::string& dataset, const std::string& data_dir,
+                                                     int64_t image_size);
 
 /// Default folder of the Debian package dataset-fashion-mnist; LOPT_DATA_DIR overrides it.
 std::string default_fashion_mnist_dir();

@@ -1,4 +1,4 @@
-#include "tasks/image_dataset.h"
+#include "tasks/data/image_dataset.h"
 
 #include <gtest/gtest.h>
 
@@ -86,12 +86,12 @@ TEST(FashionMnist, PlainFilesAndInconsistentCounts) {
 }
 
 TEST(ImageDataset, SeededSamplingIsReproducible) {
-  auto ds = lopt::make_synthetic_dataset(100, 10, 4, 10, 3);
+  lopt::ImageSource ds(lopt::make_synthetic_dataset(100, 10, 4, 10, 3));
   auto g1 = lopt::make_generator(5), g2 = lopt::make_generator(5), g3 = lopt::make_generator(6);
-  auto a = ds->sample(lopt::Split::train, 16, g1), b = ds->sample(lopt::Split::train, 16, g2);
-  auto c = ds->sample(lopt::Split::train, 16, g3);
-  EXPECT_TRUE(torch::equal(a.x, b.x));
-  EXPECT_TRUE(torch::equal(a.y, b.y));
-  EXPECT_FALSE(torch::equal(a.x, c.x));
-  EXPECT_EQ(a.x.sizes(), (std::vector<int64_t>{16, 16}));
+  auto a = ds.sample(lopt::Split::train, 16, g1), b = ds.sample(lopt::Split::train, 16, g2);
+  auto c = ds.sample(lopt::Split::train, 16, g3);
+  EXPECT_TRUE(torch::equal(a.at("x"), b.at("x")));
+  EXPECT_TRUE(torch::equal(a.at("y"), b.at("y")));
+  EXPECT_FALSE(torch::equal(a.at("x"), c.at("x")));
+  EXPECT_EQ(a.at("x").sizes(), (std::vector<int64_t>{16, 16}));
 }

@@ -1,4 +1,4 @@
-#include "tasks/image_dataset.h"
+#include "tasks/data/image_dataset.h"
 
 #include <torch/torch.h>
 #include <zlib.h>
@@ -169,10 +169,40 @@ std::shared_ptr<const ImageDataset> make_synthetic_dataset(int64_t n_train, int6
   return ds;
 }
 
-Batch ImageDataset::sample(Split split, int64_t batch_size, at::Generator& gen) const {
-  const auto& xs = x(split);
-  auto idx = torch::randint(xs.size(0), {batch_size}, gen, torch::kInt64);
-  return {xs.index_select(0, idx), y(split).index_select(0, idx)};
+Batch ImageSource::sample(Split split, int64_t batch_size, at::Generator& gen, Shard shard) const {
+  check_split(split);
+  const auto& xs = data_->x(split);
+  auto idx = sample_shard_indices(xs.size(0), batch_size, gen, shard);
+  return {{{"x", xs.index_select(0, idx)}, {"y", data_->y(split).index_select(0, idx)}}};
+}
+
+int64_t ImageSource::num_examples(Split split) const {
+  check_split(split);
+  return data_->x(split).size(0);
+}
+
+Batch ImageSource::examples(Split split, int64_t begin, int64_t end) const {
+  check_split(split);
+  return {{{"x", data_->x(split).slice(0, begin, end)}, {"y", data_->y(split).slice(0, begin, end)}}};
+}
+
+nlohmann::json ImageSource::hyperparams() const {
+  return {{"type", "images"}, {"dataset", data_->name}, {"image_size", data_->image_size}, {"classes", data_->num_classes}};
+}
+
+std::shared_ptr<const ImageSource> make_image_source(const std::string& dataset, const std::string& data_dir,
+                                                     int64_t image_size) {
+  static std::mutex mu;
+  static std::map<std::string, std::weak_ptr<const ImageSource>> cache;
+  const std::string key = dataset + "\n" + data_dir + "\n" + std::to_string(image_size);
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto hit = cache[key].lock()) return hit;
+  std::shared_ptr<const ImageDataset> data =
+      dataset == "synthetic" ? make_synthetic_dataset(4096, 1024, image_size, 10, 1234)
+                             : load_fashion_mnist(data_dir.empty() ? default_fashion_mnist_dir() : data_dir, image_size);
+  auto source = std::make_shared<const ImageSource>(std::move(data));
+  cache[key] = source;
+  return source;
 }
 
 }  // namespace lopt

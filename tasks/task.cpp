@@ -1,0 +1,153 @@
+#include "tasks/task.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <mutex>
+
+#include "common/errors.h"
+
+namespace lopt {
+
+void register_builtin_tasks();  // tasks/builtin_tasks.cpp
+
+torch::Tensor Task::population_loss(const ParamSet& stacked, const Batch& batch) const {
+  std::vector<torch::Tensor> losses;
+  const int64_t P = batch.tensors.begin()->second.size(0);
+  for (int64_t p = 0; p < P; ++p) {
+    std::vector<torch::Tensor> member;
+    for (const auto& t : stacked.tensors) member.push_back(t[p]);
+    losses.push_back(loss(stacked.with_tensors(member), batch.member(p)));
+  }
+  return torch::stack(losses);
+}
+
+torch::Tensor Task::population_loss_and_grads(const ParamSet& stacked, const Batch& batch,
+                                              std::vector<torch::Tensor>* grads) const {
+  torch::AutoGradMode enable_grad(true);
+  std::vector<torch::Tensor> leaves;
+  for (const auto& t : stacked.tensors) leaves.push_back(t.detach().requires_grad_(true));
+  auto loss = population_loss(stacked.with_tensors(leaves), batch);
+  *grads = torch::autograd::grad({loss.sum()}, leaves);
+  return loss.detach();
+}
+
+std::map<std::string, double> Task::evaluate(const ParamSet& params, Split split, int64_t max_examples) const {
+  torch::NoGradGuard no_grad;
+  const auto source = data();
+  const int64_t total = source->num_examples(split);
+  const int64_t n = max_examples > 0 ? std::min<int64_t>(max_examples, total) : total;
+  TORCH_CHECK(n > 0, "Task::evaluate: the ", to_string(split), " split is empty");
+  std::map<std::string, double> sums;
+  for (int64_t i = 0; i < n; i += eval_chunk()) {
+    const int64_t e = std::min(n, i + eval_chunk());
+    auto out = loss_and_metrics(params, source->examples(split, i, e));
+    for (const auto& [k, v] : out.metrics) sums[k] += v.item<double>() * static_cast<double>(e - i);
+  }
+  for (auto& [k, v] : sums) v /= static_cast<double>(n);
+  return sums;
+}
+
+torch::Tensor normalize_classifier_loss(const torch::Tensor& loss, int64_t num_classes) {
+  const double max = 1.5 * std::log(static_cast<double>(num_classes));
+  return torch::nan_to_num(loss, max, max, max).clamp(0.0, max);
+}
+
+// ------------------------------------------------------------------ registries
+
+namespace {
+struct Registry {
+  std::mutex mu;
+  std::map<std::string, TaskType> tasks;
+  std::map<std::string, TaskFamilyFactory> families;
+};
+
+/// The tables themselves (registration writes here, so that the builtins can register while
+/// registry() runs them once).
+Registry& tables() {
+  static Registry r;
+  return r;
+}
+
+/// The tables with the builtin types registered.
+Registry& registry() {
+  static std::once_flag builtins;
+  std::call_once(builtins, [] { register_builtin_tasks(); });
+  return tables();
+}
+
+std::string type_of(const nlohmann::json& config, const std::string& path, const std::string& fallback) {
+  if (!config.is_object() || !config.contains("type")) return fallback;
+  if (!config.at("type").is_string()) throw ConfigError(path + "/type", "must be a string");
+  return config.at("type").get<std::string>();
+}
+
+template <class Map>
+std::string names(const Map& m) {
+  std::string s;
+  for (const auto& [k, v] : m) s += (s.empty() ? "" : ", ") + k;
+  return s;
+}
+
+const TaskType& task_type(const nlohmann::json& config, const std::string& path) {
+  auto& r = registry();
+  const auto type = type_of(config, path, "mlp");
+  std::lock_guard<std::mutex> lock(r.mu);
+  auto it = r.tasks.find(type);
+  if (it == r.tasks.end()) throw ConfigError(path + "/type", "unknown task type \"" + type + "\" (valid: " + names(r.tasks) + ")");
+  return it->second;
+}
+}  // namespace
+
+void register_task_type(const std::string& type, TaskType t) {
+  auto& reg = tables();
+  std::lock_guard<std::mutex> lock(reg.mu);
+  reg.tasks[type] = std::move(t);
+}
+
+void register_task_family_type(const std::string& type, TaskFamilyFactory f) {
+  auto& reg = tables();
+  std::lock_guard<std::mutex> lock(reg.mu);
+  reg.families[type] = std::move(f);
+}
+
+std::vector<std::string> task_types() {
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  std::vector<std::string> out;
+  for (const auto& [k, v] : r.tasks) out.push_back(k);
+  return out;
+}
+
+std::vector<std::string> task_family_types() {
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  std::vector<std::string> out;
+  for (const auto& [k, v] : r.families) out.push_back(k);
+  return out;
+}
+
+nlohmann::json resolve_task_config(const nlohmann::json& config, const std::string& path) {
+  return task_type(config, path).resolve(config, path);
+}
+
+std::unique_ptr<Task> make_task(const nlohmann::json& config, const std::string& path) {
+  const auto& t = task_type(config, path);
+  return t.make(t.resolve(config, path));
+}
+
+std::unique_ptr<TaskFamily> make_task_family(const nlohmann::json& config, const std::string& path) {
+  auto& r = registry();
+  const auto type = type_of(config, path, "mlp_family");
+  TaskFamilyFactory f;
+  {
+    std::lock_guard<std::mutex> lock(r.mu);
+    auto it = r.families.find(type);
+    if (it == r.families.end())
+      throw ConfigError(path + "/type", "unknown task family type \"" + type + "\" (valid: " + names(r.families) + ")");
+    f = it->second;
+  }
+  return f(config, path);
+}
+
+}  // namespace lopt

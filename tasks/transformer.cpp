@@ -1,0 +1,260 @@
+#include "tasks/transformer.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "common/config.h"
+
+namespace lopt {
+
+TransformerConfig TransformerConfig::from_json(const nlohmann::json& j, const std::string& path) {
+  ConfigReader r(j, path);
+  auto type = r.get<std::string>("type", "transformer_lm");
+  config_check(type == "transformer_lm", r.path_of("type"), "expected \"transformer_lm\", got \"" + type + "\"");
+  TransformerConfig c;
+  c.width = r.get<int64_t>("width", c.width);
+  c.depth = r.get<int64_t>("depth", c.depth);
+  c.heads = r.get<int64_t>("heads", c.heads);
+  c.context = r.get<int64_t>("context", c.context);
+  c.batch_size = r.get<int64_t>("batch_size", c.batch_size);
+  c.mlp_ratio = r.get<int64_t>("mlp_ratio", c.mlp_ratio);
+  c.rope_base = r.get<double>("rope_base", c.rope_base);
+  c.corpus = r.get<std::string>("corpus", c.corpus);
+  c.data_dir = r.get<std::string>("data_dir", c.data_dir);
+  c.max_corpus_bytes = r.get<int64_t>("max_corpus_bytes", c.max_corpus_bytes);
+  if (auto p = r.object("parametrization"); !p.empty()) c.parametrization = p;
+  r.finish();
+  config_check(c.width >= 2 && c.width <= 16384, r.path_of("width"), "must be in 2..16384, got " + std::to_string(c.width));
+  config_check(c.depth >= 1 && c.depth <= 256, r.path_of("depth"), "must be in 1..256 (number of blocks), got " + std::to_string(c.depth));
+  config_check(c.heads >= 1 && c.width % c.heads == 0 && (c.width / c.heads) % 2 == 0, r.path_of("heads"),
+               "must divide the width into heads of even size (rotary embeddings rotate pairs); width " +
+                   std::to_string(c.width) + ", heads " + std::to_string(c.heads));
+  config_check(c.context >= 1 && c.context <= 8192, r.path_of("context"), "must be in 1..8192, got " + std::to_string(c.context));
+  config_check(c.batch_size >= 1 && c.batch_size <= 65536, r.path_of("batch_size"), "must be in 1..65536, got " + std::to_string(c.batch_size));
+  config_check(c.mlp_ratio >= 1 && c.mlp_ratio <= 64, r.path_of("mlp_ratio"), "must be in 1..64, got " + std::to_string(c.mlp_ratio));
+  config_check(std::isfinite(c.rope_base) && c.rope_base > 1, r.path_of("rope_base"), "must be > 1");
+  // Corpus name and sizes are checked where they live, with this task's paths.
+  try {
+    TextSourceConfig::from_json(c.text_source().to_json(), path);
+  } catch (const ConfigError& e) {
+    std::string p = e.path();
+    if (p == path + "/dir") p = path + "/data_dir";
+    if (p == path + "/max_bytes") p = path + "/max_corpus_bytes";
+    throw ConfigError(p, e.message());
+  }
+  c.parametrization = make_parametrization(c.parametrization, r.path_of("parametrization"))->hyperparams();
+  return c;
+}
+
+nlohmann::json TransformerConfig::to_json() const {
+  return {{"type", "transformer_lm"}, {"width", width},       {"depth", depth},       {"heads", heads},
+          {"context", context},       {"batch_size", batch_size}, {"mlp_ratio", mlp_ratio}, {"rope_base", rope_base},
+          {"corpus", corpus},         {"data_dir", data_dir}, {"max_corpus_bytes", max_corpus_bytes},
+          {"parametrization", parametrization}};
+}
+
+TextSourceConfig TransformerConfig::text_source() const {
+  TextSourceConfig t;
+  t.corpus = corpus;
+  t.dir = data_dir;
+  t.context = context;
+  t.max_bytes = max_corpus_bytes;
+  return t;
+}
+
+TransformerLmTask::TransformerLmTask(TransformerConfig config)
+    : TransformerLmTask(config, std::make_shared<const TextSource>(config.text_source())) {}
+
+TransformerLmTask::TransformerLmTask(TransformerConfig config, std::shared_ptr<const DataSource> data)
+    : config_(std::move(config)), data_(std::move(data)) {
+  param_ = make_parametrization(config_.parametrization, "/task/parametrization");
+  config_.parametrization = param_->hyperparams();
+  const int64_t dh = config_.width / config_.heads, T = config_.context;
+  // muP: q.k / d_head (microsoft/mup, mu_transformer.py); SP: / sqrt(d_head).
+  attn_scale_ = param_->name() == "mup" ? 1.0 / static_cast<double>(dh) : 1.0 / std::sqrt(static_cast<double>(dh));
+  readout_mult_ = param_->forward_mult(param_info()[param_info().size() - 2]);
+  // Rotary embeddings (Su et al.): pair (i, i + dh/2) rotated by angle t * base^(-2i/dh).
+  auto inv_freq = torch::pow(config_.rope_base, torch::arange(0, dh / 2, torch::kFloat64).mul(-2.0 / static_cast<double>(dh)));
+  auto angles = torch::outer(torch::arange(T, torch::kFloat64), inv_freq);
+  rope_cos_ = angles.cos().to(torch::kFloat32);
+  rope_sin_ = angles.sin().to(torch::kFloat32);
+  causal_mask_ = torch::full({T, T}, -std::numeric_limits<float>::infinity()).triu(1);
+}
+
+std::vector<ParamInfo> TransformerLmTask::param_info() const {
+  const int64_t d = config_.width, f = config_.mlp_ratio * d;
+  const double wm = param_->width_mult(d);
+  std::vector<ParamInfo> p;
+  p.push_back({"embedding.weight", ParamRole::embedding, kVocab, d, wm});
+  for (int64_t l = 0; l < config_.depth; ++l) {
+    const std::string b = "block_" + std::to_string(l) + ".";
+    p.push_back({b + "ln_1.weight", ParamRole::norm_gain, 1, d, wm});
+    p.push_back({b + "ln_1.bias", ParamRole::bias, 1, d, wm});
+    p.push_back({b + "attn.qkv.weight", ParamRole::hidden_weight, d, 3 * d, wm});
+    p.push_back({b + "attn.out.weight", ParamRole::hidden_weight, d, d, wm});
+    p.push_back({b + "ln_2.weight", ParamRole::norm_gain, 1, d, wm});
+    p.push_back({b + "ln_2.bias", ParamRole::bias, 1, d, wm});
+    p.push_back({b + "mlp.fc_1.weight", ParamRole::hidden_weight, d, f, wm});
+    p.push_back({b + "mlp.fc_1.bias", ParamRole::bias, 1, f, wm});
+    p.push_back({b + "mlp.fc_2.weight", ParamRole::hidden_weight, f, d, wm});
+    p.push_back({b + "mlp.fc_2.bias", ParamRole::bias, 1, d, wm});
+  }
+  p.push_back({"ln_f.weight", ParamRole::norm_gain, 1, d, wm});
+  p.push_back({"ln_f.bias", ParamRole::bias, 1, d, wm});
+  p.push_back({"readout.weight", ParamRole::output_weight, d, kVocab, wm});
+  p.push_back({"readout.bias", ParamRole::bias, 1, kVocab, 1.0});
+  return p;
+}
+
+ParamSet TransformerLmTask::init(at::Generator& gen) const {
+  ParamSet p;
+  p.info = param_info();
+  for (const auto& info : p.info) {
+    const bool vec = info.role == ParamRole::bias || info.role == ParamRole::norm_gain;
+    std::vector<int64_t> shape = vec ? std::vector<int64_t>{info.fan_out} : std::vector<int64_t>{info.fan_out, info.fan_in};
+    if (info.role == ParamRole::embedding) shape = {info.fan_in, info.fan_out};  // [vocab, d] lookup table
+    if (info.role == ParamRole::norm_gain) {
+      p.tensors.push_back(torch::ones(shape));
+      continue;
+    }
+    const double std = param_->init_std(info);
+    p.tensors.push_back(std > 0 ? torch::randn(shape, gen).mul_(std) : torch::zeros(shape));
+  }
+  return p;
+}
+
+std::vector<std::string> TransformerLmTask::activation_names() const {
+  std::vector<std::string> n = {"embedding"};
+  for (int64_t l = 0; l < config_.depth; ++l) {
+    n.push_back("attn_logits_" + std::to_string(l));
+    n.push_back("block_" + std::to_string(l));
+  }
+  n.push_back("logits");
+  return n;
+}
+
+torch::Tensor TransformerLmTask::attention(const torch::Tensor& qkv, int64_t T, std::vector<torch::Tensor>* activations) const {
+  const int64_t B = qkv.size(0), H = config_.heads, dh = config_.width / H, half = dh / 2;
+  auto parts = qkv.view({B, T, 3, H, dh}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, dh]
+  auto cos = rope_cos_.narrow(0, 0, T), sin = rope_sin_.narrow(0, 0, T);
+  auto rope = [&](const torch::Tensor& x) {
+    auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+    return torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
+  };
+  auto q = rope(parts[0]).mul(attn_scale_), k = rope(parts[1]), v = parts[2];
+  auto scores = torch::matmul(q, k.transpose(-2, -1));  // [B, H, T, T]
+  if (activations) activations->push_back(scores);
+  auto probs = torch::softmax(scores + causal_mask_.narrow(0, 0, T).narrow(1, 0, T), -1);
+  return torch::matmul(probs, v).transpose(1, 2).reshape({B, T, config_.width});
+}
+
+torch::Tensor TransformerLmTask::forward(const ParamSet& params, const torch::Tensor& tokens,
+                                         std::vector<torch::Tensor>* activations) const {
+  const size_t expected = static_cast<size_t>(10 * config_.depth + 5);
+  TORCH_CHECK(params.size() == expected, "TransformerLmTask::forward: expected ", expected, " tensors, got ", params.size());
+  TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) <= config_.context, "TransformerLmTask::forward: tokens must be [B, T<=",
+              config_.context, "], got ", tokens.sizes());
+  const int64_t T = tokens.size(1), d = config_.width;
+  const auto& P = params.tensors;
+  size_t i = 0;
+  auto h = torch::embedding(P[i++], tokens);
+  if (activations) activations->push_back(h);
+  for (int64_t l = 0; l < config_.depth; ++l) {
+    const auto &g1 = P[i], &b1 = P[i + 1], &wqkv = P[i + 2], &wo = P[i + 3], &g2 = P[i + 4], &b2 = P[i + 5];
+    const auto &w1 = P[i + 6], &c1 = P[i + 7], &w2 = P[i + 8], &c2 = P[i + 9];
+    i += 10;
+    auto a = torch::layer_norm(h, {d}, g1, b1);
+    h = h + torch::linear(attention(torch::linear(a, wqkv), T, activations), wo);
+    auto m = torch::layer_norm(h, {d}, g2, b2);
+    h = h + torch::linear(torch::gelu(torch::linear(m, w1, c1)), w2, c2);
+    if (activations) activations->push_back(h);
+  }
+  h = torch::layer_norm(h, {d}, P[i], P[i + 1]);
+  auto logits = readout_mult_ == 1.0 ? torch::linear(h, P[i + 2], P[i + 3]) : torch::linear(h, P[i + 2]).mul(readout_mult_).add(P[i + 3]);
+  if (activations) activations->push_back(logits);
+  return logits;
+}
+
+LossAndMetrics TransformerLmTask::loss_and_metrics(const ParamSet& params, const Batch& batch,
+                                                   std::vector<torch::Tensor>* activations) const {
+  const auto& tokens = batch.at("tokens");
+  TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) >= 2, "TransformerLmTask: tokens must be [B, T+1], got ", tokens.sizes());
+  const int64_t T = tokens.size(1) - 1;
+  auto logits = forward(params, tokens.narrow(1, 0, T), activations);
+  LossAndMetrics out;
+  out.loss = torch::cross_entropy_loss(logits.reshape({-1, kVocab}), tokens.narrow(1, 1, T).reshape({-1}));
+  out.metrics["loss"] = out.loss.detach();
+  out.metrics["bits_per_byte"] = out.loss.detach() / std::log(2.0);
+  return out;
+}
+
+torch::Tensor TransformerLmTask::normalizer(const torch::Tensor& loss) const { return normalize_classifier_loss(loss, kVocab); }
+
+// ------------------------------------------------------------------ family
+
+TransformerFamily::TransformerFamily(const nlohmann::json& config, const std::string& path) {
+  ConfigReader r(config, path);
+  auto type = r.get<std::string>("type", "transformer_lm_family");
+  config_check(type == "transformer_lm_family", r.path_of("type"), "expected \"transformer_lm_family\", got \"" + type + "\"");
+  auto list = [&](const std::string& key, std::vector<int64_t> fallback) {
+    auto v = r.get<std::vector<int64_t>>(key, fallback);
+    config_check(!v.empty(), r.path_of(key), "must be a non-empty list");
+    return v;
+  };
+  widths_ = list("widths", {64});
+  depths_ = list("depths", {2});
+  heads_ = list("heads", {2});
+  contexts_ = list("contexts", {32});
+  batch_sizes_ = list("batch_sizes", {16});
+  nlohmann::json fixed = {{"type", "transformer_lm"}};
+  fixed["corpus"] = r.get<std::string>("corpus", "english");
+  fixed["data_dir"] = r.get<std::string>("data_dir", "");
+  fixed["max_corpus_bytes"] = r.get<int64_t>("max_corpus_bytes", TransformerConfig().max_corpus_bytes);
+  fixed["parametrization"] = r.object("parametrization");
+  if (fixed["parametrization"].empty()) fixed["parametrization"] = TransformerConfig().parametrization;
+  r.finish();
+  config_ = {{"type", "transformer_lm_family"}, {"widths", widths_},     {"depths", depths_},
+             {"heads", heads_},                 {"contexts", contexts_}, {"batch_sizes", batch_sizes_}};
+  for (auto it = fixed.begin(); it != fixed.end(); ++it)
+    if (it.key() != "type") config_[it.key()] = it.value();
+  // Every combination must be a valid task (errors at the family's list key).
+  const std::map<std::string, std::string> list_key = {
+      {"width", "widths"}, {"depth", "depths"}, {"heads", "heads"}, {"context", "contexts"}, {"batch_size", "batch_sizes"}};
+  for (auto w : widths_)
+    for (auto d : depths_)
+      for (auto h : heads_)
+        for (auto c : contexts_)
+          for (auto b : batch_sizes_) {
+            auto probe = fixed;
+            probe.update({{"width", w}, {"depth", d}, {"heads", h}, {"context", c}, {"batch_size", b}});
+            try {
+              TransformerConfig::from_json(probe, path);
+            } catch (const ConfigError& e) {
+              std::string p = e.path();
+              for (const auto& [k, v] : list_key)
+                if (p == path + "/" + k) p = path + "/" + v;
+              throw ConfigError(p, e.message());
+            }
+          }
+}
+
+nlohmann::json TransformerFamily::sample(at::Generator& gen) const {
+  auto pick = [&](const std::vector<int64_t>& v) {
+    return v[static_cast<size_t>(torch::randint(static_cast<int64_t>(v.size()), {1}, gen).item<int64_t>())];
+  };
+  nlohmann::json c = config_;
+  c.erase("widths");
+  c.erase("depths");
+  c.erase("contexts");
+  c.erase("batch_sizes");
+  c["type"] = "transformer_lm";
+  c["width"] = pick(widths_);
+  c["depth"] = pick(depths_);
+  c["heads"] = pick(heads_);
+  c["context"] = pick(contexts_);
+  c["batch_size"] = pick(batch_sizes_);
+  return c;
+}
+
+}  // namespace lopt
