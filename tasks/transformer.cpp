@@ -77,8 +77,10 @@ TransformerLmTask::TransformerLmTask(TransformerConfig config, std::shared_ptr<c
   // Rotary embeddings (Su et al.): pair (i, i + dh/2) rotated by angle t * base^(-2i/dh).
   auto inv_freq = torch::pow(config_.rope_base, torch::arange(0, dh / 2, torch::kFloat64).mul(-2.0 / static_cast<double>(dh)));
   auto angles = torch::outer(torch::arange(T, torch::kFloat64), inv_freq);
-  rope_cos_ = angles.cos().to(torch::kFloat32);
-  rope_sin_ = angles.sin().to(torch::kFloat32);
+  // Tables [2, 1, 1, T, dh/2]: index 0 rotates q and folds in the attention scale, index 1 rotates k.
+  auto scale = torch::tensor({attn_scale_, 1.0}, torch::kFloat64).view({2, 1, 1, 1, 1});
+  rope_cos_ = (angles.cos().view({1, 1, 1, T, dh / 2}) * scale).to(torch::kFloat32);
+  rope_sin_ = (angles.sin().view({1, 1, 1, T, dh / 2}) * scale).to(torch::kFloat32);
   causal_mask_ = torch::full({T, T}, -std::numeric_limits<float>::infinity()).triu(1);
 }
 
@@ -137,16 +139,15 @@ std::vector<std::string> TransformerLmTask::activation_names() const {
 torch::Tensor TransformerLmTask::attention(const torch::Tensor& qkv, int64_t T, std::vector<torch::Tensor>* activations) const {
   const int64_t B = qkv.size(0), H = config_.heads, dh = config_.width / H, half = dh / 2;
   auto parts = qkv.view({B, T, 3, H, dh}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, dh]
-  auto cos = rope_cos_.narrow(0, 0, T), sin = rope_sin_.narrow(0, 0, T);
-  auto rope = [&](const torch::Tensor& x) {
-    auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
-    return torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
-  };
-  auto q = rope(parts[0]).mul(attn_scale_), k = rope(parts[1]), v = parts[2];
-  auto scores = torch::matmul(q, k.transpose(-2, -1));  // [B, H, T, T]
+  // q and k rotated in one pass; the tables' q half carries the attention scale.
+  auto qk = parts.narrow(0, 0, 2);
+  auto cos = rope_cos_.narrow(3, 0, T), sin = rope_sin_.narrow(3, 0, T);
+  auto x1 = qk.narrow(-1, 0, half), x2 = qk.narrow(-1, half, half);
+  auto rot = torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
+  auto scores = torch::matmul(rot[0], rot[1].transpose(-2, -1));  // [B, H, T, T], scaled
   if (activations) activations->push_back(scores);
   auto probs = torch::softmax(scores + causal_mask_.narrow(0, 0, T).narrow(1, 0, T), -1);
-  return torch::matmul(probs, v).transpose(1, 2).reshape({B, T, config_.width});
+  return torch::matmul(probs, parts[2]).transpose(1, 2).reshape({B, T, config_.width});
 }
 
 torch::Tensor TransformerLmTask::forward(const ParamSet& params, const torch::Tensor& tokens,

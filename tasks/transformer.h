@@ -71,7 +71,8 @@ class TransformerLmTask : public Task {
   std::shared_ptr<const DataSource> data_;
   std::unique_ptr<Parametrization> param_;
   double attn_scale_ = 1.0, readout_mult_ = 1.0;
-  torch::Tensor rope_cos_, rope_sin_, causal_mask_;  ///< [T, d_head/2] x2, [T, T] additive
+  torch::Tensor rope_cos_, rope_sin_;  ///< [2, 1, 1, T, d_head/2]: q (times the attention scale), k
+  torch::Tensor causal_mask_;          ///< [T, T] additive, -inf above the diagonal
 };
 
 /// Samples transformer LM configs: width, depth, heads, context and batch size from lists;

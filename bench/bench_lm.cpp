@@ -1,0 +1,38 @@
+// Transformer LM training throughput (tokens/s): d_model 128, 4 blocks, 4 heads, context 128,
+// batch 32, byte-level English text, one full step (forward, backward, optimizer update) per
+// iteration. bench/lm_reference.py is the same model and step in PyTorch, for the side-by-side
+// figure in the README. Arg: 0 = AdamW, 1 = muLO (untrained theta; its cost does not depend on theta).
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include <thread>
+
+#include "common/rng.h"
+#include "optimizers/optimizer.h"
+#include "tasks/task.h"
+
+namespace {
+
+void BM_LmTrainStep(benchmark::State& state) {
+  at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  auto task = lopt::make_task({{"type", "transformer_lm"}, {"width", 128}, {"depth", 4}, {"heads", 4}, {"context", 128},
+                               {"batch_size", 32}, {"corpus", "english"}});
+  auto opt = lopt::make_optimizer(state.range(0) == 0 ? nlohmann::json{{"type", "adamw"}, {"lr", 1e-3}}
+                                                      : nlohmann::json{{"type", "mulo"}});
+  auto gen = lopt::make_generator(0);
+  auto st = opt->init(task->init(gen));
+  lopt::BatchStream batches(task->data(), lopt::Split::train, task->batch_size(), 1);
+  for (auto _ : state) {
+    auto p = st.params.detached_requiring_grad();
+    auto loss = task->loss(p, batches.next());
+    auto grads = torch::autograd::grad({loss}, p.tensors);
+    opt->update_(st, grads, loss.detach());
+  }
+  state.SetLabel(state.range(0) == 0 ? "adamw" : "mulo");
+  state.counters["tokens/s"] = benchmark::Counter(32.0 * 128.0, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = at::get_num_threads();
+}
+BENCHMARK(BM_LmTrainStep)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
+
+}  // namespace
