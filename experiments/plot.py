@@ -4,7 +4,8 @@
 Usage: plot.py FILE.h5 [FILE.h5 ...] -o OUT.png [--table]
 
 The kind of plot follows the files' "kind" attribute:
-  train        training loss (smoothed) and test accuracy against step, one line per file
+  train        training loss (smoothed) and the task's report metric (test accuracy, validation bits
+               per byte) against step, one line per file
   coord_check  activation RMS against width, one panel per (parametrization, layer), one line per step
   sweep        final training loss against learning rate, one panel per parametrization, one line
                per width; --table also prints the best learning rate of each (parametrization, width)
@@ -45,15 +46,17 @@ def label_of(path, cfg):
 
 def plot_train(files, out):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    metric = "test_accuracy"
     for path in files:
         with h5py.File(path, "r") as f:
             cfg = json.loads(f.attrs["config"])
+            metric = text(f.attrs["report_metric"]) if "report_metric" in f.attrs else "test_accuracy"
             lab = label_of(path, cfg)
             step, loss = f["train/step"][:], f["train/loss"][:]
             a1.plot(step, smooth(loss), label=lab)
-            a2.plot(f["eval/step"][:], f["eval/test_accuracy"][:], marker="o", label=lab)
+            a2.plot(f["eval/step"][:], f["eval/" + metric][:], marker="o", label=lab)
     a1.set_xlabel("step"), a1.set_ylabel("training loss (smoothed)"), a1.set_yscale("log")
-    a2.set_xlabel("step"), a2.set_ylabel("test accuracy")
+    a2.set_xlabel("step"), a2.set_ylabel(metric.replace("_", " "))
     a1.legend(fontsize=8), a2.legend(fontsize=8)
     a1.grid(alpha=0.3), a2.grid(alpha=0.3)
     fig.tight_layout()

@@ -10,6 +10,7 @@
 #include "common/rng.h"
 #include "experiments/coord_check.h"
 #include "experiments/train.h"
+#include "meta/meta_trainer.h"
 #include "experiments/h5_writer.h"
 #include "optimizers/optimizer.h"
 #include "support.h"
@@ -266,4 +267,42 @@ TEST(TransformerLm, TrainsThroughTheTrainCommandAndReportsBitsPerByte) {
   // 12 words over a few letters: a model that learned anything is far below 8 bits per byte.
   EXPECT_LT(bpb, 4.0);
   EXPECT_NEAR(bpb, lopt::h5_read_double_attr(out, "final_validation_loss") / std::log(2.0), 1e-6);
+}
+
+// Meta-training on a transformer family: the truncated step's population path (default autograd
+// population loss), the byte-level normaliser (losses start at ln 256 < 1.5 ln 256, so the meta-loss
+// is not clipped) and both ES and truncated backprop run through the transformer.
+TEST(TransformerLm, MetaTrainsOnATransformerFamily) {
+  lopt_test::TempDir dir;
+  const auto corpus = write_corpus(dir);
+  for (const std::string est : {"pes", "truncated_backprop"}) {
+    nlohmann::json cfg = {{"task_family",
+                           {{"type", "transformer_lm_family"},
+                            {"widths", {8, 16}},
+                            {"depths", {1}},
+                            {"heads", {2}},
+                            {"contexts", {8}},
+                            {"batch_sizes", {4}},
+                            {"data_dir", corpus},
+                            {"parametrization", {{"type", "mup"}, {"base_width", 8}}}}},
+                          {"lopt", {{"type", "mulo"}}},
+                          {"truncation", {{"type", "constant"}, {"length", 10}}},
+                          {"estimator", {{"type", est}, {"std", 0.01}, {"trunc_length", 3}, {"num_tasks", 2}}},
+                          {"outer", {{"lr", 1e-2}, {"warmup_steps", 1}}},
+                          {"outer_steps", 3},
+                          {"seed", 1},
+                          {"checkpoint_every", 3},
+                          {"output_dir", dir.path("meta_" + est)}};
+    lopt::MetaTrainer mt(cfg);
+    auto theta0 = mt.theta().clone();
+    mt.run(lopt::ProgressMode::quiet);
+    EXPECT_EQ(mt.step(), 3) << est;
+    EXPECT_FALSE(torch::equal(theta0, mt.theta())) << est;
+    ASSERT_EQ(mt.log().meta_loss.size(), 3u) << est;
+    for (double l : mt.log().meta_loss) {
+      EXPECT_TRUE(std::isfinite(l)) << est;
+      EXPECT_GT(l, 3.0) << est;  // about ln 256 = 5.55 this early: not clipped to 0
+      EXPECT_LT(l, 1.5 * std::log(256.0) - 1e-3) << est;
+    }
+  }
 }
