@@ -24,6 +24,7 @@ struct Contender {
   std::vector<double> lr_grid;              ///< sorted ascending; empty: a learned optimizer, no tuning
   std::vector<nlohmann::json> schedules;    ///< as written in the spec
   std::vector<double> wd_grid;              ///< empty: the optimizer's own weight decay
+  nlohmann::json set = nlohmann::json::object();  ///< dotted keys of the base config this contender changes
   bool tuned() const { return !lr_grid.empty(); }
 };
 
@@ -104,7 +105,11 @@ Spec read_spec(const nlohmann::json& j) {
     ct.lr_grid = c.get<std::vector<double>>("lr_grid", {});
     auto schedules = c.get<nlohmann::json>("schedules", nullptr);
     ct.wd_grid = c.get<std::vector<double>>("weight_decay_grid", {});
+    ct.set = c.object("set");
     c.finish();
+    for (auto it = ct.set.begin(); it != ct.set.end(); ++it)
+      config_check(it.key().rfind("optimizer", 0) != 0 && it.key() != "seed" && it.key() != "output", c.path_of("set") + "/" + it.key(),
+                   "a contender's \"set\" changes the task or run length; optimizer, seed and output are the comparison's");
     config_check(!ct.name.empty() && ct.name.find_first_of("/ \t") == std::string::npos, c.path_of("name"),
                  "must be non-empty without '/' or spaces (it names files)");
     config_check(names.insert(ct.name).second, c.path_of("name"), "duplicate contender name '" + ct.name + "'");
@@ -148,6 +153,7 @@ Spec read_spec(const nlohmann::json& j) {
 nlohmann::json run_config(const Spec& spec, size_t c, const Candidate* cand, uint64_t seed, const std::string& file) {
   const Contender& ct = spec.contenders[c];
   auto cfg = spec.base;
+  for (auto it = ct.set.begin(); it != ct.set.end(); ++it) set_dotted(cfg, it.key(), it.value());
   cfg["optimizer"] = ct.optimizer;
   if (cand != nullptr) {
     cfg["optimizer"]["lr"] = cand->lr;
@@ -317,6 +323,9 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
       w.attr("best_schedule", ct.schedules[chosen.schedule].dump(), g);
       row["best_lr"] = all_diverged ? nlohmann::json(nullptr) : nlohmann::json(chosen.lr);
       row["schedule"] = all_diverged ? std::string("every candidate diverged in tuning") : schedule_name(ct.schedules[chosen.schedule]);
+      // The chosen schedule relative to the run length, so that a sweep can reuse the tuned optimizer
+      // on runs of another length (resolve_relative_schedule).
+      if (!all_diverged) row["schedule_spec"] = ct.schedules[chosen.schedule];
       row["tuning_failed"] = all_diverged;
       if (chosen.wd >= 0) row["weight_decay"] = ct.wd_grid[static_cast<size_t>(chosen.wd)];
       row["grid_extensions"] = extensions;

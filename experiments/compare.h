@@ -16,9 +16,11 @@
 ///                  "schedules": [{"type": "constant"},
 ///                                {"type": "warmup_cosine", "warmup_fraction": 0.05, "final_fraction": 0}],
 ///                  "weight_decay_grid": [0.0, 0.1]},          // optional
-///                 {"name": "muLO_S", "optimizer": {"type": "mulo", "checkpoint": "..."}}],
+///                 {"name": "muLO_S", "optimizer": {"type": "mulo", "checkpoint": "..."}},
+///                 {"name": "LO_S", "optimizer": {...}, "set": {"task.parametrization.type": "sp"}}],
 ///  "output_dir": "runs/eval/mulo_s", "summary": "runs/eval_mulo_s.h5"}
-/// "schedules" defaults to the two shown (constant, and 5% linear warmup + cosine decay to 0).
+/// A contender's "set" changes dotted keys of the base config for its runs (e.g. an SP learned
+/// optimizer on the SP version of the task). "schedules" defaults to the two shown (constant, and 5% linear warmup + cosine decay to 0).
 /// Run files: output_dir/<name>_tune<k>_seed<s>.h5 (candidate k) and <name>_seed<s>.h5 (report);
 /// a finished file is reused only when its resolved config and input fingerprint match.
 #include <nlohmann/json.hpp>

@@ -5,6 +5,7 @@
 #include <boost/program_options.hpp>
 #include <cmath>
 #include <cstdio>
+#include <tuple>
 #include <filesystem>
 #include <cstdlib>
 #include <iostream>
@@ -182,27 +183,43 @@ struct RunFolderOptions {
 int cmd_sweep(int argc, char** argv) {
   Common c;
   RunFolderOptions f;
-  std::string png;
-  bool dry_run = false;
+  std::string png, shard;
+  bool dry_run = false, merge = false, tune_only = false;
   auto desc = common_options(c);
   f.add(desc);
-  desc.add_options()("png", po::value(&png), "draw the sweep (loss vs LR) to this PNG")(
-      "dry-run", po::bool_switch(&dry_run), "validate and list the runs without training");
+  desc.add_options()("png", po::value(&png), "draw the sweep to this PNG (by its \"plot\" spec; else loss vs LR)")(
+      "dry-run", po::bool_switch(&dry_run), "validate and list the runs without training")(
+      "shard", po::value(&shard), "run only the runs with index % n == i (i/n, e.g. 0/4); each shard writes "
+                                  "<summary>.shard<i>of<n>.h5; run the tuning (--tune-only) first")(
+      "merge", po::bool_switch(&merge), "train nothing: write the summary from every finished run file (after the shards)")(
+      "tune-only", po::bool_switch(&tune_only), "run the sweep's tuning comparison and stop");
   po::variables_map vm;
-  if (!parse(argc, argv, desc, "usage: lopt sweep --config FILE [--set base.steps=100 ...] [options]", vm)) return 0;
+  if (!parse(argc, argv, desc, "usage: lopt sweep --config FILE [--set base.steps=100 ...] [--shard i/n | --merge] [options]", vm))
+    return 0;
   set_threads(c.threads);
-  if (c.config.empty()) throw lopt::UsageError("lopt sweep needs --config FILE (see experiments/configs/)");
+  if (c.config.empty()) throw lopt::UsageError("lopt sweep needs --config FILE (see experiments/sweeps/ and experiments/configs/)");
   json cfg = load_config(c, json::object());
   f.apply(cfg);
-  auto runs = lopt::expand_sweep(cfg);
+  lopt::SweepOptions o;
+  o.fresh = f.fresh;
+  o.merge = merge;
+  o.tune_only = tune_only;
+  if (!shard.empty()) std::tie(o.shard, o.shards) = lopt::parse_shard(shard);
+  if (merge && (o.shards > 1 || tune_only || f.fresh)) throw lopt::UsageError("--merge trains nothing: give it without --shard, --tune-only or --fresh");
+  auto runs = lopt::expand_sweep(cfg, true);
   std::printf("sweep: %zu runs\n", runs.size());
   if (dry_run) {
     for (const auto& r : runs) std::printf("  %s -> %s\n", r.point.dump().c_str(), r.config["output"].get<std::string>().c_str());
     return 0;
   }
-  lopt::OutputLock lock(cfg["output_dir"].get<std::string>() + "/.lopt.lock", "the sweep folder " + cfg["output_dir"].get<std::string>());
-  auto rows = lopt::run_sweep(cfg, mode(c), f.fresh);
-  std::string summary = cfg.value("summary", cfg["output_dir"].get<std::string>() + ".h5");
+  const std::string out_dir = cfg["output_dir"];
+  const std::string lock_name = o.shards > 1 ? "/.lopt.shard" + std::to_string(o.shard) + ".lock" : "/.lopt.lock";
+  lopt::OutputLock lock(out_dir + lock_name, "the sweep folder " + out_dir);
+  auto rows = lopt::run_sweep(cfg, mode(c), o);
+  if (tune_only) return 0;
+  const std::string table = lopt::sweep_table(cfg, rows);
+  if (!table.empty()) std::printf("\n%s\n", table.c_str());
+  const std::string summary = lopt::sweep_summary_path(cfg, o);
   std::printf("wrote %s (%zu runs)\n", summary.c_str(), rows.size());
   if (!png.empty()) lopt::run_plot({summary}, png);
   return 0;

@@ -99,9 +99,68 @@ def sweep_table(rows):
     return groups
 
 
+def plot_axis_sweep(rows, spec, out):
+    """Final training loss against the sweep's x key, one line per group (mean +- std over the other
+    keys, e.g. seeds; diverged runs marked with x at the top), or with "curves" the mean training-loss
+    curve of each (group, x)."""
+    x, group = spec["x"], spec.get("group", "")
+    cells = {}
+    for r in rows:
+        pt = r["point"]
+        key = (str(pt.get(group, "all")) if group else "all", pt.get(x))
+        cells.setdefault(key, []).append(r)
+    groups = list(dict.fromkeys(k[0] for k in cells))
+    if spec.get("curves"):
+        xs = list(dict.fromkeys(k[1] for k in cells))
+        fig, axes = plt.subplots(1, len(xs), figsize=(6 * len(xs), 4.2), squeeze=False)
+        for i, xv in enumerate(xs):
+            ax = axes[0][i]
+            for g in groups:
+                curves = []
+                for r in cells.get((g, xv), []):
+                    if r.get("final_train_loss") is None:
+                        continue
+                    with h5py.File(r["file"], "r") as f:
+                        curves.append(f["train/loss"][:])
+                if curves:
+                    n = min(len(c) for c in curves)
+                    mean = np.mean([c[:n] for c in curves], axis=0)
+                    ax.plot(np.arange(1, n + 1), smooth(mean, 0.01), label=f"{g} (n={len(curves)})")
+            ax.set_xscale("log"), ax.set_yscale("log")
+            ax.set_xlabel("step"), ax.set_ylabel("training loss (mean over seeds, smoothed)")
+            ax.set_title(f"{x} = {xv}")
+            ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for g in groups:
+            pts = sorted((k[1], v) for k, v in cells.items() if k[0] == g)
+            xv, mean, sd, div = [], [], [], []
+            for xval, rs in pts:
+                finite = [r["final_train_loss"] for r in rs if r.get("final_train_loss") is not None]
+                if finite:
+                    xv.append(xval), mean.append(np.mean(finite)), sd.append(np.std(finite, ddof=1) if len(finite) > 1 else 0)
+                if len(finite) < len(rs):
+                    div.append(xval)
+            line = ax.errorbar(xv, mean, yerr=sd, marker="o", capsize=3, label=g)
+            if div:
+                ax.plot(div, [ax.get_ylim()[1]] * len(div), "x", color=line[0].get_color(), ms=10)
+        if spec.get("logx"):
+            ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(x), ax.set_ylabel("final training loss (mean ± std over seeds)")
+        ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    if spec.get("title"):
+        fig.suptitle(spec["title"])
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
 def plot_sweep(path, out, table):
     with h5py.File(path, "r") as f:
         rows = json.loads(f.attrs["runs"])
+        spec = json.loads(f.attrs["config"]).get("plot")
+    if spec:
+        return plot_axis_sweep(rows, spec, out)
     groups = sweep_table(rows)
     pars = sorted({k[0] for k in groups})
     fig, axes = plt.subplots(1, len(pars), figsize=(5.5 * len(pars), 4), squeeze=False)
@@ -171,8 +230,10 @@ def plot_compare(path, out):
         elif math.isfinite(r["final"]):
             a2.axhline(r["final"], color=line.get_color(), ls="--", label=r["name"] + " (held-out seeds)")
     a1.set_xlabel("step"), a1.set_ylabel("training loss (mean over report seeds, smoothed)"), a1.set_yscale("log")
+    shape = (f"{task.get('image_size', '?')}px" if task.get("type", "mlp") == "mlp"
+             else f"{task.get('type')}, context {task.get('context', '?')}, {task.get('corpus', '?')}")
     a1.set_title(f"width {task.get('width', '?')}, depth {task.get('depth', '?')}, "
-                 f"{task.get('image_size', '?')}px, {task.get('parametrization', {}).get('type', '?')}", fontsize=10)
+                 f"{shape}, {task.get('parametrization', {}).get('type', '?')}", fontsize=10)
     a2.set_xscale("log"), a2.set_yscale("log")
     a2.set_xlabel("learning rate"), a2.set_ylabel("final training loss (mean over tuning seeds)")
     for a in (a1, a2):

@@ -1,10 +1,16 @@
 #include "experiments/sweep.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 
+#include <map>
+#include <set>
+
 #include "common/config.h"
+#include "common/errors.h"
+#include "experiments/compare.h"
 #include "experiments/h5_writer.h"
 #include "experiments/train.h"
 
@@ -12,7 +18,7 @@ namespace lopt {
 
 namespace {
 struct SweepSpec {
-  nlohmann::json base, grid;
+  nlohmann::json base, grid, tune, plot;
   std::string output_dir, summary;
 };
 
@@ -21,9 +27,24 @@ SweepSpec read_spec(const nlohmann::json& sweep) {
   SweepSpec s;
   s.base = r.object("base");
   s.grid = r.object("grid");
+  s.tune = r.object("tune");
+  s.plot = r.object("plot");
   s.output_dir = r.require<std::string>("output_dir");
   s.summary = r.get<std::string>("summary", s.output_dir + ".h5");
   r.finish();
+  if (!s.plot.empty()) {
+    ConfigReader p(s.plot, "/plot");
+    p.require<std::string>("x");
+    p.get<std::string>("group", "");
+    p.get<bool>("logx", false);
+    p.get<bool>("curves", false);
+    p.get<std::string>("title", "");
+    p.finish();
+  }
+  if (!s.tune.empty()) {
+    config_check(s.tune.contains("output_dir"), "/tune/output_dir", "required (a folder for the tuning runs)");
+    if (!s.tune.contains("summary")) s.tune["summary"] = s.tune["output_dir"].get<std::string>() + ".h5";
+  }
   config_check(!s.grid.empty(), "/grid", "must name at least one key with a list of values");
   for (auto it = s.grid.begin(); it != s.grid.end(); ++it)
     config_check(it.value().is_array() && !it.value().empty(), "/grid/" + it.key(), "must be a non-empty list");
@@ -40,9 +61,97 @@ std::vector<std::string> split_keys(const std::string& key) {
     start = comma + 1;
   }
 }
+/// The optimizer the tuning comparison chose for contender `name` (see sweep.h).
+nlohmann::json tuned_optimizer(const SweepSpec& spec, const std::string& name, bool placeholder, const std::string& path) {
+  config_check(!spec.tune.empty(), path, "{\"tuned\": \"" + name + "\"} needs a \"tune\" comparison in the sweep");
+  nlohmann::json contender;
+  std::string names;
+  for (const auto& c : spec.tune.value("contenders", nlohmann::json::array())) {
+    names += (names.empty() ? "" : ", ") + c.value("name", std::string());
+    if (c.value("name", std::string()) == name) contender = c;
+  }
+  config_check(!contender.empty() && contender.contains("lr_grid"), path,
+               "no tuned contender \"" + name + "\" in /tune/contenders (contenders: " + names + ")");
+  const std::string summary = spec.tune["summary"];
+  if (std::filesystem::exists(summary) && h5_read_string_attr(summary, "kind") == "compare") {
+    const auto stored = nlohmann::json::parse(h5_read_string_attr(summary, "config"));
+    if (stored == spec.tune) {
+      for (const auto& row : nlohmann::json::parse(h5_read_string_attr(summary, "summary"))) {
+        if (row.value("name", std::string()) != name) continue;
+        if (row.value("tuning_failed", false))
+          throw Error("sweep: every tuning candidate of \"" + name + "\" diverged in " + summary + "; widen its lr_grid");
+        auto opt = row.at("optimizer");
+        if (row.contains("schedule_spec")) {
+          const auto& ss = row["schedule_spec"];
+          if (ss.value("type", std::string()) == "constant") opt["schedule"] = {{"type", "constant"}};
+          else opt["schedule"] = {{"type", "warmup_cosine"}, {"warmup_fraction", ss.value("warmup_fraction", 0.0)},
+                                  {"final_fraction", ss.value("final_fraction", 0.0)}};
+        }
+        return opt;
+      }
+    }
+  }
+  if (!placeholder)
+    throw UsageError("the sweep's tuning comparison (" + summary + ") has not run with this \"tune\" spec: run lopt sweep "
+                     "without --shard (or with --tune-only) first");
+  auto opt = contender.at("optimizer");
+  opt["lr"] = contender.at("lr_grid").at(0);
+  return opt;
+}
+
+/// Replaces {"tuned": name} optimizer values in a train config.
+void resolve_tuned(const SweepSpec& spec, nlohmann::json& config, bool placeholder) {
+  if (!config.contains("optimizer") || !config["optimizer"].is_object() || !config["optimizer"].contains("tuned")) return;
+  const auto& t = config["optimizer"]["tuned"];
+  config_check(t.is_string() && config["optimizer"].size() == 1, "/grid/optimizer",
+               "{\"tuned\": \"<contender name>\"} takes a name and nothing else");
+  config["optimizer"] = tuned_optimizer(spec, t.get<std::string>(), placeholder, "/grid/optimizer");
+}
+
+/// One summary row from a finished run file.
+nlohmann::json summary_row(const SweepRun& run) {
+  const std::string out = run.config["output"];
+  nlohmann::json row = {{"point", run.point}, {"file", out}, {"status", h5_read_string_attr(out, "status")}};
+  // Training loss, the evaluation split's loss and the task's report metric (final_test_loss and
+  // final_test_accuracy for classifiers, final_validation_loss and _bits_per_byte for text).
+  const std::string split = h5_read_string_attr(out, "eval_split"), metric = h5_read_string_attr(out, "report_metric");
+  row["report_metric"] = metric;
+  for (const std::string& k : {std::string("final_train_loss"), "final_" + split + "_loss", "final_" + metric, std::string("wall_time_s")}) {
+    double v = h5_read_double_attr(out, k);
+    row[k] = std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+  }
+  return row;
+}
+
+std::string point_value(const nlohmann::json& point, const std::string& key) {
+  if (!point.contains(key)) return "-";
+  const auto& v = point[key];
+  return v.is_string() ? v.get<std::string>() : v.dump();
+}
 }  // namespace
 
-std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep) {
+std::pair<int64_t, int64_t> parse_shard(const std::string& s) {
+  auto slash = s.find('/');
+  try {
+    if (slash != std::string::npos) {
+      size_t a = 0, b = 0;
+      const long long i = std::stoll(s.substr(0, slash), &a), n = std::stoll(s.substr(slash + 1), &b);
+      if (a == slash && b == s.size() - slash - 1 && n >= 1 && i >= 0 && i < n) return {i, n};
+    }
+  } catch (const std::exception&) {
+  }
+  throw UsageError("--shard takes i/n with 0 <= i < n (e.g. --shard 0/4 ... --shard 3/4), got '" + s + "'");
+}
+
+std::string sweep_summary_path(const nlohmann::json& sweep, const SweepOptions& o) {
+  const auto spec = read_spec(sweep);
+  if (o.shards <= 1) return spec.summary;
+  std::string stem = spec.summary;
+  if (stem.size() > 3 && stem.compare(stem.size() - 3, 3, ".h5") == 0) stem.resize(stem.size() - 3);
+  return stem + ".shard" + std::to_string(o.shard) + "of" + std::to_string(o.shards) + ".h5";
+}
+
+std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep, bool placeholder_tuned) {
   auto spec = read_spec(sweep);
   std::vector<std::string> keys;
   for (auto it = spec.grid.begin(); it != spec.grid.end(); ++it) keys.push_back(it.key());
@@ -56,7 +165,7 @@ std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep) {
       auto parts = split_keys(keys[k]);
       if (parts.size() == 1) {
         run.point[keys[k]] = v;
-        set_dotted(run.config, keys[k], v);
+        if (keys[k].rfind('@', 0) != 0) set_dotted(run.config, keys[k], v);
         continue;
       }
       config_check(v.is_array() && v.size() == parts.size(), "/grid/" + keys[k],
@@ -64,13 +173,14 @@ std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep) {
                        std::to_string(parts.size()) + " values, got " + v.dump());
       for (size_t j = 0; j < parts.size(); ++j) {
         run.point[parts[j]] = v[j];
-        set_dotted(run.config, parts[j], v[j]);
+        if (parts[j].rfind('@', 0) != 0) set_dotted(run.config, parts[j], v[j]);
       }
     }
     char name[32];
     std::snprintf(name, sizeof name, "run_%04zu.h5", runs.size());
     run.config["output"] = (std::filesystem::path(spec.output_dir) / name).string();
     try {
+      resolve_tuned(spec, run.config, placeholder_tuned);
       run.config = resolve_train_config(run.config);
     } catch (const ConfigError& e) {
       throw ConfigError("/base" + e.path(), e.message() + " (in the run with grid point " + run.point.dump() + ")");
@@ -87,15 +197,27 @@ std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep) {
   }
 }
 
-nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, bool fresh) {
+nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, const SweepOptions& o) {
   auto spec = read_spec(sweep);
+  if (!spec.tune.empty() && !o.merge && o.shards <= 1) {
+    std::fprintf(stderr, "sweep: tuning comparison -> %s\n", spec.tune["summary"].get<std::string>().c_str());
+    run_compare(spec.tune, progress, o.fresh);
+  }
+  if (o.tune_only) return nlohmann::json::array();
   auto runs = expand_sweep(sweep);
   nlohmann::json rows = nlohmann::json::array();
   int64_t reused = 0;
+  std::vector<std::string> missing;
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto& run = runs[i];
+    if (!o.merge && static_cast<int64_t>(i) % o.shards != o.shard) continue;
     std::string out = run.config["output"];
-    if (!fresh && finished_run_matches(out, run.config)) {
+    if (o.merge) {
+      if (!finished_run_matches(out, run.config)) missing.push_back(out + " (shard " + std::to_string(i % static_cast<size_t>(std::max<int64_t>(1, o.shards))) + ")");
+      else rows.push_back(summary_row(run));
+      continue;
+    }
+    if (!o.fresh && finished_run_matches(out, run.config)) {
       ++reused;
       std::fprintf(stderr, "sweep: run %zu/%zu %s already done with this config (%s), reused\n", i + 1, runs.size(),
                    run.point.dump().c_str(), h5_read_string_attr(out, "status").c_str());
@@ -107,23 +229,24 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, boo
         std::fprintf(stderr, "sweep: %s (recorded, continuing)\n", e.what());
       }
     }
-    nlohmann::json row = {{"point", run.point}, {"file", out}, {"status", h5_read_string_attr(out, "status")}};
-    // Training loss, the evaluation split's loss and the task's report metric (final_test_loss and
-    // final_test_accuracy for classifiers, final_validation_loss and _bits_per_byte for text).
-    const std::string split = h5_read_string_attr(out, "eval_split"), metric = h5_read_string_attr(out, "report_metric");
-    row["report_metric"] = metric;
-    for (const std::string& k : {std::string("final_train_loss"), "final_" + split + "_loss", "final_" + metric, std::string("wall_time_s")}) {
-      double v = h5_read_double_attr(out, k);
-      row[k] = std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
-    }
-    rows.push_back(row);
+    rows.push_back(summary_row(run));
   }
-  std::fprintf(stderr, "sweep: %lld of %zu runs reused (same resolved config and inputs)%s\n",
-               static_cast<long long>(reused), runs.size(), fresh ? ", --fresh" : "");
-  H5Writer w(spec.summary);
+  if (!missing.empty()) {
+    std::string list;
+    for (size_t i = 0; i < missing.size() && i < 5; ++i) list += "\n  " + missing[i];
+    if (missing.size() > 5) list += "\n  ...";
+    throw UsageError(std::to_string(missing.size()) + " of " + std::to_string(runs.size()) +
+                     " runs are not finished with this config (with --shard i/n, run i = index % n):" + list +
+                     "\nrun the missing shards (or the sweep without --merge), then merge again");
+  }
+  if (!o.merge)
+    std::fprintf(stderr, "sweep: %lld of %zu runs reused (same resolved config and inputs)%s\n",
+                 static_cast<long long>(reused), rows.size(), o.fresh ? ", --fresh" : "");
+  H5Writer w(sweep_summary_path(sweep, o));
   w.attr("kind", std::string("sweep"));
   w.attr("config", sweep.dump(2));
   w.attr("runs_reused", reused);
+  w.attr("shard", o.merge ? std::string("merged") : std::to_string(o.shard) + "/" + std::to_string(o.shards));
   w.attr("runs", rows.dump());
   std::vector<double> ftl, acc;
   const std::string metric = rows.empty() ? std::string("test_accuracy") : rows.front()["report_metric"].get<std::string>();
@@ -136,6 +259,54 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, boo
   w.dataset("final_" + metric, acc);
   w.commit();
   return rows;
+}
+
+std::string sweep_table(const nlohmann::json& sweep, const nlohmann::json& rows) {
+  const auto spec = read_spec(sweep);
+  const std::string x = spec.plot.value("x", std::string()), group = spec.plot.value("group", std::string());
+  if (x.empty()) return "";
+  std::vector<std::string> xs, groups;
+  std::map<std::pair<std::string, std::string>, std::vector<double>> cells;
+  for (const auto& r : rows) {
+    const std::string xv = point_value(r["point"], x), gv = group.empty() ? "all" : point_value(r["point"], group);
+    if (std::find(xs.begin(), xs.end(), xv) == xs.end()) xs.push_back(xv);
+    if (std::find(groups.begin(), groups.end(), gv) == groups.end()) groups.push_back(gv);
+    cells[{gv, xv}].push_back(r["final_train_loss"].is_null() ? INFINITY : r["final_train_loss"].get<double>());
+  }
+  std::string t = "| " + (group.empty() ? std::string("runs") : group) + " \\ " + x + " |";
+  for (const auto& xv : xs) t += " " + xv + " |";
+  t += "\n|---|";
+  for (size_t i = 0; i < xs.size(); ++i) t += "---|";
+  t += "\n";
+  for (const auto& gv : groups) {
+    t += "| " + gv + " |";
+    for (const auto& xv : xs) {
+      auto it = cells.find({gv, xv});
+      if (it == cells.end()) {
+        t += " - |";
+        continue;
+      }
+      std::vector<double> finite;
+      for (double v : it->second)
+        if (std::isfinite(v)) finite.push_back(v);
+      char buf[96];
+      if (finite.empty()) {
+        std::snprintf(buf, sizeof buf, " diverged (%zu/%zu) |", it->second.size(), it->second.size());
+      } else {
+        double m = 0, v = 0;
+        for (double f : finite) m += f;
+        m /= static_cast<double>(finite.size());
+        for (double f : finite) v += (f - m) * (f - m);
+        const double sd = finite.size() > 1 ? std::sqrt(v / static_cast<double>(finite.size() - 1)) : 0.0;
+        const size_t div = it->second.size() - finite.size();
+        if (div > 0) std::snprintf(buf, sizeof buf, " %.4f ± %.4f (diverged %zu/%zu) |", m, sd, div, it->second.size());
+        else std::snprintf(buf, sizeof buf, " %.4f ± %.4f |", m, sd);
+      }
+      t += buf;
+    }
+    t += "\n";
+  }
+  return t;
 }
 
 }  // namespace lopt

@@ -19,6 +19,29 @@
 
 namespace lopt {
 
+nlohmann::json resolve_relative_schedule(const nlohmann::json& optimizer, int64_t steps) {
+  if (!optimizer.is_object() || !optimizer.contains("schedule") || !optimizer["schedule"].is_object()) return optimizer;
+  auto out = optimizer;
+  auto& s = out["schedule"];
+  // Ill-typed values are left for make_optimizer to report with their path.
+  if (!s.contains("type") || !s["type"].is_string()) return out;
+  const std::string type = s["type"].get<std::string>();
+  if (type != "warmup_cosine" && type != "wsd") return out;
+  auto frac = [&](const char* key, const char* steps_key) {
+    if (!s.contains(key)) return;
+    const auto& v = s[key];
+    const std::string path = std::string("/optimizer/schedule/") + key;
+    config_check(v.is_number() && v.get<double>() >= 0 && v.get<double>() < 1, path, "must be a number in [0, 1)");
+    config_check(!s.contains(steps_key), path, std::string("give ") + key + " or " + steps_key + ", not both");
+    s[steps_key] = static_cast<int64_t>(std::llround(v.get<double>() * static_cast<double>(steps)));
+    s.erase(key);
+  };
+  frac("warmup_fraction", "warmup_steps");
+  frac("decay_fraction", "decay_steps");
+  if (!s.contains("total_steps")) s["total_steps"] = steps;
+  return out;
+}
+
 nlohmann::json resolve_train_config(const nlohmann::json& config) {
   ConfigReader r(config, "");
   nlohmann::json out;
@@ -35,6 +58,7 @@ nlohmann::json resolve_train_config(const nlohmann::json& config) {
   config_check(out["eval_every"].get<int64_t>() >= 1, "/eval_every", "must be >= 1");
   config_check(out["eval_examples"].get<int64_t>() >= 0, "/eval_examples",
                "must be >= 0 (0 = the whole test split, or validation split for text)");
+  opt_cfg = resolve_relative_schedule(opt_cfg, out["steps"].get<int64_t>());
   out["optimizer"] = make_optimizer(opt_cfg, "/optimizer")->hyperparams();
   out["task"] = resolve_task_config(task_cfg, "/task");
   return out;

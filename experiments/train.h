@@ -11,6 +11,11 @@
 
 namespace lopt {
 
+/// A warmup_cosine / wsd schedule given relative to the run: "warmup_fraction" / "decay_fraction"
+/// become warmup_steps / decay_steps of `steps`, and a missing "total_steps" becomes `steps`, so
+/// one optimizer config serves runs of any length (sweeps over the horizon). Other configs unchanged.
+nlohmann::json resolve_relative_schedule(const nlohmann::json& optimizer, int64_t steps);
+
 /// Validates a train config, fills every default and returns the resolved config:
 /// {"task": {...}, "optimizer": {...}, "steps", "eval_every", "eval_examples", "seed", "output"}.
 /// Throws ConfigError naming the bad key.

@@ -33,6 +33,7 @@ SmallFcLoptConfig SmallFcLoptConfig::from_json(const nlohmann::json& j, const st
   c.lr = r.get<double>("lr", c.lr);
   c.weight_decay = r.get<double>("weight_decay", c.weight_decay);
   c.max_grad_norm = r.get<double>("max_grad_norm", c.max_grad_norm);
+  c.time_features_max_step = r.get<int64_t>("time_features_max_step", c.time_features_max_step);
   c.initial_momentum_decays = r.get<std::vector<double>>("initial_momentum_decays", c.initial_momentum_decays);
   c.initial_rms_decays = r.get<std::vector<double>>("initial_rms_decays", c.initial_rms_decays);
   c.initial_adafactor_decays = r.get<std::vector<double>>("initial_adafactor_decays", c.initial_adafactor_decays);
@@ -43,6 +44,7 @@ SmallFcLoptConfig SmallFcLoptConfig::from_json(const nlohmann::json& j, const st
   config_check(c.lr >= 0, r.path_of("lr"), "must be >= 0");
   config_check(c.weight_decay >= 0, r.path_of("weight_decay"), "must be >= 0");
   config_check(c.max_grad_norm >= 0, r.path_of("max_grad_norm"), "must be >= 0 (0 = no clipping)");
+  config_check(c.time_features_max_step >= 0, r.path_of("time_features_max_step"), "must be >= 0 (0 = off)");
   config_check(c.initial_momentum_decays.size() == 3, r.path_of("initial_momentum_decays"), "needs 3 values");
   config_check(c.initial_rms_decays.size() == 1, r.path_of("initial_rms_decays"), "needs 1 value");
   config_check(c.initial_adafactor_decays.size() == 3, r.path_of("initial_adafactor_decays"), "needs 3 values");
@@ -51,7 +53,7 @@ SmallFcLoptConfig SmallFcLoptConfig::from_json(const nlohmann::json& j, const st
 }
 
 nlohmann::json SmallFcLoptConfig::to_json() const {
-  return {{"type", mup ? "mulo" : "small_fc_lopt"},
+  nlohmann::json j = {{"type", mup ? "mulo" : "small_fc_lopt"},
           {"hidden_size", hidden_size},
           {"hidden_layers", hidden_layers},
           {"step_mult", step_mult},
@@ -63,6 +65,9 @@ nlohmann::json SmallFcLoptConfig::to_json() const {
           {"initial_rms_decays", initial_rms_decays},
           {"initial_adafactor_decays", initial_adafactor_decays},
           {"impl", impl}};
+  // Only when set, so that resolved configs (and the run files keyed by them) stay as before.
+  if (time_features_max_step > 0) j["time_features_max_step"] = time_features_max_step;
+  return j;
 }
 
 std::unique_ptr<SmallFcLopt> make_small_fc_lopt(const nlohmann::json& config, const std::string& path) {
@@ -443,7 +448,7 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
     for (auto& g : grads) g = g * scale;
   }
   const auto dec = decays();
-  const double t = static_cast<double>(state.step);  // PyLO: step incremented first, feature uses step - 1
+  const double t = static_cast<double>(config_.time_feature_step(state.step));  // PyLO: step incremented first, feature uses step - 1
   std::vector<float> tf;
   for (double s : kLoptTimescales) tf.push_back(static_cast<float>(std::tanh(t / s - 1.0)));
   auto time_features = torch::tensor(tf);

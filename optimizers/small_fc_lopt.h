@@ -24,11 +24,19 @@ struct SmallFcLoptConfig {
   double lr = 1.0;
   double weight_decay = 0.0;
   double max_grad_norm = 0.0;  ///< global-norm gradient clipping; 0 = off
+  /// Time features use min(step, time_features_max_step) (0 = off): holds them at the values of the
+  /// meta-training horizon for longer runs (an inference-time probe; not in PyLO).
+  int64_t time_features_max_step = 0;
   bool mup = false;            ///< muLO: per-tensor LR x 1/width_mult for hidden weights
   std::vector<double> initial_momentum_decays = {0.9, 0.99, 0.999};
   std::vector<double> initial_rms_decays = {0.999};
   std::vector<double> initial_adafactor_decays = {0.9, 0.99, 0.999};
   std::string impl = "fused";  ///< "fused" (CPU kernel for the no-grad path) or "tensor"
+
+  /// The step the time features see for inner step `step`.
+  int64_t time_feature_step(int64_t step) const {
+    return time_features_max_step > 0 && step > time_features_max_step ? time_features_max_step : step;
+  }
 
   static SmallFcLoptConfig from_json(const nlohmann::json& j, const std::string& path);
   nlohmann::json to_json() const;

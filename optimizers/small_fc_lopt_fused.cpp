@@ -254,7 +254,7 @@ void fold(Work& w, const double* elem_sumsq) {
   auto w0at = [&](int j, int f) { return static_cast<double>(w0[j * kLoptInputs + f]); };
   double time_features[kLoptTimeFeatures];
   for (int s = 0; s < kLoptTimeFeatures; ++s)
-    time_features[s] = std::tanh(static_cast<double>(job.step) / kLoptTimescales[static_cast<size_t>(s)] - 1.0);
+    time_features[s] = std::tanh(static_cast<double>(cfg.time_feature_step(job.step)) / kLoptTimescales[static_cast<size_t>(s)] - 1.0);
   std::vector<double> b0(static_cast<size_t>(H));
   for (int j = 0; j < H; ++j) {
     double b = K.biases[0][static_cast<size_t>(j)];

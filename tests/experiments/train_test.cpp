@@ -142,7 +142,9 @@ TEST(Sweep, ExpandsTheGridValidatesAndResumes) {
   one_lr["grid"]["optimizer.lr"] = {1e-3, 1e-2, 3e-1};
   lopt::run_sweep(one_lr, lopt::ProgressMode::quiet);
   EXPECT_EQ(lopt_test::h5_int_attr(dir.path("sw.h5"), "runs_reused"), 4);
-  lopt::run_sweep(one_lr, lopt::ProgressMode::quiet, /*fresh=*/true);
+  lopt::SweepOptions fresh;
+  fresh.fresh = true;
+  lopt::run_sweep(one_lr, lopt::ProgressMode::quiet, fresh);
   EXPECT_EQ(lopt_test::h5_int_attr(dir.path("sw.h5"), "runs_reused"), 0);
 
   // Zipped keys vary together.
@@ -279,4 +281,90 @@ TEST(Cli, SignalsStopCleanlyWithAResumeHint) {
   EXPECT_NE(out.find("SIGTERM"), std::string::npos) << out;
   EXPECT_FALSE(std::filesystem::exists(dir.path("long.h5")));
   EXPECT_FALSE(std::filesystem::exists(dir.path("long.h5.tmp")));
+}
+
+TEST(Train, SchedulesRelativeToTheRunLength) {
+  auto opt = json{{"type", "adamw"}, {"lr", 1e-3}, {"schedule", {{"type", "warmup_cosine"}, {"warmup_fraction", 0.05}}}};
+  auto r = lopt::resolve_train_config({{"task", {{"dataset", "synthetic"}, {"image_size", 4}}}, {"optimizer", opt}, {"steps", 2000}});
+  EXPECT_EQ(r["optimizer"]["schedule"]["warmup_steps"], 100);
+  EXPECT_EQ(r["optimizer"]["schedule"]["total_steps"], 2000);
+  auto longer = lopt::resolve_train_config({{"task", {{"dataset", "synthetic"}, {"image_size", 4}}}, {"optimizer", opt}, {"steps", 25000}});
+  EXPECT_EQ(longer["optimizer"]["schedule"]["warmup_steps"], 1250);
+  EXPECT_EQ(longer["optimizer"]["schedule"]["total_steps"], 25000);
+  opt["schedule"]["warmup_steps"] = 10;
+  lopt_test::expect_config_error([](const json& j) { lopt::resolve_train_config(j); },
+                                 {{"task", {{"dataset", "synthetic"}}}, {"optimizer", opt}}, "/optimizer/schedule/warmup_fraction");
+  opt["schedule"].erase("warmup_steps");
+  opt["schedule"]["warmup_fraction"] = 1.5;
+  lopt_test::expect_config_error([](const json& j) { lopt::resolve_train_config(j); },
+                                 {{"task", {{"dataset", "synthetic"}}}, {"optimizer", opt}}, "/optimizer/schedule/warmup_fraction");
+}
+
+// An axis sweep: a tuning comparison on the base point, {"tuned": name} optimizers, "@" labels,
+// shards that together run every run, a merge that refuses while a shard is missing, and the table.
+TEST(Sweep, TunedContendersShardsAndMerge) {
+  lopt_test::TempDir dir;
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
+  auto base = tiny_config(dir.path("fm"), "");
+  base.erase("optimizer");
+  base.erase("output");
+  base["steps"] = 6;
+  base["eval_every"] = 6;
+  json tune = {{"base", base},
+               {"seeds", {7}},
+               {"tuning_seeds", {1}},
+               {"contenders", {{{"name", "Adam"}, {"optimizer", {{"type", "adam"}}}, {"lr_grid", {1e-3, 1e-2}},
+                                {"schedules", {{{"type", "warmup_cosine"}, {"warmup_fraction", 0.5}}}},
+                                {"set", {{"task.parametrization.type", "sp"}}}}}},
+               {"output_dir", dir.path("tune")}};
+  json sweep = {{"base", base},
+                {"tune", tune},
+                {"grid",
+                 {{"task.width", {16, 32}},
+                  {"@name,task.parametrization.type,optimizer",
+                   {{"Adam", "sp", {{"tuned", "Adam"}}}, {"muLO", "mup", {{"type", "mulo"}}}}},
+                  {"seed", {100, 101}}}},
+                {"plot", {{"x", "task.width"}, {"group", "@name"}}},
+                {"output_dir", dir.path("sw")}};
+  // Before tuning: a dry run validates with a placeholder, a shard refuses.
+  auto placeholder = lopt::expand_sweep(sweep, true);
+  ASSERT_EQ(placeholder.size(), 8u);
+  EXPECT_EQ(placeholder[0].point["@name"], "Adam");
+  EXPECT_FALSE(placeholder[0].config.contains("@name"));
+  lopt::SweepOptions shard0;
+  std::tie(shard0.shard, shard0.shards) = lopt::parse_shard("0/2");
+  EXPECT_THROW(lopt::run_sweep(sweep, lopt::ProgressMode::quiet, shard0), lopt::UsageError);
+  EXPECT_THROW(lopt::parse_shard("2/2"), lopt::UsageError);
+  EXPECT_THROW(lopt::parse_shard("1"), lopt::UsageError);
+
+  lopt::SweepOptions tune_only;
+  tune_only.tune_only = true;
+  lopt::run_sweep(sweep, lopt::ProgressMode::quiet, tune_only);
+  auto runs = lopt::expand_sweep(sweep);
+  const auto tuned = json::parse(lopt::h5_read_string_attr(dir.path("tune.h5"), "summary"))[0];
+  EXPECT_EQ(runs[0].config["optimizer"]["lr"], tuned["best_lr"]);
+  EXPECT_EQ(runs[0].config["optimizer"]["schedule"]["warmup_steps"], 3);  // relative schedule: 0.5 x 6 steps
+  EXPECT_EQ(runs[0].config["task"]["parametrization"]["type"], "sp");
+  EXPECT_EQ(runs[4].config["optimizer"]["type"], "mulo");  // keys sorted: contender slowest, then seed, width fastest
+
+  auto rows0 = lopt::run_sweep(sweep, lopt::ProgressMode::quiet, shard0);
+  EXPECT_EQ(rows0.size(), 4u);
+  EXPECT_TRUE(std::filesystem::exists(dir.path("sw.shard0of2.h5")));
+  lopt::SweepOptions merge;
+  merge.merge = true;
+  try {
+    lopt::run_sweep(sweep, lopt::ProgressMode::quiet, merge);
+    FAIL() << "merge with a shard missing should fail";
+  } catch (const lopt::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("4 of 8 runs"), std::string::npos) << e.what();
+  }
+  lopt::SweepOptions shard1 = shard0;
+  shard1.shard = 1;
+  lopt::run_sweep(sweep, lopt::ProgressMode::quiet, shard1);
+  auto all = lopt::run_sweep(sweep, lopt::ProgressMode::quiet, merge);
+  ASSERT_EQ(all.size(), 8u);
+  EXPECT_EQ(lopt::h5_read_string_attr(dir.path("sw.h5"), "shard"), "merged");
+  const auto table = lopt::sweep_table(sweep, all);
+  EXPECT_NE(table.find("| @name \\ task.width | 16 | 32 |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| muLO |"), std::string::npos) << table;
 }

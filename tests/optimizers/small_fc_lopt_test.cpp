@@ -505,3 +505,31 @@ TEST(SmallFcLopt, HubLayoutRoundTrips) {
     EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
   }
 }
+
+// time_features_max_step: an update at step 40 with the cap at 7 is the update at step 7 without it
+// (time features are the only input that depends on the step), on the tensor and fused paths.
+TEST(SmallFcLopt, TimeFeatureCapHoldsTheFeaturesAtTheCap) {
+  for (const std::string impl : {"tensor", "fused"}) {
+    auto plain = lopt::make_small_fc_lopt({{"type", "mulo"}, {"impl", impl}});
+    auto capped = lopt::make_small_fc_lopt({{"type", "mulo"}, {"impl", impl}, {"time_features_max_step", 7}});
+    EXPECT_EQ(capped->hyperparams()["time_features_max_step"], 7);
+    EXPECT_FALSE(plain->hyperparams().contains("time_features_max_step"));
+    auto gen = lopt::make_generator(5);
+    auto theta = plain->init_theta(gen);
+    theta.add_(0.3 * torch::randn(theta.sizes(), gen));  // make the time-feature weights matter
+    lopt::ParamSet params;
+    params.tensors = {torch::randn({24, 16}, gen), torch::randn({16}, gen)};
+    params.info = {{"w", lopt::ParamRole::hidden_weight, 16, 24, 2.0}, {"b", lopt::ParamRole::bias, 1, 16, 1.0}};
+    std::vector<torch::Tensor> grads = {torch::randn({24, 16}, gen), torch::randn({16}, gen)};
+    auto run = [&](const lopt::SmallFcLopt& lo, int64_t step) {
+      auto opt = lo.bind(theta);
+      auto s = opt->init(params.clone());
+      s.step = step;
+      opt->update_(s, grads, torch::zeros({}));
+      return s.params.tensors[0];
+    };
+    EXPECT_TRUE(torch::allclose(run(*capped, 40), run(*plain, 7), 1e-6, 1e-7)) << impl;
+    EXPECT_FALSE(torch::allclose(run(*plain, 40), run(*plain, 7), 1e-6, 1e-7)) << impl;
+    EXPECT_TRUE(torch::allclose(run(*capped, 3), run(*plain, 3), 1e-6, 1e-7)) << impl;
+  }
+}
