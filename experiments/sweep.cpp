@@ -1,6 +1,7 @@
 #include "experiments/sweep.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -123,6 +124,30 @@ nlohmann::json summary_row(const SweepRun& run) {
   return row;
 }
 
+/// A run's file name: run_NNNN.h5, or in a sweep with "@" labels one made of the point's labels and
+/// scalar values (muLO_M_seed100_width512.h5), so that editing the grid keeps every other run's file.
+std::string run_file_name(const nlohmann::json& point, size_t index, bool labelled) {
+  if (!labelled) {
+    char name[32];
+    std::snprintf(name, sizeof name, "run_%04zu.h5", index);
+    return name;
+  }
+  std::string name;
+  auto add = [&](const std::string& key, const nlohmann::json& v) {
+    if (v.is_object() || v.is_array()) return;
+    std::string val = v.is_string() ? v.get<std::string>() : v.dump();
+    std::string seg = key[0] == '@' ? "" : key.substr(key.rfind('.') == std::string::npos ? 0 : key.rfind('.') + 1);
+    name += (name.empty() ? "" : "_") + seg + val;
+  };
+  for (auto it = point.begin(); it != point.end(); ++it)
+    if (it.key()[0] == '@') add(it.key(), it.value());
+  for (auto it = point.begin(); it != point.end(); ++it)
+    if (it.key()[0] != '@') add(it.key(), it.value());
+  for (auto& c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_' && c != '=') c = '_';
+  return name + ".h5";
+}
+
 std::string point_value(const nlohmann::json& point, const std::string& key) {
   if (!point.contains(key)) return "-";
   const auto& v = point[key];
@@ -157,6 +182,9 @@ std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep, bool placeholder
   for (auto it = spec.grid.begin(); it != spec.grid.end(); ++it) keys.push_back(it.key());
   std::vector<size_t> idx(keys.size(), 0);
   std::vector<SweepRun> runs;
+  bool labelled = false;
+  for (const auto& k : keys) labelled = labelled || k.find('@') != std::string::npos;
+  std::set<std::string> names;
   while (true) {
     SweepRun run;
     run.config = spec.base;
@@ -176,15 +204,15 @@ std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep, bool placeholder
         if (parts[j].rfind('@', 0) != 0) set_dotted(run.config, parts[j], v[j]);
       }
     }
-    char name[32];
-    std::snprintf(name, sizeof name, "run_%04zu.h5", runs.size());
-    run.config["output"] = (std::filesystem::path(spec.output_dir) / name).string();
+    run.config["output"] = (std::filesystem::path(spec.output_dir) / run_file_name(run.point, runs.size(), labelled)).string();
     try {
       resolve_tuned(spec, run.config, placeholder_tuned);
       run.config = resolve_train_config(run.config);
     } catch (const ConfigError& e) {
       throw ConfigError("/base" + e.path(), e.message() + " (in the run with grid point " + run.point.dump() + ")");
     }
+    config_check(names.insert(run.config["output"].get<std::string>()).second, "/grid",
+                 "two runs would write " + run.config["output"].get<std::string>() + "; give the varying object a \"@\" label");
     runs.push_back(run);
     size_t k = keys.size();
     while (k > 0) {

@@ -119,6 +119,9 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
     auto m = task->evaluate(state.params, eval_split, eval_examples);
     res.eval_steps.push_back(step);
     for (const auto& [k, v] : m) res.eval_metrics[k].push_back(v);
+    double sq = 0;
+    for (const auto& t : state.params.tensors) sq += t.detach().to(torch::kFloat64).square().sum().item<double>();
+    res.param_norm.push_back(std::sqrt(sq));
     res.eval_time.push_back(now());
   };
   evaluate(0);
@@ -233,6 +236,7 @@ void write_train_result(const std::string& path, const nlohmann::json& config, c
   w.dataset("eval/step", r.eval_steps);
   for (const auto& [k, v] : r.eval_metrics) w.dataset("eval/" + r.eval_split + "_" + k, v);
   w.dataset("eval/wall_time", r.eval_time);
+  w.dataset("eval/param_norm", r.param_norm);
   w.commit();
 }
 

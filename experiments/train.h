@@ -30,6 +30,7 @@ struct TrainResult {
   std::string report_metric;         ///< the task's summary metric ("accuracy", "bits_per_byte")
   std::map<std::string, std::vector<double>> eval_metrics;  ///< per metric, one value per eval step
   std::vector<double> eval_time;
+  std::vector<double> param_norm;    ///< global L2 norm of the parameters at each evaluation
   bool diverged = false;
   int64_t diverged_step = -1;
   double wall_time = 0;

@@ -34,6 +34,7 @@ SmallFcLoptConfig SmallFcLoptConfig::from_json(const nlohmann::json& j, const st
   c.weight_decay = r.get<double>("weight_decay", c.weight_decay);
   c.max_grad_norm = r.get<double>("max_grad_norm", c.max_grad_norm);
   c.time_features_max_step = r.get<int64_t>("time_features_max_step", c.time_features_max_step);
+  if (auto sched = r.object("schedule"); !sched.empty()) c.schedule = make_schedule(sched, r.path_of("schedule"))->hyperparams();
   c.initial_momentum_decays = r.get<std::vector<double>>("initial_momentum_decays", c.initial_momentum_decays);
   c.initial_rms_decays = r.get<std::vector<double>>("initial_rms_decays", c.initial_rms_decays);
   c.initial_adafactor_decays = r.get<std::vector<double>>("initial_adafactor_decays", c.initial_adafactor_decays);
@@ -67,6 +68,7 @@ nlohmann::json SmallFcLoptConfig::to_json() const {
           {"impl", impl}};
   // Only when set, so that resolved configs (and the run files keyed by them) stay as before.
   if (time_features_max_step > 0) j["time_features_max_step"] = time_features_max_step;
+  if (schedule.value("type", std::string("constant")) != "constant") j["schedule"] = schedule;
   return j;
 }
 
@@ -329,7 +331,8 @@ std::unique_ptr<Optimizer> SmallFcLopt::bind(const torch::Tensor& theta) const {
 // ------------------------------------------------------------------ bound optimizer
 
 SmallFcLoptOptimizer::SmallFcLoptOptimizer(const SmallFcLopt& lopt, torch::Tensor theta)
-    : config_(lopt.config()), theta_(std::move(theta)), named_(lopt.unflatten(theta_)) {
+    : config_(lopt.config()), theta_(std::move(theta)), named_(lopt.unflatten(theta_)),
+      schedule_(make_schedule(config_.schedule, "/optimizer/schedule")) {
   weights_.push_back(named_.at("network.input.weight"));
   biases_.push_back(named_.at("network.input.bias"));
   for (int64_t i = 0; i < config_.hidden_layers; ++i) {
@@ -352,6 +355,8 @@ double SmallFcLoptOptimizer::lr_for(const ParamInfo& info) const {
   if (!config_.mup) return config_.lr;
   return config_.lr * MupParametrization().lr_mult(info);
 }
+
+double SmallFcLoptOptimizer::lr_at(int64_t step, const ParamInfo& info) const { return lr_for(info) * (*schedule_)(step); }
 
 const SmallFcLoptOptimizer::FusedConstants& SmallFcLoptOptimizer::fused_constants() const {
   std::call_once(fused_once_, [&] {
@@ -498,7 +503,7 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
     auto o = torch::linear(h, weights_.back(), biases_.back());
     auto direction = o.select(-1, 0), magnitude = o.select(-1, 1);
     auto stepv = direction * torch::exp(magnitude * config_.exp_mult) * config_.step_mult;
-    const double lr = lr_for(state.params.info[i]);
+    const double lr = lr_at(state.step, state.params.info[i]);
     auto p_new = p - lr * stepv;
     if (config_.weight_decay > 0) p_new = p_new - (lr * config_.weight_decay) * p_new;  // PyLO: on the updated p
     out.params.tensors.push_back(p_new.reshape(p0.sizes()));
@@ -527,7 +532,7 @@ void add_fused_jobs(const SmallFcLoptOptimizer& opt, OptState& state, const std:
     jobs.push_back({&opt, &state.params.tensors[i], g[i],
                     {&state.slots.at("mom")[i], &state.slots.at("rms")[i], &state.slots.at("fac_vec_row")[i],
                      &state.slots.at("fac_vec_col")[i], &state.slots.at("fac_vec_v")[i]},
-                    opt.lr_for(state.params.info[i]), state.step});
+                    opt.lr_at(state.step, state.params.info[i]), state.step});
 }
 }  // namespace
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "optimizers/learned_optimizer.h"
+#include "optimizers/schedule.h"
 
 namespace lopt {
 
@@ -27,6 +28,9 @@ struct SmallFcLoptConfig {
   /// Time features use min(step, time_features_max_step) (0 = off): holds them at the values of the
   /// meta-training horizon for longer runs (an inference-time probe; not in PyLO).
   int64_t time_features_max_step = 0;
+  /// Schedule of `lr` over inner steps (optimizers/schedule.h; default constant): an inference-time
+  /// knob, e.g. to anneal a learned optimizer past its meta-training horizon (not in PyLO).
+  nlohmann::json schedule = {{"type", "constant"}};
   bool mup = false;            ///< muLO: per-tensor LR x 1/width_mult for hidden weights
   std::vector<double> initial_momentum_decays = {0.9, 0.99, 0.999};
   std::vector<double> initial_rms_decays = {0.999};
@@ -99,8 +103,10 @@ class SmallFcLoptOptimizer : public Optimizer {
   /// update() that also returns each tensor's MLP inputs [*shape, 39] and outputs [*shape, 2].
   OptState step(const OptState& state, const std::vector<torch::Tensor>& grads,
                 std::vector<torch::Tensor>* mlp_inputs, std::vector<torch::Tensor>* mlp_outputs) const;
-  /// Learning rate applied to a tensor (lr x muP multiplier).
+  /// Learning rate applied to a tensor (lr x muP multiplier), before the schedule.
   double lr_for(const ParamInfo& info) const;
+  /// lr_for(info) x the schedule's multiplier at `step`.
+  double lr_at(int64_t step, const ParamInfo& info) const override;
   /// Effective decays (3 momentum, 1 rms, 3 adafactor) from the offsets in theta.
   struct Decays {
     torch::Tensor mom, rms, fac;
@@ -126,6 +132,7 @@ class SmallFcLoptOptimizer : public Optimizer {
   torch::Tensor theta_;
   std::map<std::string, torch::Tensor> named_;
   std::vector<torch::Tensor> weights_, biases_;  // MLP layers in order
+  std::shared_ptr<const LrSchedule> schedule_;
   nlohmann::json provenance_ = nlohmann::json::object();
 };
 
@@ -161,7 +168,7 @@ struct FusedJob {
   torch::Tensor* p;
   torch::Tensor g;
   std::array<torch::Tensor*, 5> slots;
-  double lr;     ///< lr_for(ParamInfo)
+  double lr;     ///< lr_at(step, ParamInfo)
   int64_t step;  ///< state.step before the update (the time features' t)
 };
 /// Steps every job at once (small_fc_lopt_fused.cpp): one parallel loop per phase over all tensors

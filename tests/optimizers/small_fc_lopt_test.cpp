@@ -533,3 +533,31 @@ TEST(SmallFcLopt, TimeFeatureCapHoldsTheFeaturesAtTheCap) {
     EXPECT_TRUE(torch::allclose(run(*capped, 3), run(*plain, 3), 1e-6, 1e-7)) << impl;
   }
 }
+
+// A schedule on the learned optimizer's lr scales its step: a cosine to 0 over 10 steps leaves the
+// parameters unchanged at step 10 and halves the step at step 5 (multiplier 0.5), on both paths.
+TEST(SmallFcLopt, LrScheduleScalesTheStep) {
+  for (const std::string impl : {"tensor", "fused"}) {
+    nlohmann::json sched = {{"type", "warmup_cosine"}, {"warmup_steps", 0}, {"total_steps", 10}, {"final_fraction", 0.0}};
+    auto plain = lopt::make_small_fc_lopt({{"type", "mulo"}, {"impl", impl}});
+    auto cosine = lopt::make_small_fc_lopt({{"type", "mulo"}, {"impl", impl}, {"schedule", sched}});
+    EXPECT_EQ(cosine->hyperparams()["schedule"]["total_steps"], 10);
+    auto gen = lopt::make_generator(6);
+    auto theta = plain->init_theta(gen);
+    lopt::ParamSet params;
+    params.tensors = {torch::randn({24, 16}, gen)};
+    params.info = {{"w", lopt::ParamRole::hidden_weight, 16, 24, 1.0}};
+    std::vector<torch::Tensor> grads = {torch::randn({24, 16}, gen)};
+    auto delta = [&](const lopt::SmallFcLopt& lo, int64_t step) {
+      auto opt = lo.bind(theta);
+      auto s = opt->init(params.clone());
+      s.step = step;
+      opt->update_(s, grads, torch::zeros({}));
+      return s.params.tensors[0] - params.tensors[0];
+    };
+    EXPECT_EQ(delta(*cosine, 10).abs().max().item<double>(), 0.0) << impl;
+    // Deltas are read back as p_new - p in float32: one rounding of p (~1e-7) each.
+    EXPECT_TRUE(torch::allclose(delta(*cosine, 5), 0.5 * delta(*plain, 5), 1e-3, 1e-6)) << impl;
+    EXPECT_NEAR(cosine->bind(theta)->lr_at(5, params.info[0]), 0.5, 1e-12) << impl;
+  }
+}
