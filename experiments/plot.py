@@ -132,18 +132,27 @@ def plot_axis_sweep(rows, spec, out):
             ax.grid(alpha=0.3), ax.legend(fontsize=8)
     else:
         fig, ax = plt.subplots(figsize=(7, 4.5))
+        ymax = spec.get("ymax")
         for g in groups:
             pts = sorted((k[1], v) for k, v in cells.items() if k[0] == g)
-            xv, mean, sd, div = [], [], [], []
+            xv, mean, sd, off, div = [], [], [], [], []
             for xval, rs in pts:
                 finite = [r["final_train_loss"] for r in rs if r.get("final_train_loss") is not None]
-                if finite:
+                if finite and (ymax is None or np.mean(finite) <= ymax):
                     xv.append(xval), mean.append(np.mean(finite)), sd.append(np.std(finite, ddof=1) if len(finite) > 1 else 0)
+                elif finite:
+                    off.append(xval)  # mean above the axis: marked at the top
                 if len(finite) < len(rs):
                     div.append(xval)
             line = ax.errorbar(xv, mean, yerr=sd, marker="o", capsize=3, label=g)
+            color = line[0].get_color()
+            if off:
+                ax.plot(off, [ymax] * len(off), "^", color=color, ms=10, clip_on=False)
             if div:
-                ax.plot(div, [ax.get_ylim()[1]] * len(div), "x", color=line[0].get_color(), ms=10)
+                ax.plot(div, [ymax or ax.get_ylim()[1]] * len(div), "x", color=color, ms=10, clip_on=False)
+        if ymax:
+            ax.set_ylim(top=ymax)
+            ax.text(0.99, 0.01, f"^ mean above {ymax}   x a seed diverged (NaN)", transform=ax.transAxes, ha="right", va="bottom", fontsize=8)
         if spec.get("logx"):
             ax.set_xscale("log", base=2)
         ax.set_yscale("log")

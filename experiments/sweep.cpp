@@ -40,6 +40,7 @@ SweepSpec read_spec(const nlohmann::json& sweep) {
     p.get<bool>("logx", false);
     p.get<bool>("curves", false);
     p.get<std::string>("title", "");
+    p.get<double>("ymax", 0.0);
     p.finish();
   }
   if (!s.tune.empty()) {
