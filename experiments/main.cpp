@@ -189,7 +189,7 @@ int cmd_sweep(int argc, char** argv) {
   f.add(desc);
   desc.add_options()("png", po::value(&png), "draw the sweep to this PNG (by its \"plot\" spec; else loss vs LR)")(
       "dry-run", po::bool_switch(&dry_run), "validate and list the runs without training")(
-      "shard", po::value(&shard), "run only the runs with index % n == i (i/n, e.g. 0/4); each shard writes "
+      "shard", po::value(&shard), "run only shard i of n (i/n, e.g. 0/4; runs are split by a hash of their grid point); each shard writes "
                                   "<summary>.shard<i>of<n>.h5; run the tuning (--tune-only) first")(
       "merge", po::bool_switch(&merge), "train nothing: write the summary from every finished run file (after the shards)")(
       "tune-only", po::bool_switch(&tune_only), "run the sweep's tuning comparison and stop");

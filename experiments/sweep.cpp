@@ -149,6 +149,19 @@ std::string run_file_name(const nlohmann::json& point, size_t index, bool labell
   return name + ".h5";
 }
 
+std::string point_value(const nlohmann::json& point, const std::string& key);
+}  // namespace
+
+int64_t shard_of(const nlohmann::json& point, int64_t shards) {
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a over the point's JSON
+  for (unsigned char c : point.dump()) h = (h ^ c) * 1099511628211ULL;
+  h ^= h >> 29;  // FNV's low bits mix poorly
+  h *= 0xbf58476d1ce4e5b9ULL;
+  h ^= h >> 32;
+  return static_cast<int64_t>(h % static_cast<uint64_t>(std::max<int64_t>(1, shards)));
+}
+
+namespace {
 std::string point_value(const nlohmann::json& point, const std::string& key) {
   if (!point.contains(key)) return "-";
   const auto& v = point[key];
@@ -239,10 +252,10 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, con
   std::vector<std::string> missing;
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto& run = runs[i];
-    if (!o.merge && static_cast<int64_t>(i) % o.shards != o.shard) continue;
+    if (!o.merge && shard_of(run.point, o.shards) != o.shard) continue;
     std::string out = run.config["output"];
     if (o.merge) {
-      if (!finished_run_matches(out, run.config)) missing.push_back(out + " (shard " + std::to_string(i % static_cast<size_t>(std::max<int64_t>(1, o.shards))) + ")");
+      if (!finished_run_matches(out, run.config)) missing.push_back(out);
       else rows.push_back(summary_row(run));
       continue;
     }
@@ -265,7 +278,7 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, con
     for (size_t i = 0; i < missing.size() && i < 5; ++i) list += "\n  " + missing[i];
     if (missing.size() > 5) list += "\n  ...";
     throw UsageError(std::to_string(missing.size()) + " of " + std::to_string(runs.size()) +
-                     " runs are not finished with this config (with --shard i/n, run i = index % n):" + list +
+                     " runs are not finished with this config:" + list +
                      "\nrun the missing shards (or the sweep without --merge), then merge again");
   }
   if (!o.merge)
@@ -328,8 +341,11 @@ std::string sweep_table(const nlohmann::json& sweep, const nlohmann::json& rows)
         for (double f : finite) v += (f - m) * (f - m);
         const double sd = finite.size() > 1 ? std::sqrt(v / static_cast<double>(finite.size() - 1)) : 0.0;
         const size_t div = it->second.size() - finite.size();
-        if (div > 0) std::snprintf(buf, sizeof buf, " %.4f ± %.4f (diverged %zu/%zu) |", m, sd, div, it->second.size());
-        else std::snprintf(buf, sizeof buf, " %.4f ± %.4f |", m, sd);
+        // Blow-ups (finite but huge losses) in 3 significant digits, the rest to 4 decimals.
+        const char* fmt = m >= 100 ? " %.3g ± %.3g" : " %.4f ± %.4f";
+        int n = std::snprintf(buf, sizeof buf, fmt, m, sd);
+        if (div > 0) std::snprintf(buf + n, sizeof buf - static_cast<size_t>(n), " (diverged %zu/%zu) |", div, it->second.size());
+        else std::snprintf(buf + n, sizeof buf - static_cast<size_t>(n), " |");
       }
       t += buf;
     }

@@ -16,8 +16,9 @@
 ///   with "curves", the mean training-loss curves instead) and the table printed at the end.
 ///
 /// Each run writes output_dir/run_NNNN.h5; finished runs of the same resolved config are reused, so
-/// an interrupted sweep resumes. `--shard i/n` runs the runs with index % n == i (several processes
-/// or machines; each writes its own summary); `--merge` (no training) writes the full summary from
+/// an interrupted sweep resumes. `--shard i/n` runs the runs whose point hashes to shard i of n
+/// (shard_of: a pseudo-random, balanced split that does not change when the grid is edited; several
+/// processes or machines; each writes its own summary); `--merge` (no training) writes the full summary from
 /// every run file and fails naming the runs that are missing.
 #include <nlohmann/json.hpp>
 
@@ -40,11 +41,14 @@ std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep, bool placeholder
 
 struct SweepOptions {
   bool fresh = false;     ///< re-run finished runs instead of reusing them
-  int64_t shard = 0;      ///< this process runs the runs with index % shards == shard
+  int64_t shard = 0;      ///< this process runs the runs with shard_of(point, shards) == shard
   int64_t shards = 1;
   bool merge = false;     ///< train nothing: summarise every run file, failing when one is missing
   bool tune_only = false; ///< run the "tune" comparison and stop
 };
+
+/// The shard (0..shards-1) that runs the run at `point`: a hash of the point.
+int64_t shard_of(const nlohmann::json& point, int64_t shards);
 
 /// "i/n" -> (i, n) with 0 <= i < n; UsageError otherwise.
 std::pair<int64_t, int64_t> parse_shard(const std::string& s);
