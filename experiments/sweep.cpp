@@ -63,8 +63,11 @@ std::vector<std::string> split_keys(const std::string& key) {
     start = comma + 1;
   }
 }
-/// The optimizer the tuning comparison chose for contender `name` (see sweep.h).
-nlohmann::json tuned_optimizer(const SweepSpec& spec, const std::string& name, bool placeholder, const std::string& path) {
+std::string run_file_name(const nlohmann::json& point, size_t index, bool labelled);
+
+/// The optimizer the tuning comparison `tune` chose for contender `name` (see sweep.h).
+nlohmann::json tuned_optimizer(const nlohmann::json& tune, const std::string& name, bool placeholder, const std::string& path) {
+  const SweepSpec spec{nlohmann::json(), nlohmann::json(), tune, nlohmann::json(), "", ""};
   config_check(!spec.tune.empty(), path, "{\"tuned\": \"" + name + "\"} needs a \"tune\" comparison in the sweep");
   nlohmann::json contender;
   std::string names;
@@ -101,13 +104,48 @@ nlohmann::json tuned_optimizer(const SweepSpec& spec, const std::string& name, b
   return opt;
 }
 
-/// Replaces {"tuned": name} optimizer values in a train config.
-void resolve_tuned(const SweepSpec& spec, nlohmann::json& config, bool placeholder) {
+/// The comparison that tunes contender `name` at this run's own point (everything but optimizer, seed
+/// and output): the sweep's "tune" with this base, only that contender, in its own folder.
+nlohmann::json per_point_tune(const SweepSpec& spec, const nlohmann::json& config, const nlohmann::json& point,
+                              const std::string& name) {
+  auto t = spec.tune;
+  auto base = config;
+  base.erase("optimizer");
+  base.erase("seed");
+  base.erase("output");
+  t["base"] = base;
+  nlohmann::json only = nlohmann::json::array();
+  for (const auto& c : spec.tune.value("contenders", nlohmann::json::array()))
+    if (c.value("name", std::string()) == name) only.push_back(c);
+  t["contenders"] = only;
+  nlohmann::json where = nlohmann::json::object();
+  for (auto it = point.begin(); it != point.end(); ++it)
+    if (it.key() != "seed" && it.key()[0] != '@' && !it.value().is_object()) where[it.key()] = it.value();
+  std::string dir = spec.tune["output_dir"].get<std::string>() + "_per_point/" + name;
+  std::string leaf = run_file_name(where, 0, true);
+  dir += "_" + leaf.substr(0, leaf.size() - 3);
+  t["output_dir"] = dir;
+  t["summary"] = dir + ".h5";
+  return t;
+}
+
+/// Replaces {"tuned": name} (the sweep's tuning comparison) and {"tuned": name, "per_point": true}
+/// (a comparison at this run's point; collected into `per_point` when given) optimizer values.
+void resolve_tuned(const SweepSpec& spec, nlohmann::json& config, const nlohmann::json& point, bool placeholder,
+                   std::vector<nlohmann::json>* per_point) {
   if (!config.contains("optimizer") || !config["optimizer"].is_object() || !config["optimizer"].contains("tuned")) return;
-  const auto& t = config["optimizer"]["tuned"];
-  config_check(t.is_string() && config["optimizer"].size() == 1, "/grid/optimizer",
-               "{\"tuned\": \"<contender name>\"} takes a name and nothing else");
-  config["optimizer"] = tuned_optimizer(spec, t.get<std::string>(), placeholder, "/grid/optimizer");
+  const auto& o = config["optimizer"];
+  const bool each = o.value("per_point", false);
+  config_check(o["tuned"].is_string() && o.size() == (o.contains("per_point") ? 2u : 1u), "/grid/optimizer",
+               "{\"tuned\": \"<contender name>\"[, \"per_point\": true]} takes nothing else");
+  const std::string name = o["tuned"];
+  nlohmann::json tune = spec.tune;
+  if (each) {
+    config_check(!spec.tune.empty(), "/grid/optimizer", "per-point tuning needs a \"tune\" comparison to copy");
+    tune = per_point_tune(spec, config, point, name);
+    if (per_point) per_point->push_back(tune);
+  }
+  config["optimizer"] = tuned_optimizer(tune, name, placeholder, "/grid/optimizer");
 }
 
 /// One summary row from a finished run file.
@@ -190,7 +228,7 @@ std::string sweep_summary_path(const nlohmann::json& sweep, const SweepOptions& 
   return stem + ".shard" + std::to_string(o.shard) + "of" + std::to_string(o.shards) + ".h5";
 }
 
-std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep, bool placeholder_tuned) {
+std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep, bool placeholder_tuned, std::vector<nlohmann::json>* per_point) {
   auto spec = read_spec(sweep);
   std::vector<std::string> keys;
   for (auto it = spec.grid.begin(); it != spec.grid.end(); ++it) keys.push_back(it.key());
@@ -220,7 +258,7 @@ std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep, bool placeholder
     }
     run.config["output"] = (std::filesystem::path(spec.output_dir) / run_file_name(run.point, runs.size(), labelled)).string();
     try {
-      resolve_tuned(spec, run.config, placeholder_tuned);
+      resolve_tuned(spec, run.config, run.point, placeholder_tuned, per_point);
       run.config = resolve_train_config(run.config);
     } catch (const ConfigError& e) {
       throw ConfigError("/base" + e.path(), e.message() + " (in the run with grid point " + run.point.dump() + ")");
@@ -244,6 +282,15 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, con
   if (!spec.tune.empty() && !o.merge && o.shards <= 1) {
     std::fprintf(stderr, "sweep: tuning comparison -> %s\n", spec.tune["summary"].get<std::string>().c_str());
     run_compare(spec.tune, progress, o.fresh);
+    // Per-point tuning comparisons (an upper bound: each point tuned on its own), once each.
+    std::vector<nlohmann::json> per_point;
+    expand_sweep(sweep, true, &per_point);
+    std::set<std::string> done;
+    for (const auto& t : per_point) {
+      if (!done.insert(t["output_dir"].get<std::string>()).second) continue;
+      std::fprintf(stderr, "sweep: per-point tuning comparison -> %s\n", t["summary"].get<std::string>().c_str());
+      run_compare(t, progress, o.fresh);
+    }
   }
   if (o.tune_only) return nlohmann::json::array();
   auto runs = expand_sweep(sweep);

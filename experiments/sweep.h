@@ -10,7 +10,9 @@
 /// * "tune": a comparison (experiments/compare.h) run before the sweep, usually on the base-size
 ///   task only; an optimizer value {"tuned": "AdamW"} stands for the configuration that comparison
 ///   chose for its contender "AdamW" (learning rate, weight decay, and the schedule relative to the
-///   run length, so that it stretches over longer runs).
+///   run length, so that it stretches over longer runs). {"tuned": "AdamW", "per_point": true} instead
+///   tunes that contender at each run's own point (everything but the seed), by the same rule in a
+///   comparison of its own (<tune output_dir>_per_point/...): the per-width upper bound.
 /// * "plot": {"x": "task.width", "group": "@name", "logx": true, "curves": false}: the figure
 ///   (final training loss against x, one line per group, mean ± std over the other keys, e.g. seeds;
 ///   with "curves", the mean training-loss curves instead) and the table printed at the end.
@@ -37,7 +39,9 @@ struct SweepRun {
 /// Expands and validates every run of the sweep (ConfigError names the bad key) before any work.
 /// With `placeholder_tuned`, {"tuned": name} values whose comparison has not run yet resolve to the
 /// contender's optimizer at its first grid learning rate (for validation and --dry-run only).
-std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep, bool placeholder_tuned = false);
+/// With `per_point`, also collects the per-point tuning comparisons the runs need.
+std::vector<SweepRun> expand_sweep(const nlohmann::json& sweep, bool placeholder_tuned = false,
+                                   std::vector<nlohmann::json>* per_point = nullptr);
 
 struct SweepOptions {
   bool fresh = false;     ///< re-run finished runs instead of reusing them

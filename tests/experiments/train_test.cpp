@@ -322,13 +322,15 @@ TEST(Sweep, TunedContendersShardsAndMerge) {
                 {"grid",
                  {{"task.width", {16, 32}},
                   {"@name,task.parametrization.type,optimizer",
-                   {{"Adam", "sp", {{"tuned", "Adam"}}}, {"muLO", "mup", {{"type", "mulo"}}}}},
+                   {{"Adam", "sp", {{"tuned", "Adam"}}},
+                    {"Adam_per_width", "sp", {{"tuned", "Adam"}, {"per_point", true}}},
+                    {"muLO", "mup", {{"type", "mulo"}}}}},
                   {"seed", {100, 101}}}},
                 {"plot", {{"x", "task.width"}, {"group", "@name"}}},
                 {"output_dir", dir.path("sw")}};
   // Before tuning: a dry run validates with a placeholder, a shard refuses.
   auto placeholder = lopt::expand_sweep(sweep, true);
-  ASSERT_EQ(placeholder.size(), 8u);
+  ASSERT_EQ(placeholder.size(), 12u);
   EXPECT_EQ(placeholder[0].point["@name"], "Adam");
   EXPECT_FALSE(placeholder[0].config.contains("@name"));
   lopt::SweepOptions shard0;
@@ -345,14 +347,22 @@ TEST(Sweep, TunedContendersShardsAndMerge) {
   EXPECT_EQ(runs[0].config["optimizer"]["lr"], tuned["best_lr"]);
   EXPECT_EQ(runs[0].config["optimizer"]["schedule"]["warmup_steps"], 3);  // relative schedule: 0.5 x 6 steps
   EXPECT_EQ(runs[0].config["task"]["parametrization"]["type"], "sp");
-  EXPECT_EQ(runs[4].config["optimizer"]["type"], "mulo");  // keys sorted: contender slowest, then seed, width fastest
+  EXPECT_EQ(runs[8].config["optimizer"]["type"], "mulo");  // keys sorted: contender slowest, then seed, width fastest
+  // Per-width tuning: each width has its own comparison, whose choice the run uses.
+  ASSERT_EQ(runs[5].point["@name"], "Adam_per_width");
+  ASSERT_EQ(runs[5].config["task"]["width"], 32);
+  const std::string pp = dir.path("tune") + "_per_point/Adam_typesp_width32.h5";
+  ASSERT_TRUE(std::filesystem::exists(pp)) << pp;
+  const auto pp_row = json::parse(lopt::h5_read_string_attr(pp, "summary"))[0];
+  EXPECT_EQ(runs[5].config["optimizer"]["lr"], pp_row["best_lr"]);
+  EXPECT_EQ(json::parse(lopt::h5_read_string_attr(pp, "config"))["base"]["task"]["width"], 32);
 
   auto rows0 = lopt::run_sweep(sweep, lopt::ProgressMode::quiet, shard0);
   size_t in_shard0 = 0;
   for (const auto& r : runs) in_shard0 += lopt::shard_of(r.point, 2) == 0 ? 1 : 0;
   EXPECT_EQ(rows0.size(), in_shard0);
   EXPECT_GT(in_shard0, 0u);
-  EXPECT_LT(in_shard0, 8u);
+  EXPECT_LT(in_shard0, 12u);
   EXPECT_TRUE(std::filesystem::exists(dir.path("sw.shard0of2.h5")));
   lopt::SweepOptions merge;
   merge.merge = true;
@@ -360,13 +370,13 @@ TEST(Sweep, TunedContendersShardsAndMerge) {
     lopt::run_sweep(sweep, lopt::ProgressMode::quiet, merge);
     FAIL() << "merge with a shard missing should fail";
   } catch (const lopt::UsageError& e) {
-    EXPECT_NE(std::string(e.what()).find(std::to_string(8 - in_shard0) + " of 8 runs"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(std::to_string(12 - in_shard0) + " of 12 runs"), std::string::npos) << e.what();
   }
   lopt::SweepOptions shard1 = shard0;
   shard1.shard = 1;
   lopt::run_sweep(sweep, lopt::ProgressMode::quiet, shard1);
   auto all = lopt::run_sweep(sweep, lopt::ProgressMode::quiet, merge);
-  ASSERT_EQ(all.size(), 8u);
+  ASSERT_EQ(all.size(), 12u);
   EXPECT_EQ(lopt::h5_read_string_attr(dir.path("sw.h5"), "shard"), "merged");
   const auto table = lopt::sweep_table(sweep, all);
   EXPECT_NE(table.find("| @name \\ task.width | 16 | 32 |"), std::string::npos) << table;
