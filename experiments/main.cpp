@@ -175,6 +175,11 @@ struct RunFolderOptions {
     if (!output_dir.empty()) {
       cfg["output_dir"] = output_dir;
       if (summary.empty()) cfg.erase("summary");
+      // A sweep's tuning comparison moves with it (-o never writes beside the committed results).
+      if (cfg.contains("tune") && cfg["tune"].is_object()) {
+        cfg["tune"]["output_dir"] = output_dir + "/tune";
+        cfg["tune"]["summary"] = output_dir + "/tune.h5";
+      }
     }
     if (!summary.empty()) cfg["summary"] = summary;
   }
