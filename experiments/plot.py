@@ -112,7 +112,10 @@ def plot_axis_sweep(rows, spec, out):
     groups = list(dict.fromkeys(k[0] for k in cells))
     if spec.get("curves"):
         xs = list(dict.fromkeys(k[1] for k in cells))
-        fig, axes = plt.subplots(1, len(xs), figsize=(6 * len(xs), 4.2), squeeze=False)
+        fig, axes = plt.subplots(1, len(xs), figsize=(6 * len(xs) + (2 if len(groups) > 8 else 0), 4.6), squeeze=False)
+        if len(groups) > 10:
+            for ax in axes[0]:
+                ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
         for i, xv in enumerate(xs):
             ax = axes[0][i]
             for g in groups:
@@ -128,11 +131,15 @@ def plot_axis_sweep(rows, spec, out):
                     ax.plot(np.arange(1, n + 1), smooth(mean, 0.01), label=f"{g} (n={len(curves)})")
             ax.set_xscale("log"), ax.set_yscale("log")
             ax.set_xlabel("step"), ax.set_ylabel("training loss (mean over seeds, smoothed)")
-            ax.set_title(f"{x} = {xv}")
+            if spec.get("ymax"):
+                ax.set_ylim(top=spec["ymax"])
+            if xv is not None:
+                ax.set_title(f"{x} = {xv}")
             ax.grid(alpha=0.3), ax.legend(fontsize=8)
     else:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ymax = spec.get("ymax")
+        marked = False
         for g in groups:
             pts = sorted((k[1], v) for k, v in cells.items() if k[0] == g)
             xv, mean, sd, off, div = [], [], [], [], []
@@ -150,7 +157,8 @@ def plot_axis_sweep(rows, spec, out):
                 ax.plot(off, [ymax] * len(off), "^", color=color, ms=10, clip_on=False)
             if div:
                 ax.plot(div, [ymax or ax.get_ylim()[1]] * len(div), "x", color=color, ms=10, clip_on=False)
-        if ymax:
+            marked = marked or bool(off) or bool(div)
+        if ymax and marked:
             ax.set_ylim(top=ymax)
             ax.text(0.99, 0.01, f"^ mean above {ymax}   x a seed diverged (NaN)", transform=ax.transAxes, ha="right", va="bottom", fontsize=8)
         if spec.get("logx"):
@@ -159,7 +167,8 @@ def plot_axis_sweep(rows, spec, out):
         ax.set_xlabel(x), ax.set_ylabel("final training loss (mean ± std over seeds)")
         ax.grid(alpha=0.3), ax.legend(fontsize=8)
     if spec.get("title"):
-        fig.suptitle(spec["title"])
+        import textwrap
+        fig.suptitle("\n".join(textwrap.wrap(spec["title"], 70)), fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
