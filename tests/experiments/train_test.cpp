@@ -382,3 +382,39 @@ TEST(Sweep, TunedContendersShardsAndMerge) {
   EXPECT_NE(table.find("| @name \\ task.width | 16 | 32 |"), std::string::npos) << table;
   EXPECT_NE(table.find("| muLO |"), std::string::npos) << table;
 }
+
+// The sweep CLI: bad --shard values and flag combinations are usage errors (exit 2) naming the fix;
+// --dry-run of a sweep with a tuning comparison lists runs before any tuning; --merge with nothing
+// run names the missing runs.
+TEST(Sweep, CliShardMergeAndDryRun) {
+  lopt_test::TempDir dir;
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 60, 20);
+  auto base = tiny_config(dir.path("fm"), "");
+  base.erase("optimizer");
+  base.erase("output");
+  base["steps"] = 3;
+  base["eval_every"] = 3;
+  json sweep = {{"base", base},
+                {"tune", {{"base", base}, {"seeds", {7}}, {"tuning_seeds", {1}},
+                          {"contenders", {{{"name", "Adam"}, {"optimizer", {{"type", "adam"}}}, {"lr_grid", {1e-3}}}}},
+                          {"output_dir", dir.path("tune")}}},
+                {"output_dir", dir.path("sw")}};
+  sweep["grid"] = json::object();
+  sweep["grid"]["@name,optimizer"] = json::array({json::array({"Adam", json{{"tuned", "Adam"}}})});
+  sweep["grid"]["seed"] = json::array({1, 2});
+  lopt::write_text_atomic(dir.path("sw.json"), sweep.dump());
+  std::string out;
+  EXPECT_EQ(lopt_test::run_lopt("sweep -q --config " + dir.path("sw.json") + " --shard 2/2", &out), 2) << out;
+  EXPECT_NE(out.find("--shard takes i/n"), std::string::npos) << out;
+  EXPECT_EQ(lopt_test::run_lopt("sweep -q --config " + dir.path("sw.json") + " --merge --shard 0/2", &out), 2) << out;
+  EXPECT_EQ(lopt_test::run_lopt("sweep -q --config " + dir.path("sw.json") + " --dry-run", &out), 0) << out;
+  EXPECT_NE(out.find("sweep: 2 runs"), std::string::npos) << out;
+  EXPECT_EQ(lopt_test::run_lopt("sweep -q --config " + dir.path("sw.json") + " --shard 0/2", &out), 2) << out;
+  EXPECT_NE(out.find("--tune-only"), std::string::npos) << out;
+  EXPECT_EQ(lopt_test::run_lopt("sweep -q --config " + dir.path("sw.json") + " --tune-only", &out), 0) << out;
+  EXPECT_EQ(lopt_test::run_lopt("sweep -q --config " + dir.path("sw.json") + " --merge", &out), 2) << out;
+  EXPECT_NE(out.find("2 of 2 runs are not finished"), std::string::npos) << out;
+  EXPECT_EQ(lopt_test::run_lopt("sweep -q --config " + dir.path("sw.json"), &out), 0) << out;
+  EXPECT_EQ(out.find("| @name \\ "), std::string::npos) << out;  // no "plot" spec: no table
+  EXPECT_NE(out.find("(2 runs)"), std::string::npos) << out;
+}
