@@ -196,15 +196,26 @@ TEST(TransformerLm, MupStartsUniformAndMetricsAreBitsPerByte) {
   EXPECT_NEAR(task->normalizer(torch::tensor({100.0})).item<double>(), 1.5 * std::log(256.0), 1e-6);
   auto m = task->evaluate(p, lopt::Split::validation, 10);
   EXPECT_NEAR(m.at("bits_per_byte"), 8.0, 1e-4);
-  // The default population loss agrees with per-member losses.
+  // The batched population loss and its gradients agree with per-member computations (nonzero
+  // readouts, perturbed gains and biases).
   std::vector<lopt::Batch> bs = {task->sample_batch(lopt::Split::train, gen), task->sample_batch(lopt::Split::train, gen)};
   auto q = task->init(gen);
   for (auto& t : q.tensors) t.add_(0.1 * torch::randn(t.sizes(), gen));
+  for (auto& t : p.tensors) t.add_(0.1 * torch::randn(t.sizes(), gen));
   std::vector<torch::Tensor> stacked;
   for (size_t k = 0; k < p.size(); ++k) stacked.push_back(torch::stack({p.tensors[k], q.tensors[k]}));
-  auto pop = task->population_loss(p.with_tensors(stacked), lopt::Batch::stack(bs));
-  EXPECT_NEAR(pop[0].item<double>(), task->loss(p, bs[0]).item<double>(), 1e-5);
-  EXPECT_NEAR(pop[1].item<double>(), task->loss(q, bs[1]).item<double>(), 1e-5);
+  const auto batch = lopt::Batch::stack(bs);
+  std::vector<torch::Tensor> grads;
+  auto pop = task->population_loss_and_grads(p.with_tensors(stacked), batch, &grads);
+  const lopt::ParamSet* members[2] = {&p, &q};
+  for (int m = 0; m < 2; ++m) {
+    auto leaf = members[m]->detached_requiring_grad();
+    auto loss = task->loss(leaf, bs[static_cast<size_t>(m)]);
+    auto g = torch::autograd::grad({loss}, leaf.tensors);
+    EXPECT_NEAR(pop[m].item<double>(), loss.item<double>(), 1e-5) << "member " << m;
+    for (size_t k = 0; k < g.size(); ++k)
+      EXPECT_TRUE(torch::allclose(grads[k][m], g[k], 1e-4, 1e-6)) << "member " << m << " tensor " << leaf.info[k].name;
+  }
 }
 
 // Coordinate check on the transformer, widths 32 -> 512 (d_head 16 -> 256), 4 Adam steps. Under muP
