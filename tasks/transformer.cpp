@@ -192,38 +192,6 @@ LossAndMetrics TransformerLmTask::loss_and_metrics(const ParamSet& params, const
 
 torch::Tensor TransformerLmTask::normalizer(const torch::Tensor& loss) const { return normalize_classifier_loss(loss, kVocab); }
 
-torch::Tensor TransformerLmTask::population_loss(const ParamSet& stacked, const Batch& batch) const {
-  const size_t expected = static_cast<size_t>(10 * config_.depth + 5);
-  TORCH_CHECK(stacked.size() == expected, "TransformerLmTask::population_loss: expected ", expected, " tensors, got ", stacked.size());
-  const auto& tokens = batch.at("tokens");  // [P, B, T+1]
-  TORCH_CHECK(tokens.dim() == 3 && tokens.size(2) >= 2 && tokens.size(0) == stacked.tensors[0].size(0),
-              "TransformerLmTask::population_loss: tokens must be [P, B, T+1], got ", tokens.sizes());
-  const int64_t P = tokens.size(0), B = tokens.size(1), T = tokens.size(2) - 1, d = config_.width;
-  const auto& W = stacked.tensors;
-  auto x = tokens.narrow(2, 0, T);
-  // Embedding rows of member p: E[p, x[p]] -> [P, B*T, d].
-  auto h = W[0].index({torch::arange(P).view({P, 1}), x.reshape({P, B * T})});
-  auto ln = [&](const torch::Tensor& v, const torch::Tensor& g, const torch::Tensor& b) {
-    return torch::layer_norm(v, {d}) * g.unsqueeze(1) + b.unsqueeze(1);
-  };
-  auto lin = [](const torch::Tensor& v, const torch::Tensor& w) { return torch::bmm(v, w.transpose(1, 2)); };
-  size_t i = 1;
-  for (int64_t l = 0; l < config_.depth; ++l, i += 10) {
-    auto qkv = lin(ln(h, W[i], W[i + 1]), W[i + 2]);                                   // [P, B*T, 3d]
-    auto att = attention(qkv.reshape({P * B, T, 3 * d}), T, nullptr).reshape({P, B * T, d});
-    h = h + lin(att, W[i + 3]);
-    auto m = torch::gelu(torch::baddbmm(W[i + 7].unsqueeze(1), ln(h, W[i + 4], W[i + 5]), W[i + 6].transpose(1, 2)));
-    h = h + torch::baddbmm(W[i + 9].unsqueeze(1), m, W[i + 8].transpose(1, 2));
-  }
-  h = ln(h, W[i], W[i + 1]);
-  auto logits = lin(h, W[i + 2]);
-  if (readout_mult_ != 1.0) logits = logits * readout_mult_;
-  logits = logits + W[i + 3].unsqueeze(1);                                              // [P, B*T, V]
-  auto logp = torch::log_softmax(logits, -1);
-  auto y = tokens.narrow(2, 1, T).reshape({P, B * T, 1});
-  return -logp.gather(2, y).squeeze(2).mean(1);
-}
-
 // ------------------------------------------------------------------ family
 
 TransformerFamily::TransformerFamily(const nlohmann::json& config, const std::string& path) {

@@ -52,9 +52,6 @@ class TransformerLmTask : public Task {
   std::vector<std::string> activation_names() const override;
   std::string report_metric() const override { return "bits_per_byte"; }
   torch::Tensor normalizer(const torch::Tensor& loss) const override;
-  /// All members in one computation: per-member weights as bmm over [P, B*T, d], attention over
-  /// P*B sequences (for the N tasks x antithetic pairs of a meta-gradient estimate).
-  torch::Tensor population_loss(const ParamSet& stacked, const Batch& batch) const override;
   nlohmann::json hyperparams() const override { return config_.to_json(); }
 
   /// Logits [B, T, 256] for tokens [B, T]. With `activations`: the embedding, each block's
