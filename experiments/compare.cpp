@@ -48,16 +48,6 @@ nlohmann::json default_schedules() {
                                 {{"type", "warmup_cosine"}, {"warmup_fraction", 0.05}, {"final_fraction", 0.0}}});
 }
 
-/// A spec schedule as the optimizer's "schedule" config for `steps` training steps.
-nlohmann::json schedule_config(const nlohmann::json& s, int64_t steps) {
-  if (s.at("type") == "constant") return {{"type", "constant"}};
-  const double warmup = s.value("warmup_fraction", 0.0);
-  return {{"type", "warmup_cosine"},
-          {"warmup_steps", static_cast<int64_t>(std::llround(warmup * static_cast<double>(steps)))},
-          {"total_steps", steps},
-          {"final_fraction", s.value("final_fraction", 0.0)}};
-}
-
 std::string schedule_name(const nlohmann::json& s) {
   if (s.at("type") == "constant") return "constant";
   char buf[96];
@@ -157,7 +147,7 @@ nlohmann::json run_config(const Spec& spec, size_t c, const Candidate* cand, uin
   cfg["optimizer"] = ct.optimizer;
   if (cand != nullptr) {
     cfg["optimizer"]["lr"] = cand->lr;
-    cfg["optimizer"]["schedule"] = schedule_config(ct.schedules[cand->schedule], spec.steps);
+    cfg["optimizer"]["schedule"] = relative_schedule_config(ct.schedules[cand->schedule]);  // resolved against "steps"
     if (cand->wd >= 0) cfg["optimizer"]["weight_decay"] = ct.wd_grid[static_cast<size_t>(cand->wd)];
   }
   cfg["seed"] = seed;
@@ -195,7 +185,17 @@ std::pair<double, double> run_figures(const std::string& path, const std::string
   return {std::isfinite(loss) ? loss : std::numeric_limits<double>::infinity(), h5_read_double_attr(path, "final_" + metric)};
 }
 
-/// Mean and sample standard deviation (n - 1; 0 for one value); +inf mean when any value is +inf.
+nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+
+}  // namespace
+
+nlohmann::json relative_schedule_config(const nlohmann::json& s) {
+  if (s.at("type") == "constant") return {{"type", "constant"}};
+  return {{"type", "warmup_cosine"},
+          {"warmup_fraction", s.value("warmup_fraction", 0.0)},
+          {"final_fraction", s.value("final_fraction", 0.0)}};
+}
+
 std::pair<double, double> mean_std(const std::vector<double>& v) {
   double m = 0;
   for (double x : v) m += x / static_cast<double>(v.size());
@@ -204,10 +204,6 @@ std::pair<double, double> mean_std(const std::vector<double>& v) {
   for (double x : v) ss += (x - m) * (x - m);
   return {m, v.size() > 1 ? std::sqrt(ss / static_cast<double>(v.size() - 1)) : 0.0};
 }
-
-nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
-
-}  // namespace
 
 std::vector<CompareRun> expand_compare(const nlohmann::json& spec_json) {
   const auto spec = read_spec(spec_json);

@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/progress.h"
@@ -38,6 +39,15 @@ struct CompareRun {
   uint64_t seed = 0;
   nlohmann::json config;   ///< resolved train config with "output"
 };
+
+/// A comparison's schedule spec ({"type": "constant"} or {"type": "warmup_cosine", "warmup_fraction",
+/// "final_fraction"}) as an optimizer "schedule" relative to the run length, which
+/// resolve_train_config turns into steps (resolve_relative_schedule): the form a tuned choice is
+/// reused in at any number of steps.
+nlohmann::json relative_schedule_config(const nlohmann::json& spec_schedule);
+
+/// Mean and sample standard deviation (n - 1; 0 for one value); +inf mean when any value is +inf.
+std::pair<double, double> mean_std(const std::vector<double>& v);
 
 /// Validates the comparison and every tuning-run config (ConfigError names the key) before any
 /// work; returns the runs known before tuning (tuning runs of the initial grids, report runs of the

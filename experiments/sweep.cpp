@@ -63,35 +63,57 @@ std::vector<std::string> split_keys(const std::string& key) {
     start = comma + 1;
   }
 }
-std::string run_file_name(const nlohmann::json& point, size_t index, bool labelled);
+/// A run's file name: run_NNNN.h5, or in a sweep with "@" labels one made of the point's labels and
+/// scalar values (muLO_M_seed100_width512.h5), so that editing the grid keeps every other run's file.
+std::string run_file_name(const nlohmann::json& point, size_t index, bool labelled) {
+  if (!labelled) {
+    char name[32];
+    std::snprintf(name, sizeof name, "run_%04zu.h5", index);
+    return name;
+  }
+  std::string name;
+  auto add = [&](const std::string& key, const nlohmann::json& v) {
+    if (v.is_object() || v.is_array()) return;
+    std::string val = v.is_string() ? v.get<std::string>() : v.dump();
+    std::string seg = key[0] == '@' ? "" : key.substr(key.rfind('.') == std::string::npos ? 0 : key.rfind('.') + 1);
+    name += (name.empty() ? "" : "_") + seg + val;
+  };
+  for (auto it = point.begin(); it != point.end(); ++it)
+    if (it.key()[0] == '@') add(it.key(), it.value());
+  for (auto it = point.begin(); it != point.end(); ++it)
+    if (it.key()[0] != '@') add(it.key(), it.value());
+  for (auto& c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_' && c != '=') c = '_';
+  return name + ".h5";
+}
+
+std::string point_value(const nlohmann::json& point, const std::string& key) {
+  if (!point.contains(key)) return "-";
+  const auto& v = point[key];
+  return v.is_string() ? v.get<std::string>() : v.dump();
+}
 
 /// The optimizer the tuning comparison `tune` chose for contender `name` (see sweep.h).
 nlohmann::json tuned_optimizer(const nlohmann::json& tune, const std::string& name, bool placeholder, const std::string& path) {
-  const SweepSpec spec{nlohmann::json(), nlohmann::json(), tune, nlohmann::json(), "", ""};
-  config_check(!spec.tune.empty(), path, "{\"tuned\": \"" + name + "\"} needs a \"tune\" comparison in the sweep");
+  config_check(!tune.empty(), path, "{\"tuned\": \"" + name + "\"} needs a \"tune\" comparison in the sweep");
   nlohmann::json contender;
   std::string names;
-  for (const auto& c : spec.tune.value("contenders", nlohmann::json::array())) {
+  for (const auto& c : tune.value("contenders", nlohmann::json::array())) {
     names += (names.empty() ? "" : ", ") + c.value("name", std::string());
     if (c.value("name", std::string()) == name) contender = c;
   }
   config_check(!contender.empty() && contender.contains("lr_grid"), path,
                "no tuned contender \"" + name + "\" in /tune/contenders (contenders: " + names + ")");
-  const std::string summary = spec.tune["summary"];
+  const std::string summary = tune["summary"];
   if (std::filesystem::exists(summary) && h5_read_string_attr(summary, "kind") == "compare") {
     const auto stored = nlohmann::json::parse(h5_read_string_attr(summary, "config"));
-    if (stored == spec.tune) {
+    if (stored == tune) {
       for (const auto& row : nlohmann::json::parse(h5_read_string_attr(summary, "summary"))) {
         if (row.value("name", std::string()) != name) continue;
         if (row.value("tuning_failed", false))
           throw Error("sweep: every tuning candidate of \"" + name + "\" diverged in " + summary + "; widen its lr_grid");
         auto opt = row.at("optimizer");
-        if (row.contains("schedule_spec")) {
-          const auto& ss = row["schedule_spec"];
-          if (ss.value("type", std::string()) == "constant") opt["schedule"] = {{"type", "constant"}};
-          else opt["schedule"] = {{"type", "warmup_cosine"}, {"warmup_fraction", ss.value("warmup_fraction", 0.0)},
-                                  {"final_fraction", ss.value("final_fraction", 0.0)}};
-        }
+        if (row.contains("schedule_spec")) opt["schedule"] = relative_schedule_config(row["schedule_spec"]);
         return opt;
       }
     }
@@ -163,31 +185,6 @@ nlohmann::json summary_row(const SweepRun& run) {
   return row;
 }
 
-/// A run's file name: run_NNNN.h5, or in a sweep with "@" labels one made of the point's labels and
-/// scalar values (muLO_M_seed100_width512.h5), so that editing the grid keeps every other run's file.
-std::string run_file_name(const nlohmann::json& point, size_t index, bool labelled) {
-  if (!labelled) {
-    char name[32];
-    std::snprintf(name, sizeof name, "run_%04zu.h5", index);
-    return name;
-  }
-  std::string name;
-  auto add = [&](const std::string& key, const nlohmann::json& v) {
-    if (v.is_object() || v.is_array()) return;
-    std::string val = v.is_string() ? v.get<std::string>() : v.dump();
-    std::string seg = key[0] == '@' ? "" : key.substr(key.rfind('.') == std::string::npos ? 0 : key.rfind('.') + 1);
-    name += (name.empty() ? "" : "_") + seg + val;
-  };
-  for (auto it = point.begin(); it != point.end(); ++it)
-    if (it.key()[0] == '@') add(it.key(), it.value());
-  for (auto it = point.begin(); it != point.end(); ++it)
-    if (it.key()[0] != '@') add(it.key(), it.value());
-  for (auto& c : name)
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_' && c != '=') c = '_';
-  return name + ".h5";
-}
-
-std::string point_value(const nlohmann::json& point, const std::string& key);
 }  // namespace
 
 int64_t shard_of(const nlohmann::json& point, int64_t shards) {
@@ -198,14 +195,6 @@ int64_t shard_of(const nlohmann::json& point, int64_t shards) {
   h ^= h >> 32;
   return static_cast<int64_t>(h % static_cast<uint64_t>(std::max<int64_t>(1, shards)));
 }
-
-namespace {
-std::string point_value(const nlohmann::json& point, const std::string& key) {
-  if (!point.contains(key)) return "-";
-  const auto& v = point[key];
-  return v.is_string() ? v.get<std::string>() : v.dump();
-}
-}  // namespace
 
 std::pair<int64_t, int64_t> parse_shard(const std::string& s) {
   auto slash = s.find('/');
@@ -382,11 +371,7 @@ std::string sweep_table(const nlohmann::json& sweep, const nlohmann::json& rows)
       if (finite.empty()) {
         std::snprintf(buf, sizeof buf, " diverged (%zu/%zu) |", it->second.size(), it->second.size());
       } else {
-        double m = 0, v = 0;
-        for (double f : finite) m += f;
-        m /= static_cast<double>(finite.size());
-        for (double f : finite) v += (f - m) * (f - m);
-        const double sd = finite.size() > 1 ? std::sqrt(v / static_cast<double>(finite.size() - 1)) : 0.0;
+        const auto [m, sd] = mean_std(finite);
         const size_t div = it->second.size() - finite.size();
         // Blow-ups (finite but huge losses) in 3 significant digits, the rest to 4 decimals.
         const char* fmt = m >= 100 ? " %.3g ± %.3g" : " %.4f ± %.4f";
