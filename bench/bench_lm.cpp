@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "common/rng.h"
+#include "optimizers/kernels/lopt_cpu.h"
 #include "optimizers/optimizer.h"
 #include "tasks/task.h"
 
@@ -29,7 +30,7 @@ void BM_LmTrainStep(benchmark::State& state) {
     auto grads = torch::autograd::grad({loss}, p.tensors);
     opt->update_(st, grads, loss.detach());
   }
-  state.SetLabel(state.range(0) == 0 ? "adamw" : "mulo");
+  state.SetLabel(state.range(0) == 0 ? "adamw" : "mulo/" + lopt::kernels::dispatched_target());
   state.counters["tokens/s"] = benchmark::Counter(32.0 * 128.0, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = at::get_num_threads();
 }

@@ -73,7 +73,8 @@ TransformerLmTask::TransformerLmTask(TransformerConfig config, std::shared_ptr<c
   const int64_t dh = config_.width / config_.heads, T = config_.context;
   // muP: q.k / d_head (microsoft/mup, mu_transformer.py); SP: / sqrt(d_head).
   attn_scale_ = param_->name() == "mup" ? 1.0 / static_cast<double>(dh) : 1.0 / std::sqrt(static_cast<double>(dh));
-  readout_mult_ = param_->forward_mult(param_info()[param_info().size() - 2]);
+  const auto info = param_info();
+  readout_mult_ = param_->forward_mult(info[info.size() - 2]);  // readout.weight
   // Rotary embeddings (Su et al.): pair (i, i + dh/2) rotated by angle t * base^(-2i/dh).
   auto inv_freq = torch::pow(config_.rope_base, torch::arange(0, dh / 2, torch::kFloat64).mul(-2.0 / static_cast<double>(dh)));
   auto angles = torch::outer(torch::arange(T, torch::kFloat64), inv_freq);
