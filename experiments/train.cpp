@@ -7,12 +7,15 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/signals.h"
 #include "common/rng.h"
 #include "experiments/h5_writer.h"
+#include "meta/local_sgd.h"
+#include "optimizers/global_update.h"
 #include "optimizers/kernels/lopt_cpu.h"
 #include "optimizers/optimizer.h"
 #include "tasks/task.h"
@@ -53,13 +56,22 @@ nlohmann::json resolve_train_config(const nlohmann::json& config) {
   out["eval_examples"] = r.get<int64_t>("eval_examples", 0);
   out["seed"] = r.get<uint64_t>("seed", 0);
   out["output"] = r.get<std::string>("output", "");
+  auto local = r.get<nlohmann::json>("local_sgd", nullptr);
   r.finish();
+  int64_t workers = 0;
+  if (!local.is_null()) {
+    auto lc = LocalSgdConfig::from_json(local, "/local_sgd");
+    out["local_sgd"] = lc.to_json();
+    workers = lc.workers;
+  }
   config_check(out["steps"].get<int64_t>() >= 1, "/steps", "must be >= 1");
   config_check(out["eval_every"].get<int64_t>() >= 1, "/eval_every", "must be >= 1");
   config_check(out["eval_examples"].get<int64_t>() >= 0, "/eval_examples",
                "must be >= 0 (0 = the whole test split, or validation split for text)");
   opt_cfg = resolve_relative_schedule(opt_cfg, out["steps"].get<int64_t>());
-  out["optimizer"] = make_optimizer(opt_cfg, "/optimizer")->hyperparams();
+  // With local_sgd, the optimizer is the global update applied to the workers' deltas.
+  out["optimizer"] = workers > 0 ? make_global_update(opt_cfg, workers, "/optimizer")->hyperparams()
+                                 : make_optimizer(opt_cfg, "/optimizer")->hyperparams();
   out["task"] = resolve_task_config(task_cfg, "/task");
   return out;
 }
@@ -104,15 +116,48 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
   const int64_t steps = config["steps"], eval_every = config["eval_every"], eval_examples = config["eval_examples"];
   const uint64_t seed = config["seed"];
   auto task = make_task(config["task"]);
-  auto opt = make_optimizer(config["optimizer"]);
   auto init_gen = make_generator(derive_seed(seed, "init"));
-  BatchStream batches(task->data(), Split::train, task->batch_size(), derive_seed(seed, "data"));
   const Split eval_split = task->data()->report_split();
 
   TrainResult res;
   res.eval_split = to_string(eval_split);
   res.report_metric = task->report_metric();
-  OptState state = opt->init(task->init(init_gen));
+  // One training step: an optimizer step on one batch, or with local_sgd one communication round
+  // (steps count rounds). Returns the training loss before the update; no update when non-finite.
+  std::function<double()> train_step;
+  OptState state;
+  std::unique_ptr<Optimizer> opt;
+  std::unique_ptr<GlobalUpdate> global;
+  std::unique_ptr<BatchStream> batches;
+  std::unique_ptr<WorkerStreams> worker_batches;
+  LocalSgdConfig local;
+  if (config.contains("local_sgd")) {
+    local = LocalSgdConfig::from_json(config["local_sgd"]);
+    global = make_global_update(config["optimizer"], local.workers);
+    state = global->init(task->init(init_gen));
+    worker_batches = std::make_unique<WorkerStreams>(task->data(), task->batch_size(), derive_seed(seed, "data"), 0,
+                                                     local.workers, local.workers);
+    train_step = [&] {
+      const auto round = local_rounds(*task, {&state.params}, local.workers, worker_batches->next_round(local.local_steps), local);
+      const auto& r = round.front();
+      if (std::isfinite(r.loss)) global->apply_(state, r.mean_delta, r.worker_deltas, torch::tensor(r.loss));
+      return r.loss;
+    };
+  } else {
+    opt = make_optimizer(config["optimizer"]);
+    state = opt->init(task->init(init_gen));
+    batches = std::make_unique<BatchStream>(task->data(), Split::train, task->batch_size(), derive_seed(seed, "data"));
+    train_step = [&] {
+      auto batch = batches->next();
+      auto p = state.params.detached_requiring_grad();
+      auto loss = task->loss(p, batch);
+      const double loss_v = loss.item<double>();
+      if (!std::isfinite(loss_v)) return loss_v;
+      auto grads = torch::autograd::grad({loss}, p.tensors);
+      opt->update_(state, grads, loss.detach());
+      return loss_v;
+    };
+  }
   auto t0 = std::chrono::steady_clock::now();
   auto now = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   auto evaluate = [&](int64_t step) {
@@ -128,10 +173,7 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
   Progress progress(steps, "train", progress_mode);
   char status[128] = "";
   for (int64_t step = 0; step < steps; ++step) {
-    auto batch = batches.next();
-    auto p = state.params.detached_requiring_grad();
-    auto loss = task->loss(p, batch);
-    double loss_v = loss.item<double>();
+    const double loss_v = train_step();
     if (!std::isfinite(loss_v)) {
       res.diverged = true;
       res.diverged_step = step + 1;
@@ -140,8 +182,6 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
       res.train_time.push_back(now());
       break;
     }
-    auto grads = torch::autograd::grad({loss}, p.tensors);
-    opt->update_(state, grads, loss.detach());
     res.steps.push_back(step + 1);
     res.train_loss.push_back(loss_v);
     res.train_time.push_back(now());

@@ -11,6 +11,7 @@
 #include "common/errors.h"
 #include "common/signals.h"
 #include "common/rng.h"
+#include "meta/local_sgd.h"
 #include "optimizers/learned_optimizer.h"
 #include "tasks/task.h"
 
@@ -28,6 +29,19 @@ nlohmann::json resolve_meta_train_config(const nlohmann::json& config) {
   out["lopt"] = make_learned_optimizer(lopt_cfg, "/lopt")->hyperparams();
   out["truncation"] = make_truncation_schedule(r.object("truncation"), "/truncation")->hyperparams();
   out["estimator"] = EstimatorConfig::from_json(r.object("estimator"), "/estimator").to_json();
+  if (auto local = r.get<nlohmann::json>("local_sgd", nullptr); !local.is_null()) {
+    const auto lc = LocalSgdConfig::from_json(local, "/local_sgd");
+    out["local_sgd"] = lc.to_json();
+    config_check(out["estimator"]["type"] != "truncated_backprop", "/estimator/type",
+                 "local-SGD meta-training needs an ES estimator (pes, truncated_es, full_es), not truncated_backprop");
+    const int64_t k = out["lopt"].value("worker_inputs", int64_t(0));
+    config_check(k == 0 || k == lc.workers, "/lopt/worker_inputs",
+                 "LAgg-A sees every worker's delta: worker_inputs must equal local_sgd.workers (" + std::to_string(lc.workers) +
+                     "), or be 0 for LOpt-A");
+  } else {
+    config_check(out["lopt"].value("worker_inputs", int64_t(0)) == 0, "/lopt/worker_inputs",
+                 "a learned aggregator (worker_inputs > 0) is meta-trained on local SGD: add \"local_sgd\": {\"workers\": K, ...}");
+  }
   {
     ConfigReader o(r.object("outer"), "/outer");
     nlohmann::json oc;
@@ -76,6 +90,7 @@ MetaTrainer::MetaTrainer(const nlohmann::json& config) : config_(resolve_meta_tr
   sc.task_family = config_["task_family"];
   sc.lopt = config_["lopt"];
   sc.truncation = config_["truncation"];
+  sc.local_sgd = config_.value("local_sgd", nlohmann::json());
   sc.num_tasks = est_cfg.num_tasks;
   sc.stagger = est_cfg.stagger;
   sc.population = est_cfg.population;

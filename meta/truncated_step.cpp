@@ -9,7 +9,9 @@
 #include "common/errors.h"
 #include "common/parallel.h"
 #include "common/rng.h"
+#include "meta/local_sgd.h"
 #include "optimizers/learned_optimizer.h"
+#include "optimizers/small_fc_lopt.h"
 #include "tasks/task.h"
 
 namespace lopt {
@@ -52,13 +54,15 @@ const Task& LoptTruncatedStep::task(const nlohmann::json& config) const {
 }
 
 nlohmann::json LoptTruncatedStep::hyperparams() const {
-  return {{"type", "lopt_truncated_step"},
+  nlohmann::json j = {{"type", "lopt_truncated_step"},
           {"task_family", family_->hyperparams()},
           {"lopt", lopt_->hyperparams()},
           {"truncation", trunc_->hyperparams()},
           {"num_tasks", config_.num_tasks},
           {"stagger", config_.stagger},
           {"population", config_.population}};
+  if (!config_.local_sgd.is_null()) j["local_sgd"] = config_.local_sgd;
+  return j;
 }
 
 const Optimizer& LoptTruncatedStep::bound(const torch::Tensor& theta) {
@@ -81,50 +85,22 @@ InnerState LoptTruncatedStep::init_state(const torch::Tensor& theta, int64_t, ui
 }
 
 namespace {
-/// Task::population_loss_and_grads with the members split into one slice per intra-op thread, each
-/// slice on its own thread: at small widths the cost is LibTorch's per-op overhead, which one
-/// batched computation runs serially. The result is the same as one call (members are independent).
-torch::Tensor population_loss_and_grads_parallel(const Task& t, const ParamSet& like, const std::vector<torch::Tensor>& stacked,
-                                                 const Batch& batch, std::vector<torch::Tensor>* grads) {
-  const int64_t P = stacked.front().size(0);
-  const int64_t T = std::min<int64_t>(at::get_num_threads(), P);
-  if (T <= 1) return t.population_loss_and_grads(like.with_tensors(stacked), batch, grads);
-  std::vector<torch::Tensor> losses(static_cast<size_t>(T));
-  std::vector<std::vector<torch::Tensor>> parts(static_cast<size_t>(T));
-  parallel_items(T, [&](int64_t c) {
-    const int64_t b = c * P / T, n = (c + 1) * P / T - b;
-    std::vector<torch::Tensor> slice;
-    for (const auto& s : stacked) slice.push_back(s.narrow(0, b, n));
-    losses[static_cast<size_t>(c)] =
-        t.population_loss_and_grads(like.with_tensors(slice), batch.slice(b, b + n), &parts[static_cast<size_t>(c)]);
-  });
-  grads->clear();
-  for (size_t k = 0; k < stacked.size(); ++k) {
-    std::vector<torch::Tensor> g;
-    for (const auto& p : parts) g.push_back(p[k]);
-    grads->push_back(torch::cat(g));
-  }
-  return torch::cat(losses);
-}
-
 uint64_t member_seed(uint64_t seed, const char* what, int64_t task) {
   return mix_seed(derive_seed(seed, what) ^ mix_seed(static_cast<uint64_t>(task) + 1));
 }
 }  // namespace
 
-UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, const std::vector<InnerState*>& states,
-                                  const std::vector<int64_t>& tasks, uint64_t seed, bool differentiable) {
+std::map<std::string, std::vector<size_t>> LoptTruncatedStep::reset_and_group(const std::vector<torch::Tensor>& thetas,
+                                                                              const std::vector<InnerState*>& states,
+                                                                              const std::vector<int64_t>& tasks, uint64_t seed,
+                                                                              UnrollOut& out) {
   const size_t M = states.size();
   TORCH_CHECK(thetas.size() == M && tasks.size() == M, "LoptTruncatedStep::step: thetas, states and tasks differ in size");
-  UnrollOut out;
   out.done.assign(M, false);
   out.was_reset.assign(M, false);
-  std::vector<torch::Tensor> losses(M);  // differentiable path
   // The bound-optimizer cache is pruned only here, before this step takes pointers into it (the
-  // population step below holds them until every member is bound).
+  // population step holds them until every member is bound).
   if (bound_.size() + M > 64) bound_.clear();
-  std::vector<double> loss_value(M, 0.0), mask(M, 0.0);
-
   // Resets first: the member skips training this step (masked), as learned_optimization does.
   std::map<std::string, std::vector<size_t>> groups;
   for (size_t m = 0; m < M; ++m) {
@@ -137,6 +113,82 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
     std::string key = config_.population ? s.task.dump() : std::to_string(m);
     groups[key].push_back(m);
   }
+  return groups;
+}
+
+UnrollOut LoptTruncatedStep::step_local_sgd(const std::vector<torch::Tensor>& thetas, const std::vector<InnerState*>& states,
+                                            const std::vector<int64_t>& tasks, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  const auto lc = LocalSgdConfig::from_json(config_.local_sgd);
+  const size_t M = states.size();
+  UnrollOut out;
+  const auto groups = reset_and_group(thetas, states, tasks, seed, out);
+  std::vector<double> loss_value(M, 0.0), mask(M, 0.0);
+  std::vector<PopulationMember> population;
+  for (const auto& [key, members] : groups) {
+    const Task& t = task(states[members.front()]->task);
+    // Each task slot's workers draw their batches from the slot's stream (antithetic copies share
+    // them); worker w reads shard w of the training split.
+    std::map<int64_t, std::vector<std::vector<Batch>>> slot_batches;  // slot -> [H][W]
+    std::vector<std::vector<Batch>> per_step(static_cast<size_t>(lc.local_steps));
+    std::vector<const ParamSet*> globals;
+    for (size_t m : members) {
+      auto it = slot_batches.find(tasks[m]);
+      if (it == slot_batches.end()) {
+        auto gen = make_generator(member_seed(seed, "data", tasks[m]));
+        std::vector<std::vector<Batch>> b(static_cast<size_t>(lc.local_steps));
+        for (int64_t w = 0; w < lc.workers; ++w)
+          for (int64_t h = 0; h < lc.local_steps; ++h)
+            b[static_cast<size_t>(h)].push_back(t.sample_batch(Split::train, gen, Shard{w, lc.workers}));
+        it = slot_batches.emplace(tasks[m], std::move(b)).first;
+      }
+      for (int64_t h = 0; h < lc.local_steps; ++h)
+        for (const auto& b : it->second[static_cast<size_t>(h)]) per_step[static_cast<size_t>(h)].push_back(b);
+      globals.push_back(&states[m]->opt.params);
+    }
+    std::vector<Batch> batches;
+    for (const auto& b : per_step) batches.push_back(Batch::stack(b));
+    const auto rounds = local_rounds(t, globals, lc.workers, batches, lc);
+    std::vector<double> raw;
+    for (const auto& r : rounds) raw.push_back(r.loss);
+    auto raw_t = torch::tensor(raw, torch::kFloat64);
+    out.nonfinite += (~torch::isfinite(raw_t)).sum().item<int64_t>();
+    auto norm = t.normalizer(raw_t.to(torch::kFloat32)).to(torch::kFloat64).contiguous();
+    for (size_t j = 0; j < members.size(); ++j) {
+      const size_t m = members[j];
+      InnerState& s = *states[m];
+      const Optimizer* opt = &bound(thetas[m]);
+      const auto& r = rounds[j];
+      const auto* agg = dynamic_cast<const SmallFcLoptOptimizer*>(opt);
+      if (agg != nullptr && agg->config().worker_inputs > 0) {
+        TORCH_CHECK(agg->config().worker_inputs == lc.workers, "LAgg-A worker_inputs differs from local_sgd.workers");
+        s.opt = agg->step(s.opt, r.mean_delta, nullptr, nullptr, &r.worker_deltas);
+      } else {
+        population.push_back({opt, &s.opt, r.mean_delta, torch::tensor(r.loss)});
+      }
+      loss_value[m] = norm.data_ptr<double>()[j];
+      mask[m] = 1.0;
+      s.inner_step += 1;
+      out.done[m] = s.inner_step >= s.length;
+    }
+  }
+  if (!population.empty()) population.front().opt->update_many_(population);
+  out.loss = torch::tensor(loss_value, torch::kFloat64);
+  out.mask = torch::tensor(mask, torch::kFloat64);
+  return out;
+}
+
+UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, const std::vector<InnerState*>& states,
+                                  const std::vector<int64_t>& tasks, uint64_t seed, bool differentiable) {
+  if (!config_.local_sgd.is_null()) {
+    TORCH_CHECK(!differentiable, "local-SGD meta-training supports ES / PES estimators, not truncated backprop");
+    return step_local_sgd(thetas, states, tasks, seed);
+  }
+  const size_t M = states.size();
+  UnrollOut out;
+  std::vector<torch::Tensor> losses(M);  // differentiable path
+  std::vector<double> loss_value(M, 0.0), mask(M, 0.0);
+  const auto groups = reset_and_group(thetas, states, tasks, seed, out);
 
   std::vector<PopulationMember> population;
   for (const auto& [key, members] : groups) {
@@ -171,7 +223,7 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
       group_loss = t.population_loss(first.with_tensors(stacked), stacked_batch);
       grads = torch::autograd::grad({group_loss.sum()}, stacked, {}, true, true);
     } else {
-      group_loss = population_loss_and_grads_parallel(t, first, stacked, stacked_batch, &grads);
+      group_loss = parallel_population_loss_and_grads(t, first, stacked, stacked_batch, &grads);
     }
     out.nonfinite += (~torch::isfinite(group_loss.detach())).sum().item<int64_t>();
     auto norm_loss = t.normalizer(differentiable ? group_loss : group_loss.detach());

@@ -72,6 +72,11 @@ struct LoptTruncatedStepConfig {
   int64_t num_tasks = 8;
   bool stagger = true;       ///< random initial inner step in [0, length)
   bool population = true;    ///< batch members of identical shape (false: one member at a time)
+  /// Local SGD (meta/local_sgd.h): when set, an inner step is one communication round of
+  /// local_sgd.workers workers, and the learned optimizer is the global update (LOpt-A, or LAgg-A
+  /// when its worker_inputs equals workers). The meta-loss of a round is its mean local training
+  /// loss, as in lefameuxbeding/learned_aggregation. Not differentiable (ES / PES only).
+  nlohmann::json local_sgd = nullptr;
 };
 
 class LoptTruncatedStep : public TruncatedStep {
@@ -98,6 +103,13 @@ class LoptTruncatedStep : public TruncatedStep {
   /// step of the truncation). Holding the tensor keeps its identity unique while cached.
   std::vector<std::pair<torch::Tensor, std::unique_ptr<Optimizer>>> bound_;
   const Optimizer& bound(const torch::Tensor& theta);
+  /// Resets members whose episode ended (marking them in `out`) and groups the others by task
+  /// configuration (one group per member without population batching).
+  std::map<std::string, std::vector<size_t>> reset_and_group(const std::vector<torch::Tensor>& thetas,
+                                                             const std::vector<InnerState*>& states,
+                                                             const std::vector<int64_t>& tasks, uint64_t seed, UnrollOut& out);
+  UnrollOut step_local_sgd(const std::vector<torch::Tensor>& thetas, const std::vector<InnerState*>& states,
+                           const std::vector<int64_t>& tasks, uint64_t seed);
 };
 
 /// Stores inner states into `out` as tensors "<prefix>.<i>.p<k>" / "<prefix>.<i>.<slot><k>" and

@@ -39,7 +39,9 @@ SmallFcLoptConfig SmallFcLoptConfig::from_json(const nlohmann::json& j, const st
   c.initial_rms_decays = r.get<std::vector<double>>("initial_rms_decays", c.initial_rms_decays);
   c.initial_adafactor_decays = r.get<std::vector<double>>("initial_adafactor_decays", c.initial_adafactor_decays);
   c.impl = r.get<std::string>("impl", c.impl);
+  c.worker_inputs = r.get<int64_t>("worker_inputs", c.worker_inputs);
   r.finish();
+  config_check(c.worker_inputs >= 0, r.path_of("worker_inputs"), "must be >= 0 (the number of local-SGD workers for LAgg-A; 0 = off)");
   config_check(c.hidden_size >= 1, r.path_of("hidden_size"), "must be >= 1");
   config_check(c.hidden_layers >= 0, r.path_of("hidden_layers"), "must be >= 0");
   config_check(c.lr >= 0, r.path_of("lr"), "must be >= 0");
@@ -69,8 +71,11 @@ nlohmann::json SmallFcLoptConfig::to_json() const {
   // Only when set, so that resolved configs (and the run files keyed by them) stay as before.
   if (time_features_max_step > 0) j["time_features_max_step"] = time_features_max_step;
   if (schedule.value("type", std::string("constant")) != "constant") j["schedule"] = schedule;
+  if (worker_inputs > 0) j["worker_inputs"] = worker_inputs;
   return j;
 }
+
+int64_t SmallFcLoptConfig::num_inputs() const { return kLoptInputs + worker_inputs; }
 
 std::unique_ptr<SmallFcLopt> make_small_fc_lopt(const nlohmann::json& config, const std::string& path) {
   return std::make_unique<SmallFcLopt>(SmallFcLoptConfig::from_json(config, path));
@@ -94,7 +99,7 @@ SmallFcLopt::SmallFcLopt(SmallFcLoptConfig config) : config_(std::move(config)) 
 std::vector<std::pair<std::string, std::vector<int64_t>>> SmallFcLopt::theta_layout() const {
   const int64_t h = config_.hidden_size;
   std::vector<std::pair<std::string, std::vector<int64_t>>> l;
-  l.push_back({"network.input.weight", {h, kLoptInputs}});
+  l.push_back({"network.input.weight", {h, config_.num_inputs()}});
   l.push_back({"network.input.bias", {h}});
   for (int64_t i = 0; i < config_.hidden_layers; ++i) {
     l.push_back({"network.linear_" + std::to_string(i) + ".weight", {h, h}});
@@ -150,7 +155,7 @@ torch::Tensor SmallFcLopt::init_theta(at::Generator& gen) const {
   for (const auto& [name, shape] : theta_layout()) {
     if (name.rfind("network.", 0) != 0) continue;
     bool is_weight = name.size() > 7 && name.substr(name.size() - 7) == ".weight";
-    int64_t fan_in = is_weight ? shape[1] : (name.find("input") != std::string::npos ? kLoptInputs : config_.hidden_size);
+    int64_t fan_in = is_weight ? shape[1] : (name.find("input") != std::string::npos ? config_.num_inputs() : config_.hidden_size);
     double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
     named[name] = torch::rand(shape, gen).mul_(2 * bound).sub_(bound);
   }
@@ -191,7 +196,7 @@ void SmallFcLopt::save_hub(const std::string& dir, const torch::Tensor& theta) c
   std::filesystem::create_directories(dir);
   save((std::filesystem::path(dir) / "model.safetensors").string(), theta);
   // PyTorchModelHubMixin's config.json: MetaMLP's constructor arguments.
-  const nlohmann::json cfg = {{"input_size", kLoptInputs}, {"hidden_size", config_.hidden_size},
+  const nlohmann::json cfg = {{"input_size", config_.num_inputs()}, {"hidden_size", config_.hidden_size},
                               {"hidden_layers", config_.hidden_layers}};
   write_text_atomic((std::filesystem::path(dir) / "config.json").string(), cfg.dump(2) + "\n");
 }
@@ -280,7 +285,7 @@ nlohmann::json resolve_checkpoint_config(const nlohmann::json& config, const std
   // What a checkpoint decides: its architecture and the hyperparameters theta was meta-trained with.
   static const std::vector<std::string> kOwned = {"type", "hidden_size", "hidden_layers", "step_mult", "exp_mult",
                                                   "initial_momentum_decays", "initial_rms_decays",
-                                                  "initial_adafactor_decays"};
+                                                  "initial_adafactor_decays", "worker_inputs"};
   const auto stored = read_checkpoint_config(checkpoint);
   nlohmann::json out = config;
   out.erase("override");
@@ -445,8 +450,13 @@ OptState SmallFcLoptOptimizer::update(const OptState& state, const std::vector<t
 // Follows PyLO MuLO_naive.step / AdafacLO_naive.step (feature order in kLopt* and the golden file).
 OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<torch::Tensor>& grads_in,
                                     std::vector<torch::Tensor>* mlp_inputs,
-                                    std::vector<torch::Tensor>* mlp_outputs) const {
+                                    std::vector<torch::Tensor>* mlp_outputs,
+                                    const std::vector<torch::Tensor>* worker_deltas) const {
   check_grads(state, grads_in, "SmallFcLoptOptimizer::update");
+  TORCH_CHECK((config_.worker_inputs > 0) == (worker_deltas != nullptr),
+              config_.worker_inputs > 0 ? "a learned aggregator (worker_inputs > 0) steps only through a GlobalUpdate, which passes the workers' deltas"
+                                        : "worker deltas given to a learned optimizer without worker_inputs");
+  if (worker_deltas) TORCH_CHECK(worker_deltas->size() == grads_in.size(), "SmallFcLoptOptimizer: one worker-delta tensor per parameter");
   std::vector<torch::Tensor> grads = grads_in;
   if (config_.max_grad_norm > 0) {
     auto scale = clip_scale(grads, config_.max_grad_norm);
@@ -494,6 +504,13 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
     auto x = torch::cat({gu, p.unsqueeze(-1), mom, rms, mom * rsq, rsq, fac_g, row_feat, col_feat,
                          (row_feat + 1e-8).rsqrt(), (col_feat + 1e-8).rsqrt(), fac_mom_mult},
                         -1);
+    if (worker_deltas) {
+      const auto& wd = (*worker_deltas)[i];
+      TORCH_CHECK(wd.dim() >= 1 && wd.size(0) == config_.worker_inputs && wd[0].numel() == p.numel(),
+                  "SmallFcLoptOptimizer: worker deltas of tensor ", i, " must be [", config_.worker_inputs, ", *shape]");
+      // [K, *shape] -> [*shape, K]: each worker's delta is one more normalised input.
+      x = torch::cat({x, wd.reshape(with_last({config_.worker_inputs}, p.numel())).t().reshape(with_last(shape, config_.worker_inputs)).to(x.scalar_type())}, -1);
+    }
     std::vector<int64_t> reduce_dims(shape.size());
     std::iota(reduce_dims.begin(), reduce_dims.end(), 0);
     x = x * (x.square().mean(reduce_dims, true) + 1e-5).rsqrt();
@@ -523,6 +540,8 @@ namespace {
 void add_fused_jobs(const SmallFcLoptOptimizer& opt, OptState& state, const std::vector<torch::Tensor>& grads,
                     std::vector<detail::FusedJob>& jobs) {
   check_grads(state, grads, "SmallFcLoptOptimizer::update_");
+  TORCH_CHECK(opt.config().worker_inputs == 0,
+              "a learned aggregator (worker_inputs > 0) steps only through a GlobalUpdate, which passes the workers' deltas");
   std::vector<torch::Tensor> g = grads;
   if (opt.config().max_grad_norm > 0) {
     auto scale = clip_scale(grads, opt.config().max_grad_norm);

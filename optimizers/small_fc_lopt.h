@@ -36,6 +36,13 @@ struct SmallFcLoptConfig {
   std::vector<double> initial_rms_decays = {0.999};
   std::vector<double> initial_adafactor_decays = {0.9, 0.99, 0.999};
   std::string impl = "fused";  ///< "fused" (CPU kernel for the no-grad path) or "tensor"
+  /// LAgg-A (learned aggregation for local SGD): the number K of workers whose deltas are K extra
+  /// MLP inputs, normalised with the 28 features (0 = a per-parameter optimizer; see
+  /// optimizers/global_update.h). After lefameuxbeding/learned_aggregation `fed_adafac_mlp_lopt.py`.
+  int64_t worker_inputs = 0;
+
+  /// MLP inputs: 28 features + worker_inputs + 11 time features.
+  int64_t num_inputs() const;
 
   /// The step the time features see for inner step `step`.
   int64_t time_feature_step(int64_t step) const {
@@ -46,7 +53,7 @@ struct SmallFcLoptConfig {
   nlohmann::json to_json() const;
 };
 
-/// Number of MLP inputs: 28 normalised features + 11 time features.
+/// Number of MLP inputs of the per-parameter optimizer: 28 normalised features + 11 time features.
 constexpr int64_t kLoptInputs = 39;
 constexpr int64_t kLoptTensorFeatures = 28;
 constexpr int64_t kLoptTimeFeatures = 11;
@@ -100,9 +107,11 @@ class SmallFcLoptOptimizer : public Optimizer {
   nlohmann::json hyperparams() const override;
   void set_provenance(const nlohmann::json& p) { provenance_ = p; }
 
-  /// update() that also returns each tensor's MLP inputs [*shape, 39] and outputs [*shape, 2].
+  /// update() that also returns each tensor's MLP inputs [*shape, num_inputs] and outputs [*shape, 2].
+  /// With worker_inputs = K, `worker_deltas[i]` ([K, *shape]) are tensor i's extra inputs.
   OptState step(const OptState& state, const std::vector<torch::Tensor>& grads,
-                std::vector<torch::Tensor>* mlp_inputs, std::vector<torch::Tensor>* mlp_outputs) const;
+                std::vector<torch::Tensor>* mlp_inputs, std::vector<torch::Tensor>* mlp_outputs,
+                const std::vector<torch::Tensor>* worker_deltas = nullptr) const;
   /// Learning rate applied to a tensor (lr x muP multiplier), before the schedule.
   double lr_for(const ParamInfo& info) const;
   /// lr_for(info) x the schedule's multiplier at `step`.

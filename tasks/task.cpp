@@ -2,14 +2,41 @@
 
 #include <torch/torch.h>
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
 #include <mutex>
 
 #include "common/errors.h"
+#include "common/parallel.h"
 
 namespace lopt {
 
 void register_builtin_tasks();  // tasks/builtin_tasks.cpp
+
+torch::Tensor parallel_population_loss_and_grads(const Task& t, const ParamSet& like, const std::vector<torch::Tensor>& stacked,
+                                                 const Batch& batch, std::vector<torch::Tensor>* grads) {
+  const int64_t P = stacked.front().size(0);
+  const int64_t T = std::min<int64_t>(at::get_num_threads(), P);
+  if (T <= 1) return t.population_loss_and_grads(like.with_tensors(stacked), batch, grads);
+  std::vector<torch::Tensor> losses(static_cast<size_t>(T));
+  std::vector<std::vector<torch::Tensor>> parts(static_cast<size_t>(T));
+  parallel_items(T, [&](int64_t c) {
+    const int64_t b = c * P / T, n = (c + 1) * P / T - b;
+    std::vector<torch::Tensor> slice;
+    for (const auto& s : stacked) slice.push_back(s.narrow(0, b, n));
+    losses[static_cast<size_t>(c)] =
+        t.population_loss_and_grads(like.with_tensors(slice), batch.slice(b, b + n), &parts[static_cast<size_t>(c)]);
+  });
+  grads->clear();
+  for (size_t k = 0; k < stacked.size(); ++k) {
+    std::vector<torch::Tensor> g;
+    for (const auto& p : parts) g.push_back(p[k]);
+    grads->push_back(torch::cat(g));
+  }
+  return torch::cat(losses);
+}
+
 
 torch::Tensor Task::population_loss(const ParamSet& stacked, const Batch& batch) const {
   std::vector<torch::Tensor> losses;

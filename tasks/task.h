@@ -87,6 +87,13 @@ class TaskFamily {
   virtual nlohmann::json hyperparams() const = 0;
 };
 
+/// Task::population_loss_and_grads of `stacked` (P members, each tensor [P, *shape], parameter
+/// metadata from `like`) with the members split into one slice per intra-op thread, each slice on
+/// its own thread: at small widths the cost is LibTorch's per-op overhead, which one batched
+/// computation runs serially. The result equals one call (members are independent).
+torch::Tensor parallel_population_loss_and_grads(const Task& t, const ParamSet& like, const std::vector<torch::Tensor>& stacked,
+                                                 const Batch& batch, std::vector<torch::Tensor>* grads);
+
 /// learned_optimization's classifier normaliser: clip(loss, 0, 1.5 log(num_classes)), NaN/inf -> the
 /// maximum. Byte-level LMs use it with 256 classes.
 torch::Tensor normalize_classifier_loss(const torch::Tensor& loss, int64_t num_classes);
