@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "common/config.h"
+#include "common/distributed.h"
 #include "common/lock.h"
 #include "common/signals.h"
 #include "common/errors.h"
@@ -21,6 +22,7 @@
 #include "experiments/meta_train.h"
 #include "experiments/sweep.h"
 #include "experiments/train.h"
+#include "meta/meta_trainer.h"
 #include "optimizers/small_fc_lopt.h"
 
 namespace po = boost::program_options;
@@ -33,6 +35,8 @@ const char* kUsage =
     "usage: lopt <command> [options]     (lopt <command> --help for its options)\n\n"
     "commands:\n"
     "  train         train one task with one optimizer; writes an HDF5 result file\n"
+    "  local-sgd     local SGD with a global update (local SGD, SlowMo, LOpt-A, LAgg-A), one process\n"
+    "                or one process per worker (torchrun --no-python, c10d/Gloo)\n"
     "  coord-check   muP coordinate check: activation RMS vs width under SP and muP\n"
     "  sweep         run a grid of train configs (JSON sweep definition), resumable\n"
     "  compare       optimizers on one task over held-out seeds, baselines at their best LR\n"
@@ -91,7 +95,9 @@ json load_config(const Common& c, json fallback) {
 
 lopt::ProgressMode mode(const Common& c) { return c.quiet ? lopt::ProgressMode::quiet : lopt::ProgressMode::automatic; }
 
-int cmd_train(int argc, char** argv) {
+/// `lopt train`, or with `local` `lopt local-sgd`: the same options; the config must have a
+/// "local_sgd" block, and under WORLD_SIZE > 1 each process runs one worker (rank 0 writes the file).
+int cmd_train(int argc, char** argv, bool local = false) {
   Common c;
   std::string output, data_dir, optimizer, lo_checkpoint;
   long long steps = -1, seed = -1;
@@ -105,9 +111,14 @@ int cmd_train(int argc, char** argv) {
       "lo-checkpoint", po::value(&lo_checkpoint), "learned-optimizer weights, safetensors with PyLO names (sets optimizer.checkpoint)")(
       "data-dir", po::value(&data_dir), "Fashion-MNIST folder (sets task.data_dir; default $LOPT_DATA_DIR or the Debian package's)");
   po::variables_map vm;
-  if (!parse(argc, argv, desc, "usage: lopt train --config FILE [--set key=value ...] [options]", vm)) return 0;
+  const char* usage = local ? "usage: lopt local-sgd --config FILE [--set key=value ...] [options]\n"
+                              "  one process: simulates local_sgd.workers workers; under torchrun (or RANK, WORLD_SIZE,\n"
+                              "  MASTER_ADDR, MASTER_PORT set by hand) one process per worker, deltas combined over c10d/Gloo"
+                            : "usage: lopt train --config FILE [--set key=value ...] [options]";
+  if (!parse(argc, argv, desc, usage, vm)) return 0;
   set_threads(c.threads);
-  if (c.config.empty() && c.sets.empty()) throw lopt::UsageError("lopt train needs --config FILE (see experiments/configs/)");
+  if (c.config.empty() && c.sets.empty())
+    throw lopt::UsageError(std::string("lopt ") + (local ? "local-sgd" : "train") + " needs --config FILE (see experiments/configs/)");
   json cfg = c.config.empty() ? json::object() : lopt::load_json_file(c.config);
   if (!optimizer.empty() && cfg.value("optimizer", json::object()).value("type", "") != optimizer)
     cfg["optimizer"] = {{"type", optimizer}};  // a different optimizer: its own defaults, not the file's keys
@@ -120,6 +131,22 @@ int cmd_train(int argc, char** argv) {
   if (!data_dir.empty()) lopt::set_dotted(cfg, "task.data_dir", data_dir);
   if (!lo_checkpoint.empty()) lopt::set_dotted(cfg, "optimizer.checkpoint", lo_checkpoint);
   auto resolved = lopt::resolve_train_config(cfg);
+  std::unique_ptr<lopt::ProcessGroup> group;
+  if (local) {
+    if (!resolved.contains("local_sgd"))
+      throw lopt::UsageError("lopt local-sgd needs a \"local_sgd\" block in the config, e.g. {\"workers\": 8, \"local_steps\": 4, "
+                             "\"local_lr\": 0.1} (see experiments/configs/local_sgd_quick.json)");
+    if (auto env = lopt::distributed_env_from_environment()) {
+      if (env->world_size != resolved["local_sgd"]["workers"].get<int64_t>())
+        throw lopt::ConfigError("/local_sgd/workers", "is " + resolved["local_sgd"]["workers"].dump() + " but WORLD_SIZE is " +
+                                                          std::to_string(env->world_size) + ": run one process per worker");
+      group = std::make_unique<lopt::ProcessGroup>(*env);
+      if (group->rank() != 0) {  // rank 0 writes the result file and shows progress
+        resolved["output"] = "";
+        c.quiet = true;
+      }
+    }
+  }
   const std::string out_path = resolved["output"];
   std::unique_ptr<lopt::OutputLock> lock;
   if (!out_path.empty()) {  // run_train checks that the path is writable (and not a folder) before training
@@ -127,7 +154,8 @@ int cmd_train(int argc, char** argv) {
     if (std::filesystem::is_regular_file(out_path) && !overwrite)
       throw lopt::UsageError(out_path + " exists (a finished run): pass --overwrite to replace it, or choose another -o");
   }
-  auto res = lopt::run_train(resolved, mode(c));
+  auto res = lopt::run_train(resolved, mode(c), group.get());
+  if (group && group->rank() != 0) return 0;
   const std::string& sp = res.eval_split;
   std::printf("final: train_loss %.5f %s_loss %.5f %s_%s %.4f wall_time %.1fs%s%s\n", res.final_train_loss(), sp.c_str(),
               res.final_eval("loss"), sp.c_str(), res.report_metric.c_str(), res.final_eval(res.report_metric), res.wall_time,
@@ -315,12 +343,20 @@ int cmd_meta_train(int argc, char** argv) {
   if (vm.count("outer-steps")) cfg["outer_steps"] = outer_steps;
   if (vm.count("seed")) cfg["seed"] = seed;
   if (!data_dir.empty()) lopt::set_dotted(cfg, "task_family.data_dir", data_dir);
-  lopt::MetaTrainer trainer(cfg);  // validates the whole config before any work
+  lopt::resolve_meta_train_config(cfg);  // the whole config is valid before any rendezvous
+  // Under torchrun (or RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set by hand) the ranks split the
+  // estimator's task slots; rank 0 writes theta, the hub folder and the log.
+  std::unique_ptr<lopt::ProcessGroup> group;
+  if (auto env = lopt::distributed_env_from_environment()) group = std::make_unique<lopt::ProcessGroup>(*env);
+  const bool writer = !group || group->rank() == 0;
+  if (!writer) c.quiet = true;
+  lopt::MetaTrainer trainer(cfg, group.get());
   const std::string log_path = trainer.config()["output_dir"].get<std::string>() + "/meta_train.h5";
-  trainer.on_checkpoint = [&](const lopt::MetaTrainer& t) { lopt::write_meta_train_log(log_path, t); };
+  if (writer) trainer.on_checkpoint = [&](const lopt::MetaTrainer& t) { lopt::write_meta_train_log(log_path, t); };
   const std::string out_dir = trainer.config()["output_dir"];
-  lopt::OutputLock lock(out_dir + "/.lopt.lock", "the meta-training folder " + out_dir);
-  if (!std::filesystem::exists(trainer.checkpoint_path()) && !overwrite &&
+  lopt::OutputLock lock(out_dir + (writer ? std::string("/.lopt.lock") : "/.lopt.rank" + std::to_string(group->rank()) + ".lock"),
+                        "the meta-training folder " + out_dir);
+  if (writer && !std::filesystem::exists(trainer.checkpoint_path()) && !overwrite &&
       (std::filesystem::exists(trainer.theta_path()) || std::filesystem::exists(log_path)))
     throw lopt::UsageError(out_dir + " holds the results of an earlier meta-training (theta.safetensors / meta_train.h5) "
                            "without a checkpoint to resume: pass --overwrite to replace them, or choose another --output-dir");
@@ -331,6 +367,7 @@ int cmd_meta_train(int argc, char** argv) {
     std::printf("resumed %s at outer step %lld\n", trainer.checkpoint_path().c_str(), static_cast<long long>(trainer.step()));
   }
   trainer.run(mode(c), stop_after);
+  if (!writer) return 0;
   const auto& log = trainer.log();
   std::printf("meta-train: %lld/%lld outer steps, meta-loss (last 20) %.4f, skipped %lld, %.0f inner steps/s, wall %.1fs\n",
               static_cast<long long>(trainer.step()), static_cast<long long>(trainer.config()["outer_steps"].get<int64_t>()),
@@ -385,12 +422,13 @@ int main(int argc, char** argv) {
   std::string cmd = argv[1];
   lopt::install_interrupt_handlers();
   try {
-    // Multi-process runs (torchrun sets WORLD_SIZE / RANK) are not implemented yet: refuse rather
-    // than run N copies that write the same files.
-    if (const char* ws = std::getenv("WORLD_SIZE"); ws != nullptr && std::string(ws) != "1" && std::string(ws) != "")
-      throw lopt::UsageError(std::string("WORLD_SIZE=") + ws + " (RANK=" + (std::getenv("RANK") ? std::getenv("RANK") : "unset") +
-                             "): multi-process runs are not supported yet; run a single process (unset WORLD_SIZE)");
+    // Multi-process runs (torchrun sets WORLD_SIZE / RANK) exist for local-sgd and meta-train; the
+    // other commands refuse rather than run N copies that write the same files.
+    if (cmd != "local-sgd" && cmd != "meta-train" && lopt::distributed_env_from_environment())
+      throw lopt::UsageError("WORLD_SIZE=" + std::string(std::getenv("WORLD_SIZE")) + ": lopt " + cmd +
+                             " runs in one process (multi-process runs: lopt local-sgd, lopt meta-train); unset WORLD_SIZE");
     if (cmd == "train") return cmd_train(argc - 1, argv + 1);
+    if (cmd == "local-sgd") return cmd_train(argc - 1, argv + 1, true);
     if (cmd == "coord-check") return cmd_coord_check(argc - 1, argv + 1);
     if (cmd == "sweep") return cmd_sweep(argc - 1, argv + 1);
     if (cmd == "compare") return cmd_compare(argc - 1, argv + 1);
@@ -410,6 +448,9 @@ int main(int argc, char** argv) {
   } catch (const lopt::UsageError& e) {
     std::cerr << "lopt " << cmd << ": " << e.what() << "\n";
     return 2;
+  } catch (const lopt::DistributedError& e) {
+    std::cerr << "lopt " << cmd << ": error: " << e.what() << "\n";
+    return 3;
   } catch (const c10::Error& e) {
     // LibTorch's own checks (an allocation too large for memory, a shape LibTorch rejects): the
     // message without its C++ backtrace.

@@ -14,6 +14,7 @@
 #include "common/signals.h"
 #include "common/rng.h"
 #include "experiments/h5_writer.h"
+#include "common/distributed.h"
 #include "meta/local_sgd.h"
 #include "optimizers/global_update.h"
 #include "optimizers/kernels/lopt_cpu.h"
@@ -110,7 +111,25 @@ void check_output_writable(const std::string& output) {
   fs::remove(probe, ec);
 }
 
-TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mode) {
+namespace {
+/// One rank's round (a single worker) made into the whole round's: the mean delta and loss summed
+/// over the ranks, and every worker's delta gathered when the global update needs them.
+void combine_round(ProcessGroup& group, RoundResult& r, bool gather) {
+  const double W = static_cast<double>(group.world_size());
+  std::vector<torch::Tensor> buf;
+  for (const auto& d : r.mean_delta) buf.push_back(d.contiguous().clone());
+  buf.push_back(torch::tensor({r.loss}, torch::kFloat64));
+  group.all_reduce_sum_(buf, "local-SGD round (all-reduce of the deltas)");
+  r.loss = buf.back().item<double>() / W;
+  for (size_t k = 0; k < r.mean_delta.size(); ++k) {
+    r.mean_delta[k] = buf[k].div_(W);
+    r.worker_deltas[k] = gather ? group.all_gather(r.worker_deltas[k][0], "local-SGD round (all-gather of the deltas)")
+                                : torch::Tensor();
+  }
+}
+}  // namespace
+
+TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mode, ProcessGroup* group) {
   auto config = resolve_train_config(raw_config);
   check_output_writable(config["output"]);
   const int64_t steps = config["steps"], eval_every = config["eval_every"], eval_examples = config["eval_examples"];
@@ -135,11 +154,18 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
     local = LocalSgdConfig::from_json(config["local_sgd"]);
     global = make_global_update(config["optimizer"], local.workers);
     state = global->init(task->init(init_gen));
-    worker_batches = std::make_unique<WorkerStreams>(task->data(), task->batch_size(), derive_seed(seed, "data"), 0,
-                                                     local.workers, local.workers);
-    train_step = [&] {
-      const auto round = local_rounds(*task, {&state.params}, local.workers, worker_batches->next_round(local.local_steps), local);
-      const auto& r = round.front();
+    // One process runs every worker; with a process group each rank runs worker `rank` and the
+    // deltas are combined across ranks (all-reduce of the mean, all-gather for LAgg-A).
+    config_check(group == nullptr || group->world_size() == local.workers, "/local_sgd/workers",
+                 "is " + std::to_string(local.workers) + " but WORLD_SIZE is " +
+                     std::to_string(group ? group->world_size() : 1) + ": run one process per worker");
+    const int64_t first = group ? group->rank() : 0, count = group ? 1 : local.workers;
+    worker_batches = std::make_unique<WorkerStreams>(task->data(), task->batch_size(), derive_seed(seed, "data"), first,
+                                                     count, local.workers);
+    train_step = [&, count] {
+      auto round = local_rounds(*task, {&state.params}, count, worker_batches->next_round(local.local_steps), local);
+      auto& r = round.front();
+      if (group != nullptr) combine_round(*group, r, global->needs_worker_deltas());
       if (std::isfinite(r.loss)) global->apply_(state, r.mean_delta, r.worker_deltas, torch::tensor(r.loss));
       return r.loss;
     };

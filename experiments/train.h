@@ -17,7 +17,10 @@ namespace lopt {
 nlohmann::json resolve_relative_schedule(const nlohmann::json& optimizer, int64_t steps);
 
 /// Validates a train config, fills every default and returns the resolved config:
-/// {"task": {...}, "optimizer": {...}, "steps", "eval_every", "eval_examples", "seed", "output"}.
+/// {"task": {...}, "optimizer": {...}, "steps", "eval_every", "eval_examples", "seed", "output"}, and
+/// "local_sgd" ({workers, local_steps, local_lr, mode}; meta/local_sgd.h) when given: then "steps"
+/// counts communication rounds and "optimizer" is the global update applied to the workers' deltas
+/// (optimizers/global_update.h).
 /// Throws ConfigError naming the bad key.
 nlohmann::json resolve_train_config(const nlohmann::json& config);
 
@@ -49,9 +52,14 @@ std::string report_metric_of(const nlohmann::json& task_config);
 /// and can be created; ConfigError / IoError naming it otherwise.
 void check_output_writable(const std::string& output);
 
+class ProcessGroup;
+
 /// Runs a resolved (or raw) train config. Writes config["output"] unless it is empty.
 /// Throws DivergenceError after writing the file when the loss became NaN or inf.
-TrainResult run_train(const nlohmann::json& config, ProgressMode progress = ProgressMode::automatic);
+/// With "local_sgd", a step is one communication round; with a process group (lopt local-sgd under
+/// WORLD_SIZE = workers), this process runs worker `rank` only and the ranks combine their deltas.
+TrainResult run_train(const nlohmann::json& config, ProgressMode progress = ProgressMode::automatic,
+                      ProcessGroup* group = nullptr);
 
 /// Content fingerprint (FNV-1a 64, hex) of the files a resolved train config reads besides the data:
 /// the learned-optimizer checkpoint (a file, or a hub folder's model.safetensors and config.json).

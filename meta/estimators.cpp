@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "common/config.h"
+#include "common/distributed.h"
 #include "common/errors.h"
 #include "common/rng.h"
 
@@ -42,11 +43,49 @@ uint64_t GradientEstimator::step_seed(uint64_t seed, int64_t j) {
   return mix_seed(derive_seed(seed, "step") ^ mix_seed(static_cast<uint64_t>(j)));
 }
 
+void GradientEstimator::set_process_group(ProcessGroup* group) {
+  if (group != nullptr && group->world_size() > step_.num_tasks())
+    throw UsageError("WORLD_SIZE " + std::to_string(group->world_size()) + " exceeds estimator.num_tasks " +
+                     std::to_string(step_.num_tasks()) + ": every rank needs at least one task slot");
+  group_ = group;
+}
+
+std::vector<int64_t> GradientEstimator::owned_slots() const {
+  const int64_t rank = group_ ? group_->rank() : 0, world = group_ ? group_->world_size() : 1;
+  std::vector<int64_t> slots;
+  for (int64_t i = rank; i < step_.num_tasks(); i += world) slots.push_back(i);
+  return slots;
+}
+
 std::vector<InnerState> GradientEstimator::fresh_states(const torch::Tensor& theta, uint64_t seed) const {
   std::vector<InnerState> s;
-  for (int64_t i = 0; i < step_.num_tasks(); ++i)
+  for (int64_t i : owned_slots())
     s.push_back(step_.init_state(theta, i, mix_seed(derive_seed(seed, "init") ^ mix_seed(static_cast<uint64_t>(i))), config_.stagger));
   return s;
+}
+
+void GradientEstimator::finish_estimate(EstimateOut& res, const torch::Tensor& theta) const {
+  if (group_ != nullptr) {
+    std::vector<torch::Tensor> buf = {res.grad.to(torch::kFloat64).reshape({-1}).contiguous(),
+                                      torch::tensor({res.loss, static_cast<double>(res.inner_steps),
+                                                     static_cast<double>(res.resets), static_cast<double>(res.nonfinite)},
+                                                    torch::kFloat64)};
+    group_->all_reduce_sum_(buf, "meta-gradient estimate (all-reduce)");
+    res.grad = buf[0];
+    auto c = buf[1].contiguous();
+    res.loss = c.data_ptr<double>()[0];
+    res.inner_steps = std::llround(c.data_ptr<double>()[1]);
+    res.resets = std::llround(c.data_ptr<double>()[2]);
+    res.nonfinite = std::llround(c.data_ptr<double>()[3]);
+  }
+  res.grad = res.grad.to(theta.scalar_type()).view(theta.sizes());
+}
+
+void TruncatedBackprop::set_process_group(ProcessGroup* group) {
+  if (group != nullptr) throw UsageError("estimator truncated_backprop runs in one process; multi-process meta-training supports pes and truncated_es");
+}
+void FullES::set_process_group(ProcessGroup* group) {
+  if (group != nullptr) throw UsageError("estimator full_es runs in one process; multi-process meta-training supports pes and truncated_es");
 }
 
 namespace {
@@ -92,23 +131,28 @@ std::vector<int64_t> slots_twice(int64_t n) {
   return t;
 }
 
-/// mean_i c_i eps_i, as theta's dtype and shape.
-torch::Tensor weighted_mean(const std::vector<double>& c, const torch::Tensor& eps, const torch::Tensor& theta) {
-  auto w = torch::tensor(c, torch::kFloat64).unsqueeze(1);
-  return (w * eps.to(torch::kFloat64)).mean(0).to(theta.scalar_type()).view(theta.sizes());
+/// Antithetic ES from the mean losses of members 0..n-1 (theta + eps_i) and n..2n-1 (theta - eps_i),
+/// the n slots of this rank out of `total`: grad = sum_i (L+_i - L-_i) eps_i / (2 std^2 total) (flat,
+/// float64), loss = sum of both signs' means / (2 total). Summed over the ranks, the means over all slots.
+void antithetic_estimate(const Sums& sums, const torch::Tensor& eps, int64_t total, double std, EstimateOut& res) {
+  const int64_t n = eps.size(0);
+  std::vector<double> c(n);
+  for (int64_t i = 0; i < n; ++i) {
+    c[i] = (sums.mean(i) - sums.mean(n + i)) / (2 * std * std * static_cast<double>(total));
+    res.loss += 0.5 * (sums.mean(i) + sums.mean(n + i)) / static_cast<double>(total);
+  }
+  res.grad = (torch::tensor(c, torch::kFloat64).unsqueeze(1) * eps.to(torch::kFloat64)).sum(0);
 }
 
-/// Antithetic ES from the mean losses of members 0..N-1 (theta + eps_i) and N..2N-1 (theta - eps_i):
-/// grad = mean_i (L+_i - L-_i) eps_i / (2 std^2); loss = mean of both signs.
-void antithetic_estimate(const Sums& sums, const torch::Tensor& eps, const torch::Tensor& theta, double std,
-                         EstimateOut& res) {
-  const int64_t N = eps.size(0);
-  std::vector<double> c(N);
-  for (int64_t i = 0; i < N; ++i) {
-    c[i] = (sums.mean(i) - sums.mean(N + i)) / (2 * std * std);
-    res.loss += 0.5 * (sums.mean(i) + sums.mean(N + i)) / static_cast<double>(N);
-  }
-  res.grad = weighted_mean(c, eps, theta);
+/// Rows `slots` of the perturbations drawn for all `total` slots (so every rank sees the same eps_i).
+torch::Tensor slot_rows(const torch::Tensor& eps, const std::vector<int64_t>& slots) {
+  return eps.index_select(0, torch::tensor(slots, torch::kInt64));
+}
+
+std::vector<int64_t> twice(const std::vector<int64_t>& slots) {
+  std::vector<int64_t> t = slots;
+  t.insert(t.end(), slots.begin(), slots.end());
+  return t;
 }
 
 void require_states(bool ok, const char* who) {
@@ -123,16 +167,17 @@ void TruncatedES::init(const torch::Tensor& theta, uint64_t seed) { states_ = fr
 
 EstimateOut TruncatedES::estimate(const torch::Tensor& theta, uint64_t seed) {
   require_states(!states_.empty(), "TruncatedES");
+  const auto slots = owned_slots();
   const int64_t N = static_cast<int64_t>(states_.size());
   torch::NoGradGuard no_grad;
-  auto eps = sample_perturbations(theta, N, seed);
+  auto eps = slot_rows(sample_perturbations(theta, step_.num_tasks(), seed), slots);
   std::vector<InnerState> neg;
   for (const auto& s : states_) neg.push_back(s.clone());
   std::vector<InnerState*> ptrs;
   for (auto& s : states_) ptrs.push_back(&s);
   for (auto& s : neg) ptrs.push_back(&s);
   auto thetas = antithetic(theta, eps);
-  auto tasks = slots_twice(N);
+  auto tasks = twice(slots);
   Sums sums(2 * N);
   EstimateOut res;
   for (int64_t j = 0; j < config_.trunc_length; ++j) {
@@ -140,7 +185,8 @@ EstimateOut TruncatedES::estimate(const torch::Tensor& theta, uint64_t seed) {
     sums.add(out);
     count_step(out, res);
   }
-  antithetic_estimate(sums, eps, theta, config_.std, res);
+  antithetic_estimate(sums, eps, step_.num_tasks(), config_.std, res);
+  finish_estimate(res, theta);
   return res;
 }
 
@@ -160,14 +206,15 @@ void TruncatedPES::init(const torch::Tensor& theta, uint64_t seed) {
 
 EstimateOut TruncatedPES::estimate(const torch::Tensor& theta, uint64_t seed) {
   require_states(!pos_.empty(), "TruncatedPES");
-  const int64_t N = static_cast<int64_t>(pos_.size());
+  const auto slots = owned_slots();
+  const int64_t N = static_cast<int64_t>(pos_.size()), total = step_.num_tasks();
   torch::NoGradGuard no_grad;
-  auto eps = sample_perturbations(theta, N, seed);
+  auto eps = slot_rows(sample_perturbations(theta, total, seed), slots);
   std::vector<InnerState*> ptrs;
   for (auto& s : pos_) ptrs.push_back(&s);
   for (auto& s : neg_) ptrs.push_back(&s);
   auto thetas = antithetic(theta, eps);
-  auto tasks = slots_twice(N);
+  auto tasks = twice(slots);
   std::vector<double> before(N, 0.0), after(N, 0.0), count(N, 0.0), pos_sum(N, 0.0), neg_sum(N, 0.0);
   std::vector<bool> reset(N, false);
   EstimateOut res;
@@ -190,13 +237,14 @@ EstimateOut TruncatedPES::estimate(const torch::Tensor& theta, uint64_t seed) {
   auto grad = torch::zeros({theta.numel()}, torch::kFloat64);
   for (int64_t i = 0; i < N; ++i) {
     if (count[i] > 0) {
-      const double s = 1.0 / (count[i] * 2 * config_.std * config_.std * static_cast<double>(N));
+      const double s = 1.0 / (count[i] * 2 * config_.std * config_.std * static_cast<double>(total));
       grad += (a64[i] + e64[i]) * (before[i] * s) + e64[i] * (after[i] * s);
-      res.loss += 0.5 * (pos_sum[i] + neg_sum[i]) / count[i] / static_cast<double>(N);
+      res.loss += 0.5 * (pos_sum[i] + neg_sum[i]) / count[i] / static_cast<double>(total);
     }
     accum_[i].copy_(reset[i] ? eps[i] : accum_[i] + eps[i]);
   }
-  res.grad = grad.to(theta.scalar_type()).view(theta.sizes());
+  res.grad = grad;
+  finish_estimate(res, theta);
   return res;
 }
 
@@ -282,7 +330,8 @@ EstimateOut FullES::estimate(const torch::Tensor& theta, uint64_t seed) {
       if (!out.done[r]) still.push_back(running[r]);
     running = still;
   }
-  antithetic_estimate(sums, eps, theta, config_.std, res);
+  antithetic_estimate(sums, eps, N, config_.std, res);
+  finish_estimate(res, theta);
   return res;
 }
 

@@ -38,9 +38,16 @@ struct EstimateOut {
   int64_t nonfinite = 0;     ///< inner steps whose raw training loss was NaN/inf (clipped by the normaliser)
 };
 
+class ProcessGroup;
+
 class GradientEstimator {
  public:
   explicit GradientEstimator(TruncatedStep& step, EstimatorConfig config) : step_(step), config_(std::move(config)) {}
+  /// Splits the task slots over the ranks of `group` (before init / load): rank r unrolls slots
+  /// i with i % world_size == r and the estimates are summed over the ranks, so that every rank
+  /// gets the estimate one process computes with the same seeds (ES and PES; the other estimators
+  /// throw UsageError). The unroll states a rank saves are its own slots'.
+  virtual void set_process_group(ProcessGroup* group);
   virtual ~GradientEstimator() = default;
   /// Fresh unroll states drawn from `seed` (staggered when configured).
   virtual void init(const torch::Tensor& theta, uint64_t seed) = 0;
@@ -59,7 +66,12 @@ class GradientEstimator {
   torch::Tensor sample_perturbations(const torch::Tensor& theta, int64_t n, uint64_t seed) const;
   /// Seed of inner step j of the estimate drawn from `seed`.
   static uint64_t step_seed(uint64_t seed, int64_t j);
+  /// Fresh unroll states of this rank's slots.
   std::vector<InnerState> fresh_states(const torch::Tensor& theta, uint64_t seed) const;
+  /// The task slots this rank unrolls (all of them in one process).
+  std::vector<int64_t> owned_slots() const;
+  /// Sums a partial estimate (grad in float64, flat) over the ranks and gives it theta's dtype and shape.
+  void finish_estimate(EstimateOut& res, const torch::Tensor& theta) const;
   static std::vector<const InnerState*> pointers(const std::vector<InnerState>& v) {
     std::vector<const InnerState*> p;
     for (const auto& s : v) p.push_back(&s);
@@ -68,6 +80,7 @@ class GradientEstimator {
 
   TruncatedStep& step_;
   EstimatorConfig config_;
+  ProcessGroup* group_ = nullptr;
 };
 
 /// Antithetic truncated ES: both signs start from the shared state, which then follows the
@@ -109,6 +122,7 @@ class TruncatedPES : public GradientEstimator {
 class TruncatedBackprop : public GradientEstimator {
  public:
   using GradientEstimator::GradientEstimator;
+  void set_process_group(ProcessGroup* group) override;
   void init(const torch::Tensor& theta, uint64_t seed) override;
   EstimateOut estimate(const torch::Tensor& theta, uint64_t seed) override;
   nlohmann::json save(SafeTensors& out) const override;
@@ -124,6 +138,7 @@ class TruncatedBackprop : public GradientEstimator {
 class FullES : public GradientEstimator {
  public:
   using GradientEstimator::GradientEstimator;
+  void set_process_group(ProcessGroup* group) override;
   void init(const torch::Tensor&, uint64_t) override {}
   EstimateOut estimate(const torch::Tensor& theta, uint64_t seed) override;
   nlohmann::json save(SafeTensors&) const override { return nlohmann::json::object(); }

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "common/config.h"
+#include "common/distributed.h"
 #include "common/errors.h"
 #include "common/signals.h"
 #include "common/rng.h"
@@ -84,7 +85,8 @@ double MetaTrainLog::recent_meta_loss(size_t n) const {
   return k ? s / static_cast<double>(k) : NAN;
 }
 
-MetaTrainer::MetaTrainer(const nlohmann::json& config) : config_(resolve_meta_train_config(config)) {
+MetaTrainer::MetaTrainer(const nlohmann::json& config, ProcessGroup* group)
+    : config_(resolve_meta_train_config(config)), group_(group) {
   auto est_cfg = EstimatorConfig::from_json(config_["estimator"]);
   LoptTruncatedStepConfig sc;
   sc.task_family = config_["task_family"];
@@ -96,6 +98,7 @@ MetaTrainer::MetaTrainer(const nlohmann::json& config) : config_(resolve_meta_tr
   sc.population = est_cfg.population;
   step_fn_ = std::make_unique<LoptTruncatedStep>(sc);
   estimator_ = make_gradient_estimator(est_cfg, *step_fn_);
+  estimator_->set_process_group(group_);
 
   const auto& oc = config_["outer"];
   outer_ = make_optimizer({{"type", "adamw"},
@@ -124,7 +127,9 @@ MetaTrainer::~MetaTrainer() = default;
 const torch::Tensor& MetaTrainer::theta() const { return outer_state_->params.tensors[0]; }
 
 std::string MetaTrainer::checkpoint_path() const {
-  return (std::filesystem::path(config_["output_dir"].get<std::string>()) / "checkpoint.safetensors").string();
+  const std::string name = group_ && group_->rank() > 0 ? "checkpoint.rank" + std::to_string(group_->rank()) + ".safetensors"
+                                                       : "checkpoint.safetensors";
+  return (std::filesystem::path(config_["output_dir"].get<std::string>()) / name).string();
 }
 std::string MetaTrainer::theta_path() const {
   return (std::filesystem::path(config_["output_dir"].get<std::string>()) / "theta.safetensors").string();
@@ -146,6 +151,7 @@ void MetaTrainer::save_checkpoint() {
                          {"outer_slots", outer_slots},
                          {"estimator", estimator_->save(st)},
                          {"elapsed", elapsed},
+                         {"world_size", group_ ? group_->world_size() : 1},
                          {"log",
                           {{"step", log_.step},
                            {"meta_loss", log_.meta_loss},
@@ -156,9 +162,11 @@ void MetaTrainer::save_checkpoint() {
                            {"skipped", log_.skipped}}}};
   // NaN is not JSON: the log stores non-finite losses as null.
   st.metadata["lopt_meta_train"] = meta.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  step_fn_->learned_optimizer().save(theta_path(), theta());
-  // The same theta as PyLO's MetaMLP.from_pretrained reads it (model.safetensors + config.json).
-  step_fn_->learned_optimizer().save_hub((std::filesystem::path(theta_path()).parent_path() / "hub").string(), theta());
+  if (!group_ || group_->rank() == 0) {
+    step_fn_->learned_optimizer().save(theta_path(), theta());
+    // The same theta as PyLO's MetaMLP.from_pretrained reads it (model.safetensors + config.json).
+    step_fn_->learned_optimizer().save_hub((std::filesystem::path(theta_path()).parent_path() / "hub").string(), theta());
+  }
   write_safetensors(checkpoint_path(), st);
   if (on_checkpoint) on_checkpoint(*this);
 }
@@ -170,6 +178,11 @@ bool MetaTrainer::resume() {
   auto it = st.metadata.find("lopt_meta_train");
   if (it == st.metadata.end()) throw IoError(path, "not a meta-training checkpoint (no lopt_meta_train metadata)");
   auto meta = nlohmann::json::parse(it->second);
+  const int64_t world = group_ ? group_->world_size() : 1;
+  if (meta.value("world_size", int64_t(1)) != world)
+    throw UsageError("checkpoint " + path + " was written by " + std::to_string(meta.value("world_size", int64_t(1))) +
+                     " process(es), this run has " + std::to_string(world) +
+                     " (each rank holds its own task slots): resume with the same WORLD_SIZE");
   auto saved = meta["config"];
   auto now = config_;
   // How often to checkpoint and where the folder lives do not change the run.

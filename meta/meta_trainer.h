@@ -18,6 +18,7 @@ namespace lopt {
 
 
 struct OptState;
+class ProcessGroup;
 
 /// Validates a meta-train config and fills every default; throws ConfigError naming the bad
 /// key before any work is done. Keys: task_family, lopt, truncation, estimator, outer
@@ -40,8 +41,11 @@ struct MetaTrainLog {
 
 class MetaTrainer {
  public:
-  /// `config` as accepted by resolve_meta_train_config (resolved again here).
-  explicit MetaTrainer(const nlohmann::json& config);
+  /// `config` as accepted by resolve_meta_train_config (resolved again here). With a process group
+  /// the estimator's task slots are split over the ranks (ES / PES); every rank holds the same
+  /// theta, rank r > 0 checkpoints its own unroll states to checkpoint.rank<r>.safetensors and only
+  /// rank 0 writes theta.safetensors and the hub folder.
+  explicit MetaTrainer(const nlohmann::json& config, ProcessGroup* group = nullptr);
   ~MetaTrainer();
   /// Restores the checkpoint in output_dir; returns false when there is none. Throws
   /// UsageError when the checkpoint was written by a different configuration.
@@ -65,6 +69,7 @@ class MetaTrainer {
 
  private:
   nlohmann::json config_;
+  ProcessGroup* group_ = nullptr;
   std::unique_ptr<LoptTruncatedStep> step_fn_;
   std::unique_ptr<GradientEstimator> estimator_;
   std::unique_ptr<Optimizer> outer_;

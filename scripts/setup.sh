@@ -12,6 +12,8 @@ PACKAGES=(
   # C++ libraries
   libboost-program-options-dev nlohmann-json3-dev libhdf5-dev zlib1g-dev
   libgtest-dev libbenchmark-dev
+  # Gloo headers for multi-process runs (c10d ProcessGroupGloo is inside LibTorch)
+  libgloo-dev
   # portable SIMD with runtime dispatch (the fused learned-optimizer kernels)
   libhwy-dev
   # plotting and result inspection

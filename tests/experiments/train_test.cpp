@@ -248,7 +248,8 @@ TEST(Cli, BadNumbersAndInputsAreOneLineErrors) {
   expect("train -q --config " + dir.path("dup.json"), 2, "\"steps\" twice");
   lopt::write_text_atomic(dir.path("big.json"), R"({"steps": 1e400})");
   expect("train -q --config " + dir.path("big.json"), 2, "not valid JSON");
-  expect(train, 2, "multi-process runs are not supported", "WORLD_SIZE=2 RANK=1");
+  expect(train, 2, "lopt train runs in one process", "WORLD_SIZE=2 RANK=1");
+  expect(train, 2, "RANK=2 must be an integer in [0, 1]", "WORLD_SIZE=2 RANK=2");
   expect("meta-train -q --config " + dir.path("c.json") + " --stop-after -5", 2, "--stop-after -5");
   EXPECT_FALSE(std::filesystem::exists(dir.path("out.h5")));
 }

@@ -1,0 +1,167 @@
+#include "common/distributed.h"
+
+#include <cstdlib>
+#include <map>
+#include <string>
+
+#include "common/errors.h"
+
+#ifdef LOPT_WITH_C10D
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
+
+namespace lopt {
+
+namespace {
+std::optional<std::string> env(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return std::nullopt;
+  return std::string(v);
+}
+
+int64_t env_int(const char* name, const std::string& value, int64_t lo, int64_t hi) {
+  size_t pos = 0;
+  int64_t x = 0;
+  try {
+    x = std::stoll(value, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  if (pos != value.size() || x < lo || x > hi)
+    throw UsageError(std::string("environment variable ") + name + "=" + value + " must be an integer in [" + std::to_string(lo) +
+                     ", " + std::to_string(hi) + "]");
+  return x;
+}
+}  // namespace
+
+std::optional<DistributedEnv> distributed_env_from_environment() {
+  const auto world = env("WORLD_SIZE");
+  if (!world) {
+    if (env("RANK") && *env("RANK") != "0")
+      throw UsageError("RANK is set but WORLD_SIZE is not: set both (as torchrun does), or neither for one process");
+    return std::nullopt;
+  }
+  DistributedEnv e;
+  e.world_size = env_int("WORLD_SIZE", *world, 1, 1 << 16);
+  if (e.world_size == 1) return std::nullopt;
+  const auto rank = env("RANK");
+  if (!rank) throw UsageError("WORLD_SIZE=" + *world + " but RANK is not set: give each process RANK=0.." + std::to_string(e.world_size - 1));
+  e.rank = env_int("RANK", *rank, 0, e.world_size - 1);
+  if (auto a = env("MASTER_ADDR")) e.master_addr = *a;
+  if (auto p = env("MASTER_PORT")) e.master_port = env_int("MASTER_PORT", *p, 1, 65535);
+  if (auto t = env("LOPT_DIST_TIMEOUT")) {
+    char* end = nullptr;
+    e.timeout_s = std::strtod(t->c_str(), &end);
+    if (end == t->c_str() || *end != '\0' || !(e.timeout_s > 0))
+      throw UsageError("LOPT_DIST_TIMEOUT=" + *t + " must be a positive number of seconds");
+  }
+  return e;
+}
+
+#ifdef LOPT_WITH_C10D
+
+bool distributed_available() { return true; }
+
+struct ProcessGroup::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+};
+
+namespace {
+std::string describe(const DistributedEnv& e, const char* what, const std::string& why) {
+  return std::string("rank ") + std::to_string(e.rank) + "/" + std::to_string(e.world_size) + ": " + what + " failed: " + why +
+         " (a peer process may have died or hung, or " + e.master_addr + ":" + std::to_string(e.master_port) +
+         " is unreachable; collectives wait " + std::to_string(static_cast<int64_t>(e.timeout_s)) + " s, set by LOPT_DIST_TIMEOUT)";
+}
+
+template <class F>
+auto guarded(const DistributedEnv& e, const char* what, F&& f) {
+  try {
+    return f();
+  } catch (const DistributedError&) {
+    throw;
+  } catch (const std::exception& ex) {
+    std::string why = ex.what();
+    if (auto nl = why.find('\n'); nl != std::string::npos) why.resize(nl);
+    throw DistributedError(describe(e, what, why));
+  }
+}
+}  // namespace
+
+ProcessGroup::ProcessGroup(const DistributedEnv& e) : env_(e), impl_(std::make_unique<Impl>()) {
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(e.timeout_s * 1000));
+  guarded(env_, "rendezvous", [&] {
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<std::uint16_t>(e.master_port);
+    so.isServer = e.rank == 0;
+    so.numWorkers = static_cast<size_t>(e.world_size);
+    so.waitWorkers = true;
+    so.timeout = timeout;
+    impl_->store = c10::make_intrusive<c10d::TCPStore>(e.master_addr, so);
+    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, static_cast<int>(e.rank),
+                                                            static_cast<int>(e.world_size), opts);
+    return 0;
+  });
+}
+
+ProcessGroup::~ProcessGroup() = default;
+
+void ProcessGroup::all_reduce_sum_(std::vector<torch::Tensor>& tensors, const char* what) {
+  guarded(env_, what, [&] {
+    // One flat buffer per dtype (Gloo reduces a list of same-shaped tensors, one per device).
+    std::map<c10::ScalarType, std::vector<size_t>> by_type;
+    for (size_t i = 0; i < tensors.size(); ++i) by_type[tensors[i].scalar_type()].push_back(i);
+    for (const auto& [type, idx] : by_type) {
+      std::vector<torch::Tensor> flat;
+      for (size_t i : idx) flat.push_back(tensors[i].reshape({-1}));
+      std::vector<torch::Tensor> buf = {torch::cat(flat)};
+      impl_->pg->allreduce(buf)->wait();
+      int64_t off = 0;
+      for (size_t i : idx) {
+        const int64_t n = tensors[i].numel();
+        tensors[i].copy_(buf[0].narrow(0, off, n).view(tensors[i].sizes()));
+        off += n;
+      }
+    }
+    return 0;
+  });
+}
+
+torch::Tensor ProcessGroup::all_gather(const torch::Tensor& t, const char* what) {
+  return guarded(env_, what, [&] {
+    std::vector<torch::Tensor> in = {t.contiguous()};
+    std::vector<std::vector<torch::Tensor>> out(1);
+    for (int64_t r = 0; r < env_.world_size; ++r) out[0].push_back(torch::empty_like(in[0]));
+    impl_->pg->allgather(out, in)->wait();
+    return torch::stack(out[0]);
+  });
+}
+
+void ProcessGroup::barrier(const char* what) {
+  guarded(env_, what, [&] {
+    impl_->pg->barrier()->wait();
+    return 0;
+  });
+}
+
+#else
+
+bool distributed_available() { return false; }
+
+struct ProcessGroup::Impl {};
+
+ProcessGroup::ProcessGroup(const DistributedEnv& e) : env_(e) {
+  throw UsageError("this lopt was built without c10d (Gloo) support: install libgloo-dev and reconfigure "
+                   "(cmake -DLOPT_DISTRIBUTED=ON), or run with WORLD_SIZE unset");
+}
+ProcessGroup::~ProcessGroup() = default;
+void ProcessGroup::all_reduce_sum_(std::vector<torch::Tensor>&, const char*) {}
+torch::Tensor ProcessGroup::all_gather(const torch::Tensor& t, const char*) { return t.unsqueeze(0); }
+void ProcessGroup::barrier(const char*) {}
+
+#endif
+
+}  // namespace lopt

@@ -1,0 +1,228 @@
+// Multi-process runs over c10d/Gloo: lopt local-sgd with one process per worker equals the
+// single-process simulation, a killed or missing rank becomes a clear error (exit 3) within the
+// timeout, and ES / PES meta-training split over ranks equals (and resumes like) one process.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <H5Cpp.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "common/distributed.h"
+#include "common/errors.h"
+#include "optimizers/safetensors.h"
+#include "support.h"
+
+namespace {
+
+/// A TCP port free right now on 127.0.0.1.
+int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+struct Launch {
+  std::vector<int> rc;              ///< exit code per rank (-1: killed / not started)
+  std::vector<std::string> output;  ///< stdout + stderr per rank
+  double seconds = 0;
+};
+
+/// Starts `world` ranks of `lopt <args>` (rank r gets RANK=r); `started` ranks only (the rest never
+/// come up); `kill_rank` >= 0 is killed with SIGKILL after `kill_after` seconds.
+Launch launch(const lopt_test::TempDir& dir, int world, const std::string& args, double timeout_s, int started = -1,
+              int kill_rank = -1, double kill_after = 0) {
+  if (started < 0) started = world;
+  const int port = free_port();
+  std::ostringstream sh;
+  sh << "cd " << dir.path() << "\n";
+  for (int r = 0; r < started; ++r) {
+    const std::string env = "RANK=" + std::to_string(r) + " WORLD_SIZE=" + std::to_string(world) +
+                            " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) +
+                            " LOPT_DIST_TIMEOUT=" + std::to_string(timeout_s) + " OMP_NUM_THREADS=1";
+    const std::string cmd = "env " + env + " " + LOPT_BINARY + " " + args + " --threads 1 > out" + std::to_string(r) + ".txt 2>&1";
+    if (r == kill_rank) sh << cmd << " & victim=$!\n";
+    else sh << "(" << cmd << "; echo $? > rc" << r << ".txt) &\n";
+  }
+  if (kill_rank >= 0) sh << "sleep " << kill_after << "; kill -9 $victim\n";
+  sh << "wait\n";
+  {
+    std::ofstream f(dir.path("launch.sh"));
+    f << sh.str();
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  // A hard bound so that a hang fails the test instead of blocking the suite.
+  const int status = std::system(("timeout 120 sh " + dir.path("launch.sh")).c_str());
+  Launch out;
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(status, 0) << "the launcher timed out or failed";
+  for (int r = 0; r < world; ++r) {
+    const std::string rc = slurp(dir.path("rc" + std::to_string(r) + ".txt"));
+    out.rc.push_back(rc.empty() ? -1 : std::atoi(rc.c_str()));
+    out.output.push_back(slurp(dir.path("out" + std::to_string(r) + ".txt")));
+  }
+  return out;
+}
+
+std::vector<double> h5_doubles(const std::string& path, const std::string& name) {
+  H5::H5File f(path, H5F_ACC_RDONLY);
+  auto ds = f.openDataSet(name);
+  std::vector<double> v(static_cast<size_t>(ds.getSpace().getSimpleExtentNpoints()));
+  ds.read(v.data(), H5::PredType::NATIVE_DOUBLE);
+  return v;
+}
+
+const char* kLocalConfig = R"({
+  "task": {"type": "mlp", "width": 16, "depth": 2, "batch_size": 8, "image_size": 4, "dataset": "synthetic",
+           "parametrization": {"type": "sp"}},
+  "local_sgd": {"workers": 4, "local_steps": 3, "local_lr": 0.2},
+  "optimizer": {"type": "sgd", "lr": 1.0},
+  "steps": 20, "eval_every": 10, "seed": 4})";
+
+class MultiProcess : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!lopt::distributed_available()) GTEST_SKIP() << "built without c10d/Gloo (libgloo-dev)";
+  }
+};
+
+TEST_F(MultiProcess, LocalSgdOnFourRanksEqualsOneProcess) {
+  lopt_test::TempDir tmp;
+  {
+    std::ofstream f(tmp.path("local.json"));
+    f << kLocalConfig;
+  }
+  // Mean-delta update (all-reduce) and LAgg-A (all-gather of every worker's delta).
+  for (const std::string opt : {"", " --set optimizer.type=small_fc_lopt --set optimizer.worker_inputs=4 --set optimizer.theta_seed=2 --set optimizer.lr=0.1"}) {
+    SCOPED_TRACE(opt.empty() ? "local SGD" : "LAgg-A");
+    ASSERT_EQ(lopt_test::run_lopt("local-sgd -q --threads 1 --config " + tmp.path("local.json") + opt + " -o " + tmp.path("one.h5") +
+                                  " --overwrite"),
+              0);
+    auto multi = launch(tmp, 4, "local-sgd -q --config local.json" + opt + " -o four.h5 --overwrite", 30);
+    for (int r = 0; r < 4; ++r) ASSERT_EQ(multi.rc[r], 0) << "rank " << r << ": " << multi.output[r];
+    const auto a = h5_doubles(tmp.path("one.h5"), "train/loss"), b = h5_doubles(tmp.path("four.h5"), "train/loss");
+    ASSERT_EQ(a.size(), 20u);
+    ASSERT_EQ(b.size(), a.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * std::abs(a[i])) << "round " << i;
+    const auto ea = h5_doubles(tmp.path("one.h5"), "eval/test_loss"), eb = h5_doubles(tmp.path("four.h5"), "eval/test_loss");
+    EXPECT_NEAR(ea.back(), eb.back(), 1e-5 * std::abs(ea.back()));
+  }
+  // WORLD_SIZE must equal the number of workers.
+  auto wrong = launch(tmp, 2, "local-sgd -q --config local.json -o two.h5", 10);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(wrong.rc[r], 2) << wrong.output[r];
+    EXPECT_NE(wrong.output[r].find("/local_sgd/workers"), std::string::npos) << wrong.output[r];
+  }
+}
+
+TEST_F(MultiProcess, AKilledOrMissingRankIsAClearErrorWithinTheTimeout) {
+  lopt_test::TempDir tmp;
+  {
+    std::ofstream f(tmp.path("local.json"));
+    f << kLocalConfig;
+  }
+  // Rank 2 is killed mid-run: the others stop with exit code 3 naming the collective.
+  auto killed = launch(tmp, 4, "local-sgd -q --config local.json --steps 1000000 -o k.h5", 5, -1, 2, 2.0);
+  for (int r : {0, 1, 3}) {
+    EXPECT_EQ(killed.rc[r], 3) << "rank " << r << ": " << killed.output[r];
+    EXPECT_NE(killed.output[r].find("local-SGD round"), std::string::npos) << killed.output[r];
+    EXPECT_NE(killed.output[r].find("LOPT_DIST_TIMEOUT"), std::string::npos) << killed.output[r];
+  }
+  EXPECT_LT(killed.seconds, 2.0 + 5 + 20);
+  // Rank 3 never starts: the rendezvous times out with the same kind of error.
+  auto missing = launch(tmp, 4, "local-sgd -q --config local.json -o m.h5", 3, 3);
+  for (int r : {0, 1, 2}) {
+    EXPECT_EQ(missing.rc[r], 3) << "rank " << r << ": " << missing.output[r];
+    EXPECT_NE(missing.output[r].find("rank " + std::to_string(r) + "/4"), std::string::npos) << missing.output[r];
+  }
+  EXPECT_LT(missing.seconds, 3 + 20);
+}
+
+const char* kMetaConfig = R"({
+  "task_family": {"type": "mlp_family", "widths": [8, 16], "depths": [2], "batch_sizes": [16], "image_sizes": [4],
+                  "dataset": "synthetic", "parametrization": {"type": "mup", "base_width": 8}},
+  "lopt": {"type": "mulo"},
+  "truncation": {"type": "log_uniform", "min_length": 5, "max_length": 12},
+  "estimator": {"type": "ESTIMATOR", "std": 0.01, "trunc_length": 4, "num_tasks": 3},
+  "outer": {"lr": 1e-2, "warmup_steps": 1}, "outer_steps": 6, "seed": 3, "checkpoint_every": 2})";
+
+torch::Tensor theta_of(const std::string& dir) {
+  auto st = lopt::read_safetensors(dir + "/checkpoint.safetensors");
+  return st.tensors.at("theta");
+}
+
+TEST_F(MultiProcess, EsAndPesOverTwoRanksEqualOneProcessAndResume) {
+  for (const std::string est : {"pes", "truncated_es"}) {
+    SCOPED_TRACE(est);
+    lopt_test::TempDir tmp;
+    std::string cfg = kMetaConfig;
+    cfg.replace(cfg.find("ESTIMATOR"), 9, est);
+    {
+      std::ofstream f(tmp.path("meta.json"));
+      f << cfg;
+    }
+    ASSERT_EQ(lopt_test::run_lopt("meta-train -q --threads 1 --config " + tmp.path("meta.json") + " -o " + tmp.path("one")), 0);
+    auto two = launch(tmp, 2, "meta-train -q --config meta.json -o two", 30);
+    for (int r = 0; r < 2; ++r) ASSERT_EQ(two.rc[r], 0) << two.output[r];
+    const auto a = theta_of(tmp.path("one")), b = theta_of(tmp.path("two"));
+    EXPECT_LT(lopt_test::max_rel_error(b, a, 1e-3), 1e-5);
+    // Stopped after 2 outer steps and resumed by both ranks: the same theta.
+    auto first = launch(tmp, 2, "meta-train -q --config meta.json -o split --stop-after 2", 30);
+    for (int r = 0; r < 2; ++r) ASSERT_EQ(first.rc[r], 0) << first.output[r];
+    auto rest = launch(tmp, 2, "meta-train -q --config meta.json -o split --resume", 30);
+    for (int r = 0; r < 2; ++r) ASSERT_EQ(rest.rc[r], 0) << rest.output[r];
+    EXPECT_TRUE(torch::equal(theta_of(tmp.path("split")), b));
+  }
+}
+
+TEST(DistributedEnv, MalformedVariablesAreUsageErrors) {
+  auto with_env = [](const std::vector<std::pair<const char*, const char*>>& vars) {
+    for (const char* v : {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOPT_DIST_TIMEOUT"}) unsetenv(v);
+    for (const auto& [k, v] : vars) setenv(k, v, 1);
+  };
+  with_env({});
+  EXPECT_FALSE(lopt::distributed_env_from_environment().has_value());
+  with_env({{"WORLD_SIZE", "1"}, {"RANK", "0"}});
+  EXPECT_FALSE(lopt::distributed_env_from_environment().has_value());
+  with_env({{"WORLD_SIZE", "4"}, {"RANK", "2"}, {"MASTER_PORT", "29555"}, {"LOPT_DIST_TIMEOUT", "7"}});
+  auto e = lopt::distributed_env_from_environment();
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->rank, 2);
+  EXPECT_EQ(e->world_size, 4);
+  EXPECT_EQ(e->master_port, 29555);
+  EXPECT_EQ(e->timeout_s, 7);
+  for (const auto& bad : std::vector<std::vector<std::pair<const char*, const char*>>>{
+           {{"WORLD_SIZE", "4"}},
+           {{"WORLD_SIZE", "4"}, {"RANK", "4"}},
+           {{"WORLD_SIZE", "x"}, {"RANK", "0"}},
+           {{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_PORT", "99999"}},
+           {{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"LOPT_DIST_TIMEOUT", "0"}},
+           {{"RANK", "1"}}}) {
+    with_env(bad);
+    EXPECT_THROW(lopt::distributed_env_from_environment(), lopt::UsageError);
+  }
+  with_env({});
+}
+
+}  // namespace
