@@ -25,6 +25,8 @@ struct Contender {
   std::vector<nlohmann::json> schedules;    ///< as written in the spec
   std::vector<double> wd_grid;              ///< empty: the optimizer's own weight decay
   nlohmann::json set = nlohmann::json::object();  ///< dotted keys of the base config this contender changes
+  std::string lr_key = "optimizer.lr";           ///< the dotted key lr_grid sets (e.g. local_sgd.local_lr)
+  std::vector<nlohmann::json> grid_points;       ///< cartesian product of "grid": {dotted key: value} each
   bool tuned() const { return !lr_grid.empty(); }
 };
 
@@ -40,7 +42,8 @@ struct Spec {
 struct Candidate {
   double lr;
   size_t schedule;
-  int64_t wd;  ///< index into wd_grid, -1 without one
+  int64_t wd;         ///< index into wd_grid, -1 without one
+  int64_t point = -1; ///< index into grid_points, -1 without a grid
 };
 
 nlohmann::json default_schedules() {
@@ -96,7 +99,28 @@ Spec read_spec(const nlohmann::json& j) {
     auto schedules = c.get<nlohmann::json>("schedules", nullptr);
     ct.wd_grid = c.get<std::vector<double>>("weight_decay_grid", {});
     ct.set = c.object("set");
+    ct.lr_key = c.get<std::string>("lr_key", ct.lr_key);
+    auto grid = c.object("grid");
     c.finish();
+    config_check(!ct.lr_key.empty() && ct.lr_key != "seed" && ct.lr_key != "output", c.path_of("lr_key"),
+                 "must be a dotted config key such as optimizer.lr or local_sgd.local_lr");
+    ct.grid_points = {nlohmann::json::object()};
+    for (auto it = grid.begin(); it != grid.end(); ++it) {
+      const std::string gp = c.path_of("grid") + "/" + it.key();
+      config_check(it.value().is_array() && !it.value().empty(), gp, "must be a non-empty list of values");
+      config_check(it.key() != ct.lr_key && it.key() != "seed" && it.key() != "output" && it.key() != "optimizer.schedule" &&
+                       it.key() != "optimizer.weight_decay",
+                   gp, "lr_grid, schedules, weight_decay_grid, seed and output have their own keys");
+      std::vector<nlohmann::json> next;
+      for (const auto& point : ct.grid_points)
+        for (const auto& v : it.value()) {
+          auto q = point;
+          q[it.key()] = v;
+          next.push_back(q);
+        }
+      ct.grid_points = next;
+    }
+    if (grid.empty()) ct.grid_points.clear();
     for (auto it = ct.set.begin(); it != ct.set.end(); ++it)
       config_check(it.key().rfind("optimizer", 0) != 0 && it.key() != "seed" && it.key() != "output", c.path_of("set") + "/" + it.key(),
                    "a contender's \"set\" changes the task or run length; optimizer, seed and output are the comparison's");
@@ -112,8 +136,10 @@ Spec read_spec(const nlohmann::json& j) {
     if (!ct.tuned()) {
       config_check(schedules.is_null(), c.path_of("schedules"), "only a contender with an lr_grid is tuned");
       config_check(ct.wd_grid.empty(), c.path_of("weight_decay_grid"), "only a contender with an lr_grid is tuned");
+      config_check(ct.grid_points.empty(), c.path_of("grid"), "only a contender with an lr_grid is tuned");
     } else {
-      config_check(!ct.optimizer.contains("lr"), c.path_of("optimizer") + "/lr", "the lr comes from lr_grid");
+      config_check(ct.lr_key != "optimizer.lr" || !ct.optimizer.contains("lr"), c.path_of("optimizer") + "/lr",
+                   "the lr comes from lr_grid");
       config_check(!ct.optimizer.contains("schedule"), c.path_of("optimizer") + "/schedule", "schedules come from \"schedules\"");
       config_check(ct.wd_grid.empty() || !ct.optimizer.contains("weight_decay"), c.path_of("optimizer") + "/weight_decay",
                    "the weight decay comes from weight_decay_grid");
@@ -146,7 +172,10 @@ nlohmann::json run_config(const Spec& spec, size_t c, const Candidate* cand, uin
   for (auto it = ct.set.begin(); it != ct.set.end(); ++it) set_dotted(cfg, it.key(), it.value());
   cfg["optimizer"] = ct.optimizer;
   if (cand != nullptr) {
-    cfg["optimizer"]["lr"] = cand->lr;
+    set_dotted(cfg, ct.lr_key, cand->lr);
+    if (cand->point >= 0)
+      for (auto it = ct.grid_points[static_cast<size_t>(cand->point)].begin(); it != ct.grid_points[static_cast<size_t>(cand->point)].end(); ++it)
+        set_dotted(cfg, it.key(), it.value());
     cfg["optimizer"]["schedule"] = relative_schedule_config(ct.schedules[cand->schedule]);  // resolved against "steps"
     if (cand->wd >= 0) cfg["optimizer"]["weight_decay"] = ct.wd_grid[static_cast<size_t>(cand->wd)];
   }
@@ -169,10 +198,10 @@ std::string report_file(const Contender& ct, uint64_t seed) { return ct.name + "
 
 std::vector<Candidate> candidates_for(const Contender& ct, double lr) {
   std::vector<Candidate> out;
-  for (size_t s = 0; s < ct.schedules.size(); ++s) {
-    if (ct.wd_grid.empty()) out.push_back({lr, s, -1});
-    for (size_t w = 0; w < ct.wd_grid.size(); ++w) out.push_back({lr, s, static_cast<int64_t>(w)});
-  }
+  const int64_t points = std::max<int64_t>(1, static_cast<int64_t>(ct.grid_points.size()));
+  for (size_t s = 0; s < ct.schedules.size(); ++s)
+    for (int64_t w = ct.wd_grid.empty() ? -1 : 0; w < static_cast<int64_t>(ct.wd_grid.size()); ++w)
+      for (int64_t q = 0; q < points; ++q) out.push_back({lr, s, w, ct.grid_points.empty() ? -1 : q});
   return out;
 }
 
@@ -309,6 +338,13 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
       w.dataset(g + "/tune_lr", tune_lr);
       w.dataset(g + "/tune_schedule", tune_sched);
       w.dataset(g + "/tune_weight_decay", tune_wd);
+      if (!ct.grid_points.empty()) {
+        std::vector<int64_t> tune_point;
+        for (const auto& cd : cands) tune_point.push_back(cd.point);
+        w.dataset(g + "/tune_grid_point", tune_point);
+        w.attr("grid_points", nlohmann::json(ct.grid_points).dump(), g);
+      }
+      w.attr("lr_key", ct.lr_key, g);
       w.dataset(g + "/tune_score", score);
       w.attr("schedules", nlohmann::json(ct.schedules).dump(), g);
       w.attr("grid_extensions", static_cast<int64_t>(extensions), g);
@@ -324,6 +360,11 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
       if (!all_diverged) row["schedule_spec"] = ct.schedules[chosen.schedule];
       row["tuning_failed"] = all_diverged;
       if (chosen.wd >= 0) row["weight_decay"] = ct.wd_grid[static_cast<size_t>(chosen.wd)];
+      if (chosen.point >= 0) {
+        row["grid_choice"] = ct.grid_points[static_cast<size_t>(chosen.point)];
+        w.attr("best_grid", ct.grid_points[static_cast<size_t>(chosen.point)].dump(), g);
+      }
+      if (ct.lr_key != "optimizer.lr") row["lr_key"] = ct.lr_key;
       row["grid_extensions"] = extensions;
       row["best_at_grid_edge"] = at_edge && std::isfinite(score[best]);
       row["tuning_score"] = finite_or_null(score[best]);

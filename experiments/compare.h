@@ -20,7 +20,9 @@
 ///                 {"name": "LO_S", "optimizer": {...}, "set": {"task.parametrization.type": "sp"}}],
 ///  "output_dir": "runs/eval/mulo_s", "summary": "runs/eval_mulo_s.h5"}
 /// A contender's "set" changes dotted keys of the base config for its runs (e.g. an SP learned
-/// optimizer on the SP version of the task). "schedules" defaults to the two shown (constant, and 5% linear warmup + cosine decay to 0).
+/// optimizer on the SP version of the task). "lr_key" names the dotted key lr_grid tunes (default
+/// optimizer.lr; local SGD tunes local_sgd.local_lr), and "grid": {"optimizer.momentum": [0.5, 0.9]}
+/// adds tuned dimensions without grid extension (e.g. SlowMo's momentum). "schedules" defaults to the two shown (constant, and 5% linear warmup + cosine decay to 0).
 /// Run files: output_dir/<name>_tune<k>_seed<s>.h5 (candidate k) and <name>_seed<s>.h5 (report);
 /// a finished file is reused only when its resolved config and input fingerprint match.
 #include <nlohmann/json.hpp>

@@ -118,9 +118,10 @@ void combine_round(ProcessGroup& group, RoundResult& r, bool gather) {
   const double W = static_cast<double>(group.world_size());
   std::vector<torch::Tensor> buf;
   for (const auto& d : r.mean_delta) buf.push_back(d.contiguous().clone());
-  buf.push_back(torch::tensor({r.loss}, torch::kFloat64));
+  buf.push_back(torch::tensor({r.loss, r.global_loss}, torch::kFloat64));
   group.all_reduce_sum_(buf, "local-SGD round (all-reduce of the deltas)");
-  r.loss = buf.back().item<double>() / W;
+  r.loss = buf.back()[0].item<double>() / W;
+  r.global_loss = buf.back()[1].item<double>() / W;
   for (size_t k = 0; k < r.mean_delta.size(); ++k) {
     r.mean_delta[k] = buf[k].div_(W);
     r.worker_deltas[k] = gather ? group.all_gather(r.worker_deltas[k][0], "local-SGD round (all-gather of the deltas)")
@@ -166,8 +167,11 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
       auto round = local_rounds(*task, {&state.params}, count, worker_batches->next_round(local.local_steps), local);
       auto& r = round.front();
       if (group != nullptr) combine_round(*group, r, global->needs_worker_deltas());
-      if (std::isfinite(r.loss)) global->apply_(state, r.mean_delta, r.worker_deltas, torch::tensor(r.loss));
-      return r.loss;
+      // Recorded: the global parameters' loss (comparable across global updates and with the
+      // data-parallel baselines); the learned update is handed the round's mean loss, as in meta-training.
+      if (std::isfinite(r.loss) && std::isfinite(r.global_loss))
+        global->apply_(state, r.mean_delta, r.worker_deltas, torch::tensor(r.loss));
+      return std::isfinite(r.loss) ? r.global_loss : r.loss;
     };
   } else {
     opt = make_optimizer(config["optimizer"]);

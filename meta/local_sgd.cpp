@@ -49,7 +49,7 @@ std::vector<RoundResult> local_rounds(const Task& task, const std::vector<const 
     cur.push_back(start.back().clone());
     if (config.mode == "data_parallel") grad_sum.push_back(torch::zeros_like(start.back()));
   }
-  auto loss_sum = torch::zeros({P}, torch::kFloat64);
+  auto loss_sum = torch::zeros({P}, torch::kFloat64), first_loss = torch::zeros({P}, torch::kFloat64);
   for (int64_t h = 0; h < config.local_steps; ++h) {
     TORCH_CHECK(batches[static_cast<size_t>(h)].size(true) > 0 &&
                     batches[static_cast<size_t>(h)].tensors.begin()->second.size(0) == P,
@@ -57,16 +57,19 @@ std::vector<RoundResult> local_rounds(const Task& task, const std::vector<const 
     std::vector<torch::Tensor> grads;
     auto loss = parallel_population_loss_and_grads(task, like, cur, batches[static_cast<size_t>(h)], &grads);
     loss_sum += loss.to(torch::kFloat64);
+    if (h == 0) first_loss = loss.to(torch::kFloat64);
     for (size_t k = 0; k < cur.size(); ++k) {
       if (config.mode == "data_parallel") grad_sum[k].add_(grads[k]);
       else cur[k].sub_(grads[k], config.local_lr);
     }
   }
   auto mean_loss = (loss_sum / static_cast<double>(config.local_steps)).view({R, W}).mean(1);
+  auto global_loss = config.mode == "data_parallel" ? mean_loss : first_loss.view({R, W}).mean(1);
   std::vector<RoundResult> out(static_cast<size_t>(R));
   for (int64_t r = 0; r < R; ++r) {
     auto& o = out[static_cast<size_t>(r)];
     o.loss = mean_loss[r].item<double>();
+    o.global_loss = global_loss[r].item<double>();
     for (size_t k = 0; k < cur.size(); ++k) {
       auto d = config.mode == "data_parallel" ? grad_sum[k].narrow(0, r * W, W) / static_cast<double>(config.local_steps)
                                               : start[k].narrow(0, r * W, W) - cur[k].narrow(0, r * W, W);

@@ -39,7 +39,10 @@ struct LocalSgdConfig {
 struct RoundResult {
   std::vector<torch::Tensor> mean_delta;     ///< per parameter tensor, its shape
   std::vector<torch::Tensor> worker_deltas;  ///< per parameter tensor, [workers, *shape]
-  double loss = 0;                           ///< mean training loss over workers and local steps
+  double loss = 0;                           ///< mean training loss over workers and local steps (the meta-loss)
+  /// Training loss of the global parameters: the workers' mean loss before their first local step
+  /// (data_parallel: over all H batches, all at the global parameters). What `train` records.
+  double global_loss = 0;
 };
 
 /// Rounds of `globals.size()` independent runs, each with `workers` workers, as one population.

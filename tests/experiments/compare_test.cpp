@@ -169,3 +169,34 @@ TEST(Compare, AnAllDivergedBaselineIsReportedAsDiverged) {
   // A diverged run's file has no final test figures.
   EXPECT_TRUE(std::isnan(lopt::h5_read_double_attr(dir.path("runs/SGD_tune0_seed1.h5"), "final_test_accuracy")));
 }
+
+// Local SGD baselines tune the workers' learning rate (lr_key) and extra keys such as SlowMo's
+// momentum (grid); the chosen point is what the report runs use.
+TEST(Compare, TunesAnyKeyWithLrKeyAndGrid) {
+  lopt_test::TempDir dir;
+  auto s = spec(dir.path());
+  s["base"]["local_sgd"] = {{"workers", 2}, {"local_steps", 2}};
+  s["base"]["steps"] = 15;
+  s["contenders"] = json::array(
+      {{{"name", "LocalSGD"}, {"optimizer", {{"type", "sgd"}, {"lr", 1.0}}}, {"lr_key", "local_sgd.local_lr"},
+        {"lr_grid", {1e-5, 1e-1}}, {"schedules", {{{"type", "constant"}}}}},
+       {{"name", "SlowMo"}, {"optimizer", {{"type", "sgd"}}}, {"lr_grid", {1e-5, 1.0}}, {"schedules", {{{"type", "constant"}}}},
+        {"grid", {{"optimizer.momentum", {0.0, 0.5}}}}, {"set", {{"local_sgd.local_lr", 0.1}}}}});
+  auto rows = lopt::run_compare(s, lopt::ProgressMode::quiet);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0]["lr_key"], "local_sgd.local_lr");
+  auto cfg = json::parse(lopt::h5_read_string_attr(dir.path("runs/LocalSGD_seed5.h5"), "config"));
+  EXPECT_EQ(cfg["local_sgd"]["local_lr"].get<double>(), rows[0]["best_lr"].get<double>());
+  EXPECT_EQ(cfg["optimizer"]["lr"].get<double>(), 1.0);
+  // SlowMo: 2 LRs x 2 momenta (each extended at most by the LR grid), the chosen momentum reported.
+  auto points = lopt::h5_read_doubles(dir.path("compare.h5"), "c1/tune_score");
+  EXPECT_GE(points.size(), 4u);
+  ASSERT_TRUE(rows[1].contains("grid_choice"));
+  auto slowmo = json::parse(lopt::h5_read_string_attr(dir.path("runs/SlowMo_seed6.h5"), "config"));
+  EXPECT_EQ(slowmo["optimizer"]["momentum"], rows[1]["grid_choice"]["optimizer.momentum"]);
+  EXPECT_EQ(slowmo["optimizer"]["lr"].get<double>(), rows[1]["best_lr"].get<double>());
+  // A grid key that lr_grid already sets is refused.
+  auto bad = s;
+  bad["contenders"][1]["grid"] = {{"optimizer.lr", {1.0}}};
+  lopt_test::expect_config_error([](const json& j) { lopt::expand_compare(j); }, bad, "/contenders/1/grid/optimizer.lr");
+}

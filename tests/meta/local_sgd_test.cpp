@@ -51,7 +51,7 @@ TEST_P(LocalRound, EqualsPerWorkerLoop) {
   auto out = lopt::local_rounds(task, {&globals[0], &globals[1]}, 3, stacked, lc);
   ASSERT_EQ(out.size(), 2u);
   for (int r = 0; r < 2; ++r) {
-    double loss_sum = 0;
+    double loss_sum = 0, first_sum = 0;
     std::vector<torch::Tensor> mean(globals[r].size());
     for (int w = 0; w < 3; ++w) {
       auto p = globals[r].clone();
@@ -60,6 +60,7 @@ TEST_P(LocalRound, EqualsPerWorkerLoop) {
         auto q = p.detached_requiring_grad();
         auto loss = task.loss(q, b[h][r * 3 + w]);
         loss_sum += loss.item<double>();
+        if (h == 0 || lc.mode == "data_parallel") first_sum += loss.item<double>() / (h == 0 && lc.mode == "local_sgd" ? 1.0 : 3.0);
         auto g = torch::autograd::grad({loss}, q.tensors);
         for (size_t k = 0; k < p.size(); ++k) {
           if (lc.mode == "local_sgd") p.tensors[k] = p.tensors[k] - lc.local_lr * g[k];
@@ -74,6 +75,7 @@ TEST_P(LocalRound, EqualsPerWorkerLoop) {
       }
     }
     EXPECT_NEAR(out[r].loss, loss_sum / 9.0, 1e-6);
+    EXPECT_NEAR(out[r].global_loss, first_sum / 3.0, 1e-6);
     for (size_t k = 0; k < mean.size(); ++k) EXPECT_LT(lopt_test::max_rel_error(out[r].mean_delta[k], mean[k], 1e-2), 1e-4);
   }
 }
