@@ -299,8 +299,11 @@ int cmd_compare(int argc, char** argv) {
     if (r["tuned"].get<bool>() && r["tuning_failed"].get<bool>()) {
       chosen = "none: every candidate diverged on the tuning seeds";
     } else if (r["tuned"].get<bool>()) {
-      chosen = "lr " + num(r["best_lr"], "%g") + ", " + r["schedule"].get<std::string>();
+      chosen = (r.contains("lr_key") ? r["lr_key"].get<std::string>() : std::string("lr")) + " " + num(r["best_lr"], "%g") + ", " +
+               r["schedule"].get<std::string>();
       if (r.contains("weight_decay")) chosen += ", wd " + num(r["weight_decay"], "%g");
+      if (r.contains("grid_choice"))
+        for (auto it = r["grid_choice"].begin(); it != r["grid_choice"].end(); ++it) chosen += ", " + it.key() + " " + num(it.value(), "%g");
       if (r["grid_extensions"].get<int>() > 0) chosen += " (grid extended " + r["grid_extensions"].dump() + "×)";
       if (r["best_at_grid_edge"].get<bool>()) chosen += " (still at the grid edge)";
     }
