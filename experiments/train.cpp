@@ -162,7 +162,7 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
                      std::to_string(group ? group->world_size() : 1) + ": run one process per worker");
     const int64_t first = group ? group->rank() : 0, count = group ? 1 : local.workers;
     worker_batches = std::make_unique<WorkerStreams>(task->data(), task->batch_size(), derive_seed(seed, "data"), first,
-                                                     count, local.workers);
+                                                     count, local);
     train_step = [&, count] {
       auto round = local_rounds(*task, {&state.params}, count, worker_batches->next_round(local.local_steps), local);
       auto& r = round.front();

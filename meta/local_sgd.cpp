@@ -16,7 +16,11 @@ LocalSgdConfig LocalSgdConfig::from_json(const nlohmann::json& j, const std::str
   c.local_steps = r.get<int64_t>("local_steps", c.local_steps);
   c.local_lr = r.get<double>("local_lr", c.local_lr);
   c.mode = r.get<std::string>("mode", c.mode);
+  c.dirichlet_alpha = r.get<double>("dirichlet_alpha", c.dirichlet_alpha);
+  c.partition_seed = r.get<uint64_t>("partition_seed", c.partition_seed);
   r.finish();
+  config_check(std::isfinite(c.dirichlet_alpha) && c.dirichlet_alpha >= 0, r.path_of("dirichlet_alpha"),
+               "must be >= 0 (0 = IID shards; e.g. 0.1 = strongly label-skewed, 100 = nearly IID)");
   config_check(c.workers >= 1, r.path_of("workers"), "must be >= 1");
   config_check(c.local_steps >= 1, r.path_of("local_steps"), "must be >= 1 (H, local steps per communication round)");
   config_check(std::isfinite(c.local_lr) && c.local_lr > 0, r.path_of("local_lr"), "must be > 0");
@@ -26,7 +30,12 @@ LocalSgdConfig LocalSgdConfig::from_json(const nlohmann::json& j, const std::str
 }
 
 nlohmann::json LocalSgdConfig::to_json() const {
-  return {{"workers", workers}, {"local_steps", local_steps}, {"local_lr", local_lr}, {"mode", mode}};
+  nlohmann::json j = {{"workers", workers}, {"local_steps", local_steps}, {"local_lr", local_lr}, {"mode", mode}};
+  if (dirichlet_alpha > 0) {  // only when set, so IID configs (and the run files keyed by them) stay as they were
+    j["dirichlet_alpha"] = dirichlet_alpha;
+    j["partition_seed"] = partition_seed;
+  }
+  return j;
 }
 
 std::vector<RoundResult> local_rounds(const Task& task, const std::vector<const ParamSet*>& globals, int64_t workers,
@@ -81,10 +90,11 @@ std::vector<RoundResult> local_rounds(const Task& task, const std::vector<const 
 }
 
 WorkerStreams::WorkerStreams(std::shared_ptr<const DataSource> source, int64_t batch_size, uint64_t seed,
-                             int64_t first_worker, int64_t workers, int64_t shard_count) {
+                             int64_t first_worker, int64_t workers, const LocalSgdConfig& config) {
+  config_check(config.dirichlet_alpha == 0 || source->has_labels(), "/local_sgd/dirichlet_alpha",
+               "label-skewed shards need a labelled (image) dataset; use 0 (IID) for this task");
   for (int64_t w = first_worker; w < first_worker + workers; ++w)
-    streams_.emplace_back(source, Split::train, batch_size, derive_seed(seed, "worker" + std::to_string(w)),
-                          Shard{w, shard_count});
+    streams_.emplace_back(source, Split::train, batch_size, derive_seed(seed, "worker" + std::to_string(w)), config.shard(w));
 }
 
 std::vector<Batch> WorkerStreams::next_round(int64_t local_steps) {

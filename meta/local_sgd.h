@@ -30,6 +30,13 @@ struct LocalSgdConfig {
   int64_t local_steps = 4;  ///< H
   double local_lr = 0.1;    ///< gamma (plain SGD on each worker)
   std::string mode = "local_sgd";  ///< "local_sgd" or "data_parallel"
+  /// 0: IID shards; > 0: label-skewed (non-IID) shards, each class split over the workers in
+  /// Dirichlet(alpha) proportions fixed by partition_seed (labelled data only).
+  double dirichlet_alpha = 0;
+  uint64_t partition_seed = 0;
+
+  /// Worker w's shard of the training split.
+  Shard shard(int64_t w) const { return Shard{w, workers, dirichlet_alpha, partition_seed}; }
 
   static LocalSgdConfig from_json(const nlohmann::json& j, const std::string& path = "/local_sgd");
   nlohmann::json to_json() const;
@@ -51,14 +58,14 @@ struct RoundResult {
 std::vector<RoundResult> local_rounds(const Task& task, const std::vector<const ParamSet*>& globals, int64_t workers,
                                       const std::vector<Batch>& batches, const LocalSgdConfig& config);
 
-/// The training batches of `workers` workers: worker w reads shard (w, shard_count) of the training
-/// split through its own stream seeded from (seed, w). `first_worker` and `shard_count` let one
-/// process of a multi-process run hold only its own workers: worker w of a single-process run and
-/// rank w of a multi-process run read the same batches.
+/// The training batches of workers [first_worker, first_worker + workers): worker w reads
+/// config.shard(w) of the training split through its own stream seeded from (seed, w), so one
+/// process of a multi-process run can hold only its own worker: worker w of a single-process run
+/// and rank w of a multi-process run read the same batches.
 class WorkerStreams {
  public:
   WorkerStreams(std::shared_ptr<const DataSource> source, int64_t batch_size, uint64_t seed, int64_t first_worker,
-                int64_t workers, int64_t shard_count);
+                int64_t workers, const LocalSgdConfig& config);
   /// Local step h's batches for every local step of one round: [H] batches stacked over workers.
   std::vector<Batch> next_round(int64_t local_steps);
   nlohmann::json state();

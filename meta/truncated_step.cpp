@@ -127,6 +127,8 @@ UnrollOut LoptTruncatedStep::step_local_sgd(const std::vector<torch::Tensor>& th
   std::vector<PopulationMember> population;
   for (const auto& [key, members] : groups) {
     const Task& t = task(states[members.front()]->task);
+    config_check(lc.dirichlet_alpha == 0 || t.data()->has_labels(), "/local_sgd/dirichlet_alpha",
+                 "label-skewed shards need a labelled (image) dataset");
     // Each task slot's workers draw their batches from the slot's stream (antithetic copies share
     // them); worker w reads shard w of the training split.
     std::map<int64_t, std::vector<std::vector<Batch>>> slot_batches;  // slot -> [H][W]
@@ -139,7 +141,7 @@ UnrollOut LoptTruncatedStep::step_local_sgd(const std::vector<torch::Tensor>& th
         std::vector<std::vector<Batch>> b(static_cast<size_t>(lc.local_steps));
         for (int64_t w = 0; w < lc.workers; ++w)
           for (int64_t h = 0; h < lc.local_steps; ++h)
-            b[static_cast<size_t>(h)].push_back(t.sample_batch(Split::train, gen, Shard{w, lc.workers}));
+            b[static_cast<size_t>(h)].push_back(t.sample_batch(Split::train, gen, lc.shard(w)));
         it = slot_batches.emplace(tasks[m], std::move(b)).first;
       }
       for (int64_t h = 0; h < lc.local_steps; ++h)

@@ -24,10 +24,16 @@ std::string to_string(Split s);
 /// "train", "validation" or "test"; ConfigError at `path` otherwise.
 Split split_from_string(const std::string& s, const std::string& path = "/split");
 
-/// Which part of a split a worker reads: rank r of world_size reads a disjoint 1/world_size.
+/// Which part of a split a worker reads: rank r of world_size reads a disjoint 1/world_size
+/// (IID: every world_size-th example). With dirichlet_alpha > 0 (labelled sources only) the parts
+/// are label-skewed instead: each class's examples are split over the ranks in proportions drawn
+/// from Dirichlet(alpha) (Hsu et al. 2019; small alpha = few classes per rank), fixed by
+/// partition_seed.
 struct Shard {
   int64_t rank = 0;
   int64_t world_size = 1;
+  double dirichlet_alpha = 0;
+  uint64_t partition_seed = 0;
 };
 
 /// Named tensors of one batch; every tensor's first dimension is the example index (or, stacked
@@ -60,6 +66,8 @@ class DataSource {
   virtual Batch examples(Split split, int64_t begin, int64_t end) const = 0;
   /// The split a final figure is reported on: test when there is one, else validation.
   Split report_split() const;
+  /// Whether shards may be label-skewed (Shard::dirichlet_alpha > 0): sources with class labels.
+  virtual bool has_labels() const { return false; }
   virtual nlohmann::json hyperparams() const = 0;
 
  protected:

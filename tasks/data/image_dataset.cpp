@@ -3,10 +3,13 @@
 #include <torch/torch.h>
 #include <zlib.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <random>
 #include <vector>
 
 #include "common/errors.h"
@@ -169,10 +172,56 @@ std::shared_ptr<const ImageDataset> make_synthetic_dataset(int64_t n_train, int6
   return ds;
 }
 
+const std::vector<torch::Tensor>& ImageSource::dirichlet_partition(Split split, const Shard& shard) const {
+  char key[160];
+  std::snprintf(key, sizeof key, "%s/%lld/%.17g/%llu", to_string(split).c_str(), static_cast<long long>(shard.world_size),
+                shard.dirichlet_alpha, static_cast<unsigned long long>(shard.partition_seed));
+  std::lock_guard<std::mutex> lock(partitions_mutex_);
+  auto it = partitions_.find(key);
+  if (it != partitions_.end()) return it->second;
+  const auto y = data_->y(split).contiguous();
+  const int64_t K = shard.world_size;
+  std::mt19937_64 rng(shard.partition_seed ^ 0x5d1c4a7e9b3f2c61ULL);
+  std::gamma_distribution<double> gamma(shard.dirichlet_alpha, 1.0);
+  std::vector<std::vector<int64_t>> parts(static_cast<size_t>(K));
+  for (int64_t c = 0; c < data_->num_classes; ++c) {
+    std::vector<int64_t> members;
+    for (int64_t i = 0; i < y.numel(); ++i)
+      if (y.data_ptr<int64_t>()[i] == c) members.push_back(i);
+    std::shuffle(members.begin(), members.end(), rng);
+    std::vector<double> q(static_cast<size_t>(K));
+    double total = 0;
+    for (auto& v : q) total += (v = gamma(rng));
+    // Contiguous chunks of the shuffled class in proportions q / sum(q).
+    double cum = 0;
+    size_t begin = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      cum += q[static_cast<size_t>(k)] / std::max(total, 1e-300);
+      const size_t end = k + 1 == K ? members.size() : std::min(members.size(), static_cast<size_t>(std::llround(cum * static_cast<double>(members.size()))));
+      for (size_t i = begin; i < end; ++i) parts[static_cast<size_t>(k)].push_back(members[i]);
+      begin = std::max(begin, end);
+    }
+  }
+  std::vector<torch::Tensor> out;
+  for (auto& p : parts) {
+    std::sort(p.begin(), p.end());
+    out.push_back(torch::tensor(p, torch::kInt64));
+  }
+  return partitions_.emplace(key, std::move(out)).first->second;
+}
+
 Batch ImageSource::sample(Split split, int64_t batch_size, at::Generator& gen, Shard shard) const {
   check_split(split);
   const auto& xs = data_->x(split);
-  auto idx = sample_shard_indices(xs.size(0), batch_size, gen, shard);
+  torch::Tensor idx;
+  if (shard.dirichlet_alpha > 0 && shard.world_size > 1) {
+    const auto& mine = dirichlet_partition(split, shard).at(static_cast<size_t>(shard.rank));
+    TORCH_CHECK(mine.numel() > 0, "the Dirichlet(", shard.dirichlet_alpha, ") split gave worker ", shard.rank, " of ",
+                shard.world_size, " no examples: use a larger local_sgd.dirichlet_alpha or another partition_seed");
+    idx = mine.index_select(0, torch::randint(mine.numel(), {batch_size}, gen, torch::kInt64));
+  } else {
+    idx = sample_shard_indices(xs.size(0), batch_size, gen, shard);
+  }
   return {{{"x", xs.index_select(0, idx)}, {"y", data_->y(split).index_select(0, idx)}}};
 }
 

@@ -5,7 +5,9 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "tasks/data/data_source.h"
@@ -34,10 +36,15 @@ class ImageSource : public DataSource {
   int64_t num_examples(Split split) const override;
   Batch examples(Split split, int64_t begin, int64_t end) const override;
   nlohmann::json hyperparams() const override;
+  bool has_labels() const override { return true; }
   const ImageDataset& dataset() const { return *data_; }
+  /// The example indices of every rank of a label-skewed shard layout (built once per layout).
+  const std::vector<torch::Tensor>& dirichlet_partition(Split split, const Shard& shard) const;
 
  private:
   std::shared_ptr<const ImageDataset> data_;
+  mutable std::mutex partitions_mutex_;
+  mutable std::map<std::string, std::vector<torch::Tensor>> partitions_;
 };
 
 /// The source for a dataset name ("fashion_mnist" from `data_dir` (empty: the default folder),

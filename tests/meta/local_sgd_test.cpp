@@ -13,6 +13,7 @@
 #include "meta/meta_trainer.h"
 #include "optimizers/global_update.h"
 #include "optimizers/small_fc_lopt.h"
+#include "tasks/data/image_dataset.h"
 #include "tasks/mlp.h"
 #include "support.h"
 
@@ -168,8 +169,10 @@ TEST(GlobalUpdate, LoptAIsTheLearnedOptimizerOnTheMeanDelta) {
 // Rank w of a multi-process run (one stream, first_worker = w) draws what worker w draws in one process.
 TEST(WorkerStreams, RankStreamEqualsSingleProcessWorker) {
   lopt::MlpTask task(tiny_mlp());
-  lopt::WorkerStreams all(task.data(), 6, 9, 0, 4, 4);
-  lopt::WorkerStreams rank2(task.data(), 6, 9, 2, 1, 4);
+  lopt::LocalSgdConfig lc;
+  lc.workers = 4;
+  lopt::WorkerStreams all(task.data(), 6, 9, 0, 4, lc);
+  lopt::WorkerStreams rank2(task.data(), 6, 9, 2, 1, lc);
   for (int round = 0; round < 2; ++round) {
     auto a = all.next_round(3), b = rank2.next_round(3);
     for (int h = 0; h < 3; ++h)
@@ -178,7 +181,7 @@ TEST(WorkerStreams, RankStreamEqualsSingleProcessWorker) {
   // Resume: a restored stream continues with the same batches.
   auto st = rank2.state();
   auto next = rank2.next_round(2);
-  lopt::WorkerStreams again(task.data(), 6, 9, 2, 1, 4);
+  lopt::WorkerStreams again(task.data(), 6, 9, 2, 1, lc);
   again.restore(st);
   EXPECT_TRUE(torch::equal(again.next_round(2)[1].at("x"), next[1].at("x")));
 }
@@ -251,6 +254,52 @@ TEST(LocalSgdMetaTrain, PesMetaTrainsLoptAAndLaggAAndResumesExactly) {
   auto no_local = local_meta_config("x", 3);
   no_local.erase("local_sgd");
   lopt_test::expect_config_error(resolve, no_local, "/lopt/worker_inputs");
+}
+
+}  // namespace
+
+namespace {
+
+// Label-skewed shards: disjoint, covering the split, skewed for small alpha and near-uniform for
+// large alpha; local-SGD runs read them and text tasks refuse them.
+TEST(DirichletShards, SkewGrowsAsAlphaShrinks) {
+  lopt::MlpConfig c = tiny_mlp();
+  lopt::MlpTask task(c);
+  const auto& source = dynamic_cast<const lopt::ImageSource&>(*task.data());
+  auto skew = [&](double alpha) {
+    const auto& parts = source.dirichlet_partition(lopt::Split::train, lopt::Shard{0, 5, alpha, 3});
+    EXPECT_EQ(parts.size(), 5u);
+    auto all = torch::cat(parts);
+    EXPECT_EQ(all.numel(), source.num_examples(lopt::Split::train));
+    EXPECT_EQ(std::get<0>(torch::_unique(all)).numel(), all.numel());  // disjoint
+    double top = 0;  // mean over workers of the largest class fraction
+    const auto& y = source.dataset().train_y;
+    for (const auto& p : parts) {
+      if (p.numel() == 0) { top += 1.0 / 5; continue; }
+      auto counts = torch::bincount(y.index_select(0, p), {}, source.dataset().num_classes).to(torch::kFloat64);
+      top += (counts.max() / counts.sum()).item<double>() / 5;
+    }
+    return top;
+  };
+  const double skewed = skew(0.05), uniform = skew(1000.0);
+  // IID-like parts have about the overall class frequencies; Dirichlet(0.05) parts are dominated by few classes.
+  EXPECT_GT(skewed, uniform + 0.2) << "skewed " << skewed << " uniform " << uniform;
+  // A worker's batches come from its part only.
+  auto gen = lopt::make_generator(1);
+  const lopt::Shard s{2, 5, 0.05, 3};
+  const auto& mine = source.dirichlet_partition(lopt::Split::train, s)[2];
+  if (mine.numel() > 0) {
+    auto b = source.sample(lopt::Split::train, 50, gen, s);
+    auto allowed = source.dataset().train_x.index_select(0, mine);
+    for (int i = 0; i < 5; ++i)
+      EXPECT_TRUE((allowed - b.at("x")[i]).abs().sum(1).min().item<double>() == 0.0);
+  }
+  auto cfg = local_train_config("", {{"type", "sgd"}, {"lr", 1.0}});
+  cfg["local_sgd"]["dirichlet_alpha"] = 0.3;
+  auto res = lopt::run_train(cfg, lopt::ProgressMode::quiet);
+  EXPECT_EQ(res.train_loss.size(), 30u);
+  cfg["local_sgd"]["dirichlet_alpha"] = -1;
+  lopt_test::expect_config_error([](const nlohmann::json& j) { lopt::resolve_train_config(j); }, cfg, "/local_sgd/dirichlet_alpha");
 }
 
 }  // namespace
