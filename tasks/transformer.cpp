@@ -24,7 +24,9 @@ TransformerConfig TransformerConfig::from_json(const nlohmann::json& j, const st
   c.data_dir = r.get<std::string>("data_dir", c.data_dir);
   c.max_corpus_bytes = r.get<int64_t>("max_corpus_bytes", c.max_corpus_bytes);
   if (auto p = r.object("parametrization"); !p.empty()) c.parametrization = p;
+  auto moe = r.object("moe");
   r.finish();
+  c.moe = MoeConfig::from_json(moe, r.path_of("moe"));
   config_check(c.width >= 2 && c.width <= 16384, r.path_of("width"), "must be in 2..16384, got " + std::to_string(c.width));
   config_check(c.depth >= 1 && c.depth <= 256, r.path_of("depth"), "must be in 1..256 (number of blocks), got " + std::to_string(c.depth));
   config_check(c.heads >= 1 && c.width % c.heads == 0 && (c.width / c.heads) % 2 == 0, r.path_of("heads"),
@@ -48,10 +50,12 @@ TransformerConfig TransformerConfig::from_json(const nlohmann::json& j, const st
 }
 
 nlohmann::json TransformerConfig::to_json() const {
-  return {{"type", "transformer_lm"}, {"width", width},       {"depth", depth},       {"heads", heads},
-          {"context", context},       {"batch_size", batch_size}, {"mlp_ratio", mlp_ratio}, {"rope_base", rope_base},
-          {"corpus", corpus},         {"data_dir", data_dir}, {"max_corpus_bytes", max_corpus_bytes},
-          {"parametrization", parametrization}};
+  nlohmann::json j = {{"type", "transformer_lm"}, {"width", width},       {"depth", depth},       {"heads", heads},
+                      {"context", context},       {"batch_size", batch_size}, {"mlp_ratio", mlp_ratio}, {"rope_base", rope_base},
+                      {"corpus", corpus},         {"data_dir", data_dir}, {"max_corpus_bytes", max_corpus_bytes},
+                      {"parametrization", parametrization}};
+  if (moe.enabled()) j["moe"] = moe.to_json();  // dense configs (and the run files keyed by them) unchanged
+  return j;
 }
 
 TextSourceConfig TransformerConfig::text_source() const {
@@ -98,10 +102,29 @@ std::vector<ParamInfo> TransformerLmTask::param_info() const {
     p.push_back({b + "attn.out.weight", ParamRole::hidden_weight, d, d, wm});
     p.push_back({b + "ln_2.weight", ParamRole::norm_gain, 1, d, wm});
     p.push_back({b + "ln_2.bias", ParamRole::bias, 1, d, wm});
-    p.push_back({b + "mlp.fc_1.weight", ParamRole::hidden_weight, d, f, wm});
-    p.push_back({b + "mlp.fc_1.bias", ParamRole::bias, 1, f, wm});
-    p.push_back({b + "mlp.fc_2.weight", ParamRole::hidden_weight, f, d, wm});
-    p.push_back({b + "mlp.fc_2.bias", ParamRole::bias, 1, d, wm});
+    if (!config_.moe.enabled()) {
+      p.push_back({b + "mlp.fc_1.weight", ParamRole::hidden_weight, d, f, wm});
+      p.push_back({b + "mlp.fc_1.bias", ParamRole::bias, 1, f, wm});
+      p.push_back({b + "mlp.fc_2.weight", ParamRole::hidden_weight, f, d, wm});
+      p.push_back({b + "mlp.fc_2.bias", ParamRole::bias, 1, d, wm});
+      continue;
+    }
+    // The router maps the residual stream to E logits: a hidden-type weight (init N(0, 1/d), muP LR
+    // x 1/width_mult), so that routing is not degenerate at initialisation (a zero readout-style
+    // router would send every token to expert 0).
+    const int64_t E = config_.moe.experts, h = config_.moe.hidden(d, config_.mlp_ratio);
+    p.push_back({b + "moe.router.weight", ParamRole::hidden_weight, d, E, wm});
+    p.push_back({b + "moe.experts.fc_1.weight", ParamRole::hidden_weight, d, h, wm});
+    p.push_back({b + "moe.experts.fc_1.bias", ParamRole::bias, 1, h, wm});
+    p.push_back({b + "moe.experts.fc_2.weight", ParamRole::hidden_weight, h, d, wm});
+    p.push_back({b + "moe.experts.fc_2.bias", ParamRole::bias, 1, d, wm});
+    if (config_.moe.shared_experts > 0) {
+      const int64_t hs = h * config_.moe.shared_experts;  // s shared experts = one MLP of s*h units
+      p.push_back({b + "moe.shared.fc_1.weight", ParamRole::hidden_weight, d, hs, wm});
+      p.push_back({b + "moe.shared.fc_1.bias", ParamRole::bias, 1, hs, wm});
+      p.push_back({b + "moe.shared.fc_2.weight", ParamRole::hidden_weight, hs, d, wm});
+      p.push_back({b + "moe.shared.fc_2.bias", ParamRole::bias, 1, d, wm});
+    }
   }
   p.push_back({"ln_f.weight", ParamRole::norm_gain, 1, d, wm});
   p.push_back({"ln_f.bias", ParamRole::bias, 1, d, wm});
@@ -110,13 +133,30 @@ std::vector<ParamInfo> TransformerLmTask::param_info() const {
   return p;
 }
 
-ParamSet TransformerLmTask::init(at::Generator& gen) const {
-  ParamSet p;
-  p.info = param_info();
-  for (const auto& info : p.info) {
+std::vector<std::vector<int64_t>> TransformerLmTask::param_shapes() const {
+  std::vector<std::vector<int64_t>> shapes;
+  for (const auto& info : param_info()) {
     const bool vec = info.role == ParamRole::bias || info.role == ParamRole::norm_gain;
     std::vector<int64_t> shape = vec ? std::vector<int64_t>{info.fan_out} : std::vector<int64_t>{info.fan_out, info.fan_in};
     if (info.role == ParamRole::embedding) shape = {info.fan_in, info.fan_out};  // [vocab, d] lookup table
+    if (info.name.find(".moe.experts.") != std::string::npos) shape.insert(shape.begin(), config_.moe.experts);
+    shapes.push_back(shape);
+  }
+  return shapes;
+}
+
+int64_t TransformerLmTask::block_tensors() const {
+  if (!config_.moe.enabled()) return 10;
+  return 11 + (config_.moe.shared_experts > 0 ? 4 : 0);
+}
+
+ParamSet TransformerLmTask::init(at::Generator& gen) const {
+  ParamSet p;
+  p.info = param_info();
+  const auto shapes = param_shapes();
+  for (size_t k = 0; k < p.info.size(); ++k) {
+    const auto& info = p.info[k];
+    const auto& shape = shapes[k];
     if (info.role == ParamRole::norm_gain) {
       p.tensors.push_back(torch::ones(shape));
       continue;
@@ -152,8 +192,8 @@ torch::Tensor TransformerLmTask::attention(const torch::Tensor& qkv, int64_t T, 
 }
 
 torch::Tensor TransformerLmTask::forward(const ParamSet& params, const torch::Tensor& tokens,
-                                         std::vector<torch::Tensor>* activations) const {
-  const size_t expected = static_cast<size_t>(10 * config_.depth + 5);
+                                         std::vector<torch::Tensor>* activations, std::vector<Routing>* routings) const {
+  const size_t expected = static_cast<size_t>(block_tensors() * config_.depth + 5);
   TORCH_CHECK(params.size() == expected, "TransformerLmTask::forward: expected ", expected, " tensors, got ", params.size());
   TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) <= config_.context, "TransformerLmTask::forward: tokens must be [B, T<=",
               config_.context, "], got ", tokens.sizes());
@@ -164,12 +204,26 @@ torch::Tensor TransformerLmTask::forward(const ParamSet& params, const torch::Te
   if (activations) activations->push_back(h);
   for (int64_t l = 0; l < config_.depth; ++l) {
     const auto &g1 = P[i], &b1 = P[i + 1], &wqkv = P[i + 2], &wo = P[i + 3], &g2 = P[i + 4], &b2 = P[i + 5];
-    const auto &w1 = P[i + 6], &c1 = P[i + 7], &w2 = P[i + 8], &c2 = P[i + 9];
-    i += 10;
     auto a = torch::layer_norm(h, {d}, g1, b1);
     h = h + torch::linear(attention(torch::linear(a, wqkv), T, activations), wo);
     auto m = torch::layer_norm(h, {d}, g2, b2);
-    h = h + torch::linear(torch::gelu(torch::linear(m, w1, c1)), w2, c2);
+    if (!config_.moe.enabled()) {
+      const auto &w1 = P[i + 6], &c1 = P[i + 7], &w2 = P[i + 8], &c2 = P[i + 9];
+      h = h + torch::linear(torch::gelu(torch::linear(m, w1, c1)), w2, c2);
+    } else {
+      const int64_t B = m.size(0);
+      auto x = m.reshape({B * T, d});
+      auto logits = torch::linear(x, P[i + 6]);
+      const bool training = torch::GradMode::is_enabled();
+      auto r = config_.moe.router == "sinkhorn" ? route_sinkhorn(logits, config_.moe.top_k, training)
+                                                : route_topk(logits, config_.moe.top_k);
+      auto y = experts_forward(x, r, P[i + 7], P[i + 8], P[i + 9], P[i + 10]);
+      if (config_.moe.shared_experts > 0)
+        y = y + torch::linear(torch::gelu(torch::linear(x, P[i + 11], P[i + 12])), P[i + 13], P[i + 14]);
+      h = h + y.view({B, T, d});
+      if (routings) routings->push_back(std::move(r));
+    }
+    i += static_cast<size_t>(block_tensors());
     if (activations) activations->push_back(h);
   }
   h = torch::layer_norm(h, {d}, P[i], P[i + 1]);
@@ -183,11 +237,29 @@ LossAndMetrics TransformerLmTask::loss_and_metrics(const ParamSet& params, const
   const auto& tokens = batch.at("tokens");
   TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) >= 2, "TransformerLmTask: tokens must be [B, T+1], got ", tokens.sizes());
   const int64_t T = tokens.size(1) - 1;
-  auto logits = forward(params, tokens.narrow(1, 0, T), activations);
+  std::vector<Routing> routings;
+  auto logits = forward(params, tokens.narrow(1, 0, T), activations, config_.moe.enabled() ? &routings : nullptr);
   LossAndMetrics out;
   out.loss = torch::cross_entropy_loss(logits.reshape({-1, kVocab}), tokens.narrow(1, 1, T).reshape({-1}));
   out.metrics["loss"] = out.loss.detach();
   out.metrics["bits_per_byte"] = out.loss.detach() / std::log(2.0);
+  if (!routings.empty()) {
+    auto aux = torch::zeros({}), z = torch::zeros({});
+    double mri = 0;
+    for (size_t l = 0; l < routings.size(); ++l) {
+      const auto& r = routings[l];
+      aux = aux + load_balancing_loss(r.logits, r.experts);
+      z = z + router_z_loss(r.logits);
+      const double m = expert_token_fractions(r.experts, config_.moe.experts).max().item<double>();
+      out.metrics["mri_" + std::to_string(l)] = torch::tensor(m, torch::kFloat64);
+      mri += m / static_cast<double>(routings.size());
+    }
+    out.metrics["aux_loss"] = aux.detach();
+    out.metrics["z_loss"] = z.detach();
+    out.metrics["mri"] = torch::tensor(mri, torch::kFloat64);
+    if (config_.moe.router == "aux" && torch::GradMode::is_enabled())
+      out.loss = out.loss + config_.moe.aux_coef * aux + config_.moe.z_coef * z;
+  }
   return out;
 }
 

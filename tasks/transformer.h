@@ -16,6 +16,7 @@
 
 #include "parametrization/parametrization.h"
 #include "tasks/data/text_source.h"
+#include "tasks/moe.h"
 #include "tasks/task.h"
 
 namespace lopt {
@@ -32,13 +33,18 @@ struct TransformerConfig {
   std::string data_dir;            ///< folder to read instead of the corpus's default
   int64_t max_corpus_bytes = 8 << 20;
   nlohmann::json parametrization = {{"type", "mup"}, {"base_width", 128}};
+  /// Mixture-of-experts feed-forward layers in every block when moe.experts > 0 (tasks/moe.h).
+  MoeConfig moe;
 
   static TransformerConfig from_json(const nlohmann::json& j, const std::string& path = "/task");
   nlohmann::json to_json() const;
   TextSourceConfig text_source() const;
 };
 
-/// Batches {"tokens": [B, context + 1]}; metrics loss (nats per byte) and bits_per_byte.
+/// Batches {"tokens": [B, context + 1]}; metrics loss (nats per byte) and bits_per_byte; with MoE
+/// layers also aux_loss and z_loss (the router terms, summed over layers, before their
+/// coefficients), mri (mean over layers of the maximum routing imbalance) and mri_<l> per layer.
+/// The training loss adds aux_coef * aux_loss + z_coef * z_loss for the "aux" router.
 class TransformerLmTask : public Task {
  public:
   explicit TransformerLmTask(TransformerConfig config);
@@ -56,9 +62,14 @@ class TransformerLmTask : public Task {
 
   /// Logits [B, T, 256] for tokens [B, T]. With `activations`: the embedding, each block's
   /// attention logits (pre-softmax, the explicit path) and output, and the logits.
+  /// With `routings`, appends each MoE layer's routing decision (tokens flattened [B*T]).
   torch::Tensor forward(const ParamSet& params, const torch::Tensor& tokens,
-                        std::vector<torch::Tensor>* activations = nullptr) const;
+                        std::vector<torch::Tensor>* activations = nullptr, std::vector<Routing>* routings = nullptr) const;
   std::vector<ParamInfo> param_info() const;
+  /// Shape of each tensor of param_info() (expert weights stack the experts in front).
+  std::vector<std::vector<int64_t>> param_shapes() const;
+  /// Tensors per block.
+  int64_t block_tensors() const;
   const TransformerConfig& config() const { return config_; }
   static constexpr int64_t kVocab = 256;
 
