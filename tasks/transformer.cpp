@@ -25,7 +25,21 @@ TransformerConfig TransformerConfig::from_json(const nlohmann::json& j, const st
   c.max_corpus_bytes = r.get<int64_t>("max_corpus_bytes", c.max_corpus_bytes);
   if (auto p = r.object("parametrization"); !p.empty()) c.parametrization = p;
   auto moe = r.object("moe");
+  c.replay_corpus = r.get<std::string>("replay_corpus", c.replay_corpus);
+  c.replay_data_dir = r.get<std::string>("replay_data_dir", c.replay_data_dir);
+  c.replay_fraction = r.get<double>("replay_fraction", c.replay_fraction);
   r.finish();
+  config_check(std::isfinite(c.replay_fraction) && c.replay_fraction >= 0 && c.replay_fraction < 1, r.path_of("replay_fraction"),
+               "must be in [0, 1) (the share of every batch from replay_corpus)");
+  config_check(c.replay_fraction == 0 || !c.replay_corpus.empty(), r.path_of("replay_corpus"),
+               "names the corpus replayed (english, german, code) when replay_fraction > 0");
+  if (!c.replay_corpus.empty()) {
+    try {
+      TextSourceConfig::from_json(c.replay_source().to_json(), path);
+    } catch (const ConfigError& e) {
+      throw ConfigError(r.path_of("replay_corpus"), e.message());
+    }
+  }
   c.moe = MoeConfig::from_json(moe, r.path_of("moe"));
   config_check(c.width >= 2 && c.width <= 16384, r.path_of("width"), "must be in 2..16384, got " + std::to_string(c.width));
   config_check(c.depth >= 1 && c.depth <= 256, r.path_of("depth"), "must be in 1..256 (number of blocks), got " + std::to_string(c.depth));
@@ -55,7 +69,19 @@ nlohmann::json TransformerConfig::to_json() const {
                       {"corpus", corpus},         {"data_dir", data_dir}, {"max_corpus_bytes", max_corpus_bytes},
                       {"parametrization", parametrization}};
   if (moe.enabled()) j["moe"] = moe.to_json();  // dense configs (and the run files keyed by them) unchanged
+  if (replay_fraction > 0) {
+    j["replay_corpus"] = replay_corpus;
+    j["replay_data_dir"] = replay_data_dir;
+    j["replay_fraction"] = replay_fraction;
+  }
   return j;
+}
+
+TextSourceConfig TransformerConfig::replay_source() const {
+  auto rc = text_source();
+  rc.corpus = replay_corpus;
+  rc.dir = replay_data_dir;
+  return rc;
 }
 
 TextSourceConfig TransformerConfig::text_source() const {
@@ -67,8 +93,18 @@ TextSourceConfig TransformerConfig::text_source() const {
   return t;
 }
 
-TransformerLmTask::TransformerLmTask(TransformerConfig config)
-    : TransformerLmTask(config, std::make_shared<const TextSource>(config.text_source())) {}
+namespace {
+/// The task's data: its corpus, or with replay a mixture of it and the replayed corpus.
+std::shared_ptr<const DataSource> make_lm_source(const TransformerConfig& c) {
+  auto main = std::make_shared<const TextSource>(c.text_source());
+  if (c.replay_fraction <= 0) return main;
+  return std::make_shared<const MixtureSource>(
+      std::vector<std::shared_ptr<const DataSource>>{main, std::make_shared<const TextSource>(c.replay_source())},
+      std::vector<double>{1.0 - c.replay_fraction, c.replay_fraction});
+}
+}  // namespace
+
+TransformerLmTask::TransformerLmTask(TransformerConfig config) : TransformerLmTask(config, make_lm_source(config)) {}
 
 TransformerLmTask::TransformerLmTask(TransformerConfig config, std::shared_ptr<const DataSource> data)
     : config_(std::move(config)), data_(std::move(data)) {

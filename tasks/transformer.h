@@ -35,6 +35,13 @@ struct TransformerConfig {
   nlohmann::json parametrization = {{"type", "mup"}, {"base_width", 128}};
   /// Mixture-of-experts feed-forward layers in every block when moe.experts > 0 (tasks/moe.h).
   MoeConfig moe;
+  /// Replay: replay_fraction of every training batch comes from replay_corpus (the old
+  /// distribution in continual pre-training; total tokens unchanged). Evaluation reads `corpus`.
+  std::string replay_corpus;
+  std::string replay_data_dir;  ///< folder to read instead of the replayed corpus's default
+  double replay_fraction = 0;
+  /// The replayed corpus's source config.
+  TextSourceConfig replay_source() const;
 
   static TransformerConfig from_json(const nlohmann::json& j, const std::string& path = "/task");
   nlohmann::json to_json() const;

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include "common/errors.h"
@@ -116,6 +118,55 @@ void BatchStream::restore(const nlohmann::json& state) {
   for (size_t i = 0; i < s.size(); ++i) s[i] = static_cast<char>(nib(h[2 * i]) * 16 + nib(h[2 * i + 1]));
   set_generator_state(gen_, s);
   position_ = state.at("position").get<int64_t>();
+}
+
+}  // namespace lopt
+
+namespace lopt {
+
+MixtureSource::MixtureSource(std::vector<std::shared_ptr<const DataSource>> sources, std::vector<double> fractions)
+    : sources_(std::move(sources)), fractions_(std::move(fractions)) {
+  TORCH_CHECK(!sources_.empty() && sources_.size() == fractions_.size(), "MixtureSource: one fraction per source");
+  double total = 0;
+  for (double f : fractions_) {
+    TORCH_CHECK(f >= 0 && std::isfinite(f), "MixtureSource: fractions must be >= 0");
+    total += f;
+  }
+  TORCH_CHECK(std::abs(total - 1.0) < 1e-9, "MixtureSource: fractions must sum to 1, got ", total);
+}
+
+std::vector<int64_t> MixtureSource::counts(int64_t batch_size) const {
+  std::vector<int64_t> n(fractions_.size());
+  std::vector<std::pair<double, size_t>> rem;
+  int64_t assigned = 0;
+  for (size_t i = 0; i < fractions_.size(); ++i) {
+    const double exact = fractions_[i] * static_cast<double>(batch_size);
+    n[i] = static_cast<int64_t>(std::floor(exact));
+    assigned += n[i];
+    rem.push_back({exact - static_cast<double>(n[i]), i});
+  }
+  std::stable_sort(rem.begin(), rem.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (size_t j = 0; assigned < batch_size; ++j, ++assigned) n[rem[j % rem.size()].second] += 1;
+  return n;
+}
+
+Batch MixtureSource::sample(Split split, int64_t batch_size, at::Generator& gen, Shard shard) const {
+  const auto n = counts(batch_size);
+  std::map<std::string, std::vector<torch::Tensor>> parts;
+  for (size_t i = 0; i < sources_.size(); ++i) {
+    if (n[i] == 0) continue;
+    auto b = sources_[i]->sample(split, n[i], gen, shard);
+    for (auto& [k, t] : b.tensors) parts[k].push_back(t);
+  }
+  Batch out;
+  for (auto& [k, v] : parts) out.tensors[k] = torch::cat(v);
+  return out;
+}
+
+nlohmann::json MixtureSource::hyperparams() const {
+  nlohmann::json s = nlohmann::json::array();
+  for (const auto& src : sources_) s.push_back(src->hyperparams());
+  return {{"type", "mixture"}, {"sources", s}, {"fractions", fractions_}};
 }
 
 }  // namespace lopt

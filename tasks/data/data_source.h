@@ -101,3 +101,29 @@ class BatchStream {
 torch::Tensor sample_shard_indices(int64_t n, int64_t batch_size, at::Generator& gen, Shard shard);
 
 }  // namespace lopt
+
+namespace lopt {
+
+/// Batches drawn from several sources in fixed shares: of a batch of B examples, source i gives
+/// round(fractions[i] * B) (largest remainders; the total is B), concatenated in source order and
+/// drawn from the caller's generator in that order, so a BatchStream over it resumes by position.
+/// Replay in continual pre-training: {new data, old data} with {1 - x, x}. Evaluation reads the first
+/// source (splits, num_examples, examples). Sources must give batches with the same keys and shapes.
+class MixtureSource : public DataSource {
+ public:
+  MixtureSource(std::vector<std::shared_ptr<const DataSource>> sources, std::vector<double> fractions);
+  std::vector<Split> splits() const override { return sources_.front()->splits(); }
+  Batch sample(Split split, int64_t batch_size, at::Generator& gen, Shard shard = {}) const override;
+  int64_t num_examples(Split split) const override { return sources_.front()->num_examples(split); }
+  Batch examples(Split split, int64_t begin, int64_t end) const override { return sources_.front()->examples(split, begin, end); }
+  nlohmann::json hyperparams() const override;
+  /// Examples of each source in a batch of `batch_size`.
+  std::vector<int64_t> counts(int64_t batch_size) const;
+  const std::vector<std::shared_ptr<const DataSource>>& sources() const { return sources_; }
+
+ private:
+  std::vector<std::shared_ptr<const DataSource>> sources_;
+  std::vector<double> fractions_;
+};
+
+}  // namespace lopt

@@ -163,3 +163,50 @@ TEST(Moe, TinyMoeLearnsATinyText) {
 }
 
 }  // namespace
+
+namespace {
+
+// Replay: a fixed share of every batch from the old corpus, total unchanged, resumable by position.
+TEST(Replay, MixtureGivesTheReplayShareOfEveryBatch) {
+  lopt_test::TempDir dir;
+  const std::string a = dir.path("a"), b = dir.path("b");
+  std::filesystem::create_directories(a);
+  std::filesystem::create_directories(b);
+  {
+    std::ofstream fa(a + "/x"), fb(b + "/x");
+    for (int i = 0; i < 4000; ++i) fa << "aaaa";  // corpus A: only 'a'
+    for (int i = 0; i < 4000; ++i) fb << "bbbb";  // corpus B: only 'b'
+  }
+  auto task_cfg = moe_task(a, {});
+  task_cfg.erase("moe");
+  task_cfg["batch_size"] = 10;
+  task_cfg["replay_corpus"] = "english";
+  task_cfg["replay_data_dir"] = b;
+  task_cfg["replay_fraction"] = 0.3;
+  lopt::TransformerLmTask task(lopt::TransformerConfig::from_json(task_cfg));
+  lopt::BatchStream s(task.data(), lopt::Split::train, 10, 4);
+  for (int i = 0; i < 3; ++i) {
+    auto tok = s.next().at("tokens");
+    ASSERT_EQ(tok.size(0), 10);
+    // 0.3 * 10 = 3 rows of B, last; 7 of A.
+    EXPECT_TRUE((tok.narrow(0, 0, 7) == 'a').all().item<bool>());
+    EXPECT_TRUE((tok.narrow(0, 7, 3) == 'b').all().item<bool>());
+  }
+  auto st = s.state();
+  auto next = s.next().at("tokens");
+  lopt::BatchStream again(task.data(), lopt::Split::train, 10, 4);
+  again.restore(st);
+  EXPECT_TRUE(torch::equal(again.next().at("tokens"), next));
+  // Evaluation reads the current corpus only.
+  auto ev = task.data()->examples(lopt::Split::validation, 0, 2).at("tokens");
+  EXPECT_TRUE((ev == 'a').all().item<bool>());
+  task_cfg["replay_fraction"] = 1.0;
+  lopt_test::expect_config_error([](const nlohmann::json& j) { lopt::TransformerConfig::from_json(j); }, task_cfg,
+                                 "/task/replay_fraction");
+  task_cfg["replay_fraction"] = 0.1;
+  task_cfg["replay_corpus"] = "";
+  lopt_test::expect_config_error([](const nlohmann::json& j) { lopt::TransformerConfig::from_json(j); }, task_cfg,
+                                 "/task/replay_corpus");
+}
+
+}  // namespace
