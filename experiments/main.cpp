@@ -19,6 +19,7 @@
 #include "experiments/cli.h"
 #include "experiments/compare.h"
 #include "experiments/coord_check.h"
+#include "experiments/cpt.h"
 #include "experiments/meta_train.h"
 #include "experiments/sweep.h"
 #include "experiments/train.h"
@@ -41,6 +42,7 @@ const char* kUsage =
     "  sweep         run a grid of train configs (JSON sweep definition), resumable\n"
     "  compare       optimizers on one task over held-out seeds, baselines at their best LR\n"
     "  meta-train    meta-train a learned optimizer (PES / ES / truncated backprop), resumable\n"
+    "  cpt           continual pre-training of a (MoE) transformer LM through data phases, resumable\n"
     "  export-hub    write a learned-optimizer checkpoint in the hub layout PyLO loads\n";
 
 struct Common {
@@ -320,6 +322,37 @@ int cmd_compare(int argc, char** argv) {
   return 0;
 }
 
+int cmd_cpt(int argc, char** argv) {
+  Common c;
+  std::string output;
+  bool resume = false;
+  long long stop_after = -1;
+  auto desc = common_options(c);
+  desc.add_options()("output,o", po::value(&output), "HDF5 result file (sets \"output\"; the checkpoint is <output>.ckpt.safetensors)")(
+      "resume", po::bool_switch(&resume), "continue from the checkpoint of an interrupted run")(
+      "stop-after", po::value(&stop_after), "stop (with a checkpoint) once this many steps are done in total; --resume continues");
+  po::variables_map vm;
+  if (!parse(argc, argv, desc, "usage: lopt cpt --config FILE [--set key=value ...] [--resume] [options]", vm)) return 0;
+  set_threads(c.threads);
+  if (c.config.empty()) throw lopt::UsageError("lopt cpt needs --config FILE (see experiments/configs/cpt_*.json)");
+  json cfg = load_config(c, json::object());
+  if (!output.empty()) cfg["output"] = output;
+  check_count(vm, "stop-after", stop_after, 0);
+  auto resolved = lopt::resolve_cpt_config(cfg);
+  const std::string out = resolved["output"];
+  lopt::OutputLock lock(out + ".lock", "the cpt result " + out);
+  if (std::filesystem::exists(out) && !resume)
+    throw lopt::UsageError(out + " exists (a finished run): choose another -o");
+  auto summary = lopt::run_cpt(resolved, mode(c), resume, stop_after);
+  if (summary.contains("stopped_at")) {
+    std::printf("cpt: stopped at step %lld with a checkpoint; rerun with --resume to continue\n",
+                static_cast<long long>(summary["stopped_at"].get<int64_t>()));
+    return 0;
+  }
+  std::printf("%s\n", summary.dump(2).c_str());
+  return 0;
+}
+
 int cmd_meta_train(int argc, char** argv) {
   Common c;
   std::string output_dir, data_dir;
@@ -436,6 +469,7 @@ int main(int argc, char** argv) {
     if (cmd == "sweep") return cmd_sweep(argc - 1, argv + 1);
     if (cmd == "compare") return cmd_compare(argc - 1, argv + 1);
     if (cmd == "meta-train") return cmd_meta_train(argc - 1, argv + 1);
+    if (cmd == "cpt") return cmd_cpt(argc - 1, argv + 1);
     if (cmd == "export-hub") return cmd_export_hub(argc - 1, argv + 1);
     std::cerr << "lopt: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;

@@ -51,6 +51,24 @@ class WsdSchedule : public LrSchedule {
   double final_;
 };
 
+/// The "infinite" schedule of continual pre-training (Ibrahim et al. 2024, Simple and Scalable
+/// Strategies to Continually Pre-train LLMs): linear warmup to 1 over `warmup_steps`, cosine
+/// cooldown to `constant_fraction` over `cooldown_steps`, constant, then a linear anneal to
+/// `final_fraction` over the last `anneal_steps` of `total_steps`. A continuation phase uses
+/// warmup 0 and cooldown 0 (constant, then its own anneal). {"type": "infinite", "warmup_steps",
+/// "cooldown_steps", "constant_fraction", "total_steps", "anneal_steps", "final_fraction"}
+class InfiniteSchedule : public LrSchedule {
+ public:
+  InfiniteSchedule(int64_t warmup_steps, int64_t cooldown_steps, double constant_fraction, int64_t total_steps,
+                   int64_t anneal_steps, double final_fraction);
+  double operator()(int64_t step) const override;
+  nlohmann::json hyperparams() const override;
+
+ private:
+  int64_t warmup_, cooldown_, total_, anneal_;
+  double constant_, final_;
+};
+
 /// Builds a schedule; ConfigError naming `path` for unknown types or inconsistent steps.
 std::unique_ptr<LrSchedule> make_schedule(const nlohmann::json& config, const std::string& path = "/optimizer/schedule");
 
