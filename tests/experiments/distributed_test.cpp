@@ -142,14 +142,17 @@ TEST_F(MultiProcess, AKilledOrMissingRankIsAClearErrorWithinTheTimeout) {
     std::ofstream f(tmp.path("local.json"));
     f << kLocalConfig;
   }
-  // Rank 2 is killed mid-run: the others stop with exit code 3 naming the collective.
-  auto killed = launch(tmp, 4, "local-sgd -q --config local.json --steps 1000000 -o k.h5", 5, -1, 2, 2.0);
+  // Rank 2 is killed mid-run: the others stop with exit code 3 naming the collective (on a loaded
+  // machine the kill may come before the rendezvous finished: then that is the operation named).
+  auto killed = launch(tmp, 4, "local-sgd -q --config local.json --steps 1000000 -o k.h5", 10, -1, 2, 4.0);
   for (int r : {0, 1, 3}) {
     EXPECT_EQ(killed.rc[r], 3) << "rank " << r << ": " << killed.output[r];
-    EXPECT_NE(killed.output[r].find("local-SGD round"), std::string::npos) << killed.output[r];
+    const bool named = killed.output[r].find("local-SGD round") != std::string::npos ||
+                       killed.output[r].find("rendezvous failed") != std::string::npos;
+    EXPECT_TRUE(named) << killed.output[r];
     EXPECT_NE(killed.output[r].find("LOPT_DIST_TIMEOUT"), std::string::npos) << killed.output[r];
   }
-  EXPECT_LT(killed.seconds, 2.0 + 5 + 20);
+  EXPECT_LT(killed.seconds, 4.0 + 10 + 20);
   // Rank 3 never starts: the rendezvous times out with the same kind of error.
   auto missing = launch(tmp, 4, "local-sgd -q --config local.json -o m.h5", 3, 3);
   for (int r : {0, 1, 2}) {
