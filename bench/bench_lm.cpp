@@ -36,4 +36,36 @@ void BM_LmTrainStep(benchmark::State& state) {
 }
 BENCHMARK(BM_LmTrainStep)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
 
+// The same model with mixture-of-experts feed-forward layers in every block (AdamW, SP):
+// 0 dense (the FLOP-matched reference), 1 Switch (8 experts, top-1, aux router), 2 Switch with the
+// Sinkhorn router, 3 granular (16 experts, top-4, aux router), 4 granular with 1 shared expert (top-3).
+void BM_MoeTrainStep(benchmark::State& state) {
+  at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  const std::vector<std::pair<std::string, nlohmann::json>> variants = {
+      {"dense", nlohmann::json::object()},
+      {"switch8-aux", {{"experts", 8}, {"top_k", 1}, {"router", "aux"}}},
+      {"switch8-sinkhorn", {{"experts", 8}, {"top_k", 1}, {"router", "sinkhorn"}}},
+      {"granular16-top4-aux", {{"experts", 16}, {"top_k", 4}, {"router", "aux"}}},
+      {"granular16-top3+1shared-aux", {{"experts", 16}, {"top_k", 3}, {"shared_experts", 1}, {"router", "aux"}}}};
+  const auto& [name, moe] = variants[static_cast<size_t>(state.range(0))];
+  nlohmann::json cfg = {{"type", "transformer_lm"}, {"width", 128}, {"depth", 4}, {"heads", 4}, {"context", 128},
+                        {"batch_size", 32}, {"corpus", "english"}, {"parametrization", {{"type", "sp"}}}};
+  if (!moe.empty()) cfg["moe"] = moe;
+  auto task = lopt::make_task(cfg);
+  auto opt = lopt::make_optimizer({{"type", "adamw"}, {"lr", 1e-3}});
+  auto gen = lopt::make_generator(0);
+  auto st = opt->init(task->init(gen));
+  lopt::BatchStream batches(task->data(), lopt::Split::train, task->batch_size(), 1);
+  for (auto _ : state) {
+    auto p = st.params.detached_requiring_grad();
+    auto loss = task->loss(p, batches.next());
+    auto grads = torch::autograd::grad({loss}, p.tensors);
+    opt->update_(st, grads, loss.detach());
+  }
+  state.SetLabel(name);
+  state.counters["tokens/s"] = benchmark::Counter(32.0 * 128.0, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = at::get_num_threads();
+}
+BENCHMARK(BM_MoeTrainStep)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
+
 }  // namespace
