@@ -1,0 +1,103 @@
+#!/usr/bin/python3
+"""Figures and a table of the continual pre-training study (`lopt cpt` files, experiments/cpt_study.py).
+
+usage: /usr/bin/python3 experiments/plot_cpt.py results/cpt -o results/figures/cpt
+writes <prefix>_loss.png (validation loss per corpus against tokens, the shift marked, one panel per
+run of the English -> German rewarm/infinite grid), <prefix>_mri.png (maximum routing imbalance per
+layer against step, on the old and new data), <prefix>_replay.png (forgetting and adaptation
+against the replay fraction) and prints a markdown table (final losses, forgetting, tokens/s).
+"""
+import argparse
+import glob
+import json
+import os
+
+import h5py
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def load(path):
+    with h5py.File(path, "r") as f:
+        cfg = json.loads(f.attrs["config"])
+        ev = {k: f["eval"][k][:] for k in f["eval"].keys()}
+        attrs = {k: f.attrs[k] for k in f.attrs.keys()}
+    return cfg, ev, attrs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder")
+    ap.add_argument("-o", "--output", required=True, help="prefix of the PNG files")
+    args = ap.parse_args()
+    runs = {os.path.splitext(os.path.basename(p))[0]: load(p) for p in sorted(glob.glob(os.path.join(args.folder, "*.h5")))}
+    if not runs:
+        raise SystemExit(f"no cpt result files in {args.folder}")
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    tokens = lambda cfg: cfg["task"]["batch_size"] * cfg["task"]["context"]  # noqa: E731
+
+    # Loss curves with the shift marked.
+    grid = [n for n in runs if "_german_" in n and "replay25" in n]
+    if grid:
+        fig, axes = plt.subplots(1, len(grid), figsize=(3.6 * len(grid), 3.2), squeeze=False, sharey=True)
+        for ax, name in zip(axes[0], grid):
+            cfg, ev, _ = runs[name]
+            x = ev["step"] * tokens(cfg) / 1e6
+            for corpus in cfg["eval_corpora"]:
+                if corpus + "_loss" in ev:
+                    ax.plot(x, ev[corpus + "_loss"], label=corpus)
+            ax.axvline(cfg["phases"][0]["steps"] * tokens(cfg) / 1e6, color="k", ls="--", lw=0.8)
+            ax.set_title(name.replace("_replay25", ""), fontsize=8)
+            ax.set_xlabel("tokens (M)")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("validation loss (nats/byte)")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.output + "_loss.png", dpi=110)
+
+    # MRI per layer on the old (english) and new (german) data.
+    moe = [n for n in grid if not n.startswith("dense")]
+    if moe:
+        fig, axes = plt.subplots(1, len(moe), figsize=(3.6 * len(moe), 3.2), squeeze=False, sharey=True)
+        for ax, name in zip(axes[0], moe):
+            cfg, ev, _ = runs[name]
+            for corpus, ls in (("english", "-"), ("german", ":")):
+                for layer in range(cfg["task"]["depth"]):
+                    key = f"{corpus}_mri_{layer}"
+                    if key in ev:
+                        ax.plot(ev["step"], ev[key], ls=ls, color=f"C{layer}", label=f"{corpus} L{layer}" if ls == "-" or layer == 0 else None)
+            ax.axvline(cfg["phases"][0]["steps"], color="k", ls="--", lw=0.8)
+            ax.set_title(name.replace("_replay25", ""), fontsize=8)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("max routing imbalance")
+        axes[0][0].legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(args.output + "_mri.png", dpi=110)
+
+    # Forgetting / adaptation against replay.
+    sweep = sorted((int(n.rsplit("replay", 1)[1]), n) for n in runs if n.startswith("switch-sinkhorn_german_rewarm_replay"))
+    if sweep:
+        fig, ax = plt.subplots(figsize=(4.2, 3.2))
+        xs = [r for r, _ in sweep]
+        ax.plot(xs, [runs[n][2]["forgetting_english"] for _, n in sweep], "o-", label="forgetting (english loss rise)")
+        ax.plot(xs, [runs[n][2]["final_german_loss"] for _, n in sweep], "s-", label="final german loss")
+        ax.set_xlabel("replay (% of every batch)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.output + "_replay.png", dpi=110)
+
+    print("| run | final english | final german | final code | forgetting (english) | tokens/s (phases) |")
+    print("|---|---|---|---|---|---|")
+    for name, (cfg, ev, at) in runs.items():
+        tps = " / ".join(f"{at[k]:.0f}" for k in sorted(at) if k.startswith("tokens_per_s_phase"))
+        f = lambda k: f"{at[k]:.4f}" if k in at else "-"  # noqa: E731
+        print(f"| {name} | {f('final_english_loss')} | {f('final_german_loss')} | {f('final_code_loss')} | {f('forgetting_english')} | {tps} |")
+
+
+if __name__ == "__main__":
+    main()
