@@ -105,14 +105,17 @@ torch::Tensor experts_forward(const torch::Tensor& x, const Routing& r, const to
   auto token = torch::arange(N, torch::kInt64).repeat_interleave(k).index_select(0, order);
   auto gate = r.gates.reshape({-1}).index_select(0, order);
   auto counts = torch::bincount(flat, {}, E).contiguous();
-  auto xs = x.index_select(0, token);
+  auto xs = x.index({token});  // advanced indexing: its backward (index_put_ with accumulate) is faster than index_select's
   std::vector<torch::Tensor> outs;
+  // unbind: one backward node that stacks the experts' gradients (per-expert select() would
+  // materialise a full [E, ...] gradient for every expert).
+  const auto W1 = w1.unbind(0), B1 = b1.unbind(0), W2 = w2.unbind(0), B2 = b2.unbind(0);
   int64_t off = 0;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t c = counts.data_ptr<int64_t>()[e];
     if (c == 0) continue;
     auto seg = xs.narrow(0, off, c);
-    outs.push_back(torch::linear(torch::gelu(torch::linear(seg, w1[e], b1[e])), w2[e], b2[e]));
+    outs.push_back(torch::linear(torch::gelu(torch::linear(seg, W1[e], B1[e])), W2[e], B2[e]));
     off += c;
   }
   auto ys = torch::cat(outs) * gate.unsqueeze(1);
