@@ -50,14 +50,17 @@ def runs(steps, out):
                       "eval_every": max(1, steps // 15), "eval_examples": 64, "seed": 0, "checkpoint_every": 100,
                       "output": os.path.join(out, name + ".h5")}
 
-    for model in MODELS:
-        for target in ("german", "code"):
-            for schedule in SCHEDULES:
+    # Ordered so that a partial study is already a comparison: every model on English -> German first.
+    for target in ("german", "code"):
+        for schedule in SCHEDULES:
+            for model in MODELS:
                 yield cfg(f"{model}_{target}_{schedule}_replay25", model, schedule,
                           [{"corpus": "english", "steps": steps},
                            {"corpus": target, "steps": steps, "replay_fraction": 0.25}])
-        yield cfg(f"{model}_retrain_german", model, "rewarm",
-                  [{"corpus": "german", "steps": 2 * steps, "replay_fraction": 0.5, "replay_corpus": "english"}])
+        if target == "german":
+            for model in MODELS:
+                yield cfg(f"{model}_retrain_german", model, "rewarm",
+                          [{"corpus": "german", "steps": 2 * steps, "replay_fraction": 0.5, "replay_corpus": "english"}])
     for replay in (0, 10, 50):
         phases = [{"corpus": "english", "steps": steps}, {"corpus": "german", "steps": steps}]
         if replay:
