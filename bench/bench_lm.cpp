@@ -15,21 +15,26 @@
 
 namespace {
 
+/// One full training step (forward, backward, optimizer update) per benchmark iteration.
+void train_steps(benchmark::State& state, const lopt::Task& task, const lopt::Optimizer& opt) {
+  auto gen = lopt::make_generator(0);
+  auto st = opt.init(task.init(gen));
+  lopt::BatchStream batches(task.data(), lopt::Split::train, task.batch_size(), 1);
+  for (auto _ : state) {
+    auto p = st.params.detached_requiring_grad();
+    auto loss = task.loss(p, batches.next());
+    auto grads = torch::autograd::grad({loss}, p.tensors);
+    opt.update_(st, grads, loss.detach());
+  }
+}
+
 void BM_LmTrainStep(benchmark::State& state) {
   at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   auto task = lopt::make_task({{"type", "transformer_lm"}, {"width", 128}, {"depth", 4}, {"heads", 4}, {"context", 128},
                                {"batch_size", 32}, {"corpus", "english"}});
   auto opt = lopt::make_optimizer(state.range(0) == 0 ? nlohmann::json{{"type", "adamw"}, {"lr", 1e-3}}
                                                       : nlohmann::json{{"type", "mulo"}});
-  auto gen = lopt::make_generator(0);
-  auto st = opt->init(task->init(gen));
-  lopt::BatchStream batches(task->data(), lopt::Split::train, task->batch_size(), 1);
-  for (auto _ : state) {
-    auto p = st.params.detached_requiring_grad();
-    auto loss = task->loss(p, batches.next());
-    auto grads = torch::autograd::grad({loss}, p.tensors);
-    opt->update_(st, grads, loss.detach());
-  }
+  train_steps(state, *task, *opt);
   state.SetLabel(state.range(0) == 0 ? "adamw" : "mulo/" + lopt::kernels::dispatched_target());
   state.counters["tokens/s"] = benchmark::Counter(32.0 * 128.0, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = at::get_num_threads();
@@ -53,15 +58,7 @@ void BM_MoeTrainStep(benchmark::State& state) {
   if (!moe.empty()) cfg["moe"] = moe;
   auto task = lopt::make_task(cfg);
   auto opt = lopt::make_optimizer({{"type", "adamw"}, {"lr", 1e-3}});
-  auto gen = lopt::make_generator(0);
-  auto st = opt->init(task->init(gen));
-  lopt::BatchStream batches(task->data(), lopt::Split::train, task->batch_size(), 1);
-  for (auto _ : state) {
-    auto p = st.params.detached_requiring_grad();
-    auto loss = task->loss(p, batches.next());
-    auto grads = torch::autograd::grad({loss}, p.tensors);
-    opt->update_(st, grads, loss.detach());
-  }
+  train_steps(state, *task, *opt);
   state.SetLabel(name);
   state.counters["tokens/s"] = benchmark::Counter(32.0 * 128.0, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = at::get_num_threads();
