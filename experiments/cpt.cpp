@@ -54,7 +54,9 @@ nlohmann::json phase_optimizer(const nlohmann::json& cfg, size_t p) {
   const int64_t steps = cfg["phases"][p]["steps"];
   auto opt = cfg["optimizer"];
   auto n = [&](const char* key) { return static_cast<int64_t>(std::llround(sc[key].get<double>() * static_cast<double>(steps))); };
-  if (sc["type"] == "rewarm") {
+  if (sc["type"] == "constant") {
+    opt["schedule"] = {{"type", "constant"}};
+  } else if (sc["type"] == "rewarm") {
     opt["schedule"] = {{"type", "warmup_cosine"},
                        {"warmup_steps", std::max<int64_t>(0, std::min(n("warmup_fraction"), steps - 1))},
                        {"total_steps", steps},
@@ -96,8 +98,9 @@ nlohmann::json resolve_cpt_config(const nlohmann::json& config) {
     ConfigReader s(r.object("schedule"), "/schedule");
     nlohmann::json sc;
     sc["type"] = s.get<std::string>("type", "rewarm");
-    config_check(sc["type"] == "rewarm" || sc["type"] == "infinite", s.path_of("type"),
-                 "must be \"rewarm\" (warmup + cosine in every phase) or \"infinite\" (warmup, cooldown, constant, anneal)");
+    config_check(sc["type"] == "rewarm" || sc["type"] == "infinite" || sc["type"] == "constant", s.path_of("type"),
+                 "must be \"rewarm\" (warmup + cosine in every phase), \"infinite\" (warmup, cooldown, constant, anneal) "
+                 "or \"constant\" (e.g. for a learned optimizer)");
     sc["warmup_fraction"] = s.get<double>("warmup_fraction", 0.01);
     sc["final_fraction"] = s.get<double>("final_fraction", 0.1);
     if (sc["type"] == "infinite") {

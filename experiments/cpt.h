@@ -8,7 +8,8 @@
 ///  "optimizer": {"type": "adamw", "lr": 3e-3, ...},              // peak LR; schedule from "schedule"
 ///  "schedule": {"type": "rewarm", "warmup_fraction": 0.01, "final_fraction": 0.1}
 ///            | {"type": "infinite", "warmup_fraction": 0.01, "cooldown_fraction": 0.2,
-///               "constant_fraction": 0.5, "anneal_fraction": 0.1, "final_fraction": 0.05},
+///               "constant_fraction": 0.5, "anneal_fraction": 0.1, "final_fraction": 0.05}
+///            | {"type": "constant"},                                     // e.g. a learned optimizer
 ///  "phases": [{"corpus": "english", "steps": 2000},
 ///             {"corpus": "german", "steps": 2000, "replay_fraction": 0.25}],   // replays phase 0's corpus
 ///  "eval_corpora": ["english", "german"],   // default: the phases' corpora, in order

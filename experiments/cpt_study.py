@@ -9,7 +9,8 @@ Grid (CPU scale: d_model 128, 4 blocks, 4 heads, context 128, batch 32 = 4096 to
   * schedules: rewarm (re-warm + re-decay from the decayed checkpoint) and infinite (continue from the
     pre-anneal checkpoint), replay 25%;
   * replay sweep 0 / 10 / 25 / 50% (switch-sinkhorn, english -> german, rewarm);
-  * re-training baselines: one phase on german with 50% english, the same total tokens.
+  * re-training baselines: one phase on german with 50% english, the same total tokens;
+  * muLO_M (meta-trained on MLPs) against AdamW through the English -> German shift (muP Switch-Sinkhorn).
 
 usage: /usr/bin/python3 experiments/cpt_study.py [--steps 750] [--jobs 2] [--only SUBSTRING] [--list]
        [--out results/cpt]
@@ -29,6 +30,7 @@ MODELS = {
     "granular-aux": {"experts": 16, "top_k": 4, "router": "aux"},
 }
 SCHEDULES = {
+    "constant": {"type": "constant"},
     "rewarm": {"type": "rewarm", "warmup_fraction": 0.02, "final_fraction": 0.1},
     "infinite": {"type": "infinite", "warmup_fraction": 0.02, "cooldown_fraction": 0.2, "constant_fraction": 0.5,
                  "anneal_fraction": 0.1, "final_fraction": 0.1},
@@ -61,6 +63,17 @@ def runs(steps, out):
             for model in MODELS:
                 yield cfg(f"{model}_retrain_german", model, "rewarm",
                           [{"corpus": "german", "steps": 2 * steps, "replay_fraction": 0.5, "replay_corpus": "english"}])
+    # Beyond the paper: the MLP-meta-trained muLO_M through the shift against AdamW re-warm / re-decay,
+    # on the muP version of the Switch-Sinkhorn model (muP = SP at base width 128 but for the zero
+    # readout and 1/d_head attention).
+    mup = {"type": "mup", "base_width": 128}
+    for name, opt, schedule in (("adamw", {"type": "adamw", "lr": 3e-3, "weight_decay": 0.1}, "rewarm"),
+                                ("mulo_m", {"type": "mulo", "checkpoint": "results/checkpoints/mulo_m/theta.safetensors"}, "constant")):
+        n, c = cfg(f"mup-switch-sinkhorn_german_{name}_replay25", "switch-sinkhorn", schedule,
+                   [{"corpus": "english", "steps": steps}, {"corpus": "german", "steps": steps, "replay_fraction": 0.25}])
+        c["task"]["parametrization"] = mup
+        c["optimizer"] = opt
+        yield n, c
     for replay in (0, 10, 50):
         phases = [{"corpus": "english", "steps": steps}, {"corpus": "german", "steps": steps}]
         if replay:
