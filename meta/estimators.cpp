@@ -124,13 +124,6 @@ std::vector<torch::Tensor> antithetic(const torch::Tensor& theta, const torch::T
   return out;
 }
 
-std::vector<int64_t> slots_twice(int64_t n) {
-  std::vector<int64_t> t;
-  for (int r = 0; r < 2; ++r)
-    for (int64_t i = 0; i < n; ++i) t.push_back(i);
-  return t;
-}
-
 /// Antithetic ES from the mean losses of members 0..n-1 (theta + eps_i) and n..2n-1 (theta - eps_i),
 /// the n slots of this rank out of `total`: grad = sum_i (L+_i - L-_i) eps_i / (2 std^2 total) (flat,
 /// float64), loss = sum of both signs' means / (2 total). Summed over the ranks, the means over all slots.
@@ -308,7 +301,7 @@ EstimateOut FullES::estimate(const torch::Tensor& theta, uint64_t seed) {
     members.push_back(step_.init_state(theta, i, mix_seed(derive_seed(seed, "task") ^ mix_seed(static_cast<uint64_t>(i))), false));
   for (int64_t i = 0; i < N; ++i) members.push_back(members[i].clone());
   auto all_thetas = antithetic(theta, eps);
-  auto all_tasks = slots_twice(N);
+  auto all_tasks = twice(owned_slots());  // every slot: full ES runs in one process
   std::vector<size_t> running;
   for (size_t m = 0; m < members.size(); ++m) running.push_back(m);
   Sums sums(2 * N);
