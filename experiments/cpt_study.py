@@ -10,7 +10,8 @@ Grid (CPU scale: d_model 128, 4 blocks, 4 heads, context 128, batch 32 = 4096 to
     pre-anneal checkpoint), replay 25%;
   * replay sweep 0 / 10 / 25 / 50% (switch-sinkhorn, english -> german, rewarm);
   * re-training baselines: one phase on german with 50% english, the same total tokens;
-  * muLO_M (meta-trained on MLPs) against AdamW through the English -> German shift (muP Switch-Sinkhorn).
+  * muLO_M (meta-trained on MLPs) and muLO_LM (meta-trained on small transformers) against AdamW through
+    the English -> German shift (muP Switch-Sinkhorn).
 
 usage: /usr/bin/python3 experiments/cpt_study.py [--steps 750] [--jobs 2] [--only SUBSTRING] [--list]
        [--out results/cpt]
@@ -54,7 +55,7 @@ def runs(steps, out):
 
     # Ordered so that a partial study is already a comparison: every model on English -> German first.
     for target in ("german", "code"):
-        for schedule in SCHEDULES:
+        for schedule in ("rewarm", "infinite"):
             for model in MODELS:
                 yield cfg(f"{model}_{target}_{schedule}_replay25", model, schedule,
                           [{"corpus": "english", "steps": steps},
@@ -68,7 +69,9 @@ def runs(steps, out):
     # readout and 1/d_head attention).
     mup = {"type": "mup", "base_width": 128}
     for name, opt, schedule in (("adamw", {"type": "adamw", "lr": 3e-3, "weight_decay": 0.1}, "rewarm"),
-                                ("mulo_m", {"type": "mulo", "checkpoint": "results/checkpoints/mulo_m/theta.safetensors"}, "constant")):
+                                ("mulo_m", {"type": "mulo", "checkpoint": "results/checkpoints/mulo_m/theta.safetensors"}, "constant"),
+                                ("mulo_lm", {"type": "mulo", "checkpoint": "results/checkpoints/mulo_lm_small/theta.safetensors"},
+                                 "constant")):
         n, c = cfg(f"mup-switch-sinkhorn_german_{name}_replay25", "switch-sinkhorn", schedule,
                    [{"corpus": "english", "steps": steps}, {"corpus": "german", "steps": steps, "replay_fraction": 0.25}])
         c["task"]["parametrization"] = mup

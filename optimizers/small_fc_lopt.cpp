@@ -51,7 +51,8 @@ SmallFcLoptConfig SmallFcLoptConfig::from_json(const nlohmann::json& j, const st
   config_check(c.initial_momentum_decays.size() == 3, r.path_of("initial_momentum_decays"), "needs 3 values");
   config_check(c.initial_rms_decays.size() == 1, r.path_of("initial_rms_decays"), "needs 1 value");
   config_check(c.initial_adafactor_decays.size() == 3, r.path_of("initial_adafactor_decays"), "needs 3 values");
-  config_check(c.impl == "fused" || c.impl == "tensor", r.path_of("impl"), "must be \"fused\" or \"tensor\"");
+  config_check(c.impl == "fused" || c.impl == "tensor" || c.impl == "gpu", r.path_of("impl"),
+               "must be \"fused\", \"tensor\" or \"gpu\"");
   return c;
 }
 
@@ -368,14 +369,14 @@ const SmallFcLoptOptimizer::FusedConstants& SmallFcLoptOptimizer::fused_constant
     torch::NoGradGuard no_grad;
     auto c = std::make_shared<FusedConstants>();
     auto d = decays();
-    auto m = d.mom.contiguous(), f = d.fac.contiguous();
+    auto m = d.mom.cpu().contiguous(), f = d.fac.cpu().contiguous();
     for (int k = 0; k < 3; ++k) {
       c->mom_decay[k] = m.data_ptr<float>()[k];
       c->fac_decay[k] = f.data_ptr<float>()[k];
     }
     c->rms_decay = d.rms.item<float>();
     auto as_vec = [](const torch::Tensor& t) {
-      auto x = t.detach().to(torch::kFloat32).contiguous();
+      auto x = t.detach().to(torch::kFloat32).cpu().contiguous();
       return std::vector<float>(x.data_ptr<float>(), x.data_ptr<float>() + x.numel());
     };
     for (size_t l = 0; l < weights_.size(); ++l) {
@@ -387,10 +388,25 @@ const SmallFcLoptOptimizer::FusedConstants& SmallFcLoptOptimizer::fused_constant
   return *fused_;
 }
 
+torch::Tensor SmallFcLoptOptimizer::packed_mlp(const torch::Device& device) const {
+  std::lock_guard<std::mutex> lock(packed_mutex_);
+  auto& t = packed_[device.str()];
+  if (!t.defined()) {
+    const auto& K = fused_constants();
+    std::vector<float> flat;
+    for (size_t l = 0; l < K.weights.size(); ++l) {
+      flat.insert(flat.end(), K.weights[l].begin(), K.weights[l].end());
+      flat.insert(flat.end(), K.biases[l].begin(), K.biases[l].end());
+    }
+    t = torch::tensor(flat).to(device);
+  }
+  return t;
+}
+
 SmallFcLoptOptimizer::Decays SmallFcLoptOptimizer::decays() const {
   // beta = clip(1 - (1 - initial) * exp(10 * offset), 0, 1)  (learned_optimization reparam_decay=10)
   auto conv = [&](const std::vector<double>& init, const torch::Tensor& off) {
-    auto one_minus = torch::tensor(std::vector<float>(init.begin(), init.end())).neg().add(1.0);
+    auto one_minus = torch::tensor(std::vector<float>(init.begin(), init.end())).to(off.device()).neg().add(1.0);
     return (1 - one_minus * torch::exp(10 * off)).clamp(0.0, 1.0);
   };
   return {conv(config_.initial_momentum_decays, named_.at("momentum_decays")),
@@ -417,17 +433,18 @@ OptState SmallFcLoptOptimizer::init(const ParamSet& params) const {
   s.params = params;
   for (const auto& p : params.tensors) {
     auto shape = eff_shape(p);
-    s.slots["mom"].push_back(torch::zeros(with_last(shape, 3)));
-    s.slots["rms"].push_back(torch::zeros(with_last(shape, 1)));
+    const auto on = torch::TensorOptions().dtype(torch::kFloat32).device(p.device());  // state lives with p
+    s.slots["mom"].push_back(torch::zeros(with_last(shape, 3), on));
+    s.slots["rms"].push_back(torch::zeros(with_last(shape, 1), on));
     if (shape.size() >= 2) {
       auto [d1, d0] = lopt_factored_dims(shape);
-      s.slots["fac_vec_row"].push_back(torch::zeros(with_last(without(shape, d0), 3)));
-      s.slots["fac_vec_col"].push_back(torch::zeros(with_last(without(shape, d1), 3)));
-      s.slots["fac_vec_v"].push_back(torch::zeros({0}));
+      s.slots["fac_vec_row"].push_back(torch::zeros(with_last(without(shape, d0), 3), on));
+      s.slots["fac_vec_col"].push_back(torch::zeros(with_last(without(shape, d1), 3), on));
+      s.slots["fac_vec_v"].push_back(torch::zeros({0}, on));
     } else {
-      s.slots["fac_vec_row"].push_back(torch::zeros({0}));
-      s.slots["fac_vec_col"].push_back(torch::zeros({0}));
-      s.slots["fac_vec_v"].push_back(torch::zeros(with_last(shape, 3)));
+      s.slots["fac_vec_row"].push_back(torch::zeros({0}, on));
+      s.slots["fac_vec_col"].push_back(torch::zeros({0}, on));
+      s.slots["fac_vec_v"].push_back(torch::zeros(with_last(shape, 3), on));
     }
   }
   return s;
@@ -514,7 +531,7 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
     std::vector<int64_t> reduce_dims(shape.size());
     std::iota(reduce_dims.begin(), reduce_dims.end(), 0);
     x = x * (x.square().mean(reduce_dims, true) + 1e-5).rsqrt();
-    x = torch::cat({x, time_features.to(x.scalar_type()).expand(with_last(shape, kLoptTimeFeatures))}, -1);
+    x = torch::cat({x, time_features.to(x.device(), x.scalar_type()).expand(with_last(shape, kLoptTimeFeatures))}, -1);
     auto h = x;
     for (size_t l = 0; l + 1 < weights_.size(); ++l) h = torch::relu(torch::linear(h, weights_[l], biases_[l]));
     auto o = torch::linear(h, weights_.back(), biases_.back());
@@ -558,13 +575,14 @@ void add_fused_jobs(const SmallFcLoptOptimizer& opt, OptState& state, const std:
 void SmallFcLoptOptimizer::update_(OptState& state, const std::vector<torch::Tensor>& grads,
                                    const torch::Tensor& loss) const {
   torch::NoGradGuard no_grad;
-  if (config_.impl != "fused") {
+  if (config_.impl == "tensor") {
     state = update(state, grads, loss);
     return;
   }
   std::vector<detail::FusedJob> jobs;
   add_fused_jobs(*this, state, grads, jobs);
-  detail::fused_lopt_steps(jobs);
+  if (config_.impl == "gpu") detail::gpu_lopt_steps(jobs);
+  else detail::fused_lopt_steps(jobs);
   state.step += 1;
 }
 
@@ -572,16 +590,18 @@ void SmallFcLoptOptimizer::update_many_(std::vector<PopulationMember>& members) 
   torch::NoGradGuard no_grad;
   std::vector<detail::FusedJob> jobs;
   std::vector<OptState*> fused;
+  const std::string& impl = config_.impl;  // members on another impl step on their own
   for (auto& m : members) {
     const auto* lo = dynamic_cast<const SmallFcLoptOptimizer*>(m.opt);
-    if (lo == nullptr || lo->config().impl != "fused") {
+    if (lo == nullptr || lo->config().impl == "tensor" || lo->config().impl != impl) {
       m.opt->update_(*m.state, m.grads, m.loss);
       continue;
     }
     add_fused_jobs(*lo, *m.state, m.grads, jobs);
     fused.push_back(m.state);
   }
-  detail::fused_lopt_steps(jobs);
+  if (impl == "gpu") detail::gpu_lopt_steps(jobs);
+  else detail::fused_lopt_steps(jobs);
   for (auto* s : fused) s->step += 1;
 }
 

@@ -35,7 +35,10 @@ struct SmallFcLoptConfig {
   std::vector<double> initial_momentum_decays = {0.9, 0.99, 0.999};
   std::vector<double> initial_rms_decays = {0.999};
   std::vector<double> initial_adafactor_decays = {0.9, 0.99, 0.999};
-  std::string impl = "fused";  ///< "fused" (CPU kernel for the no-grad path) or "tensor"
+  /// No-grad path: "fused" (the SIMD kernel on CPU tensors, the CUDA kernels on CUDA tensors),
+  /// "tensor" (tensor ops) or "gpu" (the CUDA kernels' algorithm; on CPU tensors its sequential host
+  /// emulation, slow: for tests).
+  std::string impl = "fused";
   /// LAgg-A (learned aggregation for local SGD): the number K of workers whose deltas are K extra
   /// MLP inputs, normalised with the 28 features (0 = a per-parameter optimizer; see
   /// optimizers/global_update.h). After lefameuxbeding/learned_aggregation `fed_adafac_mlp_lopt.py`.
@@ -133,10 +136,15 @@ class SmallFcLoptOptimizer : public Optimizer {
   };
   /// Thread-safe (built once, on first use, possibly from a parallel loop).
   const FusedConstants& fused_constants() const;
+  /// The MLP packed for the GPU step (kernels/lopt_gpu.h: w_in, b_in, hidden layers, w_out, b_out)
+  /// as a float32 tensor on `device`; built once per device, thread-safe.
+  torch::Tensor packed_mlp(const torch::Device& device) const;
 
  private:
   mutable std::once_flag fused_once_;
   mutable std::shared_ptr<const FusedConstants> fused_;
+  mutable std::mutex packed_mutex_;
+  mutable std::map<std::string, torch::Tensor> packed_;  // by device
   SmallFcLoptConfig config_;
   torch::Tensor theta_;
   std::map<std::string, torch::Tensor> named_;
@@ -183,6 +191,10 @@ struct FusedJob {
 /// Steps every job at once (small_fc_lopt_fused.cpp): one parallel loop per phase over all tensors
 /// of all jobs, so that a population of small tasks is one kernel call, not one per tensor.
 void fused_lopt_steps(const std::vector<FusedJob>& jobs);
+/// The same step through the GPU algorithm (kernels/lopt_gpu.h): on CUDA tensors the CUDA kernels
+/// (LOPT_CUDA builds; otherwise an error saying so), on CPU tensors its sequential host emulation
+/// (for tests: it runs the GPU's maths, indexing and reductions on any machine).
+void gpu_lopt_steps(const std::vector<FusedJob>& jobs);
 /// FLOPs per element the fused kernel's MLP performs on a tensor of this shape (the rows layout
 /// takes 16 inputs per element plus a bias add, the generic layout 28), excluding padding lanes.
 int64_t fused_mlp_flops_per_element(const std::vector<int64_t>& shape, int64_t hidden, int64_t hidden_layers);

@@ -333,6 +333,8 @@ void fold(Work& w, const double* elem_sumsq) {
 }  // namespace
 
 void fused_lopt_steps(const std::vector<FusedJob>& jobs) {
+  for (const auto& j : jobs)
+    if (j.p->is_cuda()) return gpu_lopt_steps(jobs);  // every tensor must then be on that GPU
   kernels::apply_target_from_env();
   std::vector<Work> works;
   works.reserve(jobs.size());

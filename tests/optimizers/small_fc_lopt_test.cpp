@@ -10,6 +10,8 @@
 #include "common/errors.h"
 #include "common/rng.h"
 #include "optimizers/kernels/lopt_cpu.h"
+#include "optimizers/kernels/lopt_gpu.h"
+#include <torch/cuda.h>
 #include "optimizers/safetensors.h"
 #include "support.h"
 
@@ -559,5 +561,106 @@ TEST(SmallFcLopt, LrScheduleScalesTheStep) {
     // Deltas are read back as p_new - p in float32: one rounding of p (~1e-7) each.
     EXPECT_TRUE(torch::allclose(delta(*cosine, 5), 0.5 * delta(*plain, 5), 1e-3, 1e-6)) << impl;
     EXPECT_NEAR(cosine->bind(theta)->lr_at(5, params.info[0]), 0.5, 1e-12) << impl;
+  }
+}
+
+namespace {
+
+/// Steps `shapes` with the GPU algorithm (impl "gpu": the CUDA kernels for CUDA tensors, their host
+/// emulation for CPU ones) and the float64 tensor-op path, 4 steps, comparing parameters and state.
+void check_gpu_algorithm(const torch::Device& device, const json& extra) {
+  const std::vector<std::vector<int64_t>> shapes = {{37}, {13, 29}, {5, 7, 3}, {3, 5, 2, 7}, {1}, {2, 1000},
+                                                    {517, 9}, {33, 100}, {48, 48}, {}, {1, 1}, {6, 1, 4}};
+  for (bool mup : {false, true}) {
+    json cfg = {{"type", mup ? "mulo" : "small_fc_lopt"}, {"weight_decay", 0.01}, {"max_grad_norm", 5.0}, {"impl", "tensor"}};
+    cfg.update(extra);
+    auto tensor_lo = lopt::make_small_fc_lopt(cfg);
+    cfg["impl"] = "gpu";
+    auto gpu_lo = lopt::make_small_fc_lopt(cfg);
+    auto gen = lopt::make_generator(41);
+    auto theta = tensor_lo->init_theta(gen);
+    theta.narrow(0, theta.size(0) - 7, 7).copy_(torch::randn({7}, gen) * 0.1);
+    lopt::ParamSet params;
+    for (const auto& s : shapes) {
+      params.tensors.push_back(torch::randn(s, gen));
+      params.info.push_back({"x", s.size() >= 2 ? lopt::ParamRole::hidden_weight : lopt::ParamRole::bias,
+                             s.empty() ? 1 : s.back(), s.empty() ? 1 : s[0], 2.0});
+    }
+    // Parameters against float64 tensor ops; the state against float32 tensor ops (the decays are
+    // float32 in both: 1 - beta for beta near 1 carries float32's rounding of beta).
+    auto r_opt = tensor_lo->bind(theta.to(torch::kFloat64)), t_opt = tensor_lo->bind(theta), g_opt = gpu_lo->bind(theta);
+    auto params64 = params.clone(), params_dev = params.clone();
+    for (auto& t : params64.tensors) t = t.to(torch::kFloat64);
+    for (auto& t : params_dev.tensors) t = t.to(device);
+    auto rs = r_opt->init(params64), ts = t_opt->init(params.clone()), gs = g_opt->init(params_dev);
+    for (int step = 0; step < 4; ++step) {
+      std::vector<torch::Tensor> grads, grads64, grads_dev;
+      for (const auto& p : params.tensors) {
+        auto g = torch::randn(p.sizes(), gen) * (step + 1);
+        grads.push_back(g);
+        grads64.push_back(g.to(torch::kFloat64));
+        grads_dev.push_back(g.to(device));
+      }
+      rs = r_opt->update(rs, grads64, torch::zeros({}));
+      ts = t_opt->update(ts, grads, torch::zeros({}));
+      g_opt->update_(gs, grads_dev, torch::zeros({}));
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        const std::string where = device.str() + (mup ? " mulo" : " sp") + " " + extra.dump() + " step " +
+                                  std::to_string(step) + " tensor " + c10::str(params.tensors[i].sizes());
+        EXPECT_LT(rel_err(gs.params.tensors[i].cpu(), rs.params.tensors[i]), 1e-5) << where;
+        for (const char* slot : {"mom", "rms", "fac_vec_row", "fac_vec_col", "fac_vec_v"})
+          EXPECT_LT(scaled_err(gs.slots.at(slot)[i].cpu(), ts.slots.at(slot)[i]), 1e-5) << slot << ", " << where;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// The CUDA kernels' algorithm (kernels/lopt_gpu.h) run by its host emulation: the same per-element
+// arithmetic, indexing (ranks 0-4, factored dims either way round, size-1 dims) and reductions as the
+// GPU, against the float64 tensor-op path. Runs on every machine.
+TEST(SmallFcLoptGpu, HostEmulationAgreesWithFloat64TensorOps) {
+  check_gpu_algorithm(torch::kCPU, json::object());
+  check_gpu_algorithm(torch::kCPU, {{"hidden_size", 16}, {"hidden_layers", 2}});
+  check_gpu_algorithm(torch::kCPU, {{"hidden_size", 64}, {"hidden_layers", 0}});
+}
+
+// The same on a GPU, through the CUDA kernels (impl "gpu" and the default "fused", which picks them
+// for CUDA tensors); a population of members with their own thetas in one launch equals their own steps.
+TEST(SmallFcLoptGpu, CudaKernelsAgreeWithFloat64TensorOps) {
+  if (!lopt::kernels::gpu::compiled()) GTEST_SKIP() << "built without LOPT_CUDA";
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (or LibTorch without CUDA)";
+  check_gpu_algorithm(torch::kCUDA, json::object());
+  check_gpu_algorithm(torch::kCUDA, {{"hidden_size", 16}, {"hidden_layers", 2}});
+  json cfg = {{"type", "mulo"}, {"impl", "fused"}};
+  auto lo = lopt::make_small_fc_lopt(cfg);
+  auto gen = lopt::make_generator(51);
+  const std::vector<std::vector<int64_t>> shapes = {{32, 64}, {32}, {10, 32}, {517, 9}, {4, 6, 5}};
+  std::vector<std::unique_ptr<lopt::Optimizer>> opts;
+  std::vector<lopt::OptState> batched, single;
+  for (int m = 0; m < 4; ++m) {
+    opts.push_back(lo->bind(lo->init_theta(gen)));
+    lopt::ParamSet p;
+    for (const auto& s : shapes) {
+      p.tensors.push_back(torch::randn(s, gen).to(torch::kCUDA));
+      p.info.push_back({"x", s.size() >= 2 ? lopt::ParamRole::hidden_weight : lopt::ParamRole::bias, s.back(), s[0], 2.0});
+    }
+    batched.push_back(opts.back()->init(p.clone()));
+    single.push_back(opts.back()->init(p.clone()));
+  }
+  for (int step = 0; step < 3; ++step) {
+    std::vector<lopt::PopulationMember> members;
+    for (int m = 0; m < 4; ++m) {
+      std::vector<torch::Tensor> grads;
+      for (const auto& s : shapes) grads.push_back(torch::randn(s, gen).to(torch::kCUDA));
+      opts[static_cast<size_t>(m)]->update_(single[static_cast<size_t>(m)], grads, torch::zeros({}));
+      members.push_back({opts[static_cast<size_t>(m)].get(), &batched[static_cast<size_t>(m)], grads, torch::zeros({})});
+    }
+    opts[0]->update_many_(members);
+    for (int m = 0; m < 4; ++m)
+      for (size_t i = 0; i < shapes.size(); ++i)
+        EXPECT_LT(rel_err(batched[static_cast<size_t>(m)].params.tensors[i].cpu(), single[static_cast<size_t>(m)].params.tensors[i].cpu()), 1e-6)
+            << "member " << m << " tensor " << i;
   }
 }
