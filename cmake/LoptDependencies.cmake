@@ -36,8 +36,10 @@ lopt_require(Boost_FOUND "Boost.Program_options" "libboost-program-options-dev")
 find_package(nlohmann_json QUIET)
 lopt_require(nlohmann_json_FOUND "nlohmann/json" "nlohmann-json3-dev")
 
-find_package(HDF5 QUIET COMPONENTS C CXX)
-lopt_require(HDF5_FOUND "HDF5 with its C++ API" "libhdf5-dev")
+if(LOPT_HDF5)
+  find_package(HDF5 QUIET COMPONENTS C CXX)
+  lopt_require(HDF5_FOUND "HDF5 with its C++ API" "libhdf5-dev")
+endif()
 
 # OpenMP: LibTorch's at::parallel_for is only parallel in code compiled with it (ATen/ParallelOpenMP.h
 # keys on _OPENMP), and the fused kernels' parallel loops use it directly; GCC ships it (libgomp).

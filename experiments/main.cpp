@@ -62,6 +62,14 @@ po::options_description common_options(Common& c) {
   return d;
 }
 
+/// --device for the commands that train (train, compare, sweep, meta-train): sets `key`.
+void add_device_option(po::options_description& d, std::string& device) {
+  d.add_options()("device", po::value(&device), "compute device: cpu, cuda, cuda:N (sets \"device\"; compare/sweep: base.device)");
+}
+void apply_device(json& cfg, const std::string& device, const std::string& key) {
+  if (!device.empty()) lopt::set_dotted(cfg, key, device);
+}
+
 /// Parses argv for a subcommand; returns false when --help was printed.
 bool parse(int argc, char** argv, const po::options_description& desc, const char* usage, po::variables_map& vm) {
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
@@ -101,10 +109,11 @@ lopt::ProgressMode mode(const Common& c) { return c.quiet ? lopt::ProgressMode::
 /// "local_sgd" block, and under WORLD_SIZE > 1 each process runs one worker (rank 0 writes the file).
 int cmd_train(int argc, char** argv, bool local = false) {
   Common c;
-  std::string output, data_dir, optimizer, lo_checkpoint;
+  std::string output, data_dir, optimizer, lo_checkpoint, device;
   long long steps = -1, seed = -1;
   bool overwrite = false;
   auto desc = common_options(c);
+  add_device_option(desc, device);
   desc.add_options()("output,o", po::value(&output), "HDF5 result file (sets \"output\")")(
       "overwrite", po::bool_switch(&overwrite), "replace an existing result file")(
       "steps", po::value(&steps), "number of training steps (sets \"steps\")")(
@@ -132,6 +141,7 @@ int cmd_train(int argc, char** argv, bool local = false) {
   if (vm.count("seed")) cfg["seed"] = seed;
   if (!data_dir.empty()) lopt::set_dotted(cfg, "task.data_dir", data_dir);
   if (!lo_checkpoint.empty()) lopt::set_dotted(cfg, "optimizer.checkpoint", lo_checkpoint);
+  apply_device(cfg, device, "device");
   auto resolved = lopt::resolve_train_config(cfg);
   std::unique_ptr<lopt::ProcessGroup> group;
   if (local) {
@@ -218,10 +228,11 @@ struct RunFolderOptions {
 int cmd_sweep(int argc, char** argv) {
   Common c;
   RunFolderOptions f;
-  std::string png, shard;
+  std::string png, shard, device;
   bool dry_run = false, merge = false, tune_only = false;
   auto desc = common_options(c);
   f.add(desc);
+  add_device_option(desc, device);
   desc.add_options()("png", po::value(&png), "draw the sweep to this PNG (by its \"plot\" spec; else loss vs LR)")(
       "dry-run", po::bool_switch(&dry_run), "validate and list the runs without training")(
       "shard", po::value(&shard), "run only shard i of n (i/n, e.g. 0/4; runs are split by a hash of their grid point); each shard writes "
@@ -235,6 +246,7 @@ int cmd_sweep(int argc, char** argv) {
   if (c.config.empty()) throw lopt::UsageError("lopt sweep needs --config FILE (see experiments/sweeps/ and experiments/configs/)");
   json cfg = load_config(c, json::object());
   f.apply(cfg);
+  apply_device(cfg, device, "base.device");
   lopt::SweepOptions o;
   o.fresh = f.fresh;
   o.merge = merge;
@@ -263,10 +275,11 @@ int cmd_sweep(int argc, char** argv) {
 int cmd_compare(int argc, char** argv) {
   Common c;
   RunFolderOptions f;
-  std::string png;
+  std::string png, device;
   bool dry_run = false;
   auto desc = common_options(c);
   f.add(desc);
+  add_device_option(desc, device);
   desc.add_options()("png", po::value(&png), "draw the comparison to this PNG")(
       "dry-run", po::bool_switch(&dry_run), "validate and list the runs known before tuning, without training");
   po::variables_map vm;
@@ -275,6 +288,7 @@ int cmd_compare(int argc, char** argv) {
   if (c.config.empty()) throw lopt::UsageError("lopt compare needs --config FILE (see experiments/configs/eval_*.json)");
   json cfg = load_config(c, json::object());
   f.apply(cfg);
+  apply_device(cfg, device, "base.device");
   auto runs = lopt::expand_compare(cfg);
   std::printf("compare: %zu runs before any grid extension (tuning runs, then the report runs of the chosen configs)\n",
               runs.size());
@@ -355,11 +369,12 @@ int cmd_cpt(int argc, char** argv) {
 
 int cmd_meta_train(int argc, char** argv) {
   Common c;
-  std::string output_dir, data_dir;
+  std::string output_dir, data_dir, device;
   bool resume = false;
   long long outer_steps = -1, stop_after = -1, seed = -1;
   bool overwrite = false;
   auto desc = common_options(c);
+  add_device_option(desc, device);
   desc.add_options()("output-dir,o", po::value(&output_dir), "folder for checkpoints and the HDF5 log (sets \"output_dir\")")(
       "resume", po::bool_switch(&resume), "continue from <output_dir>/checkpoint.safetensors if it exists")(
       "overwrite", po::bool_switch(&overwrite), "replace the results of an earlier meta-training in the folder")(
@@ -373,6 +388,7 @@ int cmd_meta_train(int argc, char** argv) {
   if (c.config.empty()) throw lopt::UsageError("lopt meta-train needs --config FILE (see experiments/configs/meta_*.json)");
   json cfg = load_config(c, json::object());
   if (!output_dir.empty()) cfg["output_dir"] = output_dir;
+  apply_device(cfg, device, "device");
   check_count(vm, "outer-steps", outer_steps, 1);
   check_count(vm, "stop-after", stop_after, 0);
   check_count(vm, "seed", seed, 0);

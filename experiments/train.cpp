@@ -10,6 +10,7 @@
 #include <functional>
 
 #include "common/config.h"
+#include "common/device.h"
 #include "common/errors.h"
 #include "common/signals.h"
 #include "common/rng.h"
@@ -58,7 +59,12 @@ nlohmann::json resolve_train_config(const nlohmann::json& config) {
   out["seed"] = r.get<uint64_t>("seed", 0);
   out["output"] = r.get<std::string>("output", "");
   auto local = r.get<nlohmann::json>("local_sgd", nullptr);
+  const auto device = r.get<std::string>("device", "cpu");
   r.finish();
+  parse_device(device, "/device");
+  // Absent for the CPU, so that result files written before the key existed are still reused.
+  if (device != "cpu") out["device"] = device;
+  config_check(device == "cpu" || local.is_null(), "/device", "local-SGD runs are CPU-only for now: remove \"device\"");
   int64_t workers = 0;
   if (!local.is_null()) {
     auto lc = LocalSgdConfig::from_json(local, "/local_sgd");
@@ -133,6 +139,7 @@ void combine_round(ProcessGroup& group, RoundResult& r, bool gather) {
 TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mode, ProcessGroup* group) {
   auto config = resolve_train_config(raw_config);
   check_output_writable(config["output"]);
+  DeviceScope device(parse_device(config.value("device", "cpu"), "/device"));
   const int64_t steps = config["steps"], eval_every = config["eval_every"], eval_examples = config["eval_examples"];
   const uint64_t seed = config["seed"];
   auto task = make_task(config["task"]);

@@ -68,7 +68,10 @@ nlohmann::json resolve_meta_train_config(const nlohmann::json& config) {
   out["seed"] = r.get<uint64_t>("seed", 0);
   out["checkpoint_every"] = r.get<int64_t>("checkpoint_every", 50);
   out["output_dir"] = r.get<std::string>("output_dir", "runs/meta/meta_train");
+  const auto device = r.get<std::string>("device", "cpu");
   r.finish();
+  parse_device(device, "/device");
+  if (device != "cpu") out["device"] = device;  // absent for the CPU: older checkpoints resume
   config_check(out["outer_steps"].get<int64_t>() >= 1, "/outer_steps", "must be >= 1");
   config_check(out["checkpoint_every"].get<int64_t>() >= 1, "/checkpoint_every", "must be >= 1");
   config_check(!out["output_dir"].get<std::string>().empty(), "/output_dir", "must name a folder");
@@ -86,7 +89,8 @@ double MetaTrainLog::recent_meta_loss(size_t n) const {
 }
 
 MetaTrainer::MetaTrainer(const nlohmann::json& config, ProcessGroup* group)
-    : config_(resolve_meta_train_config(config)), group_(group) {
+    : config_(resolve_meta_train_config(config)), group_(group),
+      device_(std::make_unique<DeviceScope>(parse_device(config_.value("device", "cpu"), "/device"))) {
   auto est_cfg = EstimatorConfig::from_json(config_["estimator"]);
   LoptTruncatedStepConfig sc;
   sc.task_family = config_["task_family"];

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/device.h"
 #include "common/progress.h"
 #include "meta/estimators.h"
 
@@ -70,6 +71,7 @@ class MetaTrainer {
  private:
   nlohmann::json config_;
   ProcessGroup* group_ = nullptr;
+  std::unique_ptr<DeviceScope> device_;  ///< the run's device while the trainer lives (destroyed last)
   std::unique_ptr<LoptTruncatedStep> step_fn_;
   std::unique_ptr<GradientEstimator> estimator_;
   std::unique_ptr<Optimizer> outer_;

@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "common/config.h"
+#include "common/device.h"
 #include "common/errors.h"
 #include "optimizers/safetensors.h"
 #include "parametrization/parametrization.h"
@@ -337,7 +338,8 @@ std::unique_ptr<Optimizer> SmallFcLopt::bind(const torch::Tensor& theta) const {
 // ------------------------------------------------------------------ bound optimizer
 
 SmallFcLoptOptimizer::SmallFcLoptOptimizer(const SmallFcLopt& lopt, torch::Tensor theta)
-    : config_(lopt.config()), theta_(std::move(theta)), named_(lopt.unflatten(theta_)),
+    // theta follows the run's device (differentiably: truncated backprop reaches the host theta)
+    : config_(lopt.config()), theta_(on_compute_device(theta)), named_(lopt.unflatten(theta_)),
       schedule_(make_schedule(config_.schedule, "/optimizer/schedule")) {
   weights_.push_back(named_.at("network.input.weight"));
   biases_.push_back(named_.at("network.input.bias"));

@@ -1,5 +1,7 @@
 #include "tasks/mlp.h"
 
+#include "common/device.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -77,7 +79,8 @@ ParamSet MlpTask::init(at::Generator& gen) const {
     std::vector<int64_t> shape =
         info.role == ParamRole::bias ? std::vector<int64_t>{info.fan_out} : std::vector<int64_t>{info.fan_out, info.fan_in};
     double std = param_->init_std(info);
-    p.tensors.push_back(std > 0 ? torch::randn(shape, gen).mul_(std) : torch::zeros(shape));
+    // Drawn on the host (the same parameters on every device), then moved to the run's device.
+    p.tensors.push_back(on_compute_device(std > 0 ? torch::randn(shape, gen).mul_(std) : torch::zeros(shape)));
   }
   return p;
 }
@@ -117,8 +120,9 @@ torch::Tensor MlpTask::forward(const ParamSet& params, const torch::Tensor& x,
   return logits;
 }
 
-LossAndMetrics MlpTask::loss_and_metrics(const ParamSet& params, const Batch& batch,
+LossAndMetrics MlpTask::loss_and_metrics(const ParamSet& params, const Batch& batch_in,
                                          std::vector<torch::Tensor>* activations) const {
+  const Batch batch = batch_in.to(compute_device());
   const auto& y = batch.at("y");
   auto logits = forward(params, batch.at("x"), activations);
   LossAndMetrics out;
@@ -132,7 +136,8 @@ torch::Tensor MlpTask::normalizer(const torch::Tensor& loss) const {
   return normalize_classifier_loss(loss, dataset().num_classes);
 }
 
-torch::Tensor MlpTask::population_loss(const ParamSet& stacked, const Batch& batch) const {
+torch::Tensor MlpTask::population_loss(const ParamSet& stacked, const Batch& batch_in) const {
+  const Batch batch = batch_in.to(compute_device());
   const auto& x = batch.at("x");
   const auto& y = batch.at("y");
   TORCH_CHECK(stacked.size() == static_cast<size_t>(2 * config_.depth + 2), "MlpTask::population_loss: expected ",
@@ -246,9 +251,10 @@ nlohmann::json MlpFamily::sample(at::Generator& gen) const {
 
 // The MLP's backward pass written out (relu / tanh; gelu takes autograd): per layer two bmm and a
 // few element-wise ops, no graph.
-torch::Tensor MlpTask::population_loss_and_grads(const ParamSet& stacked, const Batch& batch,
+torch::Tensor MlpTask::population_loss_and_grads(const ParamSet& stacked, const Batch& batch_in,
                                                  std::vector<torch::Tensor>* grads) const {
-  if (config_.activation == "gelu") return Task::population_loss_and_grads(stacked, batch, grads);
+  if (config_.activation == "gelu") return Task::population_loss_and_grads(stacked, batch_in, grads);
+  const Batch batch = batch_in.to(compute_device());
   const auto& x = batch.at("x");
   const auto& y = batch.at("y");
   torch::NoGradGuard no_grad;

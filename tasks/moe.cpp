@@ -55,7 +55,7 @@ Routing route_topk(const torch::Tensor& logits, int64_t k) {
 torch::Tensor sinkhorn(const torch::Tensor& cost_in, double tol, int64_t max_iters) {
   torch::NoGradGuard no_grad;
   auto cost = torch::exp(cost_in.to(torch::kFloat32));
-  auto d0 = torch::ones({cost.size(0)}), d1 = torch::ones({cost.size(1)});
+  auto d0 = torch::ones({cost.size(0)}, cost.options()), d1 = torch::ones({cost.size(1)}, cost.options());
   const double eps = 1e-8;
   auto d1_old = d1;
   for (int64_t it = 0; it < max_iters; ++it) {
@@ -102,9 +102,10 @@ torch::Tensor experts_forward(const torch::Tensor& x, const Routing& r, const to
   const int64_t N = x.size(0), k = r.experts.size(1), E = w1.size(0);
   auto flat = r.experts.reshape({-1});
   auto order = std::get<1>(flat.sort(c10::optional<bool>(true), 0));  // stable: tokens keep their order per expert
-  auto token = torch::arange(N, torch::kInt64).repeat_interleave(k).index_select(0, order);
+  auto token = torch::arange(N, torch::TensorOptions().dtype(torch::kInt64).device(x.device())).repeat_interleave(k).index_select(0, order);
   auto gate = r.gates.reshape({-1}).index_select(0, order);
-  auto counts = torch::bincount(flat, {}, E).contiguous();
+  // Expert sizes on the host (the segments' lengths; one device-to-host copy per layer on a GPU).
+  auto counts = torch::bincount(flat, {}, E).cpu().contiguous();
   auto xs = x.index({token});  // advanced indexing: its backward (index_put_ with accumulate) is faster than index_select's
   std::vector<torch::Tensor> outs;
   // unbind: one backward node that stacks the experts' gradients (per-expert select() would

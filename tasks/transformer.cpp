@@ -1,5 +1,7 @@
 #include "tasks/transformer.h"
 
+#include "common/device.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -120,9 +122,9 @@ TransformerLmTask::TransformerLmTask(TransformerConfig config, std::shared_ptr<c
   auto angles = torch::outer(torch::arange(T, torch::kFloat64), inv_freq);
   // Tables [2, 1, 1, T, dh/2]: index 0 rotates q and folds in the attention scale, index 1 rotates k.
   auto scale = torch::tensor({attn_scale_, 1.0}, torch::kFloat64).view({2, 1, 1, 1, 1});
-  rope_cos_ = (angles.cos().view({1, 1, 1, T, dh / 2}) * scale).to(torch::kFloat32);
-  rope_sin_ = (angles.sin().view({1, 1, 1, T, dh / 2}) * scale).to(torch::kFloat32);
-  causal_mask_ = torch::full({T, T}, -std::numeric_limits<float>::infinity()).triu(1);
+  rope_cos_ = on_compute_device((angles.cos().view({1, 1, 1, T, dh / 2}) * scale).to(torch::kFloat32));
+  rope_sin_ = on_compute_device((angles.sin().view({1, 1, 1, T, dh / 2}) * scale).to(torch::kFloat32));
+  causal_mask_ = on_compute_device(torch::full({T, T}, -std::numeric_limits<float>::infinity()).triu(1));
 }
 
 std::vector<ParamInfo> TransformerLmTask::param_info() const {
@@ -194,11 +196,11 @@ ParamSet TransformerLmTask::init(at::Generator& gen) const {
     const auto& info = p.info[k];
     const auto& shape = shapes[k];
     if (info.role == ParamRole::norm_gain) {
-      p.tensors.push_back(torch::ones(shape));
+      p.tensors.push_back(on_compute_device(torch::ones(shape)));
       continue;
     }
-    const double std = param_->init_std(info);
-    p.tensors.push_back(std > 0 ? torch::randn(shape, gen).mul_(std) : torch::zeros(shape));
+    const double std = param_->init_std(info);  // drawn on the host: the same parameters on every device
+    p.tensors.push_back(on_compute_device(std > 0 ? torch::randn(shape, gen).mul_(std) : torch::zeros(shape)));
   }
   return p;
 }
@@ -268,8 +270,9 @@ torch::Tensor TransformerLmTask::forward(const ParamSet& params, const torch::Te
   return logits;
 }
 
-LossAndMetrics TransformerLmTask::loss_and_metrics(const ParamSet& params, const Batch& batch,
+LossAndMetrics TransformerLmTask::loss_and_metrics(const ParamSet& params, const Batch& batch_in,
                                                    std::vector<torch::Tensor>* activations) const {
+  const Batch batch = batch_in.to(compute_device());
   const auto& tokens = batch.at("tokens");
   TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) >= 2, "TransformerLmTask: tokens must be [B, T+1], got ", tokens.sizes());
   const int64_t T = tokens.size(1) - 1;
@@ -280,7 +283,7 @@ LossAndMetrics TransformerLmTask::loss_and_metrics(const ParamSet& params, const
   out.metrics["loss"] = out.loss.detach();
   out.metrics["bits_per_byte"] = out.loss.detach() / std::log(2.0);
   if (!routings.empty()) {
-    auto aux = torch::zeros({}), z = torch::zeros({});
+    auto aux = torch::zeros({}, logits.options()), z = torch::zeros({}, logits.options());
     double mri = 0;
     for (size_t l = 0; l < routings.size(); ++l) {
       const auto& r = routings[l];

@@ -66,6 +66,12 @@ Batch Batch::stack(const std::vector<Batch>& batches) {
   return out;
 }
 
+Batch Batch::to(const torch::Device& device) const {
+  Batch out;
+  for (const auto& [k, v] : tensors) out.tensors[k] = v.device() == device ? v : v.to(device, /*non_blocking=*/true);
+  return out;
+}
+
 bool DataSource::has_split(Split s) const {
   for (auto x : splits())
     if (x == s) return true;

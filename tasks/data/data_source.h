@@ -50,6 +50,8 @@ struct Batch {
   Batch member(int64_t p) const;
   /// Batches with identical keys and shapes stacked along a new leading dimension.
   static Batch stack(const std::vector<Batch>& batches);
+  /// Every tensor on `device` (shares them when already there).
+  Batch to(const torch::Device& device) const;
 };
 
 class DataSource {

@@ -132,11 +132,17 @@ TEST(Moe, RouterGetsGradientsAndAuxLossJoinsTheTrainingLoss) {
     else
       EXPECT_EQ(extra, 0.0);
     auto grads = torch::autograd::grad({out.loss}, p.tensors);
-    for (size_t k = 0; k < p.size(); ++k)
-      if (p.info[k].name.find("router") != std::string::npos) EXPECT_GT(grads[k].abs().sum().item<double>(), 0.0) << p.info[k].name;
+    for (size_t k = 0; k < p.size(); ++k) {
+      if (p.info[k].name.find("router") != std::string::npos) {
+        EXPECT_GT(grads[k].abs().sum().item<double>(), 0.0) << p.info[k].name;
+      }
+    }
     // Shapes: experts stacked in front; the FLOP-matched expert width is mlp_ratio * width / (k + shared).
-    for (size_t k = 0; k < p.size(); ++k)
-      if (p.info[k].name == "block_0.moe.experts.fc_1.weight") EXPECT_EQ(p.tensors[k].sizes(), torch::IntArrayRef({4, 4 * 32 / 3, 32}));
+    for (size_t k = 0; k < p.size(); ++k) {
+      if (p.info[k].name == "block_0.moe.experts.fc_1.weight") {
+        EXPECT_EQ(p.tensors[k].sizes(), torch::IntArrayRef({4, 4 * 32 / 3, 32}));
+      }
+    }
   }
   lopt_test::expect_config_error([](const nlohmann::json& j) { lopt::TransformerConfig::from_json(j); },
                                  moe_task("x", {{"experts", 4}, {"top_k", 5}}), "/task/moe/top_k");
