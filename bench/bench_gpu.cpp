@@ -7,7 +7,10 @@
 
 #include <chrono>
 
+#include "common/device.h"
 #include "common/rng.h"
+#include "meta/estimators.h"
+#include "meta/truncated_step.h"
 #include "optimizers/kernels/lopt_gpu.h"
 #include "optimizers/optimizer.h"
 #include "optimizers/small_fc_lopt.h"
@@ -73,6 +76,41 @@ void BM_GpuAdamW(benchmark::State& state) {  // lopt's AdamW: LibTorch tensor op
   auto opt = lopt::make_optimizer({{"type", "adamw"}, {"lr", 1e-3}});
   run_gpu_step(state, *opt);
 }
+/// Meta-training on the GPU: one PES estimate of the muLO_M configuration's task (8 tasks x antithetic
+/// pair = 16 members of a muP MLP of width arg0, depth 2, 8x8 synthetic images, batch 64, 10 inner
+/// steps), members stacked (population) and stepped by one kernel launch. Compare BM_PesEstimate/1/<width>
+/// (the CPU). Counter: member inner steps/s.
+void BM_GpuPesEstimate(benchmark::State& state) {
+  if (!torch::cuda::is_available() || !lopt::kernels::gpu::compiled()) {
+    state.SkipWithError("no CUDA device, or built without LOPT_CUDA");
+    return;
+  }
+  lopt::DeviceScope device(torch::kCUDA);
+  lopt::LoptTruncatedStepConfig sc;
+  sc.task_family = {{"type", "mlp_family"}, {"widths", {state.range(0)}}, {"depths", {2}}, {"batch_sizes", {64}},
+                    {"image_sizes", {8}}, {"dataset", "synthetic"}, {"parametrization", {{"type", "mup"}, {"base_width", 32}}}};
+  sc.lopt = {{"type", "mulo"}};
+  sc.truncation = {{"type", "constant"}, {"length", 1000000}};
+  sc.num_tasks = 8;
+  sc.population = true;
+  lopt::LoptTruncatedStep step(sc);
+  lopt::EstimatorConfig ec;
+  ec.type = "pes";
+  ec.trunc_length = 10;
+  ec.num_tasks = 8;
+  ec.population = true;
+  auto est = lopt::make_gradient_estimator(ec, step);
+  auto gen = lopt::make_generator(0);
+  auto theta = step.learned_optimizer().init_theta(gen);
+  est->init(theta, 1);
+  int64_t inner = 0;
+  uint64_t seed = 0;
+  est->estimate(theta, ++seed);  // warm up
+  for (auto _ : state) inner += est->estimate(theta, ++seed).inner_steps;
+  state.counters["inner_steps/s"] = benchmark::Counter(static_cast<double>(inner), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_GpuPesEstimate)->Arg(32)->Arg(128)->Arg(256)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 BENCHMARK(BM_GpuLoptStep)->Arg(0)->Arg(1)->Arg(2)->Arg(3)->Unit(benchmark::kMillisecond)->UseManualTime()->MinTime(0.5);
 BENCHMARK(BM_GpuAdamW)->Arg(0)->Arg(1)->Arg(2)->Arg(3)->Unit(benchmark::kMillisecond)->UseManualTime()->MinTime(0.5);
 

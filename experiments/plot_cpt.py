@@ -5,7 +5,7 @@ usage: /usr/bin/python3 experiments/plot_cpt.py results/cpt -o results/figures/c
 writes <prefix>_loss.png (validation loss per corpus against tokens, the shift marked, one panel per
 run of the English -> German rewarm/infinite grid), <prefix>_mri.png (maximum routing imbalance per
 layer against step, on the old and new data), <prefix>_replay.png (forgetting and adaptation
-against the replay fraction) and prints a markdown table (final losses, forgetting, tokens/s).
+against the replay fraction), <prefix>_lopt.png (learned optimizers against AdamW through the shift) and prints a markdown table (final losses, forgetting, tokens/s).
 """
 import argparse
 import glob
@@ -40,7 +40,7 @@ def main():
     tokens = lambda cfg: cfg["task"]["batch_size"] * cfg["task"]["context"]  # noqa: E731
 
     # Loss curves with the shift marked.
-    grid = [n for n in runs if "_german_" in n and "replay25" in n]
+    grid = [n for n in runs if "_german_" in n and "replay25" in n and not n.startswith("mup-")]
     if grid:
         fig, axes = plt.subplots(1, len(grid), figsize=(3.6 * len(grid), 3.2), squeeze=False, sharey=True)
         for ax, name in zip(axes[0], grid):
@@ -81,15 +81,38 @@ def main():
     # Forgetting / adaptation against replay.
     sweep = sorted((int(n.rsplit("replay", 1)[1]), n) for n in runs if n.startswith("switch-sinkhorn_german_rewarm_replay"))
     if sweep:
-        fig, ax = plt.subplots(figsize=(4.2, 3.2))
+        fig, ax = plt.subplots(figsize=(4.4, 3.2))
         xs = [r for r, _ in sweep]
-        ax.plot(xs, [runs[n][2]["forgetting_english"] for _, n in sweep], "o-", label="forgetting (english loss rise)")
-        ax.plot(xs, [runs[n][2]["final_german_loss"] for _, n in sweep], "s-", label="final german loss")
+        ax.plot(xs, [runs[n][2]["forgetting_english"] for _, n in sweep], "o-", color="C0")
+        ax.set_ylabel("forgetting: english loss rise", color="C0")
+        ax2 = ax.twinx()
+        ax2.plot(xs, [runs[n][2]["final_german_loss"] for _, n in sweep], "s--", color="C1")
+        ax2.set_ylabel("final german loss", color="C1")
         ax.set_xlabel("replay (% of every batch)")
+        ax.set_title("Switch-Sinkhorn, english -> german, re-warm", fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.output + "_replay.png", dpi=110)
+
+    # Learned optimizers against AdamW through the shift (muP Switch-Sinkhorn).
+    lo = [n for n in runs if n.startswith("mup-")]
+    if lo:
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharex=True)
+        for i, name in enumerate(sorted(lo)):
+            cfg, ev, _ = runs[name]
+            x = ev["step"] * tokens(cfg) / 1e6
+            label = name.replace("mup-switch-sinkhorn_german_", "").replace("_replay25", "")
+            for ax, corpus in zip(axes, ("english", "german")):
+                ax.plot(x, ev[corpus + "_loss"], color=f"C{i}", label=label)
+        for ax, corpus in zip(axes, ("english", "german")):
+            ax.axvline(runs[lo[0]][0]["phases"][0]["steps"] * tokens(runs[lo[0]][0]) / 1e6, color="k", ls="--", lw=0.8)
+            ax.set_title(f"{corpus} validation loss", fontsize=9)
+            ax.set_xlabel("tokens (M)")
+            ax.set_ylim(top=min(4.0, ax.get_ylim()[1]))
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.output + "_lopt.png", dpi=110)
 
     print("| run | final english | final german | final code | forgetting (english) | tokens/s (phases) |")
     print("|---|---|---|---|---|---|")
