@@ -6,14 +6,22 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <cstdlib>
 #include <thread>
 
 #include "common/rng.h"
 #include "optimizers/kernels/lopt_cpu.h"
 #include "optimizers/optimizer.h"
+#include "tasks/moe.h"
 #include "tasks/task.h"
 
 namespace {
+
+/// Threads: all cores, or LOPT_BENCH_THREADS (e.g. 1 while other jobs share the machine).
+int bench_threads() {
+  if (const char* t = std::getenv("LOPT_BENCH_THREADS")) return std::max(1, std::atoi(t));
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 /// One full training step (forward, backward, optimizer update) per benchmark iteration.
 void train_steps(benchmark::State& state, const lopt::Task& task, const lopt::Optimizer& opt) {
@@ -29,7 +37,7 @@ void train_steps(benchmark::State& state, const lopt::Task& task, const lopt::Op
 }
 
 void BM_LmTrainStep(benchmark::State& state) {
-  at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  at::set_num_threads(bench_threads());
   auto task = lopt::make_task({{"type", "transformer_lm"}, {"width", 128}, {"depth", 4}, {"heads", 4}, {"context", 128},
                                {"batch_size", 32}, {"corpus", "english"}});
   auto opt = lopt::make_optimizer(state.range(0) == 0 ? nlohmann::json{{"type", "adamw"}, {"lr", 1e-3}}
@@ -45,7 +53,7 @@ BENCHMARK(BM_LmTrainStep)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRea
 // 0 dense (the FLOP-matched reference), 1 Switch (8 experts, top-1, aux router), 2 Switch with the
 // Sinkhorn router, 3 granular (16 experts, top-4, aux router), 4 granular with 1 shared expert (top-3).
 void BM_MoeTrainStep(benchmark::State& state) {
-  at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  at::set_num_threads(bench_threads());
   const std::vector<std::pair<std::string, nlohmann::json>> variants = {
       {"dense", nlohmann::json::object()},
       {"switch8-aux", {{"experts", 8}, {"top_k", 1}, {"router", "aux"}}},
@@ -64,5 +72,27 @@ void BM_MoeTrainStep(benchmark::State& state) {
   state.counters["threads"] = at::get_num_threads();
 }
 BENCHMARK(BM_MoeTrainStep)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
+
+// The router of one MoE layer on one training batch (4096 tokens x d_model 128): router matmul,
+// routing, gates, auxiliary losses (aux router), and their backward to the router weight — what a
+// layer adds besides the experts. Router overhead of a model = depth (4) x this / BM_MoeTrainStep.
+// 0 Switch aux (8 experts, top-1), 1 Switch Sinkhorn, 2 granular aux (16 experts, top-4).
+void BM_MoeRouter(benchmark::State& state) {
+  at::set_num_threads(bench_threads());
+  const int64_t variant = state.range(0), E = variant == 2 ? 16 : 8, k = variant == 2 ? 4 : 1;
+  auto gen = lopt::make_generator(0);
+  auto x = torch::randn({4096, 128}, gen);
+  auto w = (torch::randn({E, 128}, gen) * 0.02).requires_grad_();
+  for (auto _ : state) {
+    auto logits = torch::linear(x, w);
+    auto r = variant == 1 ? lopt::route_sinkhorn(logits, k, true) : lopt::route_topk(logits, k);
+    auto obj = r.gates.sum();
+    if (variant != 1) obj = obj + 0.01 * lopt::load_balancing_loss(logits, r.experts) + 0.001 * lopt::router_z_loss(logits);
+    auto g = torch::autograd::grad({obj}, {w});
+    benchmark::DoNotOptimize(g[0].data_ptr());
+  }
+  state.SetLabel(variant == 0 ? "switch8-aux" : variant == 1 ? "switch8-sinkhorn" : "granular16-top4-aux");
+}
+BENCHMARK(BM_MoeRouter)->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 
 }  // namespace
