@@ -135,16 +135,18 @@ const json& golden() {
 TEST(SmallFcLoptParity, MatchesPyloGoldenValues) {
   const auto& root = golden();
   ASSERT_GE(root.at("cases").size(), 1u);
-  auto run = [&](const std::string& impl, const std::string& target) {
+  // impl "gpu" runs the CUDA kernels' algorithm: on `device` CPU its host emulation, on CUDA the kernels.
+  auto run = [&](const std::string& impl, const std::string& target, torch::Device device = torch::kCPU) {
     for (auto it = root.at("cases").begin(); it != root.at("cases").end(); ++it) {
       auto gc = load_case(root, it.key(), impl);
       auto opt = gc.lopt->bind(gc.theta);
       auto* lo = dynamic_cast<lopt::SmallFcLoptOptimizer*>(opt.get());
       ASSERT_NE(lo, nullptr);
+      for (auto& t : gc.params.tensors) t = t.to(device);
       auto state = opt->init(gc.params);
       for (const auto& st : gc.steps) {
         std::vector<torch::Tensor> grads;
-        for (const auto& g : st.at("grads")) grads.push_back(from_json(g));
+        for (const auto& g : st.at("grads")) grads.push_back(from_json(g).to(device));
         auto before = state.params.clone();
         std::vector<torch::Tensor> ins, outs;
         if (impl == "tensor") state = lo->step(state, grads, &ins, &outs);
@@ -154,12 +156,12 @@ TEST(SmallFcLoptParity, MatchesPyloGoldenValues) {
         for (size_t i = 0; i < grads.size(); ++i) {
           auto expected = from_json(st.at("params_after")[i]);
           auto key = std::to_string(i);
-          EXPECT_LT(rel_err(state.params.tensors[i], expected), 1e-5) << where << " tensor " << i;
-          EXPECT_LT(update_err(state.params.tensors[i], expected, before.tensors[i]), 1e-4)
+          EXPECT_LT(rel_err(state.params.tensors[i].cpu(), expected), 1e-5) << where << " tensor " << i;
+          EXPECT_LT(update_err(state.params.tensors[i].cpu(), expected, before.tensors[i].cpu()), 1e-4)
               << where << " update of tensor " << i;
           const auto& sa = st.at("state_after").at(key);
           for (const char* slot : {"mom", "rms", "fac_vec_row", "fac_vec_col", "fac_vec_v"})
-            EXPECT_LT(scaled_err(state.slots.at(slot)[i], from_json(sa.at(slot))), 1e-5) << where << " " << slot << " " << i;
+            EXPECT_LT(scaled_err(state.slots.at(slot)[i].cpu(), from_json(sa.at(slot))), 1e-5) << where << " " << slot << " " << i;
           if (impl == "tensor") {
             const auto& io = st.at("mlp_io").at(key);
             EXPECT_LT(scaled_err(ins[i], from_json(io.at("mlp_input"))), 1e-5) << where << " mlp_input " << i;
@@ -171,6 +173,8 @@ TEST(SmallFcLoptParity, MatchesPyloGoldenValues) {
   };
   run("tensor", "");
   for_each_kernel_target([&](const std::string& target) { run("fused", " [" + target + "]"); });
+  run("gpu", " [host emulation]");
+  if (lopt::kernels::gpu::compiled() && torch::cuda::is_available()) run("gpu", " [CUDA]", torch::kCUDA);
 }
 
 namespace {
