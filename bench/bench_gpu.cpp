@@ -7,10 +7,9 @@
 
 #include <chrono>
 
+#include "bench/pes_bench.h"
 #include "common/device.h"
 #include "common/rng.h"
-#include "meta/estimators.h"
-#include "meta/truncated_step.h"
 #include "optimizers/kernels/lopt_gpu.h"
 #include "optimizers/optimizer.h"
 #include "optimizers/small_fc_lopt.h"
@@ -86,28 +85,7 @@ void BM_GpuPesEstimate(benchmark::State& state) {
     return;
   }
   lopt::DeviceScope device(torch::kCUDA);
-  lopt::LoptTruncatedStepConfig sc;
-  sc.task_family = {{"type", "mlp_family"}, {"widths", {state.range(0)}}, {"depths", {2}}, {"batch_sizes", {64}},
-                    {"image_sizes", {8}}, {"dataset", "synthetic"}, {"parametrization", {{"type", "mup"}, {"base_width", 32}}}};
-  sc.lopt = {{"type", "mulo"}};
-  sc.truncation = {{"type", "constant"}, {"length", 1000000}};
-  sc.num_tasks = 8;
-  sc.population = true;
-  lopt::LoptTruncatedStep step(sc);
-  lopt::EstimatorConfig ec;
-  ec.type = "pes";
-  ec.trunc_length = 10;
-  ec.num_tasks = 8;
-  ec.population = true;
-  auto est = lopt::make_gradient_estimator(ec, step);
-  auto gen = lopt::make_generator(0);
-  auto theta = step.learned_optimizer().init_theta(gen);
-  est->init(theta, 1);
-  int64_t inner = 0;
-  uint64_t seed = 0;
-  est->estimate(theta, ++seed);  // warm up
-  for (auto _ : state) inner += est->estimate(theta, ++seed).inner_steps;
-  state.counters["inner_steps/s"] = benchmark::Counter(static_cast<double>(inner), benchmark::Counter::kIsRate);
+  lopt_bench::run_pes_estimates(state, state.range(0), true);
 }
 BENCHMARK(BM_GpuPesEstimate)->Arg(32)->Arg(128)->Arg(256)->Unit(benchmark::kMillisecond)->UseRealTime();
 

@@ -10,6 +10,7 @@
 #include <iostream>
 #include <thread>
 
+#include "bench/pes_bench.h"
 #include "common/rng.h"
 #include "meta/estimators.h"
 #include "optimizers/kernels/lopt_cpu.h"
@@ -170,29 +171,7 @@ void BM_PesEstimate(benchmark::State& state, int64_t target) {
   TargetScope scope(target);
   state.SetLabel(lopt::kernels::dispatched_target());
   set_threads();
-  const bool population = state.range(0) != 0;
-  const int64_t width = state.range(1);
-  lopt::LoptTruncatedStepConfig sc;
-  sc.task_family = {{"type", "mlp_family"}, {"widths", {width}}, {"depths", {2}}, {"batch_sizes", {64}},
-                    {"image_sizes", {8}}, {"dataset", "synthetic"}, {"parametrization", {{"type", "mup"}, {"base_width", 32}}}};
-  sc.lopt = {{"type", "mulo"}};
-  sc.truncation = {{"type", "constant"}, {"length", 1000000}};
-  sc.num_tasks = 8;
-  sc.population = population;
-  lopt::LoptTruncatedStep step(sc);
-  lopt::EstimatorConfig ec;
-  ec.type = "pes";
-  ec.trunc_length = 10;
-  ec.num_tasks = 8;
-  ec.population = population;
-  auto est = lopt::make_gradient_estimator(ec, step);
-  auto gen = lopt::make_generator(0);
-  auto theta = step.learned_optimizer().init_theta(gen);
-  est->init(theta, 1);
-  int64_t inner = 0;
-  uint64_t seed = 0;
-  for (auto _ : state) inner += est->estimate(theta, ++seed).inner_steps;
-  state.counters["inner_steps/s"] = benchmark::Counter(static_cast<double>(inner), benchmark::Counter::kIsRate);
+  lopt_bench::run_pes_estimates(state, state.range(1), state.range(0) != 0);
 }
 
 int main(int argc, char** argv) {
