@@ -5,6 +5,7 @@
 #include "common/rng.h"
 #include "meta/estimators.h"
 #include "meta/truncated_step.h"
+#include "optimizers/learned_optimizer.h"
 
 namespace lopt_bench {
 
