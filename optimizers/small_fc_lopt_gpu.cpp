@@ -47,10 +47,11 @@ void run_on_host(std::vector<gpu::Tensor>& ts) {
     for (int item = 0; item < gpu::phase4_items(t); ++item) gpu::phase4(t, item);
   for (auto& t : ts) {
     for (int64_t i = 0; i < t.n; ++i) {
+      const float* rest = t.mlp + t.hidden * gpu::kInputs + t.hidden;  // after w_in and b_in
       switch (t.hidden) {
-        case 16: gpu::phase5<16>(t, i, t.mlp, t.scale, t.bias0); break;
-        case 32: gpu::phase5<32>(t, i, t.mlp, t.scale, t.bias0); break;
-        case 64: gpu::phase5<64>(t, i, t.mlp, t.scale, t.bias0); break;
+        case 16: gpu::phase5<16, gpu::kInputs>(t, i, t.mlp, rest, t.scale, t.bias0); break;
+        case 32: gpu::phase5<32, gpu::kInputs>(t, i, t.mlp, rest, t.scale, t.bias0); break;
+        case 64: gpu::phase5<64, gpu::kInputs>(t, i, t.mlp, rest, t.scale, t.bias0); break;
         default: TORCH_CHECK(false, "GPU learned-optimizer step: hidden_size must be 16, 32 or 64");
       }
     }

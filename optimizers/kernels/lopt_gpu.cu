@@ -68,20 +68,25 @@ __global__ void fold_kernel(const Tensor* ts) {
 
 template <int H>
 __global__ void __launch_bounds__(kThreads) apply_kernel(const Tensor* ts, int count, const int64_t* offsets) {
-  extern __shared__ float smem[];  // packed MLP, then scale [kFeatures], then bias0 [H]
+  // Shared memory: the first layer's feature weights [H][kFeatures] (rows 16-byte aligned), the rest
+  // of the MLP as packed (hidden layers, output), scale [kFeatures], bias0 [H].
+  extern __shared__ __align__(16) float smem[];
   const int ti = tensor_of(offsets, count, blockIdx.x);
   const Tensor& t = ts[ti];
-  const int64_t nw = mlp_floats(H, t.n_hidden);
-  float* w = smem;
-  float* scale = smem + nw;
+  const int64_t first = static_cast<int64_t>(H) * kInputs + H;  // packed w_in and b_in
+  const int64_t n_rest = mlp_floats(H, t.n_hidden) - first;
+  float* w_in = smem;
+  float* rest = w_in + H * kFeatures;
+  float* scale = rest + n_rest;
   float* bias0 = scale + kFeatures;
-  for (int64_t q = threadIdx.x; q < nw; q += blockDim.x) w[q] = t.mlp[q];
+  for (int q = threadIdx.x; q < H * kFeatures; q += blockDim.x) w_in[q] = t.mlp[(q / kFeatures) * kInputs + q % kFeatures];
+  for (int64_t q = threadIdx.x; q < n_rest; q += blockDim.x) rest[q] = t.mlp[first + q];
   for (int q = threadIdx.x; q < kFeatures; q += blockDim.x) scale[q] = t.scale[q];
   for (int q = threadIdx.x; q < H; q += blockDim.x) bias0[q] = t.bias0[q];
   __syncthreads();
   const int64_t begin = (static_cast<int64_t>(blockIdx.x) - offsets[ti]) * kItemsPerBlock;
   const int64_t end = begin + kItemsPerBlock < t.n ? begin + kItemsPerBlock : t.n;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) phase5<H>(t, i, w, scale, bias0);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) phase5<H, kFeatures>(t, i, w_in, rest, scale, bias0);
 }
 
 void check(cudaError_t e, const char* what) {
@@ -91,7 +96,7 @@ void check(cudaError_t e, const char* what) {
 template <int H>
 void launch_apply(const Tensor* device, int count, const int64_t* element_blocks, int64_t blocks, int n_hidden,
                   cudaStream_t s) {
-  const size_t smem = static_cast<size_t>(mlp_floats(H, n_hidden) + kFeatures + H) * sizeof(float);
+  const size_t smem = static_cast<size_t>(H * kFeatures + mlp_floats(H, n_hidden) - (H * kInputs + H) + kFeatures + H) * sizeof(float);
   if (smem > 48 * 1024) check(cudaFuncSetAttribute(apply_kernel<H>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), "shared memory");
   apply_kernel<H><<<static_cast<unsigned>(blocks), kThreads, smem, s>>>(device, count, element_blocks);
 }

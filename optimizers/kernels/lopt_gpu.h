@@ -220,10 +220,13 @@ LOPT_HD void phase4(const Tensor& t, int item) {
 }
 LOPT_HD int phase4_items(const Tensor& t) { return kFeatures + t.hidden; }
 
-/// Phase 5 on element i: the update. `H` = t.hidden; `w` is the packed MLP (device: a shared-memory
-/// copy), `scale` / `bias0` the tensor's phase-4 results.
-template <int H>
-LOPT_HD void phase5(const Tensor& t, int64_t i, const float* w, const float* scale, const float* bias0) {
+/// Phase 5 on element i: the update. `H` = t.hidden; `w_in` is the first layer's weights of the 28
+/// features, row j at w_in + j * InStride (the packed MLP: InStride = kInputs; the GPU's shared-memory
+/// copy: kFeatures, so rows stay 16-byte aligned for vector loads); `rest` the packed MLP after the
+/// first layer (hidden layers, output layer); `scale` / `bias0` the tensor's phase-4 results.
+template <int H, int InStride>
+LOPT_HD void phase5(const Tensor& t, int64_t i, const float* w_in, const float* rest, const float* scale,
+                    const float* bias0) {
   const Index ix = t.factored ? index_of(t, i) : Index{};
   float fg[3], fm[3];
   factors(t, i, ix, fg, fm);
@@ -251,11 +254,11 @@ LOPT_HD void phase5(const Tensor& t, int64_t i, const float* w, const float* sca
   float h[H], h2[H];
   LOPT_UNROLL for (int j = 0; j < H; ++j) {
     float a = bias0[j];
-    const float* wj = w + j * kInputs;
+    const float* wj = w_in + j * InStride;
     LOPT_UNROLL for (int f = 0; f < kFeatures; ++f) a = fmaf(wj[f], x[f], a);
     h[j] = a > 0 ? a : 0;
   }
-  const float* layer = w + H * kInputs + H;
+  const float* layer = rest;
   for (int l = 0; l < t.n_hidden; ++l) {
     const float* b = layer + H * H;
     LOPT_UNROLL for (int j = 0; j < H; ++j) {
