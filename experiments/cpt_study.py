@@ -68,7 +68,10 @@ def runs(steps, out):
     # on the muP version of the Switch-Sinkhorn model (muP = SP at base width 128 but for the zero
     # readout and 1/d_head attention).
     mup = {"type": "mup", "base_width": 128}
+    # AdamW at 3e-3 (the grid's LR, tuned on the dense muP LM) is unstable on this model in phase 0, so
+    # also at 1e-3.
     for name, opt, schedule in (("adamw", {"type": "adamw", "lr": 3e-3, "weight_decay": 0.1}, "rewarm"),
+                                ("adamw-lr1e-3", {"type": "adamw", "lr": 1e-3, "weight_decay": 0.1}, "rewarm"),
                                 ("mulo_m", {"type": "mulo", "checkpoint": "results/checkpoints/mulo_m/theta.safetensors"}, "constant"),
                                 ("mulo_lm", {"type": "mulo", "checkpoint": "results/checkpoints/mulo_lm_small/theta.safetensors"},
                                  "constant")):

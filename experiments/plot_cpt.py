@@ -114,12 +114,17 @@ def main():
         fig.tight_layout()
         fig.savefig(args.output + "_lopt.png", dpi=110)
 
-    print("| run | final english | final german | final code | forgetting (english) | tokens/s (phases) |")
-    print("|---|---|---|---|---|---|")
+    print("| run | final english | final german | final code | forgetting (english) | tokens/s (phases) | training min |")
+    print("|---|---|---|---|---|---|---|")
+    total = 0.0
     for name, (cfg, ev, at) in runs.items():
         tps = " / ".join(f"{at[k]:.0f}" for k in sorted(at) if k.startswith("tokens_per_s_phase"))
+        # training time: each phase's tokens at its measured rate (evaluations excluded)
+        minutes = sum(ph["steps"] * tokens(cfg) / at[f"tokens_per_s_phase{i}"] for i, ph in enumerate(cfg["phases"])) / 60
+        total += minutes
         f = lambda k: f"{at[k]:.4f}" if k in at else "-"  # noqa: E731
-        print(f"| {name} | {f('final_english_loss')} | {f('final_german_loss')} | {f('final_code_loss')} | {f('forgetting_english')} | {tps} |")
+        print(f"| {name} | {f('final_english_loss')} | {f('final_german_loss')} | {f('final_code_loss')} | {f('forgetting_english')} | {tps} | {minutes:.0f} |")
+    print(f"\n{len(runs)} runs, {total:.0f} minutes of training in all (one thread per run)")
 
 
 if __name__ == "__main__":
