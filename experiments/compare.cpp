@@ -216,6 +216,13 @@ std::pair<double, double> run_figures(const std::string& path, const std::string
 
 nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
+/// Candidates of a contender's initial grid (learning rates x schedules x weight decays x grid points).
+size_t initial_candidates(const Contender& ct) {
+  if (!ct.tuned()) return 0;
+  return ct.lr_grid.size() * ct.schedules.size() * std::max<size_t>(1, ct.wd_grid.size()) *
+         std::max<size_t>(1, ct.grid_points.size());
+}
+
 }  // namespace
 
 nlohmann::json relative_schedule_config(const nlohmann::json& s) {
@@ -253,9 +260,33 @@ std::vector<CompareRun> expand_compare(const nlohmann::json& spec_json) {
   return runs;
 }
 
+std::vector<std::string> tuning_inequalities(const nlohmann::json& spec_json) {
+  const auto spec = read_spec(spec_json);
+  std::vector<std::string> out;
+  const Contender* ref = nullptr;
+  for (const auto& ct : spec.contenders) {
+    if (!ct.tuned()) continue;
+    if (ref == nullptr) {
+      ref = &ct;
+      continue;
+    }
+    const size_t a = initial_candidates(*ref), b = initial_candidates(ct);
+    if (a != b)
+      out.push_back(ct.name + " has " + std::to_string(b) + " initial tuning candidates, " + ref->name + " " + std::to_string(a));
+    std::set<std::string> sa, sb;
+    for (const auto& s : ref->schedules) sa.insert(schedule_name(s));
+    for (const auto& s : ct.schedules) sb.insert(schedule_name(s));
+    if (sa != sb) out.push_back(ct.name + " is tuned over other schedules than " + ref->name);
+  }
+  return out;
+}
+
 nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progress, bool fresh) {
   const auto spec = read_spec(spec_json);
   expand_compare(spec_json);  // every initial config is valid before any work
+  // The equal-tuning rule (compare.h): said aloud and recorded when a comparison breaks it.
+  const auto unequal = tuning_inequalities(spec_json);
+  for (const auto& u : unequal) std::fprintf(stderr, "compare: warning: unequal tuning: %s\n", u.c_str());
   std::filesystem::create_directories(spec.output_dir);
   int64_t reused = 0, total = 0;
   // Runs one training unless a finished file of the same config and inputs exists.
@@ -368,9 +399,15 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
       row["grid_extensions"] = extensions;
       row["best_at_grid_edge"] = at_edge && std::isfinite(score[best]);
       row["tuning_score"] = finite_or_null(score[best]);
+      row["tuning_candidates"] = cands.size();
+      row["tuning_runs"] = cands.size() * spec.tuning_seeds.size();
+      w.attr("tuning_runs", static_cast<int64_t>(cands.size() * spec.tuning_seeds.size()), g);
     } else {
       w.attr("best_lr", std::numeric_limits<double>::quiet_NaN(), g);
+      w.attr("tuning_runs", static_cast<int64_t>(0), g);
       row["best_lr"] = nullptr;
+      row["tuning_candidates"] = 0;
+      row["tuning_runs"] = 0;
     }
     // Report runs on the held-out seeds.
     std::vector<double> finals, accs, curve;
@@ -437,6 +474,8 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
   w.attr("contenders", static_cast<int64_t>(spec.contenders.size()));
   w.attr("runs", total);
   w.attr("runs_reused", reused);
+  w.attr("equal_tuning", static_cast<int64_t>(unequal.empty()));
+  w.attr("tuning_inequalities", nlohmann::json(unequal).dump());
   w.attr("summary", result.dump());
   w.commit();
   return result;

@@ -6,8 +6,15 @@
 /// mean final training loss (a diverged run scores +inf); when the best learning rate lies on an
 /// edge of the grid, the grid is extended by one step beyond that edge and the new candidates are
 /// run, up to 4 times. The chosen candidate alone is then trained on the *report* seeds, which
-/// must differ from the tuning seeds. Learned optimizers get no tuning: they run on the report
-/// seeds as they are.
+/// must differ from the tuning seeds. A learned optimizer with an "lr_grid" is tuned exactly the
+/// same way (its "lr" multiplies its step; learned global updates of local SGD likewise); one
+/// without runs on the report seeds as shipped ("untuned").
+///
+/// The equal-tuning rule: every contender whose step has a learning rate or multiplier, hand-designed
+/// or learned, is tuned over the same schedules and the same number of initial candidates on the
+/// same tuning seeds. A comparison that breaks it still runs, but says so on stderr and records it
+/// in the summary (attributes equal_tuning, tuning_inequalities); every row records how many tuning
+/// runs its contender got (tuning_runs, after any grid extension).
 ///
 /// {"base": {train config without "optimizer": task, steps, eval_every, ...},
 ///  "seeds": [100, 101, 102],            // report seeds (held out)
@@ -55,6 +62,10 @@ std::pair<double, double> mean_std(const std::vector<double>& v);
 /// work; returns the runs known before tuning (tuning runs of the initial grids, report runs of the
 /// learned contenders).
 std::vector<CompareRun> expand_compare(const nlohmann::json& spec);
+
+/// How the tuned contenders' initial grids differ (candidate counts, schedule sets), one line each,
+/// against the first tuned contender; empty when the comparison follows the equal-tuning rule.
+std::vector<std::string> tuning_inequalities(const nlohmann::json& spec);
 
 /// Tunes, runs (or reuses) every run and writes the summary HDF5 (kind "compare"); returns one JSON
 /// object per contender: name, chosen optimizer config, best_lr, schedule, per-seed and mean / std

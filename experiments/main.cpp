@@ -308,10 +308,10 @@ int cmd_compare(int argc, char** argv) {
   const std::string metric = rows.empty() ? std::string("test_accuracy") : rows.front()["report_metric"].get<std::string>();
   std::string metric_title = metric;
   for (auto& ch : metric_title) ch = ch == '_' ? ' ' : ch;
-  std::printf("| optimizer | chosen on the tuning seeds | final train loss, mean ± std | per report seed | %s |\n"
-              "|---|---|---|---|---|\n", metric_title.c_str());
+  std::printf("| optimizer | tuning runs | chosen on the tuning seeds | final train loss, mean ± std | per report seed | %s |\n"
+              "|---|---|---|---|---|---|\n", metric_title.c_str());
   for (const auto& r : rows) {
-    std::string chosen = "— (no tuning)";
+    std::string chosen = "— (untuned, as shipped)";
     if (r["tuned"].get<bool>() && r["tuning_failed"].get<bool>()) {
       chosen = "none: every candidate diverged on the tuning seeds";
     } else if (r["tuned"].get<bool>()) {
@@ -327,9 +327,11 @@ int cmd_compare(int argc, char** argv) {
     for (const auto& v : r["final_train_loss"]) per_seed += (per_seed.empty() ? "" : " / ") + (v.is_null() ? std::string("diverged") : num(v, "%.4f"));
     const std::string loss = r["status"] == "diverged" ? "diverged (every seed)"
                                                        : num(r["mean_final_train_loss"], "%.4f") + " ± " + num(r["std_final_train_loss"], "%.4f");
-    std::printf("| %s | %s | %s | %s | %s ± %s |\n", r["name"].get<std::string>().c_str(), chosen.c_str(), loss.c_str(),
+    std::printf("| %s | %s | %s | %s | %s | %s ± %s |\n", r["name"].get<std::string>().c_str(), r["tuning_runs"].dump().c_str(),
+                chosen.c_str(), loss.c_str(),
                 per_seed.c_str(), num(r["mean_final_" + metric], "%.4f").c_str(), num(r["std_final_" + metric], "%.4f").c_str());
   }
+  for (const auto& u : lopt::tuning_inequalities(cfg)) std::printf("note: unequal tuning: %s\n", u.c_str());
   std::string summary = cfg.value("summary", cfg["output_dir"].get<std::string>() + ".h5");
   std::printf("wrote %s\n", summary.c_str());
   if (!png.empty()) lopt::run_plot({summary}, png);

@@ -93,8 +93,15 @@ std::string point_value(const nlohmann::json& point, const std::string& key) {
   return v.is_string() ? v.get<std::string>() : v.dump();
 }
 
-/// The optimizer the tuning comparison `tune` chose for contender `name` (see sweep.h).
-nlohmann::json tuned_optimizer(const nlohmann::json& tune, const std::string& name, bool placeholder, const std::string& path) {
+/// What the tuning comparison `tune` chose for contender `name` (see sweep.h): its optimizer config
+/// and the other dotted keys the choice sets (a non-default lr_key such as local_sgd.local_lr, and
+/// the keys of its "grid" choice outside "optimizer"), so that a tuned learned optimizer or learned
+/// global update carries its whole choice, not only optimizer.lr.
+struct TunedChoice {
+  nlohmann::json optimizer;
+  nlohmann::json sets = nlohmann::json::object();
+};
+TunedChoice tuned_optimizer(const nlohmann::json& tune, const std::string& name, bool placeholder, const std::string& path) {
   config_check(!tune.empty(), path, "{\"tuned\": \"" + name + "\"} needs a \"tune\" comparison in the sweep");
   nlohmann::json contender;
   std::string names;
@@ -112,18 +119,26 @@ nlohmann::json tuned_optimizer(const nlohmann::json& tune, const std::string& na
         if (row.value("name", std::string()) != name) continue;
         if (row.value("tuning_failed", false))
           throw Error("sweep: every tuning candidate of \"" + name + "\" diverged in " + summary + "; widen its lr_grid");
-        auto opt = row.at("optimizer");
-        if (row.contains("schedule_spec")) opt["schedule"] = relative_schedule_config(row["schedule_spec"]);
-        return opt;
+        TunedChoice choice;
+        choice.optimizer = row.at("optimizer");
+        if (row.contains("schedule_spec")) choice.optimizer["schedule"] = relative_schedule_config(row["schedule_spec"]);
+        if (row.contains("lr_key")) choice.sets[row["lr_key"].get<std::string>()] = row.at("best_lr");
+        if (row.contains("grid_choice"))
+          for (auto it = row["grid_choice"].begin(); it != row["grid_choice"].end(); ++it)
+            if (it.key().rfind("optimizer.", 0) != 0) choice.sets[it.key()] = it.value();
+        return choice;
       }
     }
   }
   if (!placeholder)
     throw UsageError("the sweep's tuning comparison (" + summary + ") has not run with this \"tune\" spec: run lopt sweep "
                      "without --shard (or with --tune-only) first");
-  auto opt = contender.at("optimizer");
-  opt["lr"] = contender.at("lr_grid").at(0);
-  return opt;
+  TunedChoice choice;
+  choice.optimizer = contender.at("optimizer");
+  const std::string lr_key = contender.value("lr_key", std::string("optimizer.lr"));
+  if (lr_key == "optimizer.lr") choice.optimizer["lr"] = contender.at("lr_grid").at(0);
+  else choice.sets[lr_key] = contender.at("lr_grid").at(0);
+  return choice;
 }
 
 /// The comparison that tunes contender `name` at this run's own point (everything but optimizer, seed
@@ -167,7 +182,9 @@ void resolve_tuned(const SweepSpec& spec, nlohmann::json& config, const nlohmann
     tune = per_point_tune(spec, config, point, name);
     if (per_point) per_point->push_back(tune);
   }
-  config["optimizer"] = tuned_optimizer(tune, name, placeholder, "/grid/optimizer");
+  const auto choice = tuned_optimizer(tune, name, placeholder, "/grid/optimizer");
+  config["optimizer"] = choice.optimizer;
+  for (auto it = choice.sets.begin(); it != choice.sets.end(); ++it) set_dotted(config, it.key(), it.value());
 }
 
 /// One summary row from a finished run file.

@@ -10,7 +10,10 @@
 /// * "tune": a comparison (experiments/compare.h) run before the sweep, usually on the base-size
 ///   task only; an optimizer value {"tuned": "AdamW"} stands for the configuration that comparison
 ///   chose for its contender "AdamW" (learning rate, weight decay, and the schedule relative to the
-///   run length, so that it stretches over longer runs). {"tuned": "AdamW", "per_point": true} instead
+///   run length, so that it stretches over longer runs). The contender may be a learned optimizer
+///   with an lr_grid ({"tuned": "muLO_M"}: its checkpoint with the chosen step multiplier and
+///   schedule) or use another lr_key or a "grid" (local SGD: local_sgd.local_lr): every key of the
+///   choice is set, not only the optimizer's. {"tuned": "AdamW", "per_point": true} instead
 ///   tunes that contender at each run's own point (everything but the seed), by the same rule in a
 ///   comparison of its own (<tune output_dir>_per_point/...): the per-width upper bound.
 /// * "plot": {"x": "task.width", "group": "@name", "logx": true, "curves": false}: the figure

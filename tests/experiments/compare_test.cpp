@@ -200,3 +200,47 @@ TEST(Compare, TunesAnyKeyWithLrKeyAndGrid) {
   bad["contenders"][1]["grid"] = {{"optimizer.lr", {1.0}}};
   lopt_test::expect_config_error([](const json& j) { lopt::expand_compare(j); }, bad, "/contenders/1/grid/optimizer.lr");
 }
+
+// The equal-tuning rule: a learned optimizer with an lr_grid is tuned exactly like a baseline (its
+// lr multiplies its step, under each schedule), every row says how many tuning runs it got, and a
+// comparison whose tuned contenders have unequal grids says so in its summary.
+TEST(Compare, TunesALearnedOptimizerLikeABaselineAndRecordsTheProtocol) {
+  lopt_test::TempDir dir;
+  auto s = spec(dir.path());
+  s["contenders"] = json::array(
+      {{{"name", "SGD"}, {"optimizer", {{"type", "sgd"}}}, {"lr_grid", {1e-2, 1e-1}}},
+       {{"name", "muLO"}, {"optimizer", {{"type", "mulo"}, {"theta_seed", 3}}}},
+       {{"name", "muLO_tuned"}, {"optimizer", {{"type", "mulo"}, {"theta_seed", 3}}}, {"lr_grid", {0.5, 2.0}}}});
+  auto rows = lopt::run_compare(s, lopt::ProgressMode::quiet);
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0]["tuning_runs"].get<int64_t>(), static_cast<int64_t>(rows[0]["tuning_candidates"].get<int64_t>() * 2));
+  EXPECT_GE(rows[0]["tuning_candidates"].get<int64_t>(), 4);  // 2 LRs x 2 schedules, more if extended
+  EXPECT_EQ(rows[1]["tuning_runs"].get<int64_t>(), 0);
+  EXPECT_EQ(rows[2]["tuning_runs"].get<int64_t>(), rows[2]["tuning_candidates"].get<int64_t>() * 2);
+  // The learned optimizer's chosen multiplier and schedule are what its report runs used.
+  const double m = rows[2]["best_lr"].get<double>();
+  auto cfg = json::parse(lopt::h5_read_string_attr(dir.path("runs/muLO_tuned_seed5.h5"), "config"));
+  EXPECT_EQ(cfg["optimizer"]["type"], "mulo");
+  EXPECT_EQ(cfg["optimizer"]["lr"].get<double>(), m);
+  EXPECT_EQ(rows[2]["optimizer"]["lr"].get<double>(), m);
+  auto tune_cfg = json::parse(lopt::h5_read_string_attr(dir.path("runs/muLO_tuned_tune0_seed1.h5"), "config"));
+  EXPECT_EQ(tune_cfg["seed"].get<uint64_t>(), 1u);
+  // The untuned twin runs as shipped (lr 1, constant) and its step differs from the tuned one's
+  // whenever the choice is not (1, constant): here 1 is not in the grid.
+  auto untuned = json::parse(lopt::h5_read_string_attr(dir.path("runs/muLO_seed5.h5"), "config"));
+  EXPECT_EQ(untuned["optimizer"]["lr"].get<double>(), 1.0);
+  EXPECT_NE(m, 1.0);
+  // Equal grids (2 x 2 each): the rule holds; a third value for the learned one breaks it.
+  EXPECT_EQ(lopt_test::h5_int_attr(dir.path("compare.h5"), "equal_tuning"), 1);
+  EXPECT_TRUE(lopt::tuning_inequalities(s).empty());
+  auto unequal = s;
+  unequal["contenders"][2]["lr_grid"] = {0.5, 1.0, 2.0};
+  auto why = lopt::tuning_inequalities(unequal);
+  ASSERT_EQ(why.size(), 1u);
+  EXPECT_NE(why[0].find("muLO_tuned has 6 initial tuning candidates, SGD 4"), std::string::npos) << why[0];
+  unequal["contenders"][2]["lr_grid"] = {0.5, 2.0};
+  unequal["contenders"][2]["schedules"] = {{{"type", "constant"}}, {{"type", "warmup_cosine"}, {"warmup_fraction", 0.1}}};
+  why = lopt::tuning_inequalities(unequal);
+  ASSERT_EQ(why.size(), 1u);
+  EXPECT_NE(why[0].find("other schedules"), std::string::npos) << why[0];
+}

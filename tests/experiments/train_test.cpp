@@ -419,3 +419,58 @@ TEST(Sweep, CliShardMergeAndDryRun) {
   EXPECT_EQ(out.find("| @name \\ "), std::string::npos) << out;  // no "plot" spec: no table
   EXPECT_NE(out.find("(2 runs)"), std::string::npos) << out;
 }
+
+// {"tuned": name} takes a tuned learned optimizer's whole choice (its checkpoint or theta, step
+// multiplier and schedule) and a tuned key outside "optimizer" (lr_key local_sgd.local_lr and a
+// "grid" key), not only optimizer.lr of a baseline.
+TEST(Sweep, TunedLearnedOptimizersAndKeysOutsideTheOptimizer) {
+  lopt_test::TempDir dir;
+  json base = {{"task", {{"width", 16}, {"depth", 2}, {"batch_size", 32}, {"image_size", 4}, {"dataset", "synthetic"}}},
+               {"steps", 6},
+               {"eval_every", 6},
+               {"eval_examples", 100}};
+  json tune = {{"base", base},
+               {"seeds", {7}},
+               {"tuning_seeds", {1}},
+               {"contenders",
+                {{{"name", "muLO_tuned"}, {"optimizer", {{"type", "mulo"}, {"theta_seed", 2}}}, {"lr_grid", {0.5, 2.0}}},
+                 {{"name", "LocalSGD"}, {"optimizer", {{"type", "sgd"}, {"lr", 1.0}}}, {"lr_key", "local_sgd.local_lr"},
+                  {"lr_grid", {1e-3, 1e-1}}, {"schedules", {{{"type", "constant"}}}},
+                  {"set", {{"local_sgd.workers", 2}, {"local_sgd.local_steps", 2}}}},
+                 {{"name", "SlowMo"}, {"optimizer", {{"type", "sgd"}}}, {"lr_grid", {0.5, 1.0}},
+                  {"schedules", {{{"type", "constant"}}}}, {"grid", {{"local_sgd.local_lr", {1e-3, 1e-1}}}},
+                  {"set", {{"local_sgd.workers", 2}, {"local_sgd.local_steps", 2}}}}}},
+               {"output_dir", dir.path("tune")}};
+  json sweep = {{"base", base},
+                {"tune", tune},
+                {"grid",
+                 {{"@name,local_sgd,optimizer",
+                   {{"muLO_tuned", nullptr, {{"tuned", "muLO_tuned"}}},
+                    {"LocalSGD", {{"workers", 2}, {"local_steps", 2}}, {{"tuned", "LocalSGD"}}},
+                    {"SlowMo", {{"workers", 2}, {"local_steps", 2}}, {{"tuned", "SlowMo"}}}}},
+                  {"seed", {100}}}},
+                {"output_dir", dir.path("sw")}};
+  // Before tuning, the placeholder puts the first grid value where the tuned key lives.
+  auto placeholder = lopt::expand_sweep(sweep, true);
+  ASSERT_EQ(placeholder.size(), 3u);
+  EXPECT_EQ(placeholder[0].config["optimizer"]["lr"].get<double>(), 0.5);
+  EXPECT_EQ(placeholder[1].config["local_sgd"]["local_lr"].get<double>(), 1e-3);
+  EXPECT_EQ(placeholder[1].config["optimizer"]["lr"].get<double>(), 1.0);
+
+  auto rows = lopt::run_sweep(sweep, lopt::ProgressMode::quiet);
+  ASSERT_EQ(rows.size(), 3u);
+  const auto tuned = json::parse(lopt::h5_read_string_attr(dir.path("tune.h5"), "summary"));
+  auto runs = lopt::expand_sweep(sweep);
+  // The learned optimizer: same type and theta, the chosen multiplier and schedule.
+  EXPECT_EQ(runs[0].config["optimizer"]["type"], "mulo");
+  EXPECT_EQ(runs[0].config["optimizer"]["theta_seed"], 2);
+  EXPECT_EQ(runs[0].config["optimizer"]["lr"], tuned[0]["best_lr"]);
+  EXPECT_EQ(runs[0].config["optimizer"].contains("schedule"), tuned[0]["schedule"] != "constant");
+  // Local SGD: the workers' learning rate chosen by tuning is the one the run uses.
+  EXPECT_EQ(runs[1].config["local_sgd"]["local_lr"], tuned[1]["best_lr"]);
+  EXPECT_EQ(runs[1].config["optimizer"]["lr"].get<double>(), 1.0);
+  EXPECT_EQ(runs[2].config["local_sgd"]["local_lr"], tuned[2]["grid_choice"]["local_sgd.local_lr"]);
+  EXPECT_EQ(runs[2].config["optimizer"]["lr"], tuned[2]["best_lr"]);
+  auto stored = json::parse(lopt::h5_read_string_attr(runs[1].config["output"].get<std::string>(), "config"));
+  EXPECT_EQ(stored["local_sgd"]["local_lr"], tuned[1]["best_lr"]);
+}
