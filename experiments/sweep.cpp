@@ -356,16 +356,42 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, con
   return rows;
 }
 
+namespace {
+/// " (tuned: lr 0.5, warmup 5% + cosine to 0; 28 tuning runs)" for a group whose runs use the
+/// sweep's tuning comparison's choice; "" otherwise or before tuning.
+std::string tuned_note(const SweepSpec& spec, const nlohmann::json& point) {
+  if (!point.contains("optimizer") || !point["optimizer"].is_object() || !point["optimizer"].contains("tuned")) return "";
+  if (point["optimizer"].value("per_point", false)) return " (tuned at each point)";
+  if (spec.tune.empty()) return "";
+  const std::string summary = spec.tune["summary"];
+  if (!std::filesystem::exists(summary)) return "";
+  for (const auto& row : nlohmann::json::parse(h5_read_string_attr(summary, "summary"))) {
+    if (row.value("name", std::string()) != point["optimizer"]["tuned"]) continue;
+    if (row.value("tuning_failed", false) || row["best_lr"].is_null()) return " (tuning failed)";
+    char buf[160];
+    std::snprintf(buf, sizeof buf, " (tuned: %s %g, %s; %lld tuning runs)", row.value("lr_key", std::string("lr")).c_str(),
+                  row["best_lr"].get<double>(), row.value("schedule", std::string("?")).c_str(),
+                  static_cast<long long>(row.value("tuning_runs", int64_t{0})));
+    return buf;
+  }
+  return "";
+}
+}  // namespace
+
 std::string sweep_table(const nlohmann::json& sweep, const nlohmann::json& rows) {
   const auto spec = read_spec(sweep);
   const std::string x = spec.plot.value("x", std::string()), group = spec.plot.value("group", std::string());
   if (x.empty()) return "";
+  std::map<std::string, std::string> notes;  // group -> what its tuning chose
   std::vector<std::string> xs, groups;
   std::map<std::pair<std::string, std::string>, std::vector<double>> cells;
   for (const auto& r : rows) {
     const std::string xv = point_value(r["point"], x), gv = group.empty() ? "all" : point_value(r["point"], group);
     if (std::find(xs.begin(), xs.end(), xv) == xs.end()) xs.push_back(xv);
-    if (std::find(groups.begin(), groups.end(), gv) == groups.end()) groups.push_back(gv);
+    if (std::find(groups.begin(), groups.end(), gv) == groups.end()) {
+      groups.push_back(gv);
+      notes[gv] = tuned_note(spec, r["point"]);
+    }
     cells[{gv, xv}].push_back(r["final_train_loss"].is_null() ? INFINITY : r["final_train_loss"].get<double>());
   }
   std::string t = "| " + (group.empty() ? std::string("runs") : group) + " \\ " + x + " |";
@@ -374,7 +400,7 @@ std::string sweep_table(const nlohmann::json& sweep, const nlohmann::json& rows)
   for (size_t i = 0; i < xs.size(); ++i) t += "---|";
   t += "\n";
   for (const auto& gv : groups) {
-    t += "| " + gv + " |";
+    t += "| " + gv + notes[gv] + " |";
     for (const auto& xv : xs) {
       auto it = cells.find({gv, xv});
       if (it == cells.end()) {

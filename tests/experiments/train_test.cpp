@@ -382,6 +382,13 @@ TEST(Sweep, TunedContendersShardsAndMerge) {
   const auto table = lopt::sweep_table(sweep, all);
   EXPECT_NE(table.find("| @name \\ task.width | 16 | 32 |"), std::string::npos) << table;
   EXPECT_NE(table.find("| muLO |"), std::string::npos) << table;
+  // A tuned group says what its tuning chose and how many runs that took.
+  char chosen[128];
+  std::snprintf(chosen, sizeof chosen, "| Adam (tuned: lr %g, ", tuned["best_lr"].get<double>());
+  EXPECT_NE(table.find(chosen), std::string::npos) << table;
+  EXPECT_NE(table.find("; " + tuned["tuning_runs"].dump() + " tuning runs) |"), std::string::npos) << table;
+  EXPECT_GE(tuned["tuning_runs"].get<int64_t>(), 2);  // 2 LRs x 1 schedule x 1 seed, more when extended
+  EXPECT_NE(table.find("| Adam_per_width (tuned at each point) |"), std::string::npos) << table;
 }
 
 // The sweep CLI: bad --shard values and flag combinations are usage errors (exit 2) naming the fix;
