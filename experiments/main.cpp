@@ -118,7 +118,7 @@ int cmd_train(int argc, char** argv, bool local = false) {
       "overwrite", po::bool_switch(&overwrite), "replace an existing result file")(
       "steps", po::value(&steps), "number of training steps (sets \"steps\")")(
       "seed", po::value(&seed), "random seed (sets \"seed\")")(
-      "optimizer", po::value(&optimizer), "optimizer type: sgd, adam, adamw, muadam, mulo, small_fc_lopt (sets optimizer.type)")(
+      "optimizer", po::value(&optimizer), "optimizer type: sgd, adam, adamw, muadam, muon, mulo, small_fc_lopt (sets optimizer.type)")(
       "lo-checkpoint", po::value(&lo_checkpoint), "learned-optimizer weights, safetensors with PyLO names (sets optimizer.checkpoint)")(
       "data-dir", po::value(&data_dir), "Fashion-MNIST folder (sets task.data_dir; default $LOPT_DATA_DIR or the Debian package's)");
   po::variables_map vm;

@@ -8,6 +8,7 @@
 
 #include "common/config.h"
 #include "optimizers/adam.h"
+#include "optimizers/muon.h"
 #include "optimizers/sgd.h"
 #include "optimizers/small_fc_lopt.h"
 #include "common/rng.h"
@@ -76,6 +77,9 @@ std::unique_ptr<Optimizer> make_optimizer(const nlohmann::json& config, const st
     config_check(o.beta2 >= 0 && o.beta2 < 1, r.path_of("beta2"), "must be in [0, 1)");
     make_schedule(o.schedule, r.path_of("schedule"));
     out = std::make_unique<Adam>(o);
+  } else if (type == "muon") {
+    out = std::make_unique<Muon>(muon_options_from_json(config, path));
+    return out;  // muon_options_from_json checked every key
   } else if (type == "mulo" || type == "small_fc_lopt") {
     // A learned optimizer with theta from a checkpoint (safetensors, PyLO names) or, without one,
     // an untrained theta drawn from theta_seed.
@@ -103,7 +107,7 @@ std::unique_ptr<Optimizer> make_optimizer(const nlohmann::json& config, const st
     out = std::move(bound);
   } else {
     throw ConfigError(r.path_of("type"),
-                      "unknown optimizer \"" + type + "\" (valid: sgd, adam, adamw, muadam, mulo, small_fc_lopt)");
+                      "unknown optimizer \"" + type + "\" (valid: sgd, adam, adamw, muadam, muon, mulo, small_fc_lopt)");
   }
   r.finish();
   return out;

@@ -55,7 +55,7 @@ class Optimizer {
   virtual nlohmann::json hyperparams() const = 0;
 };
 
-/// Builds an optimizer from {"type": "sgd"|"adam"|"adamw"|"muadam", ...}; throws ConfigError
+/// Builds an optimizer from {"type": "sgd"|"adam"|"adamw"|"muadam"|"muon"|"mulo"|"small_fc_lopt", ...}; throws ConfigError
 /// (naming `path`) for unknown types or bad values.
 std::unique_ptr<Optimizer> make_optimizer(const nlohmann::json& config, const std::string& path = "/optimizer");
 
