@@ -6,6 +6,7 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstring>
 #include <iostream>
 #include <thread>
@@ -14,6 +15,7 @@
 #include "common/rng.h"
 #include "meta/estimators.h"
 #include "optimizers/kernels/lopt_cpu.h"
+#include "optimizers/muon.h"
 #include "optimizers/optimizer.h"
 #include "optimizers/small_fc_lopt.h"
 
@@ -158,9 +160,28 @@ void BM_AdamW(benchmark::State& state) {
   run_step(state, *opt, state.range(0), state.range(1), false);
 }
 
+/// Muon's step (Newton-Schulz on the hidden matrices, AdamW on the rest): ns/element and the rate of
+/// its Newton-Schulz matmuls (per iteration on an m x n matrix, m <= n: 4 m^2 n + 2 m^3 FLOPs), to set
+/// against BM_Gemm's rate in the same run.
+void BM_Muon(benchmark::State& state) {
+  auto opt = lopt::make_optimizer({{"type", "muon"}, {"lr", 0.02}});
+  run_step(state, *opt, state.range(0), state.range(1), false);
+  const auto params = make_params(state.range(0), state.range(1));
+  const auto& muon = static_cast<const lopt::Muon&>(*opt);
+  double flops = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!muon.is_muon(params, i)) continue;
+    const double a = static_cast<double>(params.tensors[i].size(0)), b = static_cast<double>(params.tensors[i].numel()) / a;
+    const double m = std::min(a, b), n = std::max(a, b);
+    flops += 5 * (4 * m * m * n + 2 * m * m * m);
+  }
+  state.counters["NS_GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // Args: {kind, millions}: {0, 1} = 1M elements of matrices, {0, 5} = 5M, {1, 0} = 1.9M-parameter MLP.
 BENCHMARK(BM_LoptTensorOps)->Args({0, 1})->Args({0, 5})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_AdamW)->Args({0, 1})->Args({0, 5})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Muon)->Args({0, 1})->Args({0, 5})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 
