@@ -216,12 +216,8 @@ std::pair<double, double> run_figures(const std::string& path, const std::string
 
 nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
-/// Candidates of a contender's initial grid (learning rates x schedules x weight decays x grid points).
-size_t initial_candidates(const Contender& ct) {
-  if (!ct.tuned()) return 0;
-  return ct.lr_grid.size() * ct.schedules.size() * std::max<size_t>(1, ct.wd_grid.size()) *
-         std::max<size_t>(1, ct.grid_points.size());
-}
+/// Candidates of a contender's initial grid: candidates_for's points at each learning rate of lr_grid.
+size_t initial_candidates(const Contender& ct) { return ct.lr_grid.size() * candidates_for(ct, 0.0).size(); }
 
 }  // namespace
 

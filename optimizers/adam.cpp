@@ -30,6 +30,19 @@ OptState Adam::init(const ParamSet& params) const {
   return s;
 }
 
+AdamTensorStep adam_tensor_step(torch::Tensor p, torch::Tensor g, const torch::Tensor& exp_avg, const torch::Tensor& exp_avg_sq,
+                                double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                                double bc1, double bc2_sqrt) {
+  if (weight_decay != 0) {
+    if (decoupled) p = p * (1 - lr * weight_decay);
+    else g = g.add(p, weight_decay);
+  }
+  auto m = exp_avg.mul(beta1).add(g, 1 - beta1);
+  auto v = exp_avg_sq.mul(beta2).addcmul(g, g, 1 - beta2);
+  auto denom = v.sqrt().div(bc2_sqrt).add(eps);
+  return {p.addcdiv(m, denom, -lr / bc1), m, v};
+}
+
 // Follows torch/optim/adam.py and adamw.py (_single_tensor_adam[w], non-amsgrad).
 OptState Adam::update(const OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor&) const {
   check_grads(state, grads, "Adam::update");
@@ -42,19 +55,12 @@ OptState Adam::update(const OptState& state, const std::vector<torch::Tensor>& g
   auto& ms = out.slots["exp_avg"];
   auto& vs = out.slots["exp_avg_sq"];
   for (size_t i = 0; i < grads.size(); ++i) {
-    auto p = state.params.tensors[i];
-    auto g = grads[i];
-    const double lr = lr_at(state.step, state.params.info[i]);
-    if (opt_.weight_decay != 0) {
-      if (opt_.decoupled_weight_decay) p = p * (1 - lr * opt_.weight_decay);
-      else g = g.add(p, opt_.weight_decay);
-    }
-    auto m = state.slots.at("exp_avg")[i].mul(opt_.beta1).add(g, 1 - opt_.beta1);
-    auto v = state.slots.at("exp_avg_sq")[i].mul(opt_.beta2).addcmul(g, g, 1 - opt_.beta2);
-    auto denom = v.sqrt().div(bc2_sqrt).add(opt_.eps);
-    out.params.tensors.push_back(p.addcdiv(m, denom, -lr / bc1));
-    ms.push_back(m);
-    vs.push_back(v);
+    auto r = adam_tensor_step(state.params.tensors[i], grads[i], state.slots.at("exp_avg")[i], state.slots.at("exp_avg_sq")[i],
+                              lr_at(state.step, state.params.info[i]), opt_.beta1, opt_.beta2, opt_.eps, opt_.weight_decay,
+                              opt_.decoupled_weight_decay, bc1, bc2_sqrt);
+    out.params.tensors.push_back(r.param);
+    ms.push_back(r.exp_avg);
+    vs.push_back(r.exp_avg_sq);
   }
   return out;
 }

@@ -21,6 +21,17 @@ struct AdamOptions {
   nlohmann::json schedule = {{"type", "constant"}};
 };
 
+/// One functional (differentiable) Adam / AdamW step of one tensor, torch's _single_tensor_adam[w]
+/// maths: decoupled decay p (1 - lr wd) or L2 g + wd p, moments updated, p - lr / bc1 * m / (sqrt(v) /
+/// bc2_sqrt + eps). bc1 = 1 - beta1^t, bc2_sqrt = sqrt(1 - beta2^t). Used by Adam::update and by
+/// Muon's AdamW branch.
+struct AdamTensorStep {
+  torch::Tensor param, exp_avg, exp_avg_sq;
+};
+AdamTensorStep adam_tensor_step(torch::Tensor p, torch::Tensor g, const torch::Tensor& exp_avg, const torch::Tensor& exp_avg_sq,
+                                double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                                double bc1, double bc2_sqrt);
+
 class Adam : public Optimizer {
  public:
   explicit Adam(AdamOptions options);

@@ -7,6 +7,7 @@
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "optimizers/adam.h"
 
 namespace lopt {
 
@@ -132,8 +133,8 @@ OptState Muon::update(const OptState& state, const std::vector<torch::Tensor>& g
     const auto& g = grads[i];
     const bool mu = is_muon(state.params, i);
     const double lr = opt_.lr * (*schedule_)(state.step) * (mu ? 1.0 : opt_.adamw_lr_ratio);
-    auto decayed = opt_.weight_decay != 0 ? p * (1 - lr * opt_.weight_decay) : p;
     if (mu) {
+      auto decayed = opt_.weight_decay != 0 ? p * (1 - lr * opt_.weight_decay) : p;
       // muon.py: momentum.lerp_(grad, 1 - beta); update = grad.lerp_(momentum, beta) if nesterov.
       auto mom = state.slots.at("momentum_buffer")[i] + (g - state.slots.at("momentum_buffer")[i]) * (1 - beta);
       auto u = opt_.nesterov ? g + (mom - g) * beta : mom;
@@ -146,22 +147,16 @@ OptState Muon::update(const OptState& state, const std::vector<torch::Tensor>& g
       out.slots["exp_avg"].push_back(state.slots.at("exp_avg")[i]);
       out.slots["exp_avg_sq"].push_back(state.slots.at("exp_avg_sq")[i]);
     } else {
-      // AdamW (torch adamw.py, single tensor): the branch MuonWithAuxAdam steps these tensors with.
-      auto m = state.slots.at("exp_avg")[i] * opt_.adamw_beta1 + g * (1 - opt_.adamw_beta1);
-      auto v = state.slots.at("exp_avg_sq")[i] * opt_.adamw_beta2 + g * g * (1 - opt_.adamw_beta2);
-      auto denom = v.sqrt() / bc2_sqrt + opt_.adamw_eps;
-      out.params.tensors.push_back(decayed - m / denom * (lr / bc1));
+      // AdamW, the branch MuonWithAuxAdam steps these tensors with: AdamW's own per-tensor step.
+      auto r = adam_tensor_step(p, g, state.slots.at("exp_avg")[i], state.slots.at("exp_avg_sq")[i], lr, opt_.adamw_beta1,
+                                opt_.adamw_beta2, opt_.adamw_eps, opt_.weight_decay, /*decoupled=*/true, bc1, bc2_sqrt);
+      out.params.tensors.push_back(r.param);
       out.slots["momentum_buffer"].push_back(state.slots.at("momentum_buffer")[i]);
-      out.slots["exp_avg"].push_back(m);
-      out.slots["exp_avg_sq"].push_back(v);
+      out.slots["exp_avg"].push_back(r.exp_avg);
+      out.slots["exp_avg_sq"].push_back(r.exp_avg_sq);
     }
   }
   return out;
-}
-
-void Muon::update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const {
-  torch::NoGradGuard no_grad;
-  state = update(state, grads, loss);
 }
 
 nlohmann::json Muon::hyperparams() const {

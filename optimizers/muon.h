@@ -46,14 +46,12 @@ class Muon : public Optimizer {
   OptState init(const ParamSet& params) const override;
   OptState update(const OptState& state, const std::vector<torch::Tensor>& grads,
                   const torch::Tensor& loss) const override;
-  void update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const override;
   double lr_at(int64_t step, const ParamInfo& info) const override;
   nlohmann::json hyperparams() const override;
   /// Whether tensor `i` of `params` is stepped by Muon (a routed role and rank >= 2).
   bool is_muon(const ParamSet& params, size_t i) const;
 
  private:
-  OptState step(const OptState& state, const std::vector<torch::Tensor>& grads, bool in_place, OptState* target) const;
   MuonOptions opt_;
   std::unique_ptr<LrSchedule> schedule_;
 };
