@@ -1,5 +1,6 @@
 #include "common/config.h"
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -31,6 +32,10 @@ void ConfigReader::finish() const {
 
 void config_check(bool cond, const std::string& path, const std::string& msg) {
   if (!cond) throw ConfigError(path, msg);
+}
+
+void config_check_finite_nonneg(double v, const std::string& path) {
+  config_check(std::isfinite(v) && v >= 0, path, "must be finite and >= 0, got " + std::to_string(v));
 }
 
 json parse_json_strict(const std::string& text, const std::string& what) {

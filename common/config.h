@@ -97,6 +97,8 @@ class ConfigReader {
 
 /// Throws ConfigError(path, msg) unless `cond`.
 void config_check(bool cond, const std::string& path, const std::string& msg);
+/// ConfigError at `path` unless `v` is finite and >= 0 (learning rates, weight decays, epsilons).
+void config_check_finite_nonneg(double v, const std::string& path);
 
 /// Parses a JSON file; IoError if unreadable, ConfigError with line/column if malformed.
 json load_json_file(const std::string& path);

@@ -74,7 +74,18 @@ def runs(steps, out):
                                 ("adamw-lr1e-3", {"type": "adamw", "lr": 1e-3, "weight_decay": 0.1}, "rewarm"),
                                 ("mulo_m", {"type": "mulo", "checkpoint": "results/checkpoints/mulo_m/theta.safetensors"}, "constant"),
                                 ("mulo_lm", {"type": "mulo", "checkpoint": "results/checkpoints/mulo_lm_small/theta.safetensors"},
-                                 "constant")):
+                                 "constant"),
+                                # The equal protocol: each learned optimizer with AdamW's schedule (re-warm +
+                                # re-decay) at two step multipliers, as AdamW ran at two learning rates.
+                                ("mulo_m-rewarm", {"type": "mulo", "checkpoint": "results/checkpoints/mulo_m/theta.safetensors"},
+                                 "rewarm"),
+                                ("mulo_m-rewarm-x0.25", {"type": "mulo", "lr": 0.25,
+                                                         "checkpoint": "results/checkpoints/mulo_m/theta.safetensors"}, "rewarm"),
+                                ("mulo_lm-rewarm", {"type": "mulo",
+                                                    "checkpoint": "results/checkpoints/mulo_lm_small/theta.safetensors"}, "rewarm"),
+                                ("mulo_lm-rewarm-x0.25", {"type": "mulo", "lr": 0.25,
+                                                          "checkpoint": "results/checkpoints/mulo_lm_small/theta.safetensors"},
+                                 "rewarm")):
         n, c = cfg(f"mup-switch-sinkhorn_german_{name}_replay25", "switch-sinkhorn", schedule,
                    [{"corpus": "english", "steps": steps}, {"corpus": "german", "steps": steps, "replay_fraction": 0.25}])
         c["task"]["parametrization"] = mup

@@ -24,7 +24,10 @@
 #include "experiments/sweep.h"
 #include "experiments/train.h"
 #include "meta/meta_trainer.h"
-#include "optimizers/small_fc_lopt.h"
+#include "common/registry.h"
+#include "meta/estimators.h"
+#include "optimizers/learned_optimizer.h"
+#include "tasks/task.h"
 
 namespace po = boost::program_options;
 using lopt::json;
@@ -44,6 +47,16 @@ const char* kUsage =
     "  meta-train    meta-train a learned optimizer (PES / ES / truncated backprop), resumable\n"
     "  cpt           continual pre-training of a (MoE) transformer LM through data phases, resumable\n"
     "  export-hub    write a learned-optimizer checkpoint in the hub layout PyLO loads\n";
+
+/// The registered types (generated from the registries, so it never goes stale).
+std::string registered_types() {
+  return "\nregistered types:\n"
+         "  optimizers          " + lopt::join_names(lopt::optimizer_types()) + "\n"
+         "  learned optimizers  " + lopt::join_names(lopt::learned_optimizer_types()) + "\n"
+         "  estimators          " + lopt::join_names(lopt::estimator_types()) + "\n"
+         "  tasks               " + lopt::join_names(lopt::task_types()) + "\n"
+         "  task families       " + lopt::join_names(lopt::task_family_types()) + "\n";
+}
 
 struct Common {
   int threads = 0;
@@ -118,7 +131,7 @@ int cmd_train(int argc, char** argv, bool local = false) {
       "overwrite", po::bool_switch(&overwrite), "replace an existing result file")(
       "steps", po::value(&steps), "number of training steps (sets \"steps\")")(
       "seed", po::value(&seed), "random seed (sets \"seed\")")(
-      "optimizer", po::value(&optimizer), "optimizer type: sgd, adam, adamw, muadam, muon, mulo, small_fc_lopt (sets optimizer.type)")(
+      "optimizer", po::value(&optimizer), ("optimizer type: " + lopt::join_names(lopt::optimizer_types()) + " (sets optimizer.type)").c_str())(
       "lo-checkpoint", po::value(&lo_checkpoint), "learned-optimizer weights, safetensors with PyLO names (sets optimizer.checkpoint)")(
       "data-dir", po::value(&data_dir), "Fashion-MNIST folder (sets task.data_dir; default $LOPT_DATA_DIR or the Debian package's)");
   po::variables_map vm;
@@ -458,9 +471,8 @@ int cmd_export_hub(int argc, char** argv) {
     return 0;
   }
   po::notify(vm);
-  const auto stored = lopt::read_checkpoint_config(checkpoint);
-  json cfg = stored.config;
-  if (!cfg.contains("type")) cfg["type"] = "mulo";
+  // The checkpoint's own type (lopt records it); a foreign file is read as PyLO's MetaMLP (muLO).
+  json cfg = lopt::checkpoint_learned_config(checkpoint);
   cfg.erase("impl");
   auto lo = lopt::make_learned_optimizer(cfg, "/checkpoint");
   lo->save_hub(dir, lo->load(checkpoint));
@@ -470,7 +482,7 @@ int cmd_export_hub(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
-    std::cout << kUsage;
+    std::cout << kUsage << registered_types();
     return argc < 2 ? 2 : 0;
   }
   std::string cmd = argv[1];

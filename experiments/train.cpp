@@ -19,6 +19,7 @@
 #include "meta/local_sgd.h"
 #include "optimizers/global_update.h"
 #include "optimizers/kernels/lopt_cpu.h"
+#include "optimizers/learned_optimizer.h"
 #include "optimizers/optimizer.h"
 #include "tasks/task.h"
 
@@ -261,9 +262,8 @@ std::string input_fingerprint(const nlohmann::json& config) {
   const std::string checkpoint = opt.value("checkpoint", std::string());
   if (checkpoint.empty()) return "";
   uint64_t h = 14695981039346656037ULL;
-  std::vector<std::string> files = {checkpoint};
+  std::vector<std::string> files = {checkpoint_weights_file(checkpoint)};
   if (std::filesystem::is_directory(checkpoint)) {
-    files = {(std::filesystem::path(checkpoint) / "model.safetensors").string()};
     const auto cfg = (std::filesystem::path(checkpoint) / "config.json").string();
     if (std::filesystem::exists(cfg)) files.push_back(cfg);
   }

@@ -5,9 +5,12 @@
 #include "common/config.h"
 #include "common/distributed.h"
 #include "common/errors.h"
+#include "common/registry.h"
 #include "common/rng.h"
 
 namespace lopt {
+
+NamedRegistry<EstimatorFactory>& estimator_registry();
 
 EstimatorConfig EstimatorConfig::from_json(const nlohmann::json& j, const std::string& path) {
   config_check(j.is_object(), path, "must be an object like {\"type\": \"pes\", \"std\": 0.01, \"trunc_length\": 50}");
@@ -20,9 +23,7 @@ EstimatorConfig EstimatorConfig::from_json(const nlohmann::json& j, const std::s
   c.stagger = r.get<bool>("stagger", c.stagger);
   c.population = r.get<bool>("population", c.population);
   r.finish();
-  const bool known = c.type == "pes" || c.type == "truncated_es" || c.type == "truncated_backprop" || c.type == "full_es";
-  config_check(known, r.path_of("type"),
-               "unknown estimator '" + c.type + "' (valid: pes, truncated_es, truncated_backprop, full_es)");
+  estimator_registry().get(c.type, r.path_of("type"));  // a registered type
   config_check(c.std > 0, r.path_of("std"), "must be > 0 (perturbation standard deviation, e.g. 0.01)");
   config_check(c.trunc_length >= 1, r.path_of("trunc_length"), "must be >= 1");
   config_check(c.num_tasks >= 1, r.path_of("num_tasks"), "must be >= 1");
@@ -329,11 +330,30 @@ EstimateOut FullES::estimate(const torch::Tensor& theta, uint64_t seed) {
 }
 
 std::unique_ptr<GradientEstimator> make_gradient_estimator(const EstimatorConfig& config, TruncatedStep& step) {
-  if (config.type == "pes") return std::make_unique<TruncatedPES>(step, config);
-  if (config.type == "truncated_es") return std::make_unique<TruncatedES>(step, config);
-  if (config.type == "truncated_backprop") return std::make_unique<TruncatedBackprop>(step, config);
-  if (config.type == "full_es") return std::make_unique<FullES>(step, config);
-  throw ConfigError("/estimator/type", "unknown estimator '" + config.type + "' (valid: pes, truncated_es, truncated_backprop, full_es)");
+  return estimator_registry().get(config.type, "/estimator/type")(step, config);
+}
+
+void register_estimator_type(const std::string& type, EstimatorFactory f) { estimator_registry().add(type, std::move(f)); }
+
+std::vector<std::string> estimator_types() { return estimator_registry().names(); }
+
+namespace {
+template <class E>
+EstimatorFactory factory() {
+  return [](TruncatedStep& step, const EstimatorConfig& config) -> std::unique_ptr<GradientEstimator> {
+    return std::make_unique<E>(step, config);
+  };
+}
+}  // namespace
+
+NamedRegistry<EstimatorFactory>& estimator_registry() {
+  static NamedRegistry<EstimatorFactory> r("estimator", [] {
+    register_estimator_type("pes", factory<TruncatedPES>());
+    register_estimator_type("truncated_es", factory<TruncatedES>());
+    register_estimator_type("truncated_backprop", factory<TruncatedBackprop>());
+    register_estimator_type("full_es", factory<FullES>());
+  });
+  return r;
 }
 
 }  // namespace lopt

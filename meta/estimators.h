@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -148,5 +149,12 @@ class FullES : public GradientEstimator {
 
 /// Builds the estimator named by config.type over `step`.
 std::unique_ptr<GradientEstimator> make_gradient_estimator(const EstimatorConfig& config, TruncatedStep& step);
+
+/// How an estimator type is built (the builtins pes, truncated_es, truncated_backprop, full_es are
+/// registered in estimators.cpp).
+using EstimatorFactory = std::function<std::unique_ptr<GradientEstimator>(TruncatedStep& step, const EstimatorConfig& config)>;
+void register_estimator_type(const std::string& type, EstimatorFactory f);
+/// Registered estimator types, sorted.
+std::vector<std::string> estimator_types();
 
 }  // namespace lopt

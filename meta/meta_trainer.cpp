@@ -26,8 +26,9 @@ nlohmann::json resolve_meta_train_config(const nlohmann::json& config) {
   config_check(!family.empty(), "/task_family", "required (e.g. {\"type\": \"mlp_family\", \"widths\": [64]})");
   out["task_family"] = make_task_family(family, "/task_family")->hyperparams();
   auto lopt_cfg = r.object("lopt");
-  if (lopt_cfg.empty()) lopt_cfg = {{"type", "mulo"}};
-  out["lopt"] = make_learned_optimizer(lopt_cfg, "/lopt")->hyperparams();
+  if (lopt_cfg.empty()) lopt_cfg = {{"type", kDefaultLearnedOptimizer}};
+  const auto lopt = make_learned_optimizer(lopt_cfg, "/lopt");
+  out["lopt"] = lopt->hyperparams();
   out["truncation"] = make_truncation_schedule(r.object("truncation"), "/truncation")->hyperparams();
   out["estimator"] = EstimatorConfig::from_json(r.object("estimator"), "/estimator").to_json();
   if (auto local = r.get<nlohmann::json>("local_sgd", nullptr); !local.is_null()) {
@@ -35,12 +36,12 @@ nlohmann::json resolve_meta_train_config(const nlohmann::json& config) {
     out["local_sgd"] = lc.to_json();
     config_check(out["estimator"]["type"] != "truncated_backprop", "/estimator/type",
                  "local-SGD meta-training needs an ES estimator (pes, truncated_es, full_es), not truncated_backprop");
-    const int64_t k = out["lopt"].value("worker_inputs", int64_t(0));
+    const int64_t k = lopt->worker_inputs();
     config_check(k == 0 || k == lc.workers, "/lopt/worker_inputs",
                  "LAgg-A sees every worker's delta: worker_inputs must equal local_sgd.workers (" + std::to_string(lc.workers) +
                      "), or be 0 for LOpt-A");
   } else {
-    config_check(out["lopt"].value("worker_inputs", int64_t(0)) == 0, "/lopt/worker_inputs",
+    config_check(lopt->worker_inputs() == 0, "/lopt/worker_inputs",
                  "a learned aggregator (worker_inputs > 0) is meta-trained on local SGD: add \"local_sgd\": {\"workers\": K, ...}");
   }
   {

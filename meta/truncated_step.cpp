@@ -11,7 +11,7 @@
 #include "common/rng.h"
 #include "meta/local_sgd.h"
 #include "optimizers/learned_optimizer.h"
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/global_update.h"
 #include "tasks/task.h"
 
 namespace lopt {
@@ -161,10 +161,12 @@ UnrollOut LoptTruncatedStep::step_local_sgd(const std::vector<torch::Tensor>& th
       InnerState& s = *states[m];
       const Optimizer* opt = &bound(thetas[m]);
       const auto& r = rounds[j];
-      const auto* agg = dynamic_cast<const SmallFcLoptOptimizer*>(opt);
-      if (agg != nullptr && agg->config().worker_inputs > 0) {
-        TORCH_CHECK(agg->config().worker_inputs == lc.workers, "LAgg-A worker_inputs differs from local_sgd.workers");
-        s.opt = agg->step(s.opt, r.mean_delta, nullptr, nullptr, &r.worker_deltas);
+      // A learned aggregator (LAgg-A) goes through its GlobalUpdate; every other update is a
+      // mean-delta step, batched below.
+      const auto update = make_global_update(std::shared_ptr<const Optimizer>(opt, [](const Optimizer*) {}));
+      if (update->needs_worker_deltas()) {
+        TORCH_CHECK(update->workers() == lc.workers, "LAgg-A worker_inputs differs from local_sgd.workers");
+        update->apply_(s.opt, r.mean_delta, r.worker_deltas, torch::tensor(r.loss));
       } else {
         population.push_back({opt, &s.opt, r.mean_delta, torch::tensor(r.loss)});
       }

@@ -4,29 +4,26 @@
 
 #include "common/config.h"
 #include "common/errors.h"
-#include "optimizers/small_fc_lopt.h"
 
 namespace lopt {
 
-LearnedAggregation::LearnedAggregation(std::shared_ptr<const SmallFcLoptOptimizer> opt) : opt_(std::move(opt)) {
-  TORCH_CHECK(opt_->config().worker_inputs > 0, "LearnedAggregation needs a learned optimizer with worker_inputs > 0");
+LearnedAggregation::LearnedAggregation(std::shared_ptr<const Optimizer> opt) : opt_(std::move(opt)) {
+  TORCH_CHECK(opt_->worker_inputs() > 0, "LearnedAggregation needs an optimizer with worker_inputs > 0 (a learned aggregator)");
 }
 
 OptState LearnedAggregation::init(const ParamSet& params) const { return opt_->init(params); }
 
-int64_t LearnedAggregation::workers() const { return opt_->config().worker_inputs; }
+int64_t LearnedAggregation::workers() const { return opt_->worker_inputs(); }
 
 const Optimizer& LearnedAggregation::optimizer() const { return *opt_; }
 
 void LearnedAggregation::apply_(OptState& state, const std::vector<torch::Tensor>& mean_delta,
-                                const std::vector<torch::Tensor>& worker_deltas, const torch::Tensor&) const {
-  torch::NoGradGuard no_grad;
-  state = opt_->step(state, mean_delta, nullptr, nullptr, &worker_deltas);
+                                const std::vector<torch::Tensor>& worker_deltas, const torch::Tensor& loss) const {
+  opt_->aggregate_(state, mean_delta, worker_deltas, loss);
 }
 
 std::unique_ptr<GlobalUpdate> make_global_update(std::shared_ptr<const Optimizer> opt) {
-  if (auto lo = std::dynamic_pointer_cast<const SmallFcLoptOptimizer>(opt); lo && lo->config().worker_inputs > 0)
-    return std::make_unique<LearnedAggregation>(lo);
+  if (opt->worker_inputs() > 0) return std::make_unique<LearnedAggregation>(std::move(opt));
   return std::make_unique<MeanDeltaUpdate>(std::move(opt));
 }
 

@@ -59,12 +59,11 @@ class MeanDeltaUpdate : public GlobalUpdate {
   std::shared_ptr<const Optimizer> opt_;
 };
 
-class SmallFcLoptOptimizer;
-
-/// LAgg-A: a learned optimizer with worker_inputs = K that also sees each worker's delta.
+/// LAgg-A: an optimizer with worker_inputs() = K > 0 (a learned aggregator) that also sees each
+/// worker's delta (Optimizer::aggregate_).
 class LearnedAggregation : public GlobalUpdate {
  public:
-  explicit LearnedAggregation(std::shared_ptr<const SmallFcLoptOptimizer> opt);
+  explicit LearnedAggregation(std::shared_ptr<const Optimizer> opt);
   OptState init(const ParamSet& params) const override;
   bool needs_worker_deltas() const override { return true; }
   int64_t workers() const override;
@@ -73,7 +72,7 @@ class LearnedAggregation : public GlobalUpdate {
   const Optimizer& optimizer() const override;
 
  private:
-  std::shared_ptr<const SmallFcLoptOptimizer> opt_;
+  std::shared_ptr<const Optimizer> opt_;
 };
 
 /// The global update for an already built optimizer: LearnedAggregation when it is a learned

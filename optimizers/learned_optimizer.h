@@ -5,8 +5,10 @@
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "optimizers/optimizer.h"
 
@@ -20,7 +22,9 @@ class LearnedOptimizer {
   /// Number of meta-parameters.
   virtual int64_t num_theta() const = 0;
   /// The inner optimizer defined by `theta` (kept by reference: gradients flow back to it).
-  virtual std::unique_ptr<Optimizer> bind(const torch::Tensor& theta) const = 0;
+  /// `provenance` (e.g. {"checkpoint": ..., "theta_seed": ...}) goes into its hyperparams().
+  virtual std::unique_ptr<Optimizer> bind(const torch::Tensor& theta,
+                                          const nlohmann::json& provenance = nlohmann::json::object()) const = 0;
   /// Writes / reads theta (format chosen by the implementation).
   virtual void save(const std::string& path, const torch::Tensor& theta) const = 0;
   virtual torch::Tensor load(const std::string& path) const = 0;
@@ -30,11 +34,50 @@ class LearnedOptimizer {
     (void)dir;
     (void)theta;
   }
+  /// Local SGD: the number of workers' deltas the bound optimizer takes as extra inputs (a learned
+  /// aggregator); 0 for a per-parameter learned optimizer.
+  virtual int64_t worker_inputs() const { return 0; }
   virtual nlohmann::json hyperparams() const = 0;
 };
 
-/// Builds a learned optimizer from {"type": "small_fc_lopt" | "mulo", ...}; ConfigError naming
-/// `path` for unknown types or bad values.
+/// How a learned-optimizer type is built. Types of one `family` share a checkpoint format (a
+/// checkpoint of one family is refused by another, naming the type to use).
+struct LearnedOptimizerType {
+  std::string family;
+  /// The learned optimizer from its config at JSON path `path` (ConfigError naming the key).
+  std::function<std::unique_ptr<LearnedOptimizer>(const nlohmann::json& config, const std::string& path)> make;
+  /// `config` completed from a checkpoint of this family: the keys a checkpoint decides
+  /// (architecture, meta-training hyperparameters) taken from it; ConfigError at `path` on a conflict.
+  std::function<nlohmann::json(const nlohmann::json& config, const std::string& checkpoint, const std::string& path)>
+      resolve_checkpoint;
+};
+
+/// Adds a learned-optimizer type (the builtins: optimizers/builtin_optimizers.cpp). It is then also an
+/// optimizer type for make_optimizer, which binds it to a checkpoint's theta or an untrained one.
+void register_learned_optimizer_type(const std::string& type, LearnedOptimizerType t);
+/// Registered learned-optimizer types, sorted.
+std::vector<std::string> learned_optimizer_types();
+/// Whether `type` is a registered learned-optimizer type.
+bool is_learned_optimizer_type(const std::string& type);
+/// The registration of `type`; ConfigError at `path` listing the registered types.
+LearnedOptimizerType learned_optimizer_type(const std::string& type, const std::string& path);
+
+/// The learned-optimizer type of a config without "type" (meta-train's "lopt", checkpoints of old runs).
+inline constexpr const char* kDefaultLearnedOptimizer = "mulo";
+
+/// Builds a learned optimizer from {"type": <registered learned type>, ...} (kDefaultLearnedOptimizer
+/// when "type" is absent); ConfigError naming `path` for unknown types or bad values.
 std::unique_ptr<LearnedOptimizer> make_learned_optimizer(const nlohmann::json& config, const std::string& path = "/lopt");
+
+/// lopt's "lopt_config" metadata of a checkpoint (a file or hub folder), or null for a file without
+/// it (a foreign checkpoint); IoError when the metadata is malformed.
+nlohmann::json stored_checkpoint_config(const std::string& checkpoint);
+/// The type a checkpoint file records (lopt's "lopt_config" metadata), or "" for a file without it.
+std::string checkpoint_type(const std::string& checkpoint);
+/// The learned-optimizer config of a checkpoint as make_learned_optimizer takes it: the config
+/// lopt recorded in it, or, for a foreign file (PyLO's MetaMLP), `foreign_type` completed from the file.
+nlohmann::json checkpoint_learned_config(const std::string& checkpoint, const std::string& foreign_type = "mulo");
+/// The safetensors file of a checkpoint: the path itself, or model.safetensors of a hub folder.
+std::string checkpoint_weights_file(const std::string& checkpoint);
 
 }  // namespace lopt

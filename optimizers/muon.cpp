@@ -18,6 +18,15 @@ constexpr double kNsNormEps = 1e-7;                              // muon.py: X /
 /// A matrix view of a tensor of rank >= 2 as muon.py steps it: (dim 0, everything else) for rank > 2.
 torch::Tensor as_matrix(const torch::Tensor& t) { return t.dim() == 2 ? t : t.reshape({t.size(0), -1}); }
 
+/// Roles whose tensors are matrices (the valid muon_roles).
+bool is_matrix_role(ParamRole r) { return r != ParamRole::bias && r != ParamRole::norm_gain; }
+std::string matrix_role_names() {
+  std::string s;
+  for (auto r : all_param_roles())
+    if (is_matrix_role(r)) s += (s.empty() ? "" : ", ") + to_string(r);
+  return s;
+}
+
 std::string role_names(const std::set<ParamRole>& roles) {
   std::string s;
   for (auto r : roles) s += (s.empty() ? "" : ", ") + to_string(r);
@@ -60,23 +69,18 @@ MuonOptions muon_options_from_json(const nlohmann::json& config, const std::stri
       try {
         o.muon_roles.insert(param_role_from_string(name));
       } catch (const Error&) {
-        throw ConfigError(r.path_of("muon_roles"), "unknown role \"" + name +
-                                                       "\" (valid: input_weight, hidden_weight, output_weight, embedding)");
+        throw ConfigError(r.path_of("muon_roles"), "unknown role \"" + name + "\" (valid: " + matrix_role_names() + ")");
       }
     }
     config_check(!o.muon_roles.empty(), r.path_of("muon_roles"), "needs at least one role, e.g. [\"hidden_weight\"]");
     for (auto role : o.muon_roles)
-      config_check(role != ParamRole::bias && role != ParamRole::norm_gain, r.path_of("muon_roles"),
+      config_check(is_matrix_role(role), r.path_of("muon_roles"),
                    "\"" + to_string(role) + "\" tensors are vectors: Muon orthogonalises matrices only");
   }
   if (auto s = r.object("schedule"); !s.empty()) o.schedule = s;
-  auto finite_nonneg = [&](const char* key, double v) {
-    config_check(std::isfinite(v) && v >= 0, r.path_of(key), "must be finite and >= 0, got " + std::to_string(v));
-  };
-  finite_nonneg("lr", o.lr);
-  finite_nonneg("weight_decay", o.weight_decay);
-  finite_nonneg("adamw_lr_ratio", o.adamw_lr_ratio);
-  finite_nonneg("adamw_eps", o.adamw_eps);
+  for (const auto& [key, v] : {std::pair<const char*, double>{"lr", o.lr}, {"weight_decay", o.weight_decay},
+                               {"adamw_lr_ratio", o.adamw_lr_ratio}, {"adamw_eps", o.adamw_eps}})
+    config_check_finite_nonneg(v, r.path_of(key));
   config_check(o.momentum >= 0 && o.momentum < 1, r.path_of("momentum"), "must be in [0, 1)");
   config_check(o.adamw_beta1 >= 0 && o.adamw_beta1 < 1, r.path_of("adamw_beta1"), "must be in [0, 1)");
   config_check(o.adamw_beta2 >= 0 && o.adamw_beta2 < 1, r.path_of("adamw_beta2"), "must be in [0, 1)");

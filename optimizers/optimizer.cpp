@@ -1,19 +1,18 @@
 #include "optimizers/optimizer.h"
 
-#include <cmath>
-
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "common/config.h"
-#include "optimizers/adam.h"
-#include "optimizers/muon.h"
-#include "optimizers/sgd.h"
-#include "optimizers/small_fc_lopt.h"
+#include "common/registry.h"
 #include "common/rng.h"
+#include "optimizers/learned_optimizer.h"
 
 namespace lopt {
+
+void register_builtin_optimizers();  // optimizers/builtin_optimizers.cpp
 
 void Optimizer::update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const {
   torch::NoGradGuard no_grad;
@@ -24,6 +23,12 @@ void Optimizer::update_many_(std::vector<PopulationMember>& members) const {
   for (auto& m : members) m.opt->update_(*m.state, m.grads, m.loss);
 }
 
+void Optimizer::aggregate_(OptState&, const std::vector<torch::Tensor>&, const std::vector<torch::Tensor>&,
+                           const torch::Tensor&) const {
+  TORCH_CHECK(false, "aggregate_: ", hyperparams().value("type", std::string("this optimizer")),
+              " takes no workers' deltas (worker_inputs() is 0)");
+}
+
 void check_grads(const OptState& state, const std::vector<torch::Tensor>& grads, const char* who) {
   TORCH_CHECK(grads.size() == state.params.size(), who, ": got ", grads.size(), " gradients for ",
               state.params.size(), " parameters");
@@ -32,85 +37,77 @@ void check_grads(const OptState& state, const std::vector<torch::Tensor>& grads,
                 grads[i].sizes(), ", parameter has ", state.params.tensors[i].sizes());
 }
 
+double Optimizer::lr_at(int64_t, const ParamInfo&) const { return std::nan(""); }
+
 namespace {
-void check_finite_nonneg(ConfigReader& r, const std::string& key, double v) {
-  config_check(std::isfinite(v) && v >= 0, r.path_of(key), "must be finite and >= 0, got " + std::to_string(v));
+NamedRegistry<OptimizerFactory>& registry() {
+  static NamedRegistry<OptimizerFactory> r("optimizer", [] { register_builtin_optimizers(); });
+  return r;
+}
+
+/// A learned optimizer bound to a theta: the checkpoint's (its config completed from the checkpoint,
+/// which must be of the type's family) or, without one, an untrained theta drawn from theta_seed.
+std::unique_ptr<Optimizer> make_bound_learned_optimizer(const nlohmann::json& config, const std::string& path) {
+  ConfigReader r(config, path);
+  const auto type = r.require<std::string>("type");
+  const auto lt = learned_optimizer_type(type, r.path_of("type"));
+  auto checkpoint = r.get<std::string>("checkpoint", "");
+  config_check(checkpoint.empty() || std::filesystem::exists(checkpoint), r.path_of("checkpoint"),
+               "file not found: " + checkpoint + " (a learned-optimizer safetensors file, e.g. "
+               "results/checkpoints/mulo_m/theta.safetensors)");
+  auto theta_seed = r.get<uint64_t>("theta_seed", 0);
+  nlohmann::json lcfg = config;
+  lcfg.erase("checkpoint");
+  lcfg.erase("theta_seed");
+  for (auto it = lcfg.begin(); it != lcfg.end(); ++it) r.get<nlohmann::json>(it.key(), nullptr);  // the type checks them
+  r.finish();
+  if (!checkpoint.empty()) {
+    const auto stored = checkpoint_type(checkpoint);
+    if (!stored.empty()) {
+      config_check(is_learned_optimizer_type(stored), r.path_of("checkpoint"),
+                   checkpoint + " is a \"" + stored + "\" checkpoint, a type this build does not know (valid: " +
+                       join_names(learned_optimizer_types()) + ")");
+      const auto theirs = learned_optimizer_type(stored, r.path_of("checkpoint")).family;
+      config_check(theirs == lt.family, r.path_of("type"),
+                   checkpoint + " holds a \"" + stored + "\" theta (family " + theirs + "), not one of family " + lt.family +
+                       ": set \"type\": \"" + stored + "\"");
+    }
+    lcfg = lt.resolve_checkpoint(lcfg, checkpoint, path);
+  } else {
+    config_check(!lcfg.contains("override"), r.path_of("override"), "only applies with a checkpoint");
+  }
+  auto lo = lt.make(lcfg, path);
+  torch::Tensor theta;
+  if (checkpoint.empty()) {
+    auto gen = make_generator(derive_seed(theta_seed, "theta"));
+    theta = lo->init_theta(gen);
+  } else {
+    theta = lo->load(checkpoint);
+  }
+  return lo->bind(theta, {{"checkpoint", checkpoint}, {"theta_seed", theta_seed}});
 }
 }  // namespace
 
-double Optimizer::lr_at(int64_t, const ParamInfo&) const { return std::nan(""); }
+void register_optimizer_type(const std::string& type, OptimizerFactory f) { registry().add(type, std::move(f)); }
+
+std::vector<std::string> optimizer_types() {
+  auto out = registry().names();
+  for (const auto& t : learned_optimizer_types()) out.push_back(t);
+  std::sort(out.begin(), out.end());
+  return out;
+}
 
 std::unique_ptr<Optimizer> make_optimizer(const nlohmann::json& config, const std::string& path) {
-  ConfigReader r(config, path);
-  auto type = r.get<std::string>("type", "");
-  std::unique_ptr<Optimizer> out;
-  if (type == "sgd") {
-    SgdOptions o;
-    o.lr = r.get<double>("lr", o.lr);
-    o.momentum = r.get<double>("momentum", o.momentum);
-    o.dampening = r.get<double>("dampening", o.dampening);
-    o.nesterov = r.get<bool>("nesterov", o.nesterov);
-    o.weight_decay = r.get<double>("weight_decay", o.weight_decay);
-    if (auto s = r.object("schedule"); !s.empty()) o.schedule = s;
-    check_finite_nonneg(r, "lr", o.lr);
-    check_finite_nonneg(r, "momentum", o.momentum);
-    check_finite_nonneg(r, "weight_decay", o.weight_decay);
-    config_check(!o.nesterov || (o.momentum > 0 && o.dampening == 0), r.path_of("nesterov"),
-                 "Nesterov momentum needs momentum > 0 and dampening 0");
-    make_schedule(o.schedule, r.path_of("schedule"));
-    out = std::make_unique<Sgd>(o);
-  } else if (type == "adam" || type == "adamw" || type == "muadam") {
-    AdamOptions o;
-    o.decoupled_weight_decay = type == "adamw";
-    o.mup = type == "muadam";
-    o.lr = r.get<double>("lr", o.lr);
-    o.beta1 = r.get<double>("beta1", o.beta1);
-    o.beta2 = r.get<double>("beta2", o.beta2);
-    o.eps = r.get<double>("eps", o.eps);
-    o.weight_decay = r.get<double>("weight_decay", type == "adamw" ? 0.01 : 0.0);
-    if (o.mup) o.decoupled_weight_decay = r.get<bool>("decoupled_weight_decay", true);
-    if (auto s = r.object("schedule"); !s.empty()) o.schedule = s;
-    check_finite_nonneg(r, "lr", o.lr);
-    check_finite_nonneg(r, "eps", o.eps);
-    check_finite_nonneg(r, "weight_decay", o.weight_decay);
-    config_check(o.beta1 >= 0 && o.beta1 < 1, r.path_of("beta1"), "must be in [0, 1)");
-    config_check(o.beta2 >= 0 && o.beta2 < 1, r.path_of("beta2"), "must be in [0, 1)");
-    make_schedule(o.schedule, r.path_of("schedule"));
-    out = std::make_unique<Adam>(o);
-  } else if (type == "muon") {
-    out = std::make_unique<Muon>(muon_options_from_json(config, path));
-    return out;  // muon_options_from_json checked every key
-  } else if (type == "mulo" || type == "small_fc_lopt") {
-    // A learned optimizer with theta from a checkpoint (safetensors, PyLO names) or, without one,
-    // an untrained theta drawn from theta_seed.
-    auto checkpoint = r.get<std::string>("checkpoint", "");
-    config_check(checkpoint.empty() || std::filesystem::exists(checkpoint), r.path_of("checkpoint"),
-                 "file not found: " + checkpoint + " (a learned-optimizer safetensors file, e.g. "
-                 "results/checkpoints/mulo_m/theta.safetensors)");
-    auto theta_seed = r.get<uint64_t>("theta_seed", 0);
-    nlohmann::json lcfg = config;
-    lcfg.erase("checkpoint");
-    lcfg.erase("theta_seed");
-    for (auto it = lcfg.begin(); it != lcfg.end(); ++it) r.get<nlohmann::json>(it.key(), nullptr);
-    if (!checkpoint.empty()) lcfg = resolve_checkpoint_config(lcfg, checkpoint, path);
-    else config_check(!lcfg.contains("override"), r.path_of("override"), "only applies with a checkpoint");
-    auto lo = make_small_fc_lopt(lcfg, path);
-    torch::Tensor theta;
-    if (checkpoint.empty()) {
-      auto gen = make_generator(derive_seed(theta_seed, "theta"));
-      theta = lo->init_theta(gen);
-    } else {
-      theta = lo->load(checkpoint);
-    }
-    auto bound = std::make_unique<SmallFcLoptOptimizer>(*lo, theta);
-    bound->set_provenance({{"checkpoint", checkpoint}, {"theta_seed", theta_seed}});
-    out = std::move(bound);
-  } else {
-    throw ConfigError(r.path_of("type"),
-                      "unknown optimizer \"" + type + "\" (valid: sgd, adam, adamw, muadam, muon, mulo, small_fc_lopt)");
+  config_check(config.is_object(), path, "must be an object such as {\"type\": \"adamw\", \"lr\": 0.001}");
+  std::string type;
+  if (config.contains("type")) {
+    config_check(config["type"].is_string(), path + "/type", "must be a string (valid: " + join_names(optimizer_types()) + ")");
+    type = config["type"].get<std::string>();
   }
-  r.finish();
-  return out;
+  if (registry().contains(type)) return registry().get(type, path + "/type")(config, path);
+  if (is_learned_optimizer_type(type)) return make_bound_learned_optimizer(config, path);
+  throw ConfigError(path + "/type", (type.empty() ? std::string("required") : "unknown optimizer \"" + type + "\"") +
+                                        " (valid: " + join_names(optimizer_types()) + ")");
 }
 
 }  // namespace lopt

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -53,11 +54,29 @@ class Optimizer {
   virtual double lr_at(int64_t step, const ParamInfo& info) const;
   /// Full resolved configuration including "type"; make_optimizer(hyperparams()) rebuilds it.
   virtual nlohmann::json hyperparams() const = 0;
+  /// Local SGD: how many workers' deltas this optimizer takes besides their mean (a learned
+  /// aggregator such as LAgg-A); 0 for a per-parameter optimizer (optimizers/global_update.h).
+  virtual int64_t worker_inputs() const { return 0; }
+  /// One no-grad global step from the mean delta and every worker's delta ([K, *shape] per tensor),
+  /// in place; only for worker_inputs() > 0 (the default throws).
+  virtual void aggregate_(OptState& state, const std::vector<torch::Tensor>& mean_delta,
+                          const std::vector<torch::Tensor>& worker_deltas, const torch::Tensor& loss) const;
 };
 
-/// Builds an optimizer from {"type": "sgd"|"adam"|"adamw"|"muadam"|"muon"|"mulo"|"small_fc_lopt", ...}; throws ConfigError
-/// (naming `path`) for unknown types or bad values.
+/// Builds an optimizer from {"type": ..., ...}: a registered optimizer type, or a registered
+/// learned-optimizer type bound to a theta (its "checkpoint", else an untrained theta from
+/// "theta_seed"). ConfigError naming `path` for unknown types (listing the registered ones) or bad values.
 std::unique_ptr<Optimizer> make_optimizer(const nlohmann::json& config, const std::string& path = "/optimizer");
+
+/// How an optimizer type is built from its config ({"type": name, ...} at JSON path `path`); it
+/// checks every key (ConfigError naming the key) and rejects unknown ones.
+using OptimizerFactory = std::function<std::unique_ptr<Optimizer>(const nlohmann::json& config, const std::string& path)>;
+/// Adds a hand-designed optimizer type (the builtins: optimizers/builtin_optimizers.cpp). Learned
+/// optimizers register with register_learned_optimizer_type (optimizers/learned_optimizer.h) and are
+/// optimizer types too.
+void register_optimizer_type(const std::string& type, OptimizerFactory f);
+/// Every type make_optimizer accepts, sorted: hand-designed and learned.
+std::vector<std::string> optimizer_types();
 
 /// Checks that grads match the parameters in number and shape (throws with the index).
 void check_grads(const OptState& state, const std::vector<torch::Tensor>& grads, const char* who);

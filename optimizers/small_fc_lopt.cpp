@@ -83,10 +83,6 @@ std::unique_ptr<SmallFcLopt> make_small_fc_lopt(const nlohmann::json& config, co
   return std::make_unique<SmallFcLopt>(SmallFcLoptConfig::from_json(config, path));
 }
 
-std::unique_ptr<LearnedOptimizer> make_learned_optimizer(const nlohmann::json& config, const std::string& path) {
-  return make_small_fc_lopt(config, path);
-}
-
 std::pair<int64_t, int64_t> lopt_factored_dims(const std::vector<int64_t>& shape) {
   std::vector<int64_t> order(shape.size());
   std::iota(order.begin(), order.end(), 0);
@@ -173,10 +169,6 @@ const std::map<std::string, std::vector<float>> kPyloDefaultOffsets = {
     {"rms_decays", {0.01079706f}},
     {"adafactor_decays", {0.18621896f, -0.10864615f, -0.06185547f}}};
 
-/// The safetensors file of a checkpoint: the file itself, or model.safetensors of a hub folder.
-std::string weights_file(const std::string& path) {
-  return std::filesystem::is_directory(path) ? (std::filesystem::path(path) / "model.safetensors").string() : path;
-}
 
 }  // namespace
 
@@ -204,7 +196,7 @@ void SmallFcLopt::save_hub(const std::string& dir, const torch::Tensor& theta) c
 }
 
 torch::Tensor SmallFcLopt::load(const std::string& checkpoint) const {
-  const std::string path = weights_file(checkpoint);
+  const std::string path = checkpoint_weights_file(checkpoint);
   auto st = read_safetensors(path);
   std::map<std::string, torch::Tensor> named;
   for (const auto& [name, shape] : theta_layout()) {
@@ -240,19 +232,14 @@ torch::Tensor SmallFcLopt::load(const std::string& checkpoint) const {
 }
 
 CheckpointConfig read_checkpoint_config(const std::string& checkpoint) {
-  const std::string path = weights_file(checkpoint);
-  auto st = read_safetensors(path);
   CheckpointConfig out;
-  if (auto it = st.metadata.find("lopt_config"); it != st.metadata.end()) {
-    try {
-      out.config = nlohmann::json::parse(it->second);
-    } catch (const std::exception&) {
-      throw IoError(path, "metadata 'lopt_config' is not valid JSON", "rewrite the file with lopt meta-train");
-    }
-    if (!out.config.is_object()) throw IoError(path, "metadata 'lopt_config' must be a JSON object");
+  out.config = stored_checkpoint_config(checkpoint);
+  if (out.config.is_object()) {
     out.from_lopt = true;
     return out;
   }
+  const std::string path = checkpoint_weights_file(checkpoint);
+  auto st = read_safetensors(path);
   // PyLO: the MetaMLP geometry from the tensors (and config.json of a hub folder), the rest PyLO's defaults.
   int64_t hidden_layers = 0;
   while (st.tensors.count("network.linear_" + std::to_string(hidden_layers) + ".weight")) ++hidden_layers;
@@ -331,8 +318,10 @@ nlohmann::json resolve_checkpoint_config(const nlohmann::json& config, const std
 
 nlohmann::json SmallFcLopt::hyperparams() const { return config_.to_json(); }
 
-std::unique_ptr<Optimizer> SmallFcLopt::bind(const torch::Tensor& theta) const {
-  return std::make_unique<SmallFcLoptOptimizer>(*this, theta);
+std::unique_ptr<Optimizer> SmallFcLopt::bind(const torch::Tensor& theta, const nlohmann::json& provenance) const {
+  auto out = std::make_unique<SmallFcLoptOptimizer>(*this, theta);
+  out->set_provenance(provenance);
+  return out;
 }
 
 // ------------------------------------------------------------------ bound optimizer
@@ -355,6 +344,13 @@ nlohmann::json SmallFcLoptOptimizer::hyperparams() const {
   auto j = config_.to_json();
   j.update(provenance_);
   return j;
+}
+
+void SmallFcLoptOptimizer::aggregate_(OptState& state, const std::vector<torch::Tensor>& mean_delta,
+                                      const std::vector<torch::Tensor>& worker_deltas, const torch::Tensor&) const {
+  TORCH_CHECK(config_.worker_inputs > 0, "aggregate_: this learned optimizer has worker_inputs 0 (not LAgg-A)");
+  torch::NoGradGuard no_grad;
+  state = step(state, mean_delta, nullptr, nullptr, &worker_deltas);
 }
 
 double SmallFcLoptOptimizer::lr_for(const ParamInfo& info) const {

@@ -67,7 +67,8 @@ class SmallFcLopt : public LearnedOptimizer {
   explicit SmallFcLopt(SmallFcLoptConfig config);
   torch::Tensor init_theta(at::Generator& gen) const override;
   int64_t num_theta() const override;
-  std::unique_ptr<Optimizer> bind(const torch::Tensor& theta) const override;
+  std::unique_ptr<Optimizer> bind(const torch::Tensor& theta,
+                                  const nlohmann::json& provenance = nlohmann::json::object()) const override;
   /// safetensors with PyLO's MetaMLP names (network.input.weight, network.linear_0.weight, ...,
   /// network.output.weight); the decay offsets go in the metadata (PyLO keeps them in its config).
   void save(const std::string& path, const torch::Tensor& theta) const override;
@@ -78,6 +79,7 @@ class SmallFcLopt : public LearnedOptimizer {
   /// The Hugging Face hub layout PyLO's MetaMLP.from_pretrained reads: dir/model.safetensors (as
   /// save(), lopt metadata included) and dir/config.json {input_size, hidden_size, hidden_layers}.
   void save_hub(const std::string& dir, const torch::Tensor& theta) const override;
+  int64_t worker_inputs() const override { return config_.worker_inputs; }
   nlohmann::json hyperparams() const override;
   const SmallFcLoptConfig& config() const { return config_; }
 
@@ -109,6 +111,10 @@ class SmallFcLoptOptimizer : public Optimizer {
   /// Config plus provenance (e.g. {"checkpoint": ..., "theta_seed": ...}) for result files.
   nlohmann::json hyperparams() const override;
   void set_provenance(const nlohmann::json& p) { provenance_ = p; }
+  /// LAgg-A: step() with each worker's delta as extra inputs (worker_inputs > 0).
+  int64_t worker_inputs() const override { return config_.worker_inputs; }
+  void aggregate_(OptState& state, const std::vector<torch::Tensor>& mean_delta,
+                  const std::vector<torch::Tensor>& worker_deltas, const torch::Tensor& loss) const override;
 
   /// update() that also returns each tensor's MLP inputs [*shape, num_inputs] and outputs [*shape, 2].
   /// With worker_inputs = K, `worker_deltas[i]` ([K, *shape]) are tensor i's extra inputs.

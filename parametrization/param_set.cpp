@@ -16,9 +16,14 @@ std::string to_string(ParamRole role) {
   return "?";
 }
 
+const std::vector<ParamRole>& all_param_roles() {
+  static const std::vector<ParamRole> roles = {ParamRole::input_weight, ParamRole::hidden_weight, ParamRole::output_weight,
+                                               ParamRole::bias,         ParamRole::embedding,     ParamRole::norm_gain};
+  return roles;
+}
+
 ParamRole param_role_from_string(const std::string& s) {
-  for (auto r : {ParamRole::input_weight, ParamRole::hidden_weight, ParamRole::output_weight, ParamRole::bias,
-                 ParamRole::embedding, ParamRole::norm_gain})
+  for (auto r : all_param_roles())
     if (to_string(r) == s) return r;
   throw Error("unknown parameter role '" + s + "'");
 }

@@ -21,6 +21,8 @@ enum class ParamRole {
 
 std::string to_string(ParamRole role);
 ParamRole param_role_from_string(const std::string& s);
+/// Every role, in declaration order.
+const std::vector<ParamRole>& all_param_roles();
 
 /// Describes one parameter tensor. width_mult = width / base_width of the dimension(s) that scale.
 struct ParamInfo {

@@ -9,6 +9,7 @@
 
 #include "common/errors.h"
 #include "common/parallel.h"
+#include "common/registry.h"
 
 namespace lopt {
 
@@ -83,24 +84,14 @@ torch::Tensor normalize_classifier_loss(const torch::Tensor& loss, int64_t num_c
 // ------------------------------------------------------------------ registries
 
 namespace {
-struct Registry {
-  std::mutex mu;
-  std::map<std::string, TaskType> tasks;
-  std::map<std::string, TaskFamilyFactory> families;
-};
-
-/// The tables themselves (registration writes here, so that the builtins can register while
-/// registry() runs them once).
-Registry& tables() {
-  static Registry r;
+NamedRegistry<TaskType>& task_registry() {
+  static NamedRegistry<TaskType> r("task type", [] { register_builtin_tasks(); });
   return r;
 }
-
-/// The tables with the builtin types registered.
-Registry& registry() {
-  static std::once_flag builtins;
-  std::call_once(builtins, [] { register_builtin_tasks(); });
-  return tables();
+NamedRegistry<TaskFamilyFactory>& family_registry() {
+  // The builtins file registers both tables; whichever is used first runs it (add() never waits).
+  static NamedRegistry<TaskFamilyFactory> r("task family type", [] { task_registry().names(); });
+  return r;
 }
 
 std::string type_of(const nlohmann::json& config, const std::string& path, const std::string& fallback) {
@@ -109,72 +100,30 @@ std::string type_of(const nlohmann::json& config, const std::string& path, const
   return config.at("type").get<std::string>();
 }
 
-template <class Map>
-std::string names(const Map& m) {
-  std::string s;
-  for (const auto& [k, v] : m) s += (s.empty() ? "" : ", ") + k;
-  return s;
-}
-
-const TaskType& task_type(const nlohmann::json& config, const std::string& path) {
-  auto& r = registry();
-  const auto type = type_of(config, path, "mlp");
-  std::lock_guard<std::mutex> lock(r.mu);
-  auto it = r.tasks.find(type);
-  if (it == r.tasks.end()) throw ConfigError(path + "/type", "unknown task type \"" + type + "\" (valid: " + names(r.tasks) + ")");
-  return it->second;
+TaskType task_type(const nlohmann::json& config, const std::string& path) {
+  return task_registry().get(type_of(config, path, "mlp"), path + "/type");
 }
 }  // namespace
 
-void register_task_type(const std::string& type, TaskType t) {
-  auto& reg = tables();
-  std::lock_guard<std::mutex> lock(reg.mu);
-  reg.tasks[type] = std::move(t);
-}
+void register_task_type(const std::string& type, TaskType t) { task_registry().add(type, std::move(t)); }
 
-void register_task_family_type(const std::string& type, TaskFamilyFactory f) {
-  auto& reg = tables();
-  std::lock_guard<std::mutex> lock(reg.mu);
-  reg.families[type] = std::move(f);
-}
+void register_task_family_type(const std::string& type, TaskFamilyFactory f) { family_registry().add(type, std::move(f)); }
 
-std::vector<std::string> task_types() {
-  auto& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  std::vector<std::string> out;
-  for (const auto& [k, v] : r.tasks) out.push_back(k);
-  return out;
-}
+std::vector<std::string> task_types() { return task_registry().names(); }
 
-std::vector<std::string> task_family_types() {
-  auto& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  std::vector<std::string> out;
-  for (const auto& [k, v] : r.families) out.push_back(k);
-  return out;
-}
+std::vector<std::string> task_family_types() { return family_registry().names(); }
 
 nlohmann::json resolve_task_config(const nlohmann::json& config, const std::string& path) {
   return task_type(config, path).resolve(config, path);
 }
 
 std::unique_ptr<Task> make_task(const nlohmann::json& config, const std::string& path) {
-  const auto& t = task_type(config, path);
+  const auto t = task_type(config, path);
   return t.make(t.resolve(config, path));
 }
 
 std::unique_ptr<TaskFamily> make_task_family(const nlohmann::json& config, const std::string& path) {
-  auto& r = registry();
-  const auto type = type_of(config, path, "mlp_family");
-  TaskFamilyFactory f;
-  {
-    std::lock_guard<std::mutex> lock(r.mu);
-    auto it = r.families.find(type);
-    if (it == r.families.end())
-      throw ConfigError(path + "/type", "unknown task family type \"" + type + "\" (valid: " + names(r.families) + ")");
-    f = it->second;
-  }
-  return f(config, path);
+  return family_registry().get(type_of(config, path, "mlp_family"), path + "/type")(config, path);
 }
 
 }  // namespace lopt

@@ -1,0 +1,71 @@
+#include "optimizers/learned_optimizer.h"
+
+#include <filesystem>
+
+#include "common/config.h"
+#include "common/registry.h"
+#include "optimizers/safetensors.h"
+
+namespace lopt {
+
+void register_builtin_learned_optimizers();  // optimizers/builtin_optimizers.cpp
+
+namespace {
+NamedRegistry<LearnedOptimizerType>& registry() {
+  static NamedRegistry<LearnedOptimizerType> r("learned optimizer", [] { register_builtin_learned_optimizers(); });
+  return r;
+}
+}  // namespace
+
+void register_learned_optimizer_type(const std::string& type, LearnedOptimizerType t) { registry().add(type, std::move(t)); }
+
+std::vector<std::string> learned_optimizer_types() { return registry().names(); }
+
+bool is_learned_optimizer_type(const std::string& type) { return registry().contains(type); }
+
+LearnedOptimizerType learned_optimizer_type(const std::string& type, const std::string& path) {
+  return registry().get(type, path);
+}
+
+std::unique_ptr<LearnedOptimizer> make_learned_optimizer(const nlohmann::json& config, const std::string& path) {
+  config_check(config.is_object(), path, "must be an object such as {\"type\": \"mulo\"}");
+  std::string type = kDefaultLearnedOptimizer;
+  if (config.contains("type")) {
+    config_check(config["type"].is_string(), path + "/type", "must be a string (valid: " + registry().joined() + ")");
+    type = config["type"].get<std::string>();
+  }
+  return learned_optimizer_type(type, path + "/type").make(config, path);
+}
+
+std::string checkpoint_weights_file(const std::string& checkpoint) {
+  return std::filesystem::is_directory(checkpoint) ? (std::filesystem::path(checkpoint) / "model.safetensors").string()
+                                                   : checkpoint;
+}
+
+nlohmann::json stored_checkpoint_config(const std::string& checkpoint) {
+  const auto path = checkpoint_weights_file(checkpoint);
+  const auto st = read_safetensors(path);
+  auto it = st.metadata.find("lopt_config");
+  if (it == st.metadata.end()) return nullptr;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(it->second);
+  } catch (const std::exception&) {
+    throw IoError(path, "metadata 'lopt_config' is not valid JSON", "rewrite the file with lopt meta-train");
+  }
+  if (!j.is_object()) throw IoError(path, "metadata 'lopt_config' must be a JSON object");
+  return j;
+}
+
+std::string checkpoint_type(const std::string& checkpoint) {
+  const auto j = stored_checkpoint_config(checkpoint);
+  return j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>() : std::string();
+}
+
+nlohmann::json checkpoint_learned_config(const std::string& checkpoint, const std::string& foreign_type) {
+  auto j = stored_checkpoint_config(checkpoint);
+  if (j.is_object()) return j;
+  return learned_optimizer_type(foreign_type, "/checkpoint").resolve_checkpoint({{"type", foreign_type}}, checkpoint, "/checkpoint");
+}
+
+}  // namespace lopt
