@@ -2,6 +2,7 @@
 /// folder) for the optimizer plus one line here; docs/extending.md walks through Muon as the example.
 #include "common/config.h"
 #include "optimizers/adam.h"
+#include "optimizers/composite.h"
 #include "optimizers/muon.h"
 #include "optimizers/schedule.h"
 #include "optimizers/sgd.h"
@@ -65,6 +66,9 @@ void register_builtin_optimizers() {
   register_optimizer_type("adamw", make_adam);
   register_optimizer_type("muadam", make_adam);
   register_optimizer_type("muon", make_muon);
+  register_optimizer_type("composite", [](const nlohmann::json& config, const std::string& path) -> std::unique_ptr<Optimizer> {
+    return std::make_unique<Composite>(config, path);
+  });
 }
 
 void register_builtin_learned_optimizers() {
