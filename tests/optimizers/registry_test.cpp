@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 
 #include "common/config.h"
 #include "common/errors.h"
@@ -192,4 +193,25 @@ TEST(Registry, EveryLearnedOptimizerTypeConforms) {
     ++checked;
   }
   EXPECT_GE(checked, 2);
+}
+
+// export-hub takes the family from the checkpoint itself (no type assumed) and round-trips theta.
+TEST(Registry, ExportHubReadsTheTypeFromTheCheckpoint) {
+  lopt_test::TempDir dir;
+  auto lo = lopt::make_learned_optimizer({{"type", "small_fc_lopt"}, {"hidden_size", 8}});
+  auto gen = lopt::make_generator(2);
+  const auto theta = lo->init_theta(gen);
+  lo->save(dir.path("theta.safetensors"), theta);
+  std::string out;
+  ASSERT_EQ(lopt_test::run_lopt("export-hub " + dir.path("theta.safetensors") + " " + dir.path("hub"), &out), 0) << out;
+  EXPECT_EQ(lopt::checkpoint_type(dir.path("hub")), "small_fc_lopt");
+  EXPECT_TRUE(torch::equal(lo->load(dir.path("hub")), theta));
+  // A checkpoint of a family this build does not know: exit 2, naming the type.
+  lopt::SafeTensors st;
+  st.tensors["w"] = torch::zeros({2});
+  st.metadata["lopt_config"] = json{{"type", "celo9"}}.dump();
+  lopt::write_safetensors(dir.path("celo9.safetensors"), st);
+  EXPECT_EQ(lopt_test::run_lopt("export-hub " + dir.path("celo9.safetensors") + " " + dir.path("hub2"), &out), 2) << out;
+  EXPECT_NE(out.find("\"celo9\""), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir.path("hub2")));
 }
