@@ -11,6 +11,7 @@
 #include "common/config.h"
 #include "common/device.h"
 #include "common/errors.h"
+#include "optimizers/lopt_eps.h"
 #include "optimizers/safetensors.h"
 #include "parametrization/parametrization.h"
 
@@ -453,7 +454,7 @@ namespace {
 torch::Tensor clip_scale(const std::vector<torch::Tensor>& grads, double max_norm) {
   auto total = torch::zeros({}, torch::kFloat64);
   for (const auto& g : grads) total = total + g.to(torch::kFloat64).square().sum();
-  return (max_norm / (total.sqrt() + 1e-6)).clamp_max(1.0).to(torch::kFloat32);
+  return (max_norm / (total.sqrt() + lo_eps::kClipNorm)).clamp_max(1.0).to(torch::kFloat32);
 }
 }  // namespace
 
@@ -493,7 +494,7 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
     auto gu = g.unsqueeze(-1);
     auto mom = state.slots.at("mom")[i] * dec.mom + (1 - dec.mom) * gu;
     auto rms = state.slots.at("rms")[i] * dec.rms + (1 - dec.rms) * gu.square();
-    auto g2 = g.square() + 1e-30;
+    auto g2 = g.square() + lo_eps::kGradSq;
     torch::Tensor row = state.slots.at("fac_vec_row")[i], col = state.slots.at("fac_vec_col")[i],
                   v = state.slots.at("fac_vec_v")[i];
     torch::Tensor fac_g, row_feat, col_feat, fac_mom_mult;
@@ -503,21 +504,21 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
       row = row * dec.fac + (1 - dec.fac) * g2.mean(d0).unsqueeze(-1);
       col = col * dec.fac + (1 - dec.fac) * g2.mean(d1).unsqueeze(-1);
       const int64_t reduced_d1 = d1 > d0 ? d1 - 1 : d1;
-      auto row_factor = (row / (row.mean(reduced_d1, true) + 1e-9)).clamp_min(1e-9).rsqrt().unsqueeze(d0);
-      auto col_factor = col.clamp_min(1e-9).rsqrt().unsqueeze(d1);
+      auto row_factor = (row / (row.mean(reduced_d1, true) + lo_eps::kFactor)).clamp_min(lo_eps::kFactor).rsqrt().unsqueeze(d0);
+      auto col_factor = col.clamp_min(lo_eps::kFactor).rsqrt().unsqueeze(d1);
       fac_g = gu * row_factor * col_factor;
       row_feat = row.unsqueeze(d0).expand(full);
       col_feat = col.unsqueeze(d1).expand(full);
       fac_mom_mult = mom * row_factor * col_factor;
     } else {
       v = v * dec.fac + (1 - dec.fac) * g2.unsqueeze(-1);
-      fac_g = gu * (v + 1e-9).clamp_min(1e-9).rsqrt();
+      fac_g = gu * (v + lo_eps::kFactor).clamp_min(lo_eps::kFactor).rsqrt();
       row_feat = col_feat = v;
-      fac_mom_mult = mom * (v + 1e-6).pow(-0.5);
+      fac_mom_mult = mom * (v + lo_eps::kVectorMom).pow(-0.5);
     }
-    auto rsq = (rms + 1e-6).rsqrt();
+    auto rsq = (rms + lo_eps::kRms).rsqrt();
     auto x = torch::cat({gu, p.unsqueeze(-1), mom, rms, mom * rsq, rsq, fac_g, row_feat, col_feat,
-                         (row_feat + 1e-8).rsqrt(), (col_feat + 1e-8).rsqrt(), fac_mom_mult},
+                         (row_feat + lo_eps::kFactorFeature).rsqrt(), (col_feat + lo_eps::kFactorFeature).rsqrt(), fac_mom_mult},
                         -1);
     if (worker_deltas) {
       const auto& wd = (*worker_deltas)[i];
@@ -528,7 +529,7 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
     }
     std::vector<int64_t> reduce_dims(shape.size());
     std::iota(reduce_dims.begin(), reduce_dims.end(), 0);
-    x = x * (x.square().mean(reduce_dims, true) + 1e-5).rsqrt();
+    x = x * (x.square().mean(reduce_dims, true) + lo_eps::kNormalizer).rsqrt();
     x = torch::cat({x, time_features.to(x.device(), x.scalar_type()).expand(with_last(shape, kLoptTimeFeatures))}, -1);
     auto h = x;
     for (size_t l = 0; l + 1 < weights_.size(); ++l) h = torch::relu(torch::linear(h, weights_[l], biases_[l]));

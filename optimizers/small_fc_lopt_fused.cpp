@@ -15,6 +15,7 @@
 
 #include "common/parallel.h"
 #include "optimizers/kernels/lopt_cpu.h"
+#include "optimizers/lopt_eps.h"
 #include "optimizers/small_fc_lopt.h"
 
 namespace lopt {
@@ -58,7 +59,7 @@ struct Work {
 void put_record(float* rec, const float* acc, const float* fg, const float* fm) {
   for (int k = 0; k < 3; ++k) {
     rec[k] = acc[k];
-    rec[3 + k] = 1.0f / std::sqrt(acc[k] + 1e-8f);
+    rec[3 + k] = 1.0f / std::sqrt(acc[k] + lo_eps::kFactorFeatureF);
     rec[6 + k] = fg[k];
     rec[9 + k] = fm[k];
   }
@@ -109,17 +110,17 @@ void prepare(Work& w, int64_t block) {
       for (int k = 0; k < 3; ++k)
         C[3 * i + k] = C[3 * i + k] * K.fac_decay[k] + static_cast<float>(col_sum[i] / col_n) * (1.0f - K.fac_decay[k]);
     float rm[3];
-    for (int k = 0; k < 3; ++k) rm[k] = static_cast<float>(row_mean[k] / static_cast<double>(nr)) + 1e-9f;
+    for (int k = 0; k < 3; ++k) rm[k] = static_cast<float>(row_mean[k] / static_cast<double>(nr)) + lo_eps::kFactorF;
     w.row_rec.resize(static_cast<size_t>(nr) * kSideRecord);
     w.col_rec.resize(static_cast<size_t>(nc) * kSideRecord);
     for (int64_t i = 0; i < nr; ++i) {
       float f[3];
-      for (int k = 0; k < 3; ++k) f[k] = 1.0f / std::sqrt(std::max(R[3 * i + k] / rm[k], 1e-9f));  // NaN stays NaN
+      for (int k = 0; k < 3; ++k) f[k] = 1.0f / std::sqrt(std::max(R[3 * i + k] / rm[k], lo_eps::kFactorF));  // NaN stays NaN
       put_record(&w.row_rec[static_cast<size_t>(i) * kSideRecord], &R[3 * i], f, f);
     }
     for (int64_t i = 0; i < nc; ++i) {
       float f[3];
-      for (int k = 0; k < 3; ++k) f[k] = 1.0f / std::sqrt(std::max(C[3 * i + k], 1e-9f));
+      for (int k = 0; k < 3; ++k) f[k] = 1.0f / std::sqrt(std::max(C[3 * i + k], lo_eps::kFactorF));
       put_record(&w.col_rec[static_cast<size_t>(i) * kSideRecord], &C[3 * i], f, f);
     }
     w.n_row_entries = nr;
@@ -133,12 +134,12 @@ void prepare(Work& w, int64_t block) {
     w.col_rec.resize(static_cast<size_t>(N) * kSideRecord);
     const float ones[3] = {1, 1, 1};
     for (int64_t e = 0; e < N; ++e) {
-      const float g2 = gp[e] * gp[e] + 1e-30f;
+      const float g2 = gp[e] * gp[e] + lo_eps::kGradSqF;
       float fg[3], fm[3];
       for (int k = 0; k < 3; ++k) {
         V[3 * e + k] = V[3 * e + k] * K.fac_decay[k] + g2 * (1.0f - K.fac_decay[k]);
-        fg[k] = 1.0f / std::sqrt(std::max(V[3 * e + k] + 1e-9f, 1e-9f));
-        fm[k] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(V[3 * e + k]) + 1e-6));  // (v + 1e-6)^-0.5
+        fg[k] = 1.0f / std::sqrt(std::max(V[3 * e + k] + lo_eps::kFactorF, lo_eps::kFactorF));
+        fm[k] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(V[3 * e + k]) + lo_eps::kVectorMom));  // (v + 1e-6)^-0.5
       }
       put_record(&w.row_rec[static_cast<size_t>(e) * kSideRecord], &V[3 * e], fg, fm);
       put_record(&w.col_rec[static_cast<size_t>(e) * kSideRecord], &V[3 * e], ones, ones);
@@ -148,17 +149,17 @@ void prepare(Work& w, int64_t block) {
   } else {
     // Other ranks (and non-contiguous state): tensor ops, same maths as SmallFcLoptOptimizer::step.
     auto bf = torch::tensor(std::vector<float>(K.fac_decay, K.fac_decay + 3));
-    auto g2 = w.g.reshape(shape).square().add_(1e-30);
+    auto g2 = w.g.reshape(shape).square().add_(lo_eps::kGradSq);
     torch::Tensor row_side, col_side;
     if (shape.size() >= 2) {
       auto [d1, d0] = lopt_factored_dims(shape);
       row.mul_(bf).add_(g2.mean(d0).unsqueeze(-1) * (1 - bf));
       col.mul_(bf).add_(g2.mean(d1).unsqueeze(-1) * (1 - bf));
       const int64_t reduced_d1 = d1 > d0 ? d1 - 1 : d1;
-      auto rf = (row / (row.mean(reduced_d1, true) + 1e-9)).clamp_min(1e-9).rsqrt();
-      auto cf = col.clamp_min(1e-9).rsqrt();
-      row_side = torch::cat({row, (row + 1e-8).rsqrt(), rf, rf}, -1).reshape({-1, kSideRecord}).contiguous();
-      col_side = torch::cat({col, (col + 1e-8).rsqrt(), cf, cf}, -1).reshape({-1, kSideRecord}).contiguous();
+      auto rf = (row / (row.mean(reduced_d1, true) + lo_eps::kFactor)).clamp_min(lo_eps::kFactor).rsqrt();
+      auto cf = col.clamp_min(lo_eps::kFactor).rsqrt();
+      row_side = torch::cat({row, (row + lo_eps::kFactorFeature).rsqrt(), rf, rf}, -1).reshape({-1, kSideRecord}).contiguous();
+      col_side = torch::cat({col, (col + lo_eps::kFactorFeature).rsqrt(), cf, cf}, -1).reshape({-1, kSideRecord}).contiguous();
       int64_t rs = 1, cs = 1;
       for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
         if (d != d0) { w.row_stride[d] = rs; rs *= shape[d]; }
@@ -167,9 +168,10 @@ void prepare(Work& w, int64_t block) {
     } else {
       v.mul_(bf).add_(g2.unsqueeze(-1) * (1 - bf));
       auto ones = torch::ones_like(v);
-      row_side = torch::cat({v, (v + 1e-8).rsqrt(), (v + 1e-9).clamp_min(1e-9).rsqrt(), (v + 1e-6).pow(-0.5)}, -1)
+      row_side = torch::cat({v, (v + lo_eps::kFactorFeature).rsqrt(), (v + lo_eps::kFactor).clamp_min(lo_eps::kFactor).rsqrt(),
+                              (v + lo_eps::kVectorMom).pow(-0.5)}, -1)
                      .reshape({-1, kSideRecord}).contiguous();
-      col_side = torch::cat({v, (v + 1e-8).rsqrt(), ones, ones}, -1).reshape({-1, kSideRecord}).contiguous();
+      col_side = torch::cat({v, (v + lo_eps::kFactorFeature).rsqrt(), ones, ones}, -1).reshape({-1, kSideRecord}).contiguous();
       w.row_stride[0] = w.col_stride[0] = 1;
     }
     w.row_rec.assign(row_side.data_ptr<float>(), row_side.data_ptr<float>() + row_side.numel());
@@ -247,7 +249,7 @@ void fold(Work& w, const double* elem_sumsq) {
   side(w.row_rec, w.n_row_entries, 13, 19);
   side(w.col_rec, w.n_col_entries, 16, 22);
   double scale[kF];
-  for (int f = 0; f < kF; ++f) scale[f] = 1.0 / std::sqrt(sumsq[f] / N + 1e-5);
+  for (int f = 0; f < kF; ++f) scale[f] = 1.0 / std::sqrt(sumsq[f] / N + lo_eps::kNormalizer);
 
   const int H = static_cast<int>(cfg.hidden_size);
   const float* w0 = K.weights[0].data();

@@ -29,6 +29,7 @@
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "optimizers/kernels/lopt_cpu.h"
+#include "optimizers/lopt_eps.h"
 
 #ifndef LOPT_KERNELS_LOPT_CPU_ONCE
 #define LOPT_KERNELS_LOPT_CPU_ONCE
@@ -94,7 +95,7 @@ template <class Emit>
 HWY_INLINE void ElemFeatures(const V g, const V p, const V m[3], const V r, const V ga[3], const V gb[3],
                              const V ma[3], const V mb[3], const Emit& emit) {
   const D d;
-  const V rsq = hn::Div(hn::Set(d, 1.0f), hn::Sqrt(hn::Add(r, hn::Set(d, 1e-6f))));
+  const V rsq = hn::Div(hn::Set(d, 1.0f), hn::Sqrt(hn::Add(r, hn::Set(d, lo_eps::kRmsF))));
   emit(0, g);
   emit(1, p);
   for (int k = 0; k < 3; ++k) emit(2 + k, m[k]);
@@ -401,7 +402,7 @@ void SquareSumsImpl(const float* g, int64_t rows, int64_t cols, double* row_sum,
     auto acc = hn::Zero(dd);
     for (int64_t c = 0; c < c_vec; c += static_cast<int64_t>(kL)) {
       const V x = hn::LoadU(d, gr + c);
-      const V sq = hn::Add(hn::Mul(x, x), hn::Set(d, 1e-30f));
+      const V sq = hn::Add(hn::Mul(x, x), hn::Set(d, lo_eps::kGradSqF));
       const auto lo = hn::PromoteTo(dd, hn::LowerHalf(dh, sq));
       const auto hi = hn::PromoteTo(dd, hn::UpperHalf(dh, sq));
       acc = hn::Add(acc, hn::Add(lo, hi));
@@ -411,7 +412,7 @@ void SquareSumsImpl(const float* g, int64_t rows, int64_t cols, double* row_sum,
     s = hn::GetLane(hn::SumOfLanes(dd, acc));
 #endif
     for (int64_t c = c_vec; c < cols; ++c) {
-      const float v = gr[c] * gr[c] + 1e-30f;
+      const float v = gr[c] * gr[c] + lo_eps::kGradSqF;
       s += v;
       col_sum[c] += v;
     }

@@ -18,6 +18,7 @@
 /// Reductions run in double (atomics on the GPU: sums are not bit-reproducible there, about 1e-16
 /// relative).
 #include <cstdint>
+#include "optimizers/lopt_eps.h"
 
 #if defined(__CUDACC__)
 #define LOPT_HD __host__ __device__ __forceinline__
@@ -112,15 +113,15 @@ LOPT_HD void factors(const Tensor& t, int64_t i, const Index& x, float* fg, floa
     const double count = static_cast<double>(t.sizes[t.d1]);
     for (int k = 0; k < 3; ++k) {
       const float mean = static_cast<float>(t.group_sum[3 * x.group + k] / count);
-      const float rf = rsqrt_(max_(t.row[3 * x.row + k] / (mean + 1e-9f), 1e-9f));
-      const float cf = rsqrt_(max_(t.col[3 * x.col + k], 1e-9f));
+      const float rf = rsqrt_(max_(t.row[3 * x.row + k] / (mean + lo_eps::kFactorF), lo_eps::kFactorF));
+      const float cf = rsqrt_(max_(t.col[3 * x.col + k], lo_eps::kFactorF));
       fg[k] = fm[k] = rf * cf;
     }
   } else {
     for (int k = 0; k < 3; ++k) {
       const float v = t.v[3 * i + k];
-      fg[k] = rsqrt_(max_(v + 1e-9f, 1e-9f));
-      fm[k] = static_cast<float>(1.0 / sqrt(static_cast<double>(v) + 1e-6));
+      fg[k] = rsqrt_(max_(v + lo_eps::kFactorF, lo_eps::kFactorF));
+      fm[k] = static_cast<float>(1.0 / sqrt(static_cast<double>(v) + lo_eps::kVectorMom));
     }
   }
 }
@@ -134,7 +135,7 @@ LOPT_HD void phase1(const Tensor& t, int64_t i, double* m, Add add) {
   float mk[3];
   for (int k = 0; k < 3; ++k) mk[k] = mom[k] = mom[k] * t.mom_decay[k] + (1 - t.mom_decay[k]) * g;
   const float r = t.rms[i] = t.rms[i] * t.rms_decay + (1 - t.rms_decay) * (g * g);
-  const float rsq = rsqrt_(r + 1e-6f);
+  const float rsq = rsqrt_(r + lo_eps::kRmsF);
   const float p = t.p[i];
   m[0] += static_cast<double>(g) * g;
   m[1] += static_cast<double>(p) * p;
@@ -145,7 +146,7 @@ LOPT_HD void phase1(const Tensor& t, int64_t i, double* m, Add add) {
   }
   m[5] += static_cast<double>(r) * r;
   m[9] += static_cast<double>(rsq) * rsq;
-  const float g2 = g * g + 1e-30f;
+  const float g2 = g * g + lo_eps::kGradSqF;
   if (t.factored) {
     const Index x = index_of(t, i);
     add(&t.row_sum[x.row], static_cast<double>(g2));
@@ -153,7 +154,7 @@ LOPT_HD void phase1(const Tensor& t, int64_t i, double* m, Add add) {
   } else {
     for (int k = 0; k < 3; ++k) {
       const float v = t.v[3 * i + k] = t.v[3 * i + k] * t.fac_decay[k] + g2 * (1 - t.fac_decay[k]);
-      const float rv = rsqrt_(v + 1e-8f);
+      const float rv = rsqrt_(v + lo_eps::kFactorFeatureF);
       m[13 + k] += static_cast<double>(v) * v;  // row and column features are both v
       m[16 + k] += static_cast<double>(v) * v;
       m[19 + k] += static_cast<double>(rv) * rv;
@@ -173,7 +174,7 @@ LOPT_HD void phase2(const Tensor& t, int64_t e, double* m, Add add) {
   const int64_t group = is_row ? row_entry_group(t, e) : 0;
   LOPT_UNROLL for (int k = 0; k < 3; ++k) {
     const float a = acc[k] = acc[k] * t.fac_decay[k] + static_cast<float>(mean) * (1 - t.fac_decay[k]);
-    const float ra = rsqrt_(a + 1e-8f);
+    const float ra = rsqrt_(a + lo_eps::kFactorFeatureF);
     const double a2 = static_cast<double>(a) * a, ra2 = static_cast<double>(ra) * ra;
     // constant indices keep m in registers on the GPU
     if (is_row) {
@@ -209,7 +210,7 @@ LOPT_HD void phase4(const Tensor& t, int item) {
       const bool row_feature = (item >= 13 && item < 16) || (item >= 19 && item < 22);
       s *= n / static_cast<double>(row_feature ? t.n_row : t.n_col);
     }
-    t.scale[item] = static_cast<float>(1.0 / sqrt(s / n + 1e-5));
+    t.scale[item] = static_cast<float>(1.0 / sqrt(s / n + lo_eps::kNormalizer));
   } else {
     const int j = item - kFeatures;
     const float* w = t.mlp + j * kInputs;
@@ -231,7 +232,7 @@ LOPT_HD void phase5(const Tensor& t, int64_t i, const float* w_in, const float* 
   float fg[3], fm[3];
   factors(t, i, ix, fg, fm);
   const float g = t.g[i], p = t.p[i], r = t.rms[i];
-  const float rsq = rsqrt_(r + 1e-6f);
+  const float rsq = rsqrt_(r + lo_eps::kRmsF);
   const float* mom = t.mom + 3 * i;
   const float* rowf = t.factored ? t.row + 3 * ix.row : t.v + 3 * i;
   const float* colf = t.factored ? t.col + 3 * ix.col : t.v + 3 * i;
@@ -244,8 +245,8 @@ LOPT_HD void phase5(const Tensor& t, int64_t i, const float* w_in, const float* 
     x[10 + k] = g * fg[k];
     x[13 + k] = rowf[k];
     x[16 + k] = colf[k];
-    x[19 + k] = rsqrt_(rowf[k] + 1e-8f);
-    x[22 + k] = rsqrt_(colf[k] + 1e-8f);
+    x[19 + k] = rsqrt_(rowf[k] + lo_eps::kFactorFeatureF);
+    x[22 + k] = rsqrt_(colf[k] + lo_eps::kFactorFeatureF);
     x[25 + k] = mom[k] * fm[k];
   }
   x[5] = r;
