@@ -122,8 +122,7 @@ OptState Composite::update(const OptState& state, const std::vector<torch::Tenso
   check_grads(state, grads, "Composite::update");
   OptState out;
   out.step = state.step + 1;
-  out.params = state.params;
-  out.params.tensors = std::vector<torch::Tensor>(state.params.tensors);  // replaced route by route
+  out.params = state.params;  // its tensors are replaced route by route
   const auto idx = partition(state.params);
   for (size_t k = 0; k < routes_.size(); ++k) {
     if (idx[k].empty()) continue;
