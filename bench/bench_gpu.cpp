@@ -12,7 +12,7 @@
 #include "common/rng.h"
 #include "optimizers/kernels/lopt_gpu.h"
 #include "optimizers/optimizer.h"
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/small_fc_lopt/small_fc_lopt.h"
 
 namespace {
 

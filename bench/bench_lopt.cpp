@@ -17,7 +17,7 @@
 #include "optimizers/kernels/lopt_cpu.h"
 #include "optimizers/muon.h"
 #include "optimizers/optimizer.h"
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/small_fc_lopt/small_fc_lopt.h"
 
 namespace {
 

@@ -6,7 +6,7 @@
 #include "optimizers/muon.h"
 #include "optimizers/schedule.h"
 #include "optimizers/sgd.h"
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/small_fc_lopt/small_fc_lopt.h"
 
 namespace lopt {
 

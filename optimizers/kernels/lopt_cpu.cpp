@@ -1,5 +1,5 @@
 // Highway kernels of the fused small_fc_lopt / muLO step (interface and layouts: lopt_cpu.h; the
-// maths: optimizers/small_fc_lopt.h, after PyLO's MuLO_naive). This file is compiled once per
+// maths: optimizers/small_fc_lopt/small_fc_lopt.h, after PyLO's MuLO_naive). This file is compiled once per
 // target by hwy/foreach_target.h and dispatched at run time.
 //
 // Design: elements along lanes; a block of kB = kV * Lanes() elements builds its 16 per-element

@@ -1,7 +1,7 @@
 #pragma once
 /// Portable SIMD kernels of the fused small_fc_lopt / muLO step, written once on Google Highway and
 /// compiled for every x86 target (AVX-512, AVX2, SSE4, scalar) and ARM NEON, dispatched at run
-/// time. Plain pointers only: the driver (optimizers/small_fc_lopt_fused.cpp) builds the per-tensor
+/// time. Plain pointers only: the driver (optimizers/small_fc_lopt/fused.cpp) builds the per-tensor
 /// Adafactor tables and the folded first layer, and calls these on ranges from its parallel loop.
 ///
 /// Elements run along SIMD lanes; a block is kV vectors (kV * Lanes() elements), and the MLP's

@@ -11,7 +11,7 @@
 #include "common/errors.h"
 #include "common/rng.h"
 #include "experiments/h5_writer.h"
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/small_fc_lopt/small_fc_lopt.h"
 #include "support.h"
 
 using lopt::json;

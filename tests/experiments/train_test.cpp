@@ -13,7 +13,7 @@
 #include "common/errors.h"
 #include "experiments/h5_writer.h"
 #include "experiments/sweep.h"
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/small_fc_lopt/small_fc_lopt.h"
 #include "common/rng.h"
 #include "support.h"
 

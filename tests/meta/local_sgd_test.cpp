@@ -12,7 +12,7 @@
 #include "meta/local_sgd.h"
 #include "meta/meta_trainer.h"
 #include "optimizers/global_update.h"
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/small_fc_lopt/small_fc_lopt.h"
 #include "tasks/data/image_dataset.h"
 #include "tasks/mlp.h"
 #include "support.h"

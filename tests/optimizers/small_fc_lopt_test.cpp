@@ -1,4 +1,4 @@
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/small_fc_lopt/small_fc_lopt.h"
 
 #include <gtest/gtest.h>
 

@@ -14,9 +14,10 @@
 #include <vector>
 
 #include "common/parallel.h"
+#include "optimizers/accumulators.h"
 #include "optimizers/kernels/lopt_cpu.h"
 #include "optimizers/lopt_eps.h"
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/small_fc_lopt/small_fc_lopt.h"
 
 namespace lopt {
 namespace detail {
@@ -87,7 +88,7 @@ void prepare(Work& w, int64_t block) {
   bool rows_layout = false;
 
   if (shape.size() == 2 && row.is_contiguous() && col.is_contiguous()) {
-    auto [d1, d0] = lopt_factored_dims(shape);
+    auto [d1, d0] = lo::factored_dims(shape);
     w.d0 = static_cast<int>(d0);
     w.d1 = static_cast<int>(d1);
     const int64_t s0 = shape[0], s1 = shape[1];
@@ -149,29 +150,27 @@ void prepare(Work& w, int64_t block) {
   } else {
     // Other ranks (and non-contiguous state): tensor ops, same maths as SmallFcLoptOptimizer::step.
     auto bf = torch::tensor(std::vector<float>(K.fac_decay, K.fac_decay + 3));
-    auto g2 = w.g.reshape(shape).square().add_(lo_eps::kGradSq);
+    const auto fac = lo::factored_moments(w.g.reshape(shape), row, col, v, bf);
     torch::Tensor row_side, col_side;
-    if (shape.size() >= 2) {
-      auto [d1, d0] = lopt_factored_dims(shape);
-      row.mul_(bf).add_(g2.mean(d0).unsqueeze(-1) * (1 - bf));
-      col.mul_(bf).add_(g2.mean(d1).unsqueeze(-1) * (1 - bf));
-      const int64_t reduced_d1 = d1 > d0 ? d1 - 1 : d1;
-      auto rf = (row / (row.mean(reduced_d1, true) + lo_eps::kFactor)).clamp_min(lo_eps::kFactor).rsqrt();
-      auto cf = col.clamp_min(lo_eps::kFactor).rsqrt();
-      row_side = torch::cat({row, (row + lo_eps::kFactorFeature).rsqrt(), rf, rf}, -1).reshape({-1, kSideRecord}).contiguous();
-      col_side = torch::cat({col, (col + lo_eps::kFactorFeature).rsqrt(), cf, cf}, -1).reshape({-1, kSideRecord}).contiguous();
+    if (fac.factored) {
+      row.copy_(fac.row);
+      col.copy_(fac.col);
+      row_side = torch::cat({fac.row, (fac.row + lo_eps::kFactorFeature).rsqrt(), fac.row_factor, fac.row_factor}, -1)
+                     .reshape({-1, kSideRecord}).contiguous();
+      col_side = torch::cat({fac.col, (fac.col + lo_eps::kFactorFeature).rsqrt(), fac.col_factor, fac.col_factor}, -1)
+                     .reshape({-1, kSideRecord}).contiguous();
       int64_t rs = 1, cs = 1;
       for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
-        if (d != d0) { w.row_stride[d] = rs; rs *= shape[d]; }
-        if (d != d1) { w.col_stride[d] = cs; cs *= shape[d]; }
+        if (d != fac.d0) { w.row_stride[d] = rs; rs *= shape[d]; }
+        if (d != fac.d1) { w.col_stride[d] = cs; cs *= shape[d]; }
       }
     } else {
-      v.mul_(bf).add_(g2.unsqueeze(-1) * (1 - bf));
-      auto ones = torch::ones_like(v);
-      row_side = torch::cat({v, (v + lo_eps::kFactorFeature).rsqrt(), (v + lo_eps::kFactor).clamp_min(lo_eps::kFactor).rsqrt(),
-                              (v + lo_eps::kVectorMom).pow(-0.5)}, -1)
+      v.copy_(fac.v);
+      auto ones = torch::ones_like(fac.v);
+      row_side = torch::cat({fac.v, (fac.v + lo_eps::kFactorFeature).rsqrt(), fac.row_factor,
+                             (fac.v + lo_eps::kVectorMom).pow(-0.5)}, -1)
                      .reshape({-1, kSideRecord}).contiguous();
-      col_side = torch::cat({v, (v + lo_eps::kFactorFeature).rsqrt(), ones, ones}, -1).reshape({-1, kSideRecord}).contiguous();
+      col_side = torch::cat({fac.v, (fac.v + lo_eps::kFactorFeature).rsqrt(), ones, ones}, -1).reshape({-1, kSideRecord}).contiguous();
       w.row_stride[0] = w.col_stride[0] = 1;
     }
     w.row_rec.assign(row_side.data_ptr<float>(), row_side.data_ptr<float>() + row_side.numel());

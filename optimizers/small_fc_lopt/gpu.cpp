@@ -9,8 +9,9 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "optimizers/accumulators.h"
 #include "optimizers/kernels/lopt_gpu.h"
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/small_fc_lopt/small_fc_lopt.h"
 
 #if defined(LOPT_TORCH_CUDA)
 #include <c10/cuda/CUDAStream.h>
@@ -108,7 +109,7 @@ void gpu_lopt_steps(const std::vector<FusedJob>& jobs) {
     t.ndim = static_cast<int>(shape.size());
     for (int d = 0; d < t.ndim; ++d) t.sizes[d] = shape[static_cast<size_t>(d)];
     if (shape.size() >= 2) {
-      auto [d1, d0] = lopt_factored_dims(shape);
+      auto [d1, d0] = lo::factored_dims(shape);
       t.factored = 1;
       t.d0 = static_cast<int>(d0);
       t.d1 = static_cast<int>(d1);

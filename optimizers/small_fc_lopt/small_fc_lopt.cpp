@@ -1,4 +1,4 @@
-#include "optimizers/small_fc_lopt.h"
+#include "optimizers/small_fc_lopt/small_fc_lopt.h"
 
 #include <torch/torch.h>
 
@@ -11,6 +11,7 @@
 #include "common/config.h"
 #include "common/device.h"
 #include "common/errors.h"
+#include "optimizers/accumulators.h"
 #include "optimizers/lopt_eps.h"
 #include "optimizers/safetensors.h"
 #include "parametrization/parametrization.h"
@@ -82,13 +83,6 @@ int64_t SmallFcLoptConfig::num_inputs() const { return kLoptInputs + worker_inpu
 
 std::unique_ptr<SmallFcLopt> make_small_fc_lopt(const nlohmann::json& config, const std::string& path) {
   return std::make_unique<SmallFcLopt>(SmallFcLoptConfig::from_json(config, path));
-}
-
-std::pair<int64_t, int64_t> lopt_factored_dims(const std::vector<int64_t>& shape) {
-  std::vector<int64_t> order(shape.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return shape[a] < shape[b]; });
-  return {order[order.size() - 2], order[order.size() - 1]};
 }
 
 // ------------------------------------------------------------------ theta
@@ -414,15 +408,8 @@ SmallFcLoptOptimizer::Decays SmallFcLoptOptimizer::decays() const {
 }
 
 namespace {
-std::vector<int64_t> eff_shape(const torch::Tensor& p) {
-  return p.dim() == 0 ? std::vector<int64_t>{1} : p.sizes().vec();
-}
 std::vector<int64_t> with_last(std::vector<int64_t> s, int64_t n) {
   s.push_back(n);
-  return s;
-}
-std::vector<int64_t> without(std::vector<int64_t> s, int64_t d) {
-  s.erase(s.begin() + d);
   return s;
 }
 }  // namespace
@@ -430,22 +417,7 @@ std::vector<int64_t> without(std::vector<int64_t> s, int64_t d) {
 OptState SmallFcLoptOptimizer::init(const ParamSet& params) const {
   OptState s;
   s.params = params;
-  for (const auto& p : params.tensors) {
-    auto shape = eff_shape(p);
-    const auto on = torch::TensorOptions().dtype(torch::kFloat32).device(p.device());  // state lives with p
-    s.slots["mom"].push_back(torch::zeros(with_last(shape, 3), on));
-    s.slots["rms"].push_back(torch::zeros(with_last(shape, 1), on));
-    if (shape.size() >= 2) {
-      auto [d1, d0] = lopt_factored_dims(shape);
-      s.slots["fac_vec_row"].push_back(torch::zeros(with_last(without(shape, d0), 3), on));
-      s.slots["fac_vec_col"].push_back(torch::zeros(with_last(without(shape, d1), 3), on));
-      s.slots["fac_vec_v"].push_back(torch::zeros({0}, on));
-    } else {
-      s.slots["fac_vec_row"].push_back(torch::zeros({0}, on));
-      s.slots["fac_vec_col"].push_back(torch::zeros({0}, on));
-      s.slots["fac_vec_v"].push_back(torch::zeros(with_last(shape, 3), on));
-    }
-  }
+  for (const auto& p : params.tensors) lo::append_accumulator_slots(p, 3, 1, 3, s.slots);
   return s;
 }
 
@@ -489,33 +461,17 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
   out.params.info = state.params.info;
   for (size_t i = 0; i < grads.size(); ++i) {
     const auto& p0 = state.params.tensors[i];
-    auto shape = eff_shape(p0);
+    auto shape = lo::accumulator_shape(p0);
     auto p = p0.reshape(shape), g = grads[i].reshape(shape);
     auto gu = g.unsqueeze(-1);
-    auto mom = state.slots.at("mom")[i] * dec.mom + (1 - dec.mom) * gu;
-    auto rms = state.slots.at("rms")[i] * dec.rms + (1 - dec.rms) * gu.square();
-    auto g2 = g.square() + lo_eps::kGradSq;
-    torch::Tensor row = state.slots.at("fac_vec_row")[i], col = state.slots.at("fac_vec_col")[i],
-                  v = state.slots.at("fac_vec_v")[i];
-    torch::Tensor fac_g, row_feat, col_feat, fac_mom_mult;
-    auto full = with_last(shape, 3);
-    if (shape.size() >= 2) {
-      auto [d1, d0] = lopt_factored_dims(shape);
-      row = row * dec.fac + (1 - dec.fac) * g2.mean(d0).unsqueeze(-1);
-      col = col * dec.fac + (1 - dec.fac) * g2.mean(d1).unsqueeze(-1);
-      const int64_t reduced_d1 = d1 > d0 ? d1 - 1 : d1;
-      auto row_factor = (row / (row.mean(reduced_d1, true) + lo_eps::kFactor)).clamp_min(lo_eps::kFactor).rsqrt().unsqueeze(d0);
-      auto col_factor = col.clamp_min(lo_eps::kFactor).rsqrt().unsqueeze(d1);
-      fac_g = gu * row_factor * col_factor;
-      row_feat = row.unsqueeze(d0).expand(full);
-      col_feat = col.unsqueeze(d1).expand(full);
-      fac_mom_mult = mom * row_factor * col_factor;
-    } else {
-      v = v * dec.fac + (1 - dec.fac) * g2.unsqueeze(-1);
-      fac_g = gu * (v + lo_eps::kFactor).clamp_min(lo_eps::kFactor).rsqrt();
-      row_feat = col_feat = v;
-      fac_mom_mult = mom * (v + lo_eps::kVectorMom).pow(-0.5);
-    }
+    auto mom = lo::rolling_average(state.slots.at("mom")[i], gu, dec.mom);
+    auto rms = lo::rolling_average(state.slots.at("rms")[i], gu.square(), dec.rms);
+    const auto fac = lo::factored_moments(g, state.slots.at("fac_vec_row")[i], state.slots.at("fac_vec_col")[i],
+                                          state.slots.at("fac_vec_v")[i], dec.fac);
+    const auto fac_g = fac.scale(gu);
+    const auto row_feat = fac.row_feature(shape), col_feat = fac.col_feature(shape);
+    // learned_optimization: a 1-D tensor's momentum is scaled by (v + 1e-6)^-0.5, not by fac_g's factor.
+    const auto fac_mom_mult = fac.factored ? fac.scale(mom) : mom * (fac.v + lo_eps::kVectorMom).pow(-0.5);
     auto rsq = (rms + lo_eps::kRms).rsqrt();
     auto x = torch::cat({gu, p.unsqueeze(-1), mom, rms, mom * rsq, rsq, fac_g, row_feat, col_feat,
                          (row_feat + lo_eps::kFactorFeature).rsqrt(), (col_feat + lo_eps::kFactorFeature).rsqrt(), fac_mom_mult},
@@ -542,9 +498,9 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
     out.params.tensors.push_back(p_new.reshape(p0.sizes()));
     out.slots["mom"].push_back(mom);
     out.slots["rms"].push_back(rms);
-    out.slots["fac_vec_row"].push_back(row);
-    out.slots["fac_vec_col"].push_back(col);
-    out.slots["fac_vec_v"].push_back(v);
+    out.slots["fac_vec_row"].push_back(fac.factored ? fac.row : state.slots.at("fac_vec_row")[i]);
+    out.slots["fac_vec_col"].push_back(fac.factored ? fac.col : state.slots.at("fac_vec_col")[i]);
+    out.slots["fac_vec_v"].push_back(fac.factored ? state.slots.at("fac_vec_v")[i] : fac.v);
     if (mlp_inputs) mlp_inputs->push_back(x);
     if (mlp_outputs) mlp_outputs->push_back(o);
   }

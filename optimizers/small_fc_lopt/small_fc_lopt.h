@@ -179,10 +179,6 @@ nlohmann::json resolve_checkpoint_config(const nlohmann::json& config, const std
 /// Builds {"type": "small_fc_lopt" | "mulo", ...} (make_learned_optimizer, as the concrete type).
 std::unique_ptr<SmallFcLopt> make_small_fc_lopt(const nlohmann::json& config, const std::string& path = "/lopt");
 
-/// Factored dimensions of a shape as in learned_optimization `factored_dims`: (d1, d0) where d0 is
-/// the largest dimension and d1 the second largest (argsort order; ties keep the lower index first).
-std::pair<int64_t, int64_t> lopt_factored_dims(const std::vector<int64_t>& shape);
-
 namespace detail {
 /// One tensor's fused no-grad step: p and the slots (mom, rms, fac_vec_row, fac_vec_col, fac_vec_v)
 /// are updated in place.
@@ -194,7 +190,7 @@ struct FusedJob {
   double lr;     ///< lr_at(step, ParamInfo)
   int64_t step;  ///< state.step before the update (the time features' t)
 };
-/// Steps every job at once (small_fc_lopt_fused.cpp): one parallel loop per phase over all tensors
+/// Steps every job at once (small_fc_lopt/fused.cpp): one parallel loop per phase over all tensors
 /// of all jobs, so that a population of small tasks is one kernel call, not one per tensor.
 void fused_lopt_steps(const std::vector<FusedJob>& jobs);
 /// The same step through the GPU algorithm (kernels/lopt_gpu.h): on CUDA tensors the CUDA kernels
