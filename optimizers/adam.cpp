@@ -65,30 +65,6 @@ OptState Adam::update(const OptState& state, const std::vector<torch::Tensor>& g
   return out;
 }
 
-void Adam::update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor&) const {
-  check_grads(state, grads, "Adam::update_");
-  torch::NoGradGuard no_grad;
-  const double t = static_cast<double>(state.step + 1);
-  const double bc1 = 1 - std::pow(opt_.beta1, t);
-  const double bc2_sqrt = std::sqrt(1 - std::pow(opt_.beta2, t));
-  auto& ms = state.slots.at("exp_avg");
-  auto& vs = state.slots.at("exp_avg_sq");
-  for (size_t i = 0; i < grads.size(); ++i) {
-    auto& p = state.params.tensors[i];
-    const double lr = lr_at(state.step, state.params.info[i]);
-    torch::Tensor g = grads[i];
-    if (opt_.weight_decay != 0) {
-      if (opt_.decoupled_weight_decay) p.mul_(1 - lr * opt_.weight_decay);
-      else g = g.add(p, opt_.weight_decay);
-    }
-    ms[i].mul_(opt_.beta1).add_(g, 1 - opt_.beta1);
-    vs[i].mul_(opt_.beta2).addcmul_(g, g, 1 - opt_.beta2);
-    auto denom = vs[i].sqrt().div_(bc2_sqrt).add_(opt_.eps);
-    p.addcdiv_(ms[i], denom, -lr / bc1);
-  }
-  state.step += 1;
-}
-
 nlohmann::json Adam::hyperparams() const {
   std::string type = opt_.mup ? "muadam" : (opt_.decoupled_weight_decay ? "adamw" : "adam");
   nlohmann::json j = {{"type", type},        {"lr", opt_.lr},   {"beta1", opt_.beta1},

@@ -38,7 +38,6 @@ class Adam : public Optimizer {
   OptState init(const ParamSet& params) const override;
   OptState update(const OptState& state, const std::vector<torch::Tensor>& grads,
                   const torch::Tensor& loss) const override;
-  void update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const override;
   nlohmann::json hyperparams() const override;
   /// Learning rate applied to tensor `info` at update `step` (base LR x schedule x muP multiplier).
   double lr_at(int64_t step, const ParamInfo& info) const override;
