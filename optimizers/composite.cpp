@@ -6,6 +6,7 @@
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/registry.h"
 #include "optimizers/schedule.h"
 
 namespace lopt {
@@ -13,12 +14,6 @@ namespace lopt {
 namespace {
 /// Slot names of route k inside the composite's state: "<k>/<inner slot name>".
 std::string slot_prefix(size_t k) { return std::to_string(k) + "/"; }
-
-std::string role_list() {
-  std::string s;
-  for (auto r : all_param_roles()) s += (s.empty() ? "" : ", ") + to_string(r);
-  return s;
-}
 }  // namespace
 
 Composite::Composite(const nlohmann::json& config, const std::string& path) : path_(path) {
@@ -42,7 +37,7 @@ Composite::Composite(const nlohmann::json& config, const std::string& path) : pa
       try {
         route.roles.insert(param_role_from_string(name));
       } catch (const Error&) {
-        throw ConfigError(rr.path_of("roles"), "unknown role \"" + name + "\" (valid: " + role_list() + ")");
+        throw ConfigError(rr.path_of("roles"), "unknown role \"" + name + "\" (valid: " + join_names(role_names(all_param_roles())) + ")");
       }
     }
     route.rank = rr.get<std::string>("rank", "");
@@ -162,9 +157,7 @@ nlohmann::json Composite::hyperparams() const {
     inner.erase("schedule");
     nlohmann::json j = {{"optimizer", inner}, {"lr_mult", r.lr_mult}};
     if (!r.roles.empty()) {
-      std::vector<std::string> names;
-      for (auto role : r.roles) names.push_back(to_string(role));
-      j["roles"] = names;
+      j["roles"] = role_names(r.roles);
     }
     if (!r.rank.empty()) j["rank"] = r.rank;
     routes.push_back(j);

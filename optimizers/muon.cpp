@@ -7,6 +7,7 @@
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/registry.h"
 #include "optimizers/adam.h"
 
 namespace lopt {
@@ -21,16 +22,10 @@ torch::Tensor as_matrix(const torch::Tensor& t) { return t.dim() == 2 ? t : t.re
 /// Roles whose tensors are matrices (the valid muon_roles).
 bool is_matrix_role(ParamRole r) { return r != ParamRole::bias && r != ParamRole::norm_gain; }
 std::string matrix_role_names() {
-  std::string s;
+  std::vector<ParamRole> roles;
   for (auto r : all_param_roles())
-    if (is_matrix_role(r)) s += (s.empty() ? "" : ", ") + to_string(r);
-  return s;
-}
-
-std::string role_names(const std::set<ParamRole>& roles) {
-  std::string s;
-  for (auto r : roles) s += (s.empty() ? "" : ", ") + to_string(r);
-  return s;
+    if (is_matrix_role(r)) roles.push_back(r);
+  return join_names(role_names(roles));
 }
 }  // namespace
 
@@ -105,7 +100,7 @@ OptState Muon::init(const ParamSet& params) const {
   bool any = false;
   for (size_t i = 0; i < params.size(); ++i) any = any || is_muon(params, i);
   if (!any)
-    throw ConfigError("/optimizer/muon_roles", "Muon found no matrix parameter with a role in [" + role_names(opt_.muon_roles) +
+    throw ConfigError("/optimizer/muon_roles", "Muon found no matrix parameter with a role in [" + join_names(role_names(opt_.muon_roles)) +
                                                    "] in this model: use adamw, or route other roles to Muon");
   OptState s;
   s.params = params;

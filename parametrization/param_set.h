@@ -23,6 +23,13 @@ std::string to_string(ParamRole role);
 ParamRole param_role_from_string(const std::string& s);
 /// Every role, in declaration order.
 const std::vector<ParamRole>& all_param_roles();
+/// The names of some roles, in their iteration order (for messages and result files).
+template <class Roles>
+std::vector<std::string> role_names(const Roles& roles) {
+  std::vector<std::string> names;
+  for (ParamRole r : roles) names.push_back(to_string(r));
+  return names;
+}
 
 /// Describes one parameter tensor. width_mult = width / base_width of the dimension(s) that scale.
 struct ParamInfo {

@@ -36,6 +36,19 @@ void write_idx(const std::string& path, const std::vector<uint32_t>& dims, const
 /// Writes a small Fashion-MNIST-like folder: n_train / n_test images of side 28 with labels 0..9.
 void write_fake_fashion_mnist(const std::string& dir, int n_train, int n_test, bool gz = true);
 
+/// The message of the `E` (e.g. lopt::ConfigError, lopt::IoError) that `fn` throws; a test failure,
+/// and "(no <E>)", when it throws none.
+template <class E>
+std::string thrown_message(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const E& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected an exception of the tested type, none was thrown";
+  return "(none thrown)";
+}
+
 /// Expects `build(config)` to throw lopt::ConfigError whose JSON path is `path`.
 void expect_config_error(const std::function<void(const nlohmann::json&)>& build, const nlohmann::json& config,
                          const std::string& path);

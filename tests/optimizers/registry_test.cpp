@@ -21,14 +21,7 @@
 using lopt::json;
 
 namespace {
-std::string config_error_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const lopt::ConfigError& e) {
-    return e.what();
-  }
-  return "(no ConfigError)";
-}
+std::string config_error_message(const std::function<void()>& f) { return lopt_test::thrown_message<lopt::ConfigError>(f); }
 
 bool contains(const std::vector<std::string>& v, const std::string& s) { return std::find(v.begin(), v.end(), s) != v.end(); }
 

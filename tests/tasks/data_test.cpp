@@ -11,15 +11,7 @@
 using lopt_test::TempDir;
 
 namespace {
-std::string expect_io_error(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const lopt::IoError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no IoError thrown";
-  return "";
-}
+std::string expect_io_error(const std::function<void()>& fn) { return lopt_test::thrown_message<lopt::IoError>(fn); }
 }  // namespace
 
 TEST(Idx, ReadsGzipAndPlainFiles) {
