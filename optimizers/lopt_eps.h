@@ -1,7 +1,7 @@
 #pragma once
 /// The epsilons of the per-parameter learned optimizers' features (learned_optimization
 /// `learned_optimizers/common.py` and `adafac_mlp_lopt.py`, as PyLO's AdafacLO_naive has them),
-/// defined once for every implementation: the tensor-op accumulators (accumulators.cpp) and step
+/// defined once for every implementation: the tensor-op accumulators (lo_features.cpp) and step
 /// (small_fc_lopt/small_fc_lopt.cpp), the fused driver (small_fc_lopt/fused.cpp), the SIMD kernels (kernels/lopt_cpu.cpp) and the CUDA kernels' shared
 /// host/device code (kernels/lopt_gpu.h). Plain constexpr scalars without LibTorch, so that nvcc and
 /// the Highway per-target passes can include this header. The float versions are the literals the

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "common/parallel.h"
-#include "optimizers/accumulators.h"
+#include "optimizers/lo_features.h"
 #include "optimizers/kernels/lopt_cpu.h"
 #include "optimizers/lopt_eps.h"
 #include "optimizers/small_fc_lopt/small_fc_lopt.h"
@@ -253,9 +253,7 @@ void fold(Work& w, const double* elem_sumsq) {
   const int H = static_cast<int>(cfg.hidden_size);
   const float* w0 = K.weights[0].data();
   auto w0at = [&](int j, int f) { return static_cast<double>(w0[j * kLoptInputs + f]); };
-  double time_features[kLoptTimeFeatures];
-  for (int s = 0; s < kLoptTimeFeatures; ++s)
-    time_features[s] = std::tanh(static_cast<double>(cfg.time_feature_step(job.step)) / kLoptTimescales[static_cast<size_t>(s)] - 1.0);
+  const auto time_features = lo::time_features(static_cast<double>(cfg.time_feature_step(job.step)));
   std::vector<double> b0(static_cast<size_t>(H));
   for (int j = 0; j < H; ++j) {
     double b = K.biases[0][static_cast<size_t>(j)];

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "common/errors.h"
-#include "optimizers/accumulators.h"
+#include "optimizers/lo_features.h"
 #include "optimizers/kernels/lopt_gpu.h"
 #include "optimizers/small_fc_lopt/small_fc_lopt.h"
 
@@ -131,8 +131,9 @@ void gpu_lopt_steps(const std::vector<FusedJob>& jobs) {
       t.fac_decay[q] = K.fac_decay[q];
     }
     t.rms_decay = K.rms_decay;
-    for (int s = 0; s < gpu::kTimeFeatures; ++s)
-      t.time_features[s] = static_cast<float>(std::tanh(static_cast<double>(cfg.time_feature_step(j.step)) / kLoptTimescales[static_cast<size_t>(s)] - 1.0));
+    const auto tf = lo::time_features(static_cast<double>(cfg.time_feature_step(j.step)));
+    static_assert(gpu::kTimeFeatures == lo::kTimeFeatures, "the GPU step takes lo::time_features");
+    for (int s = 0; s < gpu::kTimeFeatures; ++s) t.time_features[s] = static_cast<float>(tf[static_cast<size_t>(s)]);
     t.lr = static_cast<float>(j.lr);
     t.decay = cfg.weight_decay > 0 ? static_cast<float>(j.lr * cfg.weight_decay) : 0.0f;
     t.exp_mult = static_cast<float>(cfg.exp_mult);

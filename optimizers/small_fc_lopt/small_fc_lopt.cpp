@@ -11,14 +11,12 @@
 #include "common/config.h"
 #include "common/device.h"
 #include "common/errors.h"
-#include "optimizers/accumulators.h"
+#include "optimizers/lo_features.h"
 #include "optimizers/lopt_eps.h"
 #include "optimizers/safetensors.h"
 #include "parametrization/parametrization.h"
 
 namespace lopt {
-
-const std::array<double, kLoptTimeFeatures> kLoptTimescales = {1, 3, 10, 30, 100, 300, 1e3, 3e3, 1e4, 3e4, 1e5};
 
 // ------------------------------------------------------------------ config
 
@@ -453,7 +451,7 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
   const auto dec = decays();
   const double t = static_cast<double>(config_.time_feature_step(state.step));  // PyLO: step incremented first, feature uses step - 1
   std::vector<float> tf;
-  for (double s : kLoptTimescales) tf.push_back(static_cast<float>(std::tanh(t / s - 1.0)));
+  for (double f : lo::time_features(t)) tf.push_back(static_cast<float>(f));
   auto time_features = torch::tensor(tf);
 
   OptState out;
@@ -485,7 +483,7 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
     }
     std::vector<int64_t> reduce_dims(shape.size());
     std::iota(reduce_dims.begin(), reduce_dims.end(), 0);
-    x = x * (x.square().mean(reduce_dims, true) + lo_eps::kNormalizer).rsqrt();
+    x = lo::second_moment_normalize(x, reduce_dims, lo_eps::kNormalizer);
     x = torch::cat({x, time_features.to(x.device(), x.scalar_type()).expand(with_last(shape, kLoptTimeFeatures))}, -1);
     auto h = x;
     for (size_t l = 0; l + 1 < weights_.size(); ++l) h = torch::relu(torch::linear(h, weights_[l], biases_[l]));

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "optimizers/learned_optimizer.h"
+#include "optimizers/lo_features.h"
 #include "optimizers/schedule.h"
 
 namespace lopt {
@@ -59,8 +60,7 @@ struct SmallFcLoptConfig {
 /// Number of MLP inputs of the per-parameter optimizer: 28 normalised features + 11 time features.
 constexpr int64_t kLoptInputs = 39;
 constexpr int64_t kLoptTensorFeatures = 28;
-constexpr int64_t kLoptTimeFeatures = 11;
-extern const std::array<double, kLoptTimeFeatures> kLoptTimescales;
+constexpr int64_t kLoptTimeFeatures = lo::kTimeFeatures;
 
 class SmallFcLopt : public LearnedOptimizer {
  public:

@@ -1,15 +1,19 @@
 #pragma once
 /// The parts every per-parameter learned optimizer of the learned_optimization line builds its
-/// features from (small_fc_lopt / μLO, and the newer designs that keep the same state: PyLO's CELO2 and
-/// ELO), written once as tensor ops. Per parameter of shape S, with K decays per accumulator:
+/// features from (learned_optimization `learned_optimizers/common.py`; small_fc_lopt / μLO, and the
+/// newer designs that keep the same state: PyLO's CELO2 and ELO), written once as tensor ops. Per
+/// parameter of shape S, with K decays per accumulator:
 ///   rolling averages      a <- a * beta + (1 - beta) * x     (momentum of g, rms of g^2; [*S, K])
 ///   factored 2nd moments  Adafactor row / column accumulators of g^2 + 1e-30 over the two largest
 ///                         dimensions (rank >= 2), or a full accumulator (rank < 2), and the factors
 ///                         that scale g (and momentum) by their inverse square root.
+///   time features         tanh(t / s - 1) for the timescales s = 1, 3, 10, ..., 1e5
+///   normaliser            x / sqrt(mean(x^2) + eps) over chosen dimensions
 /// The fast implementations of small_fc_lopt (the SIMD kernels and the CUDA kernels) compute the same
 /// maths element by element and are tested against this one.
 #include <torch/torch.h>
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -55,5 +59,15 @@ struct FactoredMoments {
 /// `row`, `col`, `v` are the previous accumulators as append_accumulator_slots lays them out.
 FactoredMoments factored_moments(const torch::Tensor& g, const torch::Tensor& row, const torch::Tensor& col,
                                  const torch::Tensor& v, const torch::Tensor& decay);
+
+/// learned_optimization's 11 timescales 1, 3, 10, 30, ..., 3e4, 1e5.
+constexpr int64_t kTimeFeatures = 11;
+extern const std::array<double, kTimeFeatures> kTimescales;
+/// tanh(t / s - 1) for each timescale s, in double (callers round to their precision).
+std::array<double, kTimeFeatures> time_features(double t);
+
+/// `x * rsqrt(mean(x^2 over dims) + eps)` (learned_optimization `second_moment_normalizer`; the means
+/// keep their dimensions).
+torch::Tensor second_moment_normalize(const torch::Tensor& x, const std::vector<int64_t>& dims, double eps);
 
 }  // namespace lopt::lo

@@ -1,4 +1,4 @@
-#include "optimizers/accumulators.h"
+#include "optimizers/lo_features.h"
 
 #include <gtest/gtest.h>
 

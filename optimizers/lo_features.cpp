@@ -1,6 +1,7 @@
-#include "optimizers/accumulators.h"
+#include "optimizers/lo_features.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "optimizers/lopt_eps.h"
@@ -85,6 +86,18 @@ torch::Tensor FactoredMoments::row_feature(const std::vector<int64_t>& shape) co
 torch::Tensor FactoredMoments::col_feature(const std::vector<int64_t>& shape) const {
   if (!factored) return v;
   return col.unsqueeze(d1).expand(with_last(shape, col.size(-1)));
+}
+
+const std::array<double, kTimeFeatures> kTimescales = {1, 3, 10, 30, 100, 300, 1e3, 3e3, 1e4, 3e4, 1e5};
+
+std::array<double, kTimeFeatures> time_features(double t) {
+  std::array<double, kTimeFeatures> f{};
+  for (size_t s = 0; s < f.size(); ++s) f[s] = std::tanh(t / kTimescales[s] - 1.0);
+  return f;
+}
+
+torch::Tensor second_moment_normalize(const torch::Tensor& x, const std::vector<int64_t>& dims, double eps) {
+  return x * (x.square().mean(dims, true) + eps).rsqrt();
 }
 
 }  // namespace lopt::lo
