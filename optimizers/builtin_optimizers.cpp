@@ -2,6 +2,7 @@
 /// folder) for the optimizer plus one line here; docs/extending.md walks through Muon as the example.
 #include "common/config.h"
 #include "optimizers/adam.h"
+#include "optimizers/celo2/celo2.h"
 #include "optimizers/composite.h"
 #include "optimizers/muon.h"
 #include "optimizers/schedule.h"
@@ -81,6 +82,15 @@ void register_builtin_learned_optimizers() {
       resolve_checkpoint_config};
   register_learned_optimizer_type("small_fc_lopt", small_fc_lopt);
   register_learned_optimizer_type("mulo", small_fc_lopt);
+  // Celo2 (Newton–Schulz-orthogonalised steps) and Celo2-base share theta's layout and checkpoints.
+  const LearnedOptimizerType celo2{
+      "celo2",
+      [](const nlohmann::json& config, const std::string& path) -> std::unique_ptr<LearnedOptimizer> {
+        return std::make_unique<Celo2>(Celo2Config::from_json(config, path));
+      },
+      resolve_celo2_checkpoint};
+  register_learned_optimizer_type("celo2", celo2);
+  register_learned_optimizer_type("celo2_base", celo2);
 }
 
 }  // namespace lopt

@@ -1,5 +1,7 @@
 #include "optimizers/learned_optimizer.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 
 #include "common/config.h"
@@ -66,6 +68,43 @@ nlohmann::json checkpoint_learned_config(const std::string& checkpoint, const st
   auto j = stored_checkpoint_config(checkpoint);
   if (j.is_object()) return j;
   return learned_optimizer_type(foreign_type, "/checkpoint").resolve_checkpoint({{"type", foreign_type}}, checkpoint, "/checkpoint");
+}
+
+nlohmann::json complete_from_checkpoint(const nlohmann::json& config, const nlohmann::json& stored,
+                                        const std::vector<std::string>& owned, const std::string& checkpoint,
+                                        const std::string& path) {
+  nlohmann::json out = config;
+  out.erase("override");
+  std::vector<std::string> overrides;
+  if (config.contains("override")) {
+    const auto& o = config["override"];
+    config_check(o.is_array() && std::all_of(o.begin(), o.end(), [](const nlohmann::json& x) { return x.is_string(); }),
+                 path + "/override", "must be a list of key names, e.g. [\"" + owned[owned.size() > 1 ? 1 : 0] + "\"]");
+    for (const auto& k : o) {
+      config_check(std::find(owned.begin(), owned.end(), k.get<std::string>()) != owned.end(), path + "/override",
+                   "cannot override '" + k.get<std::string>() + "' (keys a checkpoint decides: " + join_names(owned) + ")");
+      overrides.push_back(k);
+    }
+  }
+  for (const auto& k : owned) {
+    if (!stored.contains(k)) continue;
+    const auto& theirs = stored[k];
+    if (!config.contains(k)) {
+      out[k] = theirs;
+      continue;
+    }
+    if (config[k] == theirs) continue;
+    if (std::find(overrides.begin(), overrides.end(), k) != overrides.end()) {
+      std::fprintf(stderr, "warning: %s/%s = %s overrides the checkpoint's %s (%s)\n", path.c_str(), k.c_str(),
+                   config[k].dump().c_str(), theirs.dump().c_str(), checkpoint.c_str());
+      continue;
+    }
+    throw ConfigError(path + "/" + k, "the checkpoint " + checkpoint + " holds " + k + " = " + theirs.dump() +
+                                          ", the config says " + config[k].dump() +
+                                          "; drop the key to use the checkpoint's value, or add \"override\": [\"" +
+                                          k + "\"]");
+  }
+  return out;
 }
 
 }  // namespace lopt

@@ -80,4 +80,12 @@ nlohmann::json checkpoint_learned_config(const std::string& checkpoint, const st
 /// The safetensors file of a checkpoint: the path itself, or model.safetensors of a hub folder.
 std::string checkpoint_weights_file(const std::string& checkpoint);
 
+/// A family's resolve_checkpoint core: `config` (at JSON path `path`) completed with the `owned` keys
+/// (those a checkpoint decides) of `stored` (the checkpoint's config): a key the config leaves out takes
+/// the checkpoint's value; a key it names with another value is a ConfigError naming both, unless the
+/// config lists it in "override": [...] (then a warning on stderr). "override" is removed.
+nlohmann::json complete_from_checkpoint(const nlohmann::json& config, const nlohmann::json& stored,
+                                        const std::vector<std::string>& owned, const std::string& checkpoint,
+                                        const std::string& path);
+
 }  // namespace lopt

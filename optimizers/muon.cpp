@@ -29,17 +29,21 @@ std::string matrix_role_names() {
 }
 }  // namespace
 
-torch::Tensor newton_schulz5(const torch::Tensor& g, int64_t steps) {
-  TORCH_CHECK(g.dim() >= 2, "newton_schulz5: needs a tensor of rank >= 2, got ", g.sizes());
+torch::Tensor newton_schulz(const torch::Tensor& g, int64_t steps, const std::array<double, 3>& coeffs, double eps) {
+  TORCH_CHECK(g.dim() >= 2, "newton_schulz: needs a tensor of rank >= 2, got ", g.sizes());
   const bool tall = g.size(-2) > g.size(-1);
   auto x = tall ? g.transpose(-2, -1) : g;
-  x = x / (x.norm(2, {-2, -1}, /*keepdim=*/true) + kNsNormEps);
+  x = x / (x.norm(2, {-2, -1}, /*keepdim=*/true) + eps);
   for (int64_t k = 0; k < steps; ++k) {
     auto a = torch::matmul(x, x.transpose(-2, -1));
-    auto bm = a * kNsB + torch::matmul(a, a) * kNsC;
-    x = x * kNsA + torch::matmul(bm, x);
+    auto bm = a * coeffs[1] + torch::matmul(a, a) * coeffs[2];
+    x = x * coeffs[0] + torch::matmul(bm, x);
   }
   return tall ? x.transpose(-2, -1) : x;
+}
+
+torch::Tensor newton_schulz5(const torch::Tensor& g, int64_t steps) {
+  return newton_schulz(g, steps, {kNsA, kNsB, kNsC}, kNsNormEps);
 }
 
 MuonOptions muon_options_from_json(const nlohmann::json& config, const std::string& path) {

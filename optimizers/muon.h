@@ -12,6 +12,7 @@
 /// Other tensors: AdamW (torch AdamW's maths; betas (0.9, 0.95), eps 1e-10 as MuonWithAuxAdam) at
 /// lr x adamw_lr_ratio with the same schedule and weight decay. Tensors of rank > 2 are flattened to
 /// (dim 0, rest) as muon.py does for convolution filters.
+#include <array>
 #include <memory>
 #include <set>
 
@@ -39,6 +40,8 @@ struct MuonOptions {
 /// tensor of rank >= 2): an approximation of U V^T for G = U S V^T whose singular values lie in
 /// roughly [0.7, 1.2] rather than exactly 1.
 torch::Tensor newton_schulz5(const torch::Tensor& g, int64_t steps = 5);
+/// The same iteration with other coefficients (a, b, c) and Frobenius-norm epsilon (Celo2: 1e-8).
+torch::Tensor newton_schulz(const torch::Tensor& g, int64_t steps, const std::array<double, 3>& coeffs, double eps);
 
 class Muon : public Optimizer {
  public:

@@ -269,38 +269,8 @@ nlohmann::json resolve_checkpoint_config(const nlohmann::json& config, const std
                                                   "initial_momentum_decays", "initial_rms_decays",
                                                   "initial_adafactor_decays", "worker_inputs"};
   const auto stored = read_checkpoint_config(checkpoint);
-  nlohmann::json out = config;
-  out.erase("override");
-  std::vector<std::string> overrides;
-  if (config.contains("override")) {
-    const auto& o = config["override"];
-    config_check(o.is_array() && std::all_of(o.begin(), o.end(), [](const nlohmann::json& x) { return x.is_string(); }),
-                 path + "/override", "must be a list of key names, e.g. [\"step_mult\"]");
-    for (const auto& k : o) {
-      config_check(std::find(kOwned.begin(), kOwned.end(), k.get<std::string>()) != kOwned.end(), path + "/override",
-                   "cannot override '" + k.get<std::string>() + "' (keys a checkpoint decides: type, hidden_size, "
-                   "hidden_layers, step_mult, exp_mult, initial_*_decays)");
-      overrides.push_back(k);
-    }
-  }
-  for (const auto& k : kOwned) {
-    if (!stored.config.contains(k)) continue;  // a PyLO file does not say whether it is muP: the config does
-    const auto& theirs = stored.config[k];
-    if (!config.contains(k)) {
-      out[k] = theirs;
-      continue;
-    }
-    if (config[k] == theirs) continue;
-    if (std::find(overrides.begin(), overrides.end(), k) != overrides.end()) {
-      std::fprintf(stderr, "warning: %s/%s = %s overrides the checkpoint's %s (%s)\n", path.c_str(), k.c_str(),
-                   config[k].dump().c_str(), theirs.dump().c_str(), checkpoint.c_str());
-      continue;
-    }
-    throw ConfigError(path + "/" + k, "the checkpoint " + checkpoint + " holds " + k + " = " + theirs.dump() +
-                                          ", the config says " + config[k].dump() +
-                                          "; drop the key to use the checkpoint's value, or add \"override\": [\"" +
-                                          k + "\"]");
-  }
+  // a PyLO file does not say whether it is muP (no "type"): the config does
+  auto out = complete_from_checkpoint(config, stored.config, kOwned, checkpoint, path);
   if (!stored.from_lopt)
     std::fprintf(stderr,
                  "note: %s has no lopt metadata (a PyLO checkpoint): PyLO's defaults for step_mult 0.01, exp_mult "

@@ -1,0 +1,395 @@
+#include "optimizers/celo2/celo2.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+
+#include "common/config.h"
+#include "common/device.h"
+#include "common/errors.h"
+#include "optimizers/adam.h"
+#include "optimizers/lo_features.h"
+#include "optimizers/muon.h"
+#include "optimizers/safetensors.h"
+
+namespace lopt {
+
+namespace {
+// Celo2's epsilons (celo2_optax.py / CELO2_naive.py), named once.
+constexpr double kRmsEps = 1e-8;         ///< rsqrt(rms + 1e-8)
+constexpr double kFactorFeature = 1e-8;  ///< rsqrt(row + 1e-8), rsqrt(col + 1e-8)
+constexpr double kNormalizerEps = 1e-9;  ///< second_moment_normalizer's eps (inputs and the step)
+constexpr double kGradClipFeature = 0.1; ///< the clamp(g, -0.1, 0.1) input
+
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  return std::accumulate(shape.begin(), shape.end(), int64_t(1), std::multiplies<int64_t>());
+}
+}  // namespace
+
+// ------------------------------------------------------------------ config
+
+Celo2Config Celo2Config::from_json(const nlohmann::json& j, const std::string& path) {
+  ConfigReader r(j, path);
+  const auto type = r.get<std::string>("type", "celo2");
+  config_check(type == "celo2" || type == "celo2_base", r.path_of("type"),
+               "unknown learned optimizer \"" + type + "\" (valid: celo2, celo2_base)");
+  Celo2Config c;
+  c.orthogonalize = type == "celo2";
+  c.hidden_size = r.get<int64_t>("hidden_size", c.hidden_size);
+  c.hidden_layers = r.get<int64_t>("hidden_layers", c.hidden_layers);
+  c.lr = r.get<double>("lr", c.lr);
+  c.weight_decay = r.get<double>("weight_decay", c.weight_decay);
+  if (auto sched = r.object("schedule"); !sched.empty()) c.schedule = make_schedule(sched, r.path_of("schedule"))->hyperparams();
+  c.exp_mult = r.get<double>("exp_mult", c.exp_mult);
+  c.rmsmult = r.get<double>("rmsmult", c.rmsmult);
+  c.grad_clip = r.get<double>("grad_clip", c.grad_clip);
+  c.max_grad_norm = r.get<double>("max_grad_norm", c.max_grad_norm);
+  c.initial_momentum_decays = r.get<std::vector<double>>("initial_momentum_decays", c.initial_momentum_decays);
+  c.initial_rms_decays = r.get<std::vector<double>>("initial_rms_decays", c.initial_rms_decays);
+  c.initial_adafactor_decays = r.get<std::vector<double>>("initial_adafactor_decays", c.initial_adafactor_decays);
+  c.ns_steps = r.get<int64_t>("ns_steps", c.ns_steps);
+  c.ns_coeffs = r.get<std::vector<double>>("ns_coeffs", c.ns_coeffs);
+  c.ns_eps = r.get<double>("ns_eps", c.ns_eps);
+  c.adamw_for_1d = r.get<bool>("adamw_for_1d", c.adamw_for_1d);
+  c.adamw_variant = r.get<std::string>("adamw_variant", c.adamw_variant);
+  config_check(c.adamw_variant == "pylo" || c.adamw_variant == "celo_jax", r.path_of("adamw_variant"),
+               "must be \"pylo\" (PyLO's AdamW: bias-corrected, betas 0.9/0.95) or \"celo_jax\" (the JAX "
+               "meta-training wrapper's Adam: no bias correction, eps inside the square root, lr x 20)");
+  const bool jax = c.adamw_variant == "celo_jax";
+  c.adam_lr_mult = r.get<double>("adam_lr_mult", jax ? 20.0 : 1.0);
+  c.adam_beta1 = r.get<double>("adam_beta1", 0.9);
+  c.adam_beta2 = r.get<double>("adam_beta2", jax ? 0.999 : 0.95);
+  c.adam_eps = r.get<double>("adam_eps", 1e-8);
+  c.adam_weight_decay = r.get<double>("adam_weight_decay", c.weight_decay);
+  r.finish();
+  config_check(c.hidden_size >= 1, r.path_of("hidden_size"), "must be >= 1");
+  config_check(c.hidden_layers >= 1, r.path_of("hidden_layers"), "must be >= 1 (the last dense layer gives the 3 outputs)");
+  for (const auto& [key, value] : {std::pair<const char*, double>{"lr", c.lr}, {"weight_decay", c.weight_decay},
+                                    {"rmsmult", c.rmsmult}, {"max_grad_norm", c.max_grad_norm},
+                                    {"adam_lr_mult", c.adam_lr_mult}, {"adam_weight_decay", c.adam_weight_decay}})
+    config_check_finite_nonneg(value, r.path_of(key));
+  config_check(c.grad_clip > 0, r.path_of("grad_clip"), "must be > 0 (the element-wise gradient clamp; Celo2 uses 1000)");
+  config_check(std::isfinite(c.exp_mult), r.path_of("exp_mult"), "must be finite");
+  config_check(c.initial_momentum_decays.size() == 3, r.path_of("initial_momentum_decays"), "needs 3 values");
+  config_check(c.initial_rms_decays.size() == 1, r.path_of("initial_rms_decays"), "needs 1 value");
+  config_check(c.initial_adafactor_decays.size() == 3, r.path_of("initial_adafactor_decays"), "needs 3 values");
+  config_check(c.ns_steps >= 0, r.path_of("ns_steps"), "must be >= 0");
+  config_check(c.ns_coeffs.size() == 3, r.path_of("ns_coeffs"), "needs 3 values (a, b, c of the quintic)");
+  config_check(c.ns_eps > 0, r.path_of("ns_eps"), "must be > 0");
+  for (const auto& [key, value] : {std::pair<const char*, double>{"adam_beta1", c.adam_beta1}, {"adam_beta2", c.adam_beta2}})
+    config_check(value >= 0 && value < 1, r.path_of(key), "must be in [0, 1)");
+  config_check(c.adam_eps > 0, r.path_of("adam_eps"), "must be > 0");
+  return c;
+}
+
+nlohmann::json Celo2Config::to_json() const {
+  return {{"type", type()},
+          {"hidden_size", hidden_size},
+          {"hidden_layers", hidden_layers},
+          {"lr", lr},
+          {"weight_decay", weight_decay},
+          {"schedule", schedule},
+          {"exp_mult", exp_mult},
+          {"rmsmult", rmsmult},
+          {"grad_clip", grad_clip},
+          {"max_grad_norm", max_grad_norm},
+          {"initial_momentum_decays", initial_momentum_decays},
+          {"initial_rms_decays", initial_rms_decays},
+          {"initial_adafactor_decays", initial_adafactor_decays},
+          {"ns_steps", ns_steps},
+          {"ns_coeffs", ns_coeffs},
+          {"ns_eps", ns_eps},
+          {"adamw_for_1d", adamw_for_1d},
+          {"adamw_variant", adamw_variant},
+          {"adam_lr_mult", adam_lr_mult},
+          {"adam_beta1", adam_beta1},
+          {"adam_beta2", adam_beta2},
+          {"adam_eps", adam_eps},
+          {"adam_weight_decay", adam_weight_decay}};
+}
+
+// ------------------------------------------------------------------ theta
+
+Celo2::Celo2(Celo2Config config) : config_(std::move(config)) {}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> Celo2::theta_layout() const {
+  const int64_t h = config_.hidden_size;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> l;
+  for (size_t i = 0; i < kCelo2FeatureDims.size(); ++i) l.push_back({"w0." + std::to_string(i), {kCelo2FeatureDims[i], h}});
+  l.push_back({"b0", {h}});
+  for (int64_t i = 0; i < config_.hidden_layers; ++i) {
+    const int64_t out = i + 1 == config_.hidden_layers ? kCelo2Outputs : h;
+    l.push_back({"dense_w." + std::to_string(i), {h, out}});
+    l.push_back({"dense_b." + std::to_string(i), {out}});
+  }
+  return l;
+}
+
+int64_t Celo2::num_theta() const {
+  int64_t n = 0;
+  for (const auto& [name, shape] : theta_layout()) n += numel_of(shape);
+  return n;
+}
+
+std::map<std::string, torch::Tensor> Celo2::unflatten(const torch::Tensor& theta) const {
+  TORCH_CHECK(theta.dim() == 1 && theta.size(0) == num_theta(), "Celo2: theta must be [", num_theta(), "], got ",
+              theta.sizes());
+  std::map<std::string, torch::Tensor> out;
+  int64_t off = 0;
+  for (const auto& [name, shape] : theta_layout()) {
+    const int64_t n = numel_of(shape);
+    out[name] = theta.narrow(0, off, n).view(shape);
+    off += n;
+  }
+  return out;
+}
+
+torch::Tensor Celo2::flatten(const std::map<std::string, torch::Tensor>& named) const {
+  std::vector<torch::Tensor> parts;
+  for (const auto& [name, shape] : theta_layout()) {
+    auto it = named.find(name);
+    TORCH_CHECK(it != named.end(), "Celo2::flatten: missing ", name);
+    TORCH_CHECK(it->second.sizes() == torch::IntArrayRef(shape), "Celo2::flatten: ", name, " has shape ",
+                it->second.sizes(), ", expected ", torch::IntArrayRef(shape));
+    parts.push_back(it->second.reshape({-1}).to(torch::kFloat32));
+  }
+  return torch::cat(parts);
+}
+
+torch::Tensor Celo2::init_theta(at::Generator& gen) const {
+  // Normal truncated at ±2σ by the inverse CDF: u ~ U(Φ(-2), Φ(2)), x = σ √2 erfinv(2u - 1).
+  const double lo = 0.5 * std::erfc(2.0 / std::sqrt(2.0)), hi = 1.0 - lo;
+  std::map<std::string, torch::Tensor> named;
+  for (const auto& [name, shape] : theta_layout()) {
+    if (name == "b0" || name.rfind("dense_b.", 0) == 0) {
+      named[name] = torch::zeros(shape);
+      continue;
+    }
+    const double fan_in = name.rfind("w0.", 0) == 0 ? static_cast<double>(kCelo2Inputs) : static_cast<double>(shape[0]);
+    auto u = torch::rand(shape, gen).mul_(hi - lo).add_(lo);
+    named[name] = u.mul_(2).sub_(1).erfinv_().mul_(std::sqrt(2.0) / std::sqrt(fan_in));
+  }
+  return flatten(named);
+}
+
+void Celo2::save(const std::string& path, const torch::Tensor& theta) const {
+  SafeTensors st;
+  for (const auto& [name, t] : unflatten(theta.detach())) st.tensors[name] = t;
+  st.metadata["lopt_config"] = config_.to_json().dump();
+  write_safetensors(path, st);
+}
+
+void Celo2::save_hub(const std::string& dir, const torch::Tensor& theta) const {
+  std::filesystem::create_directories(dir);
+  save((std::filesystem::path(dir) / "model.safetensors").string(), theta);
+  // PyTorchModelHubMixin's config.json: CELO2MLP's constructor arguments.
+  const nlohmann::json cfg = {{"feature_dims", kCelo2FeatureDims}, {"hidden_size", config_.hidden_size},
+                              {"hidden_layers", config_.hidden_layers}, {"output_size", kCelo2Outputs},
+                              {"activation", "relu"}};
+  write_text_atomic((std::filesystem::path(dir) / "config.json").string(), cfg.dump(2) + "\n");
+}
+
+torch::Tensor Celo2::load(const std::string& checkpoint) const {
+  const std::string path = checkpoint_weights_file(checkpoint);
+  auto st = read_safetensors(path);
+  std::map<std::string, torch::Tensor> named;
+  const auto layout = theta_layout();
+  for (const auto& [name, shape] : layout) {
+    auto it = st.tensors.find(name);
+    if (it == st.tensors.end())
+      throw IoError(path, "missing tensor '" + name + "' (expected PyLO CELO2MLP names, hidden_size " +
+                              std::to_string(config_.hidden_size) + ", hidden_layers " +
+                              std::to_string(config_.hidden_layers) + ")");
+    if (it->second.sizes() != torch::IntArrayRef(shape))
+      throw IoError(path, "tensor '" + name + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
+                              c10::str(torch::IntArrayRef(shape)) + " (check hidden_size)");
+    named[name] = it->second.to(torch::kFloat32);
+  }
+  for (const auto& [name, t] : st.tensors)
+    if (std::none_of(layout.begin(), layout.end(), [&](const auto& l) { return l.first == name; }))
+      throw IoError(path, "unexpected tensor '" + name + "' (more dense layers than hidden_layers=" +
+                              std::to_string(config_.hidden_layers) + "?)");
+  return flatten(named);
+}
+
+std::unique_ptr<Optimizer> Celo2::bind(const torch::Tensor& theta, const nlohmann::json& provenance) const {
+  return std::make_unique<Celo2Optimizer>(*this, theta, provenance);
+}
+
+nlohmann::json resolve_celo2_checkpoint(const nlohmann::json& config, const std::string& checkpoint,
+                                        const std::string& path) {
+  static const std::vector<std::string> kOwned = {"type", "hidden_size", "hidden_layers", "exp_mult",
+                                                  "initial_momentum_decays", "initial_rms_decays",
+                                                  "initial_adafactor_decays"};
+  nlohmann::json stored = stored_checkpoint_config(checkpoint);
+  if (!stored.is_object()) {
+    // A PyLO CELO2MLP file: its geometry from the tensors, the rest from the config (PyLO's defaults).
+    const std::string file = checkpoint_weights_file(checkpoint);
+    const auto st = read_safetensors(file);
+    auto b0 = st.tensors.find("b0");
+    if (b0 == st.tensors.end() || b0->second.dim() != 1)
+      throw IoError(file, "no 'b0' [hidden] tensor and no lopt metadata", "not a Celo2 checkpoint (lopt or PyLO CELO2MLP)");
+    int64_t layers = 0;
+    while (st.tensors.count("dense_w." + std::to_string(layers))) ++layers;
+    stored = {{"hidden_size", b0->second.size(0)}, {"hidden_layers", layers}};
+    std::fprintf(stderr, "note: %s has no lopt metadata (a PyLO CELO2MLP checkpoint): decays and exp_mult from the config\n",
+                 checkpoint.c_str());
+  }
+  return complete_from_checkpoint(config, stored, kOwned, checkpoint, path);
+}
+
+// ------------------------------------------------------------------ bound optimizer
+
+Celo2Optimizer::Celo2Optimizer(const Celo2& lopt, torch::Tensor theta, nlohmann::json provenance)
+    : config_(lopt.config()), theta_(on_compute_device(theta)), named_(lopt.unflatten(theta_)),
+      schedule_(make_schedule(config_.schedule, "/optimizer/schedule")), provenance_(std::move(provenance)) {
+  std::vector<torch::Tensor> w0;
+  for (size_t i = 0; i < kCelo2FeatureDims.size(); ++i) w0.push_back(named_.at("w0." + std::to_string(i)));
+  w0_ = torch::cat(w0, 0);  // [30, hidden]: sum_i x_i W0_i = [x_0 ... x_13] W0
+  for (int64_t i = 0; i < config_.hidden_layers; ++i) {
+    dense_w_.push_back(named_.at("dense_w." + std::to_string(i)));
+    dense_b_.push_back(named_.at("dense_b." + std::to_string(i)));
+  }
+  auto as_tensor = [&](const std::vector<double>& d) {
+    // PyLO clamps the rms and Adafactor decays to [0, 1]; momentum decays are used as given.
+    return torch::tensor(std::vector<float>(d.begin(), d.end())).to(theta_.device());
+  };
+  mom_decay_ = as_tensor(config_.initial_momentum_decays);
+  rms_decay_ = as_tensor(config_.initial_rms_decays).clamp(0.0, 1.0);
+  fac_decay_ = as_tensor(config_.initial_adafactor_decays).clamp(0.0, 1.0);
+}
+
+bool Celo2Optimizer::uses_adamw(const ParamSet& params, size_t i) const {
+  return params.info[i].role == ParamRole::embedding || (config_.adamw_for_1d && params.tensors[i].dim() <= 1);
+}
+
+OptState Celo2Optimizer::init(const ParamSet& params) const {
+  OptState s;
+  s.params = params;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& p = params.tensors[i];
+    const auto on = torch::TensorOptions().dtype(torch::kFloat32).device(p.device());
+    if (uses_adamw(params, i)) {
+      for (const char* k : {"mom", "rms", "fac_vec_row", "fac_vec_col", "fac_vec_v"}) s.slots[k].push_back(torch::zeros({0}, on));
+      s.slots["exp_avg"].push_back(torch::zeros_like(p));
+      s.slots["exp_avg_sq"].push_back(torch::zeros_like(p));
+    } else {
+      lo::append_accumulator_slots(p, 3, 1, 3, s.slots);
+      s.slots["exp_avg"].push_back(torch::zeros({0}, on));
+      s.slots["exp_avg_sq"].push_back(torch::zeros({0}, on));
+    }
+  }
+  return s;
+}
+
+torch::Tensor Celo2Optimizer::learned_step(const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& mom0,
+                                           const torch::Tensor& rms0, const torch::Tensor& row0, const torch::Tensor& col0,
+                                           const torch::Tensor& v0, std::array<torch::Tensor, 5>& new_slots,
+                                           torch::Tensor* mlp_inputs, torch::Tensor* mlp_outputs) const {
+  const auto shape = lo::accumulator_shape(p);
+  const auto pr = p.reshape(shape), gr = g.reshape(shape);
+  const auto gu = gr.unsqueeze(-1);
+  auto mom = lo::rolling_average(mom0, gu, mom_decay_);
+  auto rms = lo::rolling_average(rms0, gu.square(), rms_decay_);
+  const auto fac = lo::factored_moments(gr, row0, col0, v0, fac_decay_);
+  const auto rsq = (rms + kRmsEps).rsqrt();
+  std::vector<torch::Tensor> groups = {gu,       gu.clamp(-kGradClipFeature, kGradClipFeature), pr.unsqueeze(-1), mom, rms,
+                                       mom * rsq, rsq, fac.scale(gu), gu * rsq};
+  if (fac.factored) {
+    const auto row_feat = fac.row_feature(shape), col_feat = fac.col_feature(shape);
+    groups.insert(groups.end(), {row_feat, col_feat, (row_feat + kFactorFeature).rsqrt(),
+                                 (col_feat + kFactorFeature).rsqrt(), fac.scale(mom)});
+  }
+  // Each channel normalised over the last two dimensions of the parameter (one for a vector).
+  const int64_t r = static_cast<int64_t>(shape.size());
+  std::vector<int64_t> axis;
+  for (int64_t d = std::max<int64_t>(0, r - 2); d < r; ++d) axis.push_back(d);
+  auto x = lo::second_moment_normalize(torch::cat(groups, -1), axis, kNormalizerEps);
+  const int64_t channels = x.size(-1);
+  auto h = torch::relu(torch::matmul(x, w0_.narrow(0, 0, channels)) + named_.at("b0"));
+  for (size_t l = 0; l < dense_w_.size(); ++l) {
+    h = torch::matmul(h, dense_w_[l]) + dense_b_[l];
+    if (l + 1 < dense_w_.size()) h = torch::relu(h);
+  }
+  auto step = h.select(-1, 0);
+  if (config_.exp_mult != 0) step = step * torch::exp(h.select(-1, 1) * config_.exp_mult);
+  if (config_.orthogonalize && r >= 2)
+    step = newton_schulz(step, config_.ns_steps, {config_.ns_coeffs[0], config_.ns_coeffs[1], config_.ns_coeffs[2]},
+                         config_.ns_eps);
+  step = lo::second_moment_normalize(step, axis, kNormalizerEps) * config_.rmsmult;
+  new_slots = {mom, rms, fac.factored ? fac.row : row0, fac.factored ? fac.col : col0, fac.factored ? v0 : fac.v};
+  if (mlp_inputs) *mlp_inputs = x;
+  if (mlp_outputs) *mlp_outputs = h;
+  return step.reshape(p.sizes());
+}
+
+OptState Celo2Optimizer::update(const OptState& state, const std::vector<torch::Tensor>& grads_in,
+                                const torch::Tensor&) const {
+  check_grads(state, grads_in, "Celo2Optimizer::update");
+  std::vector<torch::Tensor> grads = grads_in;
+  if (config_.max_grad_norm > 0) {
+    // optax clip_by_global_norm (PyLO _global_grad_scale): g * max_norm / max(norm, max_norm).
+    auto total = torch::zeros({}, torch::kFloat64);
+    for (const auto& g : grads) total = total + g.to(torch::kFloat64).square().sum();
+    auto scale = (config_.max_grad_norm / total.sqrt().clamp_min(config_.max_grad_norm)).to(torch::kFloat32);
+    for (auto& g : grads) g = g * scale.to(g.device());
+  }
+  OptState out;
+  out.step = state.step + 1;
+  out.params.info = state.params.info;
+  const double lr_t = config_.lr * (*schedule_)(state.step);
+  const double t = static_cast<double>(out.step);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const auto& p = state.params.tensors[i];
+    const auto g = grads[i].clamp(-config_.grad_clip, config_.grad_clip);
+    const auto slot = [&](const char* k) { return state.slots.at(k)[i]; };
+    std::array<torch::Tensor, 5> acc = {slot("mom"), slot("rms"), slot("fac_vec_row"), slot("fac_vec_col"), slot("fac_vec_v")};
+    torch::Tensor p_new, m = slot("exp_avg"), v = slot("exp_avg_sq");
+    if (uses_adamw(state.params, i)) {
+      const double lr_a = lr_t * config_.adam_lr_mult, wd = config_.adam_weight_decay;
+      if (config_.adamw_variant == "pylo") {
+        // PyLO _adamw_step: p -= lr (m̂ / (sqrt(v̂) + eps) + wd p): torch AdamW's maths.
+        const double bc1 = 1 - std::pow(config_.adam_beta1, t), bc2_sqrt = std::sqrt(1 - std::pow(config_.adam_beta2, t));
+        auto r = adam_tensor_step(p, g, m, v, lr_a, config_.adam_beta1, config_.adam_beta2, config_.adam_eps, wd,
+                                  /*decoupled=*/true, bc1, bc2_sqrt);
+        p_new = r.param, m = r.exp_avg, v = r.exp_avg_sq;
+      } else {
+        // celo2.py AdamTransformation (bias_correction False): s = m rsqrt(v + eps); p - lr s - wd p lr.
+        const auto b1 = torch::tensor(static_cast<float>(config_.adam_beta1)).to(p.device());
+        const auto b2 = torch::tensor(static_cast<float>(config_.adam_beta2)).to(p.device());
+        m = lo::rolling_average(m, g, b1);
+        v = lo::rolling_average(v, g.square(), b2);
+        p_new = p - lr_a * (m * (v + config_.adam_eps).rsqrt()) - wd * p * lr_a;
+      }
+    } else {
+      std::array<torch::Tensor, 5> next;
+      const auto step = learned_step(p, g, acc[0], acc[1], acc[2], acc[3], acc[4], next);
+      p_new = p - lr_t * (step + config_.weight_decay * p);
+      acc = next;
+    }
+    out.params.tensors.push_back(p_new);
+    const char* names[5] = {"mom", "rms", "fac_vec_row", "fac_vec_col", "fac_vec_v"};
+    for (int k = 0; k < 5; ++k) out.slots[names[k]].push_back(acc[static_cast<size_t>(k)]);
+    out.slots["exp_avg"].push_back(m);
+    out.slots["exp_avg_sq"].push_back(v);
+  }
+  return out;
+}
+
+double Celo2Optimizer::lr_at(int64_t step, const ParamInfo& info) const {
+  // The AdamW tensors' lr is lr x adam_lr_mult; a vector's role says which branch (embeddings: AdamW).
+  const bool adamw = info.role == ParamRole::embedding ||
+                     (config_.adamw_for_1d && (info.role == ParamRole::bias || info.role == ParamRole::norm_gain));
+  return config_.lr * (adamw ? config_.adam_lr_mult : 1.0) * (*schedule_)(step);
+}
+
+nlohmann::json Celo2Optimizer::hyperparams() const {
+  auto j = config_.to_json();
+  j.update(provenance_);
+  return j;
+}
+
+}  // namespace lopt
