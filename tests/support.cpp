@@ -8,7 +8,9 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -98,6 +100,36 @@ void expect_config_error(const std::function<void(const nlohmann::json&)>& build
   } catch (const lopt::ConfigError& e) {
     EXPECT_EQ(e.path(), path) << e.what();
   }
+}
+
+torch::Tensor from_json(const nlohmann::json& j) {
+  auto shape = j.at("shape").get<std::vector<int64_t>>();
+  auto data = j.at("data").get<std::vector<float>>();
+  return torch::tensor(data, torch::kFloat32).reshape(shape).clone();
+}
+
+double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
+  if (b.numel() == 0) return a.numel() == 0 ? 0.0 : 1e9;
+  auto b64 = b.to(torch::kFloat64);
+  double floor = std::max(1e-3 * b64.abs().max().item<double>(), 1e-30);
+  return ((a.to(torch::kFloat64) - b64).abs() / b64.abs().clamp_min(floor)).max().item<double>();
+}
+
+double scaled_err(const torch::Tensor& a, const torch::Tensor& b) {
+  if (b.numel() == 0) return a.numel() == 0 ? 0.0 : 1e9;
+  auto b64 = b.to(torch::kFloat64);
+  return (a.to(torch::kFloat64) - b64).abs().max().item<double>() / std::max(b64.abs().max().item<double>(), 1e-30);
+}
+
+// The update is read back as p_new - p_old; p_new is stored in float32, so an element whose update
+// is tiny next to |p| carries a rounding error of up to 2^-24 |p_new| in either path (6e-8 at |p| = 1,
+// 1.7e-3 of an update of 3.5e-5): that part is the representation of p, not the kernel's accuracy.
+double update_err(const torch::Tensor& pa, const torch::Tensor& pb, const torch::Tensor& before) {
+  auto a = pa.to(torch::kFloat64), b = pb.to(torch::kFloat64), p0 = before.to(torch::kFloat64);
+  auto ua = a - p0, ub = b - p0;
+  const double floor = std::max(1e-3 * ub.abs().max().item<double>(), 1e-30);
+  auto rounding = b.abs() * std::ldexp(1.0, -24) * 2;  // both paths round p_new once
+  return ((ua - ub).abs() / (ub.abs().clamp_min(floor) + rounding / 1e-4)).max().item<double>();
 }
 
 }  // namespace lopt_test

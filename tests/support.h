@@ -53,6 +53,16 @@ std::string thrown_message(const std::function<void()>& fn) {
 void expect_config_error(const std::function<void(const nlohmann::json&)>& build, const nlohmann::json& config,
                          const std::string& path);
 
+/// A golden-file tensor {"shape": [...], "data": [...]} as float32.
+torch::Tensor from_json(const nlohmann::json& j);
+/// |a - b| relative to max(|b|, 1e-3 * max|b|) elementwise, maximised (1e9 when b is empty and a not).
+double rel_err(const torch::Tensor& a, const torch::Tensor& b);
+/// max|a - b| / max|b|: for intermediate quantities whose near-zero entries come from cancellation.
+double scaled_err(const torch::Tensor& a, const torch::Tensor& b);
+/// max |update_a - update_b| / (|update_b| + floor + one float32 rounding of the new parameter), the
+/// updates read back as p_new - p_old from `pa`, `pb` and `before` (see support.cpp).
+double update_err(const torch::Tensor& pa, const torch::Tensor& pb, const torch::Tensor& before);
+
 /// Reads an integer attribute of an HDF5 file's root group.
 int64_t h5_int_attr(const std::string& path, const std::string& name);
 

@@ -263,7 +263,8 @@ Celo2Optimizer::Celo2Optimizer(const Celo2& lopt, torch::Tensor theta, nlohmann:
 }
 
 bool Celo2Optimizer::uses_adamw(const ParamSet& params, size_t i) const {
-  return params.info[i].role == ParamRole::embedding || (config_.adamw_for_1d && params.tensors[i].dim() <= 1);
+  // PyLO: is_1d = dim <= 1 or an embedding group; AdamW only when use_adamw_for_1d.
+  return config_.adamw_for_1d && (params.tensors[i].dim() <= 1 || params.info[i].role == ParamRole::embedding);
 }
 
 OptState Celo2Optimizer::init(const ParamSet& params) const {
@@ -381,8 +382,8 @@ OptState Celo2Optimizer::update(const OptState& state, const std::vector<torch::
 
 double Celo2Optimizer::lr_at(int64_t step, const ParamInfo& info) const {
   // The AdamW tensors' lr is lr x adam_lr_mult; a vector's role says which branch (embeddings: AdamW).
-  const bool adamw = info.role == ParamRole::embedding ||
-                     (config_.adamw_for_1d && (info.role == ParamRole::bias || info.role == ParamRole::norm_gain));
+  const bool adamw = config_.adamw_for_1d && (info.role == ParamRole::embedding || info.role == ParamRole::bias ||
+                                               info.role == ParamRole::norm_gain);
   return config_.lr * (adamw ? config_.adam_lr_mult : 1.0) * (*schedule_)(step);
 }
 

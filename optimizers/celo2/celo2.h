@@ -14,7 +14,8 @@
 ///   step = direction · exp(exp_mult · magnitude); Newton–Schulz-orthogonalised over the last two
 ///   dimensions (Celo2; not Celo2-base); normalised to unit RMS over the last two dimensions; × rmsmult
 ///   p <- p - lr_t (step + weight_decay · p),  lr_t = lr × schedule(t)
-/// Tensors of rank <= 1 and embeddings take an AdamW step with its own moments (adamw_variant).
+/// Tensors of rank <= 1 and embeddings take an AdamW step with its own moments (adamw_variant;
+/// adamw_for_1d false sends them through the network too).
 #include <array>
 #include <map>
 #include <string>
@@ -48,8 +49,8 @@ struct Celo2Config {
   int64_t ns_steps = 5;
   std::vector<double> ns_coeffs = {3.4445, -4.7750, 2.0315};
   double ns_eps = 1e-8;
-  /// AdamW for tensors of rank <= 1 and embeddings (false: rank-1 tensors go through the network
-  /// with the first 9 input groups, as PyLO's use_adamw_for_1d=False; embeddings always take AdamW).
+  /// AdamW for tensors of rank <= 1 and embeddings (false, as PyLO's use_adamw_for_1d=False: every
+  /// tensor goes through the network, vectors with the first 9 input groups).
   bool adamw_for_1d = true;
   /// "pylo": PyLO's _adamw_step — own moments, bias-corrected, p -= lr_a (m̂ / (sqrt(v̂) + eps) + wd_a p),
   ///   betas (0.9, 0.95), lr_a = lr × adam_lr_mult (1).

@@ -19,26 +19,10 @@ using json = nlohmann::json;
 
 namespace {
 
-torch::Tensor from_json(const json& j) {
-  auto shape = j.at("shape").get<std::vector<int64_t>>();
-  auto data = j.at("data").get<std::vector<float>>();
-  return torch::tensor(data, torch::kFloat32).reshape(shape).clone();
-}
-
-/// |a - b| relative to max(|b|, 1e-3 * max|b|) elementwise, maximised.
-double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
-  if (b.numel() == 0) return a.numel() == 0 ? 0.0 : 1e9;
-  auto b64 = b.to(torch::kFloat64);
-  double floor = std::max(1e-3 * b64.abs().max().item<double>(), 1e-30);
-  return ((a.to(torch::kFloat64) - b64).abs() / b64.abs().clamp_min(floor)).max().item<double>();
-}
-
-/// max|a - b| / max|b|: for intermediate quantities whose near-zero entries come from cancellation.
-double scaled_err(const torch::Tensor& a, const torch::Tensor& b) {
-  if (b.numel() == 0) return a.numel() == 0 ? 0.0 : 1e9;
-  auto b64 = b.to(torch::kFloat64);
-  return (a.to(torch::kFloat64) - b64).abs().max().item<double>() / std::max(b64.abs().max().item<double>(), 1e-30);
-}
+using lopt_test::from_json;
+using lopt_test::rel_err;
+using lopt_test::scaled_err;
+using lopt_test::update_err;
 
 struct GoldenCase {
   std::string name;
@@ -90,18 +74,6 @@ GoldenCase load_case(const json& root, const std::string& name, const std::strin
   }
   gc.steps = c.at("steps");
   return gc;
-}
-
-/// max |update_a - update_b| / (|update_b| + floor + one float32 rounding of the new parameter).
-/// The update is read back as p_new - p_old; p_new is stored in float32, so an element whose update
-/// is tiny next to |p| carries a rounding error of up to 2^-24 |p_new| in either path (6e-8 at |p| = 1,
-/// 1.7e-3 of an update of 3.5e-5): that part is the representation of p, not the kernel's accuracy.
-double update_err(const torch::Tensor& pa, const torch::Tensor& pb, const torch::Tensor& before) {
-  auto a = pa.to(torch::kFloat64), b = pb.to(torch::kFloat64), p0 = before.to(torch::kFloat64);
-  auto ua = a - p0, ub = b - p0;
-  const double floor = std::max(1e-3 * ub.abs().max().item<double>(), 1e-30);
-  auto rounding = b.abs() * std::ldexp(1.0, -24) * 2;  // both paths round p_new once
-  return ((ua - ub).abs() / (ub.abs().clamp_min(floor) + rounding / 1e-4)).max().item<double>();
 }
 
 /// Runs body(target name) once per Highway target compiled into the fused kernel and supported
