@@ -82,6 +82,13 @@ void register_builtin_learned_optimizers() {
       resolve_checkpoint_config};
   register_learned_optimizer_type("small_fc_lopt", small_fc_lopt);
   register_learned_optimizer_type("mulo", small_fc_lopt);
+  // ELO: small_fc_lopt's network without learned decay offsets, a checkpoint family of its own.
+  register_learned_optimizer_type("elo", LearnedOptimizerType{
+      "elo",
+      [](const nlohmann::json& config, const std::string& path) -> std::unique_ptr<LearnedOptimizer> {
+        return make_small_fc_lopt(config, path);
+      },
+      resolve_elo_checkpoint});
   // Celo2 (Newton–Schulz-orthogonalised steps) and Celo2-base share theta's layout and checkpoints.
   const LearnedOptimizerType celo2{
       "celo2",

@@ -1,6 +1,7 @@
 #include "support.h"
 
 #include "experiments/h5_writer.h"
+#include "optimizers/kernels/lopt_cpu.h"
 
 #include "common/errors.h"
 
@@ -130,6 +131,20 @@ double update_err(const torch::Tensor& pa, const torch::Tensor& pb, const torch:
   const double floor = std::max(1e-3 * ub.abs().max().item<double>(), 1e-30);
   auto rounding = b.abs() * std::ldexp(1.0, -24) * 2;  // both paths round p_new once
   return ((ua - ub).abs() / (ub.abs().clamp_min(floor) + rounding / 1e-4)).max().item<double>();
+}
+
+void for_each_kernel_target(const std::function<void(const std::string&)>& body) {
+  const auto targets = lopt::kernels::available_targets();
+  ASSERT_GE(targets.size(), 1u);
+  struct Restore {
+    ~Restore() { lopt::kernels::force_target(0); }
+  } restore;
+  for (int64_t t : targets) {
+    lopt::kernels::force_target(t);
+    const std::string name = lopt::kernels::target_name(t);
+    ASSERT_EQ(lopt::kernels::dispatched_target(), name) << "dispatch did not follow force_target";
+    body(name);
+  }
 }
 
 }  // namespace lopt_test

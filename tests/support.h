@@ -63,6 +63,10 @@ double scaled_err(const torch::Tensor& a, const torch::Tensor& b);
 /// updates read back as p_new - p_old from `pa`, `pb` and `before` (see support.cpp).
 double update_err(const torch::Tensor& pa, const torch::Tensor& pb, const torch::Tensor& before);
 
+/// Runs body(target name) once per Highway target compiled into the fused kernels and supported by
+/// this CPU (AVX3, AVX2, SSE4, EMU128 on x86; NEON, EMU128 on ARM), restoring dispatch after.
+void for_each_kernel_target(const std::function<void(const std::string&)>& body);
+
 /// Reads an integer attribute of an HDF5 file's root group.
 int64_t h5_int_attr(const std::string& path, const std::string& name);
 

@@ -176,7 +176,7 @@ HWY_INLINE void Dense(const float* HWY_RESTRICT w, int rows, int cols, const flo
 
 /// Runs the hidden layers and the output layer on h (first hidden activations, [hidden][kB]) and
 /// updates kB parameters at p: step = d * exp(m * exp_mult) * step_mult; p -= lr * step; then
-/// weight decay p -= lr * wd * p.
+/// weight decay p -= lr * wd * p (of the updated p, or of the old one when decay_on_old).
 HWY_INLINE void MlpTailAndUpdate(const LoptTensor& t, float* HWY_RESTRICT h, float* HWY_RESTRICT h2,
                                  float* HWY_RESTRICT p) {
   const D d;
@@ -207,8 +207,9 @@ HWY_INLINE void MlpTailAndUpdate(const LoptTensor& t, float* HWY_RESTRICT h, flo
     const V dir = hn::Add(acc[0][0][v], acc[0][1][v]);
     const V mag = hn::Add(acc[1][0][v], acc[1][1][v]);
     const V step = hn::Mul(hn::Mul(dir, hn::Exp(d, hn::Mul(mag, exp_mult))), step_mult);
-    V pn = hn::Sub(hn::LoadU(d, p + v * kL), hn::Mul(lr, step));
-    if (t.decay != 0.0f) pn = hn::Sub(pn, hn::Mul(decay, pn));
+    const V p_old = hn::LoadU(d, p + v * kL);
+    V pn = hn::Sub(p_old, hn::Mul(lr, step));
+    if (t.decay != 0.0f) pn = hn::Sub(pn, hn::Mul(decay, t.decay_on_old ? p_old : pn));
     hn::StoreU(pn, d, p + v * kL);
   }
 }

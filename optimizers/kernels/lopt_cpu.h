@@ -64,6 +64,7 @@ struct LoptTensor {
   const float* b_out = nullptr;      ///< [2]
   float exp_mult = 0, step_mult = 0, lr = 0;
   float decay = 0;  ///< lr * weight_decay; 0 = none
+  bool decay_on_old = false;  ///< ELO: p - lr step - decay p_old (else the decay applies to the updated p)
 };
 
 /// Pass one over units [begin, end) (rows in the rows layout, elements otherwise): updates momentum

@@ -71,6 +71,7 @@ struct Tensor {
   float fac_decay[3] = {0, 0, 0};
   float time_features[kTimeFeatures] = {0};
   float lr = 0, decay = 0;  ///< decay = lr * weight_decay (0: none)
+  int decay_on_old = 0;     ///< ELO: the decay of the old p (else of the updated p)
   float exp_mult = 0, step_mult = 0;
 };
 
@@ -278,7 +279,7 @@ LOPT_HD void phase5(const Tensor& t, int64_t i, const float* w_in, const float* 
   }
   const float step = o[0] * expf(o[1] * t.exp_mult) * t.step_mult;
   float pn = p - t.lr * step;
-  if (t.decay > 0) pn = pn - t.decay * pn;
+  if (t.decay > 0) pn = pn - t.decay * (t.decay_on_old ? p : pn);
   t.p[i] = pn;
 }
 

@@ -327,6 +327,7 @@ void fold(Work& w, const double* elem_sumsq) {
   t.step_mult = static_cast<float>(cfg.step_mult);
   t.lr = static_cast<float>(job.lr);
   t.decay = cfg.weight_decay > 0 ? static_cast<float>(job.lr * cfg.weight_decay) : 0.0f;
+  t.decay_on_old = cfg.elo;
 }
 
 }  // namespace

@@ -136,6 +136,7 @@ void gpu_lopt_steps(const std::vector<FusedJob>& jobs) {
     for (int s = 0; s < gpu::kTimeFeatures; ++s) t.time_features[s] = static_cast<float>(tf[static_cast<size_t>(s)]);
     t.lr = static_cast<float>(j.lr);
     t.decay = cfg.weight_decay > 0 ? static_cast<float>(j.lr * cfg.weight_decay) : 0.0f;
+    t.decay_on_old = cfg.elo ? 1 : 0;
     t.exp_mult = static_cast<float>(cfg.exp_mult);
     t.step_mult = static_cast<float>(cfg.step_mult);
     auto mlp = j.opt->packed_mlp(device);

@@ -23,10 +23,17 @@ namespace lopt {
 SmallFcLoptConfig SmallFcLoptConfig::from_json(const nlohmann::json& j, const std::string& path) {
   ConfigReader r(j, path);
   auto type = r.get<std::string>("type", "mulo");
-  config_check(type == "mulo" || type == "small_fc_lopt", r.path_of("type"),
-               "unknown learned optimizer \"" + type + "\" (valid: small_fc_lopt, mulo)");
+  config_check(type == "mulo" || type == "small_fc_lopt" || type == "elo", r.path_of("type"),
+               "unknown learned optimizer \"" + type + "\" (valid: elo, mulo, small_fc_lopt)");
   SmallFcLoptConfig c;
   c.mup = type == "mulo";
+  c.elo = type == "elo";
+  if (c.elo) {
+    config_check(!r.has("step_mult"), r.path_of("step_mult"),
+                 "ELO has no step_mult: its step is lr x direction x exp(exp_mult x magnitude); set lr");
+    c.step_mult = 1.0;
+    c.lr = 1e-3;  // PyLO ELO_naive's default
+  }
   c.hidden_size = r.get<int64_t>("hidden_size", c.hidden_size);
   c.hidden_layers = r.get<int64_t>("hidden_layers", c.hidden_layers);
   c.step_mult = r.get<double>("step_mult", c.step_mult);
@@ -58,7 +65,7 @@ SmallFcLoptConfig SmallFcLoptConfig::from_json(const nlohmann::json& j, const st
 }
 
 nlohmann::json SmallFcLoptConfig::to_json() const {
-  nlohmann::json j = {{"type", mup ? "mulo" : "small_fc_lopt"},
+  nlohmann::json j = {{"type", elo ? "elo" : mup ? "mulo" : "small_fc_lopt"},
           {"hidden_size", hidden_size},
           {"hidden_layers", hidden_layers},
           {"step_mult", step_mult},
@@ -74,6 +81,7 @@ nlohmann::json SmallFcLoptConfig::to_json() const {
   if (time_features_max_step > 0) j["time_features_max_step"] = time_features_max_step;
   if (schedule.value("type", std::string("constant")) != "constant") j["schedule"] = schedule;
   if (worker_inputs > 0) j["worker_inputs"] = worker_inputs;
+  if (elo) j.erase("step_mult");
   return j;
 }
 
@@ -98,6 +106,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> SmallFcLopt::theta_lay
   }
   l.push_back({"network.output.weight", {2, h}});
   l.push_back({"network.output.bias", {2}});
+  if (config_.elo) return l;  // ELO: raw decays, nothing to learn
   l.push_back({"momentum_decays", {3}});
   l.push_back({"rms_decays", {1}});
   l.push_back({"adafactor_decays", {3}});
@@ -279,6 +288,18 @@ nlohmann::json resolve_checkpoint_config(const nlohmann::json& config, const std
   return out;
 }
 
+nlohmann::json resolve_elo_checkpoint(const nlohmann::json& config, const std::string& checkpoint,
+                                      const std::string& path) {
+  static const std::vector<std::string> kOwned = {"type", "hidden_size", "hidden_layers", "exp_mult",
+                                                  "initial_momentum_decays", "initial_rms_decays",
+                                                  "initial_adafactor_decays"};
+  const auto stored = read_checkpoint_config(checkpoint);
+  if (!stored.from_lopt)
+    std::fprintf(stderr, "note: %s has no lopt metadata (a PyLO MetaMLP checkpoint): PyLO's defaults for exp_mult "
+                         "1e-3 and the decays\n", checkpoint.c_str());
+  return complete_from_checkpoint(config, stored.config, kOwned, checkpoint, path);
+}
+
 nlohmann::json SmallFcLopt::hyperparams() const { return config_.to_json(); }
 
 std::unique_ptr<Optimizer> SmallFcLopt::bind(const torch::Tensor& theta, const nlohmann::json& provenance) const {
@@ -365,6 +386,13 @@ torch::Tensor SmallFcLoptOptimizer::packed_mlp(const torch::Device& device) cons
 }
 
 SmallFcLoptOptimizer::Decays SmallFcLoptOptimizer::decays() const {
+  if (config_.elo) {
+    // ELO (PyLO ELO_naive): the decays as given, no reparameterisation.
+    auto raw = [&](const std::vector<double>& d) {
+      return torch::tensor(std::vector<float>(d.begin(), d.end())).to(theta_.device());
+    };
+    return {raw(config_.initial_momentum_decays), raw(config_.initial_rms_decays), raw(config_.initial_adafactor_decays)};
+  }
   // beta = clip(1 - (1 - initial) * exp(10 * offset), 0, 1)  (learned_optimization reparam_decay=10)
   auto conv = [&](const std::vector<double>& init, const torch::Tensor& off) {
     auto one_minus = torch::tensor(std::vector<float>(init.begin(), init.end())).to(off.device()).neg().add(1.0);
@@ -396,6 +424,27 @@ torch::Tensor clip_scale(const std::vector<torch::Tensor>& grads, double max_nor
   for (const auto& g : grads) total = total + g.to(torch::kFloat64).square().sum();
   return (max_norm / (total.sqrt() + lo_eps::kClipNorm)).clamp_max(1.0).to(torch::kFloat32);
 }
+
+/// The gradients the step sees: clipped to max_grad_norm when set (torch's clip_grad_norm_; ELO:
+/// optax's clip_by_global_norm, max_norm / max(norm, max_norm)); ELO also replaces NaN / inf
+/// (torch.nan_to_num).
+std::vector<torch::Tensor> prepared_grads(const SmallFcLoptConfig& config, const std::vector<torch::Tensor>& grads_in) {
+  std::vector<torch::Tensor> grads = grads_in;
+  if (config.elo)
+    for (auto& g : grads) g = torch::nan_to_num(g);
+  if (config.max_grad_norm > 0) {
+    torch::Tensor scale;
+    if (config.elo) {
+      auto total = torch::zeros({}, torch::kFloat64);
+      for (const auto& g : grads) total = total + g.to(torch::kFloat64).square().sum();
+      scale = (config.max_grad_norm / total.sqrt().clamp_min(config.max_grad_norm)).to(torch::kFloat32);
+    } else {
+      scale = clip_scale(grads, config.max_grad_norm);
+    }
+    for (auto& g : grads) g = g * scale;
+  }
+  return grads;
+}
 }  // namespace
 
 OptState SmallFcLoptOptimizer::update(const OptState& state, const std::vector<torch::Tensor>& grads,
@@ -413,11 +462,7 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
               config_.worker_inputs > 0 ? "a learned aggregator (worker_inputs > 0) steps only through a GlobalUpdate, which passes the workers' deltas"
                                         : "worker deltas given to a learned optimizer without worker_inputs");
   if (worker_deltas) TORCH_CHECK(worker_deltas->size() == grads_in.size(), "SmallFcLoptOptimizer: one worker-delta tensor per parameter");
-  std::vector<torch::Tensor> grads = grads_in;
-  if (config_.max_grad_norm > 0) {
-    auto scale = clip_scale(grads, config_.max_grad_norm);
-    for (auto& g : grads) g = g * scale;
-  }
+  const auto grads = prepared_grads(config_, grads_in);
   const auto dec = decays();
   const double t = static_cast<double>(config_.time_feature_step(state.step));  // PyLO: step incremented first, feature uses step - 1
   std::vector<float> tf;
@@ -462,7 +507,8 @@ OptState SmallFcLoptOptimizer::step(const OptState& state, const std::vector<tor
     auto stepv = direction * torch::exp(magnitude * config_.exp_mult) * config_.step_mult;
     const double lr = lr_at(state.step, state.params.info[i]);
     auto p_new = p - lr * stepv;
-    if (config_.weight_decay > 0) p_new = p_new - (lr * config_.weight_decay) * p_new;  // PyLO: on the updated p
+    // PyLO AdafacLO / MuLO: the decay on the updated p; ELO: p -= lr (step + wd p), on the old p.
+    if (config_.weight_decay > 0) p_new = p_new - (lr * config_.weight_decay) * (config_.elo ? p : p_new);
     out.params.tensors.push_back(p_new.reshape(p0.sizes()));
     out.slots["mom"].push_back(mom);
     out.slots["rms"].push_back(rms);
@@ -482,11 +528,7 @@ void add_fused_jobs(const SmallFcLoptOptimizer& opt, OptState& state, const std:
   check_grads(state, grads, "SmallFcLoptOptimizer::update_");
   TORCH_CHECK(opt.config().worker_inputs == 0,
               "a learned aggregator (worker_inputs > 0) steps only through a GlobalUpdate, which passes the workers' deltas");
-  std::vector<torch::Tensor> g = grads;
-  if (opt.config().max_grad_norm > 0) {
-    auto scale = clip_scale(grads, opt.config().max_grad_norm);
-    for (auto& x : g) x = x * scale;
-  }
+  const auto g = prepared_grads(opt.config(), grads);
   for (size_t i = 0; i < g.size(); ++i)
     jobs.push_back({&opt, &state.params.tensors[i], g[i],
                     {&state.slots.at("mom")[i], &state.slots.at("rms")[i], &state.slots.at("fac_vec_row")[i],

@@ -33,6 +33,10 @@ struct SmallFcLoptConfig {
   /// knob, e.g. to anneal a learned optimizer past its meta-training horizon (not in PyLO).
   nlohmann::json schedule = {{"type", "constant"}};
   bool mup = false;            ///< muLO: per-tensor LR x 1/width_mult for hidden weights
+  /// ELO (type "elo", PyLO ELO_naive): the same network and features with the decays used as given
+  /// (theta holds no decay offsets), no step_mult, p -= lr (d exp(exp_mult m) + wd p) with the decay
+  /// on the old p, NaN gradients zeroed and optax's global-norm clipping. Its own checkpoint family.
+  bool elo = false;
   std::vector<double> initial_momentum_decays = {0.9, 0.99, 0.999};
   std::vector<double> initial_rms_decays = {0.999};
   std::vector<double> initial_adafactor_decays = {0.9, 0.99, 0.999};
@@ -176,7 +180,12 @@ CheckpointConfig read_checkpoint_config(const std::string& checkpoint);
 nlohmann::json resolve_checkpoint_config(const nlohmann::json& config, const std::string& checkpoint,
                                          const std::string& path);
 
-/// Builds {"type": "small_fc_lopt" | "mulo", ...} (make_learned_optimizer, as the concrete type).
+/// resolve_checkpoint of the ELO family: type, hidden_size, hidden_layers, exp_mult and the decays
+/// from the checkpoint (a PyLO MetaMLP file: its geometry, PyLO's defaults for the rest).
+nlohmann::json resolve_elo_checkpoint(const nlohmann::json& config, const std::string& checkpoint,
+                                      const std::string& path);
+
+/// Builds {"type": "small_fc_lopt" | "mulo" | "elo", ...} (make_learned_optimizer, as the concrete type).
 std::unique_ptr<SmallFcLopt> make_small_fc_lopt(const nlohmann::json& config, const std::string& path = "/lopt");
 
 namespace detail {

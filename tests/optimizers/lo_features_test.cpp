@@ -10,7 +10,7 @@ namespace {
 
 using lopt::lo::factored_dims;
 
-TEST(Accumulators, FactoredDimsAreTheTwoLargestWithTiesToTheLowerIndex) {
+TEST(LoFeatures, FactoredDimsAreTheTwoLargestWithTiesToTheLowerIndex) {
   EXPECT_EQ(factored_dims({3, 7}), (std::pair<int64_t, int64_t>{0, 1}));
   EXPECT_EQ(factored_dims({7, 3}), (std::pair<int64_t, int64_t>{1, 0}));
   EXPECT_EQ(factored_dims({5, 5}), (std::pair<int64_t, int64_t>{0, 1}));  // argsort keeps order
@@ -20,7 +20,7 @@ TEST(Accumulators, FactoredDimsAreTheTwoLargestWithTiesToTheLowerIndex) {
 
 // learned_optimization's factored accumulator written out in float64 loops for a [2, 3, 4] tensor
 // (d0 = 2 of size 4, d1 = 1 of size 3), two steps, three decays.
-TEST(Accumulators, FactoredMomentsMatchAFloat64LoopReference) {
+TEST(LoFeatures, FactoredMomentsMatchAFloat64LoopReference) {
   auto gen = torch::make_generator<at::CPUGeneratorImpl>(11);
   const double decay[3] = {0.5, 0.9, 0.99};
   auto dec = torch::tensor({0.5f, 0.9f, 0.99f});
@@ -75,7 +75,7 @@ TEST(Accumulators, FactoredMomentsMatchAFloat64LoopReference) {
     }
 }
 
-TEST(Accumulators, VectorMomentsAndRollingAverage) {
+TEST(LoFeatures, VectorMomentsAndRollingAverage) {
   auto dec = torch::tensor({0.9f, 0.99f, 0.999f});
   auto g = torch::tensor({3.0f, -1e-3f, 0.0f});
   std::map<std::string, std::vector<torch::Tensor>> slots;

@@ -23,6 +23,7 @@ using lopt_test::from_json;
 using lopt_test::rel_err;
 using lopt_test::scaled_err;
 using lopt_test::update_err;
+using lopt_test::for_each_kernel_target;
 
 struct GoldenCase {
   std::string name;
@@ -74,22 +75,6 @@ GoldenCase load_case(const json& root, const std::string& name, const std::strin
   }
   gc.steps = c.at("steps");
   return gc;
-}
-
-/// Runs body(target name) once per Highway target compiled into the fused kernel and supported
-/// by this CPU (AVX3, AVX2, SSE4, EMU128 on x86; NEON, EMU128 on ARM), restoring dispatch after.
-void for_each_kernel_target(const std::function<void(const std::string&)>& body) {
-  const auto targets = lopt::kernels::available_targets();
-  ASSERT_GE(targets.size(), 1u);
-  struct Restore {
-    ~Restore() { lopt::kernels::force_target(0); }
-  } restore;
-  for (int64_t t : targets) {
-    lopt::kernels::force_target(t);
-    const std::string name = lopt::kernels::target_name(t);
-    ASSERT_EQ(lopt::kernels::dispatched_target(), name) << "dispatch did not follow force_target";
-    body(name);
-  }
 }
 
 const json& golden() {
