@@ -3,8 +3,8 @@
 /// `learned_optimizers/common.py` and `adafac_mlp_lopt.py`, as PyLO's AdafacLO_naive has them),
 /// defined once for every implementation: the tensor-op features (lo_features.cpp) and step
 /// (small_fc_lopt/small_fc_lopt.cpp), the fused driver (small_fc_lopt/fused.cpp), the SIMD kernels
-/// (kernels/lopt_cpu.cpp) and the CUDA kernels' shared host/device code (kernels/lopt_gpu.h). Plain constexpr scalars without LibTorch, so that nvcc and
-/// the Highway per-target passes can include this header. The float versions are the literals the
+/// (kernels/lopt_cpu.cpp) and the CUDA kernels' shared host/device code (kernels/lopt_gpu.h). Plain
+/// constexpr scalars without LibTorch, so that nvcc and the Highway per-target passes can include it. The float versions are the literals the
 /// kernels always used (checked below), so switching to these names changed no result bit.
 namespace lopt::lo_eps {
 
