@@ -25,6 +25,7 @@ CoordCheckConfig CoordCheckConfig::from_json(const nlohmann::json& j) {
   c.dataset = r.get<std::string>("dataset", c.dataset);
   c.data_dir = r.get<std::string>("data_dir", c.data_dir);
   c.task = r.object("task");
+  c.optimizers = r.object("optimizers");
   r.finish();
   config_check(!c.widths.empty(), "/widths", "must be a non-empty list");
   for (auto w : c.widths) config_check(w >= 1, "/widths", "widths must be >= 1");
@@ -35,6 +36,11 @@ CoordCheckConfig CoordCheckConfig::from_json(const nlohmann::json& j) {
   config_check(c.lr > 0, "/lr", "must be > 0");
   config_check(!c.task.contains("width") && !c.task.contains("parametrization"), "/task",
                "width and parametrization are set per point from widths, parametrizations and base_width");
+  for (auto it = c.optimizers.begin(); it != c.optimizers.end(); ++it) {
+    config_check(it.key() == "sp" || it.key() == "mup", "/optimizers/" + it.key(),
+                 "keys are parametrizations (sp, mup), values optimizer configs, e.g. {\"mup\": {\"type\": \"mucelo2\"}}");
+    make_optimizer(it.value(), "/optimizers/" + it.key());  // every optimizer is valid before any work
+  }
   for (const auto& p : c.parametrizations)
     for (auto w : c.widths) resolve_task_config(coord_check_task(c, w, p), "/task");
   return c;
@@ -43,7 +49,8 @@ CoordCheckConfig CoordCheckConfig::from_json(const nlohmann::json& j) {
 nlohmann::json CoordCheckConfig::to_json() const {
   return {{"widths", widths}, {"parametrizations", parametrizations}, {"depth", depth},   {"steps", steps},
           {"seeds", seeds},   {"lr", lr},     {"batch_size", batch_size}, {"image_size", image_size},
-          {"base_width", base_width}, {"dataset", dataset}, {"data_dir", data_dir}, {"task", task}};
+          {"base_width", base_width}, {"dataset", dataset}, {"data_dir", data_dir}, {"task", task},
+          {"optimizers", optimizers}};
 }
 
 nlohmann::json coord_check_task(const CoordCheckConfig& c, int64_t width, const std::string& parametrization) {
@@ -54,6 +61,11 @@ nlohmann::json coord_check_task(const CoordCheckConfig& c, int64_t width, const 
   t["width"] = width;
   t["parametrization"] = {{"type", parametrization}, {"base_width", c.base_width}};
   return t;
+}
+
+nlohmann::json coord_check_optimizer(const CoordCheckConfig& c, const std::string& parametrization) {
+  if (c.optimizers.contains(parametrization)) return c.optimizers.at(parametrization);
+  return {{"type", parametrization == "mup" ? "muadam" : "adam"}, {"lr", c.lr}};
 }
 
 double CoordCheckResult::at(size_t p, size_t w, int64_t t, size_t l) const {
@@ -75,7 +87,7 @@ CoordCheckResult run_coord_check(const CoordCheckConfig& c, ProgressMode progres
         res.rms.assign(P * W * T * res.layers.size(), 0.0);
       }
       const size_t L = res.layers.size();
-      auto opt = make_optimizer({{"type", c.parametrizations[p] == "mup" ? "muadam" : "adam"}, {"lr", c.lr}});
+      auto opt = make_optimizer(coord_check_optimizer(c, c.parametrizations[p]), "/optimizers/" + c.parametrizations[p]);
       for (int64_t s = 0; s < c.seeds; ++s) {
         auto gen = make_generator(derive_seed(static_cast<uint64_t>(s), "coord_check"));
         auto state = opt->init(task->init(gen));

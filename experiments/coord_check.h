@@ -27,6 +27,9 @@ struct CoordCheckConfig {
   std::string dataset = "fashion_mnist";
   std::string data_dir;
   nlohmann::json task = nlohmann::json::object();  ///< empty: the MLP above
+  /// Optimizer per parametrization, e.g. {"sp": {"type": "celo2", ...}, "mup": {"type": "mucelo2", ...}};
+  /// a parametrization not named takes Adam (sp) / μAdam (mup) at `lr`.
+  nlohmann::json optimizers = nlohmann::json::object();
 
   static CoordCheckConfig from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;
@@ -42,6 +45,9 @@ struct CoordCheckResult {
   std::vector<double> rms;
   double at(size_t p, size_t w, int64_t t, size_t l) const;
 };
+
+/// The optimizer config run under `parametrization`.
+nlohmann::json coord_check_optimizer(const CoordCheckConfig& config, const std::string& parametrization);
 
 CoordCheckResult run_coord_check(const CoordCheckConfig& config, ProgressMode progress = ProgressMode::automatic);
 void write_coord_check(const std::string& path, const CoordCheckResult& result);

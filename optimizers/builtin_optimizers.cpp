@@ -89,7 +89,7 @@ void register_builtin_learned_optimizers() {
         return make_small_fc_lopt(config, path);
       },
       resolve_elo_checkpoint});
-  // Celo2 (Newton–Schulz-orthogonalised steps) and Celo2-base share theta's layout and checkpoints.
+  // Celo2 (Newton–Schulz-orthogonalised steps), Celo2-base and μCelo2 share theta's layout and checkpoints.
   const LearnedOptimizerType celo2{
       "celo2",
       [](const nlohmann::json& config, const std::string& path) -> std::unique_ptr<LearnedOptimizer> {
@@ -98,6 +98,7 @@ void register_builtin_learned_optimizers() {
       resolve_celo2_checkpoint};
   register_learned_optimizer_type("celo2", celo2);
   register_learned_optimizer_type("celo2_base", celo2);
+  register_learned_optimizer_type("mucelo2", celo2);
 }
 
 }  // namespace lopt

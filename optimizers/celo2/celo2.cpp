@@ -14,6 +14,7 @@
 #include "optimizers/lo_features.h"
 #include "optimizers/muon.h"
 #include "optimizers/safetensors.h"
+#include "parametrization/parametrization.h"
 
 namespace lopt {
 
@@ -34,10 +35,11 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
 Celo2Config Celo2Config::from_json(const nlohmann::json& j, const std::string& path) {
   ConfigReader r(j, path);
   const auto type = r.get<std::string>("type", "celo2");
-  config_check(type == "celo2" || type == "celo2_base", r.path_of("type"),
-               "unknown learned optimizer \"" + type + "\" (valid: celo2, celo2_base)");
+  config_check(type == "celo2" || type == "celo2_base" || type == "mucelo2", r.path_of("type"),
+               "unknown learned optimizer \"" + type + "\" (valid: celo2, celo2_base, mucelo2)");
   Celo2Config c;
-  c.orthogonalize = type == "celo2";
+  c.orthogonalize = type != "celo2_base";
+  c.mup = type == "mucelo2";
   c.hidden_size = r.get<int64_t>("hidden_size", c.hidden_size);
   c.hidden_layers = r.get<int64_t>("hidden_layers", c.hidden_layers);
   c.lr = r.get<double>("lr", c.lr);
@@ -341,10 +343,11 @@ OptState Celo2Optimizer::update(const OptState& state, const std::vector<torch::
   OptState out;
   out.step = state.step + 1;
   out.params.info = state.params.info;
-  const double lr_t = config_.lr * (*schedule_)(state.step);
+  const double sched_lr = config_.lr * (*schedule_)(state.step);
   const double t = static_cast<double>(out.step);
   for (size_t i = 0; i < grads.size(); ++i) {
     const auto& p = state.params.tensors[i];
+    const double lr_t = sched_lr * mup_mult(state.params.info[i]);
     const auto g = grads[i].clamp(-config_.grad_clip, config_.grad_clip);
     const auto slot = [&](const char* k) { return state.slots.at(k)[i]; };
     std::array<torch::Tensor, 5> acc = {slot("mom"), slot("rms"), slot("fac_vec_row"), slot("fac_vec_col"), slot("fac_vec_v")};
@@ -384,7 +387,11 @@ double Celo2Optimizer::lr_at(int64_t step, const ParamInfo& info) const {
   // The AdamW tensors' lr is lr x adam_lr_mult; a vector's role says which branch (embeddings: AdamW).
   const bool adamw = config_.adamw_for_1d && (info.role == ParamRole::embedding || info.role == ParamRole::bias ||
                                                info.role == ParamRole::norm_gain);
-  return config_.lr * (adamw ? config_.adam_lr_mult : 1.0) * (*schedule_)(step);
+  return config_.lr * (adamw ? config_.adam_lr_mult : 1.0) * mup_mult(info) * (*schedule_)(step);
+}
+
+double Celo2Optimizer::mup_mult(const ParamInfo& info) const {
+  return config_.mup ? MupParametrization().lr_mult(info) : 1.0;
 }
 
 nlohmann::json Celo2Optimizer::hyperparams() const {

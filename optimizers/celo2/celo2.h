@@ -34,6 +34,9 @@ constexpr int64_t kCelo2Outputs = 3;  ///< direction, magnitude, and a third the
 
 struct Celo2Config {
   bool orthogonalize = true;  ///< type "celo2"; "celo2_base" has false
+  /// μCelo2 (type "mucelo2"; not in PyLO or the JAX original): Celo2 under μP, the μLO construction —
+  /// each tensor's lr × the μP multiplier of its role (hidden weights 1/width_mult, as μAdam).
+  bool mup = false;
   int64_t hidden_size = 8;
   int64_t hidden_layers = 2;  ///< dense layers after the split input layer (the last one has 3 outputs)
   double lr = 1e-3;
@@ -65,7 +68,7 @@ struct Celo2Config {
 
   static Celo2Config from_json(const nlohmann::json& j, const std::string& path);
   nlohmann::json to_json() const;
-  std::string type() const { return orthogonalize ? "celo2" : "celo2_base"; }
+  std::string type() const { return mup ? "mucelo2" : orthogonalize ? "celo2" : "celo2_base"; }
 };
 
 class Celo2 : public LearnedOptimizer {
@@ -105,6 +108,8 @@ class Celo2Optimizer : public Optimizer {
                   const torch::Tensor& loss) const override;
   double lr_at(int64_t step, const ParamInfo& info) const override;
   nlohmann::json hyperparams() const override;
+  /// μCelo2's lr multiplier of a tensor (1 unless mup).
+  double mup_mult(const ParamInfo& info) const;
   /// Whether tensor `i` of `params` takes the AdamW step.
   bool uses_adamw(const ParamSet& params, size_t i) const;
 

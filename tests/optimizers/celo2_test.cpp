@@ -10,6 +10,7 @@
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/rng.h"
+#include "experiments/coord_check.h"
 #include "optimizers/optimizer.h"
 #include "support.h"
 
@@ -189,4 +190,52 @@ TEST(Celo2, BadConfigsNameTheKey) {
   lopt_test::expect_config_error(build, {{"grad_clip", 0}}, "/optimizer/grad_clip");
   lopt_test::expect_config_error(build, {{"initial_rms_decays", {0.9, 0.99}}}, "/optimizer/initial_rms_decays");
   lopt_test::expect_config_error(build, {{"step_mult", 1e-3}}, "/optimizer/step_mult");  // a small_fc_lopt key
+}
+
+// μCelo2's coordinate check. Celo2's update is RMS-normalised per tensor (and orthogonalised), so its
+// entries are O(1) at every width; when it is aligned with the gradient, as a trained Celo2's is, a
+// hidden layer's activations then change in proportion to the width under one lr for every tensor,
+// even with the μP task parametrization. μCelo2 scales the hidden weights' lr by 1/width_mult (the μLO
+// construction) and the activations stay flat. The probe is a hand-set theta whose direction is the
+// normalised gradient (relu(g) - relu(-g) through the two hidden layers), so the check is of the
+// update's form, not of a particular meta-training. Ratios: width 256 over width 64, every layer and
+// step, both runs under the μP parametrization; printed, and bounded with a wide margin.
+TEST(Celo2, MuCelo2PassesTheCoordinateCheckAndCelo2DoesNot) {
+  lopt::Celo2 lo(lopt::Celo2Config::from_json({{"type", "celo2"}}, "/lopt"));
+  std::map<std::string, torch::Tensor> named;
+  for (const auto& [name, shape] : lo.theta_layout()) named[name] = torch::zeros(shape);
+  named["w0.0"][0][0] = 1.0;   // hidden 0 = relu(g), hidden 1 = relu(-g)
+  named["w0.0"][0][1] = -1.0;
+  named["dense_w.0"][0][0] = 1.0;
+  named["dense_w.0"][1][1] = 1.0;
+  named["dense_w.1"][0][0] = 1.0;  // direction = hidden 0 - hidden 1 = g (normalised)
+  named["dense_w.1"][1][0] = -1.0;
+  lopt_test::TempDir dir;
+  const auto file = dir.path("grad_direction.safetensors");
+  lo.save(file, lo.flatten(named));
+  auto ratios = [&](const std::string& type) {
+    lopt::CoordCheckConfig c;
+    c.widths = {64, 256};
+    c.parametrizations = {"mup"};
+    c.depth = 3;
+    c.steps = 4;
+    c.seeds = 1;
+    c.image_size = 8;
+    c.dataset = "synthetic";
+    c.optimizers = {{"mup", {{"type", type}, {"lr", 3e-2}, {"checkpoint", file}, {"override", {"type"}}}}};
+    auto r = lopt::run_coord_check(c, lopt::ProgressMode::quiet);
+    double lo_r = 1e9, hi_r = 0;
+    for (int64_t t = 1; t <= c.steps; ++t)
+      for (size_t l = 0; l < r.layers.size(); ++l) {
+        const double m = r.at(0, 1, t, l) / r.at(0, 0, t, l);
+        lo_r = std::min(lo_r, m);
+        hi_r = std::max(hi_r, m);
+      }
+    std::printf("coord check %s: width 256 / width 64 activation RMS in [%.3f, %.3f]\n", type.c_str(), lo_r, hi_r);
+    return std::make_pair(lo_r, hi_r);
+  };
+  const auto mu = ratios("mucelo2"), plain = ratios("celo2");
+  EXPECT_GT(mu.first, 0.5);
+  EXPECT_LT(mu.second, 2.0);
+  EXPECT_GT(plain.second, 2.0);
 }
