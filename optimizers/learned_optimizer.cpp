@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <mutex>
+#include <set>
 
 #include "common/config.h"
 #include "common/registry.h"
@@ -105,6 +107,31 @@ nlohmann::json complete_from_checkpoint(const nlohmann::json& config, const nloh
                                           k + "\"]");
   }
   return out;
+}
+
+std::string foreign_network(const std::string& checkpoint) {
+  const auto st = read_safetensors(checkpoint_weights_file(checkpoint));
+  if (st.tensors.count("network.input.weight")) return "MetaMLP";
+  if (st.tensors.count("b0") && st.tensors.count("w0.0")) return "CELO2MLP";
+  return "";
+}
+
+void check_foreign_network(const std::string& checkpoint, const std::string& expected, const std::string& path) {
+  if (stored_checkpoint_config(checkpoint).is_object()) return;  // lopt's own: the family check decides
+  const auto found = foreign_network(checkpoint);
+  if (found.empty() || found == expected) return;
+  auto readers = [](const std::string& net) {
+    return net == "MetaMLP" ? std::string("elo, mulo or small_fc_lopt") : std::string("celo2, celo2_base or mucelo2");
+  };
+  throw ConfigError(path + "/type", checkpoint + " holds a PyLO " + found + " network, not the " + expected +
+                                        " this type reads: set \"type\" to " + readers(found));
+}
+
+void note_once(const std::string& text) {
+  static std::mutex mutex;
+  static std::set<std::string> printed;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (printed.insert(text).second) std::fprintf(stderr, "note: %s\n", text.c_str());
 }
 
 }  // namespace lopt

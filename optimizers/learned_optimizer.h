@@ -80,6 +80,15 @@ nlohmann::json checkpoint_learned_config(const std::string& checkpoint, const st
 /// The safetensors file of a checkpoint: the path itself, or model.safetensors of a hub folder.
 std::string checkpoint_weights_file(const std::string& checkpoint);
 
+/// The network a checkpoint without lopt metadata holds, from its tensor names: "MetaMLP" (PyLO's
+/// small_fc_lopt / muLO / ELO network), "CELO2MLP" (PyLO's Celo2 network) or "" (neither).
+std::string foreign_network(const std::string& checkpoint);
+/// Throws ConfigError at `path`/type when `checkpoint` is a foreign file holding another network than
+/// `expected` ("MetaMLP" or "CELO2MLP"), naming both and the types that read it.
+void check_foreign_network(const std::string& checkpoint, const std::string& expected, const std::string& path);
+/// Prints "note: <text>" on stderr once per process for each distinct text.
+void note_once(const std::string& text);
+
 /// A family's resolve_checkpoint core: `config` (at JSON path `path`) completed with the `owned` keys
 /// (those a checkpoint decides) of `stored` (the checkpoint's config): a key the config leaves out takes
 /// the checkpoint's value; a key it names with another value is a ConfigError naming both, unless the

@@ -226,6 +226,7 @@ nlohmann::json resolve_celo2_checkpoint(const nlohmann::json& config, const std:
   static const std::vector<std::string> kOwned = {"type", "hidden_size", "hidden_layers", "exp_mult",
                                                   "initial_momentum_decays", "initial_rms_decays",
                                                   "initial_adafactor_decays"};
+  check_foreign_network(checkpoint, "CELO2MLP", path);
   nlohmann::json stored = stored_checkpoint_config(checkpoint);
   if (!stored.is_object()) {
     // A PyLO CELO2MLP file: its geometry from the tensors, the rest from the config (PyLO's defaults).
@@ -237,8 +238,7 @@ nlohmann::json resolve_celo2_checkpoint(const nlohmann::json& config, const std:
     int64_t layers = 0;
     while (st.tensors.count("dense_w." + std::to_string(layers))) ++layers;
     stored = {{"hidden_size", b0->second.size(0)}, {"hidden_layers", layers}};
-    std::fprintf(stderr, "note: %s has no lopt metadata (a PyLO CELO2MLP checkpoint): decays and exp_mult from the config\n",
-                 checkpoint.c_str());
+    note_once(checkpoint + " has no lopt metadata (a PyLO CELO2MLP checkpoint): decays and exp_mult from the config");
   }
   return complete_from_checkpoint(config, stored, kOwned, checkpoint, path);
 }

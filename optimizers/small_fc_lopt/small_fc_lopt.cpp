@@ -277,14 +277,13 @@ nlohmann::json resolve_checkpoint_config(const nlohmann::json& config, const std
   static const std::vector<std::string> kOwned = {"type", "hidden_size", "hidden_layers", "step_mult", "exp_mult",
                                                   "initial_momentum_decays", "initial_rms_decays",
                                                   "initial_adafactor_decays", "worker_inputs"};
+  check_foreign_network(checkpoint, "MetaMLP", path);
   const auto stored = read_checkpoint_config(checkpoint);
   // a PyLO file does not say whether it is muP (no "type"): the config does
   auto out = complete_from_checkpoint(config, stored.config, kOwned, checkpoint, path);
   if (!stored.from_lopt)
-    std::fprintf(stderr,
-                 "note: %s has no lopt metadata (a PyLO checkpoint): PyLO's defaults for step_mult 0.01, exp_mult "
-                 "1e-3 and the decays and their offsets; type \"%s\" from the config\n",
-                 checkpoint.c_str(), out.value("type", std::string("mulo")).c_str());
+    note_once(checkpoint + " has no lopt metadata (a PyLO checkpoint): PyLO's defaults for step_mult 0.01, exp_mult "
+              "1e-3 and the decays and their offsets; type \"" + out.value("type", std::string("mulo")) + "\" from the config");
   return out;
 }
 
@@ -293,10 +292,10 @@ nlohmann::json resolve_elo_checkpoint(const nlohmann::json& config, const std::s
   static const std::vector<std::string> kOwned = {"type", "hidden_size", "hidden_layers", "exp_mult",
                                                   "initial_momentum_decays", "initial_rms_decays",
                                                   "initial_adafactor_decays"};
+  check_foreign_network(checkpoint, "MetaMLP", path);
   const auto stored = read_checkpoint_config(checkpoint);
   if (!stored.from_lopt)
-    std::fprintf(stderr, "note: %s has no lopt metadata (a PyLO MetaMLP checkpoint): PyLO's defaults for exp_mult "
-                         "1e-3 and the decays\n", checkpoint.c_str());
+    note_once(checkpoint + " has no lopt metadata (a PyLO MetaMLP checkpoint): PyLO's defaults for exp_mult 1e-3 and the decays");
   return complete_from_checkpoint(config, stored.config, kOwned, checkpoint, path);
 }
 

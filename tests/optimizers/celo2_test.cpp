@@ -12,6 +12,8 @@
 #include "common/rng.h"
 #include "experiments/coord_check.h"
 #include "optimizers/optimizer.h"
+#include "optimizers/safetensors.h"
+#include "optimizers/small_fc_lopt/small_fc_lopt.h"
 #include "support.h"
 
 using json = nlohmann::json;
@@ -238,4 +240,26 @@ TEST(Celo2, MuCelo2PassesTheCoordinateCheckAndCelo2DoesNot) {
   EXPECT_GT(mu.first, 0.5);
   EXPECT_LT(mu.second, 2.0);
   EXPECT_GT(plain.second, 2.0);
+}
+
+// A PyLO file of one family's network given to another family: a config error naming both.
+TEST(Celo2, AForeignNetworkOfTheOtherFamilyIsAConfigError) {
+  lopt_test::TempDir dir;
+  // PyLO-style files: tensors only, no lopt metadata.
+  lopt::SafeTensors metamlp, celo2mlp;
+  auto small = lopt::make_small_fc_lopt({{"type", "small_fc_lopt"}});
+  auto gen = lopt::make_generator(5);
+  for (const auto& [name, t] : small->unflatten(small->init_theta(gen)))
+    if (name.rfind("network.", 0) == 0) metamlp.tensors[name] = t;
+  lopt::Celo2 celo(lopt::Celo2Config::from_json({{"type", "celo2"}}, "/lopt"));
+  celo2mlp.tensors = celo.unflatten(celo.init_theta(gen));
+  lopt::write_safetensors(dir.path("metamlp.safetensors"), metamlp);
+  lopt::write_safetensors(dir.path("celo2mlp.safetensors"), celo2mlp);
+  auto make = [](const json& j) { lopt::make_optimizer(j); };
+  lopt_test::expect_config_error(make, {{"type", "celo2"}, {"checkpoint", dir.path("metamlp.safetensors")}}, "/optimizer/type");
+  lopt_test::expect_config_error(make, {{"type", "mulo"}, {"checkpoint", dir.path("celo2mlp.safetensors")}}, "/optimizer/type");
+  lopt_test::expect_config_error(make, {{"type", "elo"}, {"checkpoint", dir.path("celo2mlp.safetensors")}}, "/optimizer/type");
+  // Each family reads its own foreign file (geometry from the tensors).
+  EXPECT_EQ(lopt::make_optimizer({{"type", "celo2"}, {"checkpoint", dir.path("celo2mlp.safetensors")}})->hyperparams().at("hidden_size"), 8);
+  EXPECT_EQ(lopt::make_optimizer({{"type", "elo"}, {"checkpoint", dir.path("metamlp.safetensors")}})->hyperparams().at("hidden_size"), 32);
 }
