@@ -229,14 +229,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("lopt_kernel_targets", names);
   for (int64_t t : targets) {
     const std::string suffix = t == 0 ? "" : "/" + lopt::kernels::target_name(t);
-    /// Celo2's step on tensor ops (no fused kernel yet): seeded random network; `celo2_base` without
-/// Newton-Schulz. To set against BM_Muon and BM_LoptTensorOps in the same run.
-void BM_Celo2TensorOps(benchmark::State& state, const char* type) {
-  auto opt = lopt::make_optimizer({{"type", type}, {"theta_seed", 0}});
-  run_step(state, *opt, state.range(0), state.range(1), false);
-}
-
-// Args: {kind, millions}: {0, 1} = 1M elements of matrices, {0, 5} = 5M, {1, 0} = 1.9M-parameter MLP.
+    // Args: {kind, millions}: {0, 1} = 1M elements of matrices, {0, 5} = 5M, {1, 0} = 1.9M-parameter MLP.
     benchmark::RegisterBenchmark(("BM_LoptFused" + suffix).c_str(), BM_LoptFused, t)
         ->Args({0, 1})->Args({0, 5})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
     benchmark::RegisterBenchmark(("BM_LoptPopulation" + suffix).c_str(), BM_LoptPopulation, t)
