@@ -38,12 +38,26 @@ void config_check_finite_nonneg(double v, const std::string& path) {
   config_check(std::isfinite(v) && v >= 0, path, "must be finite and >= 0, got " + std::to_string(v));
 }
 
+namespace {
+/// The deepest nesting of objects / arrays a config may have (JSON values are copied recursively).
+constexpr int kMaxJsonDepth = 100;
+
+/// ConfigError naming `what` when a JSON parse has gone deeper than kMaxJsonDepth.
+void check_json_depth(int depth, const std::string& what) {
+  // JSON values are copied and destroyed recursively: a value nested ~100k deep overflows the stack.
+  if (depth > kMaxJsonDepth)
+    throw ConfigError("", what + " nests objects or arrays more than " + std::to_string(kMaxJsonDepth) +
+                              " levels deep; lopt's configs need fewer than 10");
+}
+}  // namespace
+
 json parse_json_strict(const std::string& text, const std::string& what) {
   // Duplicate keys are an error (nlohmann keeps the last one silently): track the keys of every
   // open object.
   std::vector<std::set<std::string>> keys;
   std::string duplicate;
-  auto cb = [&](int, json::parse_event_t event, json& parsed) {
+  auto cb = [&](int depth, json::parse_event_t event, json& parsed) {
+    check_json_depth(depth, what);
     if (event == json::parse_event_t::object_start) keys.emplace_back();
     else if (event == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
     else if (event == json::parse_event_t::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second &&
@@ -127,7 +141,11 @@ void apply_override(json& config, const std::string& assignment) {
   std::string text = assignment.substr(eq + 1);
   json value;
   try {
-    value = json::parse(text);
+    value = json::parse(text, [&](int depth, json::parse_event_t, json&) {
+      if (depth > kMaxJsonDepth)
+        throw UsageError("--set " + key + ": the value nests more than " + std::to_string(kMaxJsonDepth) + " levels deep");
+      return true;
+    });
   } catch (const json::out_of_range&) {
     throw UsageError("--set " + assignment + ": the number is out of range");
   } catch (const json::parse_error&) {

@@ -68,3 +68,38 @@ TEST(Config, AtomicWriteLeavesNoTemporary) {
   EXPECT_EQ(s, "hello");
   EXPECT_FALSE(std::filesystem::exists(dir.path("sub/out.txt.tmp")));
 }
+
+// A config nested ~160k levels deep used to overflow the stack (nlohmann copies values recursively):
+// the parse stops at kMaxJsonDepth with a config error (exit 2), in a file and in --set.
+TEST(Config, DeeplyNestedJsonIsAnErrorNotACrash) {
+  const std::string deep = std::string(160000, '[') + std::string(160000, ']');
+  EXPECT_THROW(lopt::parse_json_strict(deep, "config.json"), lopt::ConfigError);
+  const std::string objects = [] {
+    std::string s;
+    for (int i = 0; i < 200; ++i) s += "{\"a\":";
+    s += "1";
+    for (int i = 0; i < 200; ++i) s += "}";
+    return s;
+  }();
+  try {
+    lopt::parse_json_strict(objects, "config.json");
+    ADD_FAILURE() << "accepted a config 200 levels deep";
+  } catch (const lopt::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("more than 100 levels"), std::string::npos) << e.what();
+  }
+  // 20 levels is fine.
+  std::string ok;
+  for (int i = 0; i < 20; ++i) ok += "[";
+  for (int i = 0; i < 20; ++i) ok += "]";
+  EXPECT_NO_THROW(lopt::parse_json_strict(ok, "config.json"));
+  lopt::json config = {{"task", lopt::json::object()}};
+  EXPECT_THROW(lopt::apply_override(config, "task.x=" + deep), lopt::UsageError);
+  lopt_test::TempDir dir;
+  {
+    std::ofstream f(dir.path("deep.json"));
+    f << "{\"task\": " << deep << "}";
+  }
+  std::string out;
+  EXPECT_EQ(lopt_test::run_lopt("train --config " + dir.path("deep.json"), &out), 2) << out;
+  EXPECT_NE(out.find("levels deep"), std::string::npos) << out;
+}
