@@ -28,9 +28,31 @@ for ((r = 0; r < n; r++)); do
   fi
   pids+=($!)
 done
-status=0
-for ((r = 0; r < n; r++)); do
-  wait "${pids[$r]}"; rc=$?
-  if [ $rc -ne 0 ] && [ $status -eq 0 ]; then status=$rc; echo "launch.sh: rank $r exited with $rc ($([ $r -eq 0 ] && echo "output above" || echo "log: $logdir/rank$r.log"))" >&2; fi
+# Wait for the ranks as they end. When one fails, the others are stopped (SIGTERM, and SIGCONT so
+# that a stopped one receives it; SIGKILL after a grace period), then every rank's exit status is
+# reported: a rank that hangs or is stopped cannot keep the launcher waiting forever.
+declare -A rank_of
+for ((r = 0; r < n; r++)); do rank_of[${pids[$r]}]=$r; done
+codes=()
+remaining=$n; status=0; killer=""
+while [ "$remaining" -gt 0 ]; do
+  done_pid=""
+  wait -n -p done_pid; rc=$?
+  [ -z "$done_pid" ] && break                  # no children left
+  [ -z "${rank_of[$done_pid]+x}" ] && continue  # the grace-period killer
+  r=${rank_of[$done_pid]}; codes[$r]=$rc; remaining=$((remaining - 1))
+  if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
+    status=$rc
+    echo "launch.sh: rank $r exited with $rc ($([ "$r" -eq 0 ] && echo "output above" || echo "log: $logdir/rank$r.log")); stopping the other ranks" >&2
+    alive=()
+    for ((q = 0; q < n; q++)); do [ -z "${codes[$q]+x}" ] && alive+=("${pids[$q]}"); done
+    kill -TERM "${alive[@]}" 2>/dev/null; kill -CONT "${alive[@]}" 2>/dev/null
+    ( sleep "${LAUNCH_GRACE_S:-10}"; kill -KILL "${alive[@]}" 2>/dev/null ) &
+    killer=$!
+  fi
 done
+[ -n "$killer" ] && kill "$killer" 2>/dev/null
+if [ "$status" -ne 0 ]; then
+  for ((r = 0; r < n; r++)); do echo "launch.sh: rank $r exit status ${codes[$r]:-unknown}" >&2; done
+fi
 exit $status

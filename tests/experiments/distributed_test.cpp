@@ -229,3 +229,24 @@ TEST(DistributedEnv, MalformedVariablesAreUsageErrors) {
 }
 
 }  // namespace
+
+// scripts/launch.sh: when a rank fails, the others are stopped — even one that is stopped (SIGSTOP)
+// and would never exit by itself — and every rank's exit status is reported (issue: the launcher used
+// to wait for rank 0 forever). Ranks here are shell one-liners; the grace period is shortened.
+TEST(Launch, AFailedRankEndsTheOthersEvenAStoppedOne) {
+  lopt_test::TempDir dir;
+  const std::string launch = std::string(LOPT_TEST_DATA_DIR) + "/../../scripts/launch.sh";
+  const std::string ranks =
+      "sh -c 'if [ \"$RANK\" = 0 ]; then kill -STOP $$; sleep 100; else sleep 1; exit 3; fi'";
+  const std::string cmd = "cd " + dir.path() + " && LAUNCH_GRACE_S=2 timeout 60 bash " + launch + " -n 2 -l logs -- " +
+                          ranks + " > out.txt 2>&1; echo $? > rc.txt";
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string out = slurp(dir.path("out.txt"));
+  EXPECT_EQ(std::atoi(slurp(dir.path("rc.txt")).c_str()), 3) << out;  // the first failure's code, not timeout's 124
+  EXPECT_LT(seconds, 30.0) << out;
+  EXPECT_NE(out.find("rank 1 exited with 3"), std::string::npos) << out;
+  EXPECT_NE(out.find("rank 0 exit status"), std::string::npos) << out;
+  EXPECT_NE(out.find("rank 1 exit status 3"), std::string::npos) << out;
+}
