@@ -213,7 +213,8 @@ bool load_checkpoint(const nlohmann::json& cfg, CptState& s) {
   if (it == st.metadata.end()) throw IoError(path, "not a cpt checkpoint (no lopt_cpt metadata)");
   auto meta = nlohmann::json::parse(it->second);
   if (meta["config"] != cfg)
-    throw UsageError("checkpoint " + path + " was written by a different cpt config; use the same config to resume, or another output");
+    throw UsageError("checkpoint " + path + " was written by a different cpt config (" +
+                     config_difference(meta["config"], cfg) + "); use the same config to resume, or another output");
   auto states = load_inner_states(meta["inner"], "cpt", st, path);
   s.opt = states[0].opt;
   if (states.size() > 1) s.pre_anneal = states[1].opt.params;
@@ -239,6 +240,32 @@ std::vector<torch::Tensor> routing_sets(const TransformerLmTask& task, const Par
 }
 
 }  // namespace
+
+std::string config_difference(const nlohmann::json& there, const nlohmann::json& now) {
+  const auto patch = nlohmann::json::diff(there, now);
+  if (patch.empty()) return "";
+  const auto& op = patch.front();
+  const std::string path = op.value("path", std::string(""));
+  nlohmann::json::json_pointer ptr(path);
+  const auto side = [&](const nlohmann::json& j) { return j.contains(ptr) ? j.at(ptr).dump() : std::string("absent"); };
+  return (path.empty() ? std::string("/") : path) + ": " + side(there) + " there, " + side(now) + " now";
+}
+
+void check_cpt_output(const std::string& output, const nlohmann::json& resolved, bool resume, bool overwrite) {
+  if (!std::filesystem::exists(output) || overwrite) return;
+  if (!resume) throw UsageError(output + " exists (a finished run): pass --overwrite to replace it, or choose another -o");
+  nlohmann::json stored;
+  try {
+    stored = nlohmann::json::parse(h5_read_string_attr(output, "config"));
+  } catch (const std::exception&) {
+    throw UsageError(output + " exists and is not a cpt result lopt can read: choose another -o, or pass --overwrite");
+  }
+  const auto diff = config_difference(stored, resolved);
+  if (diff.empty())
+    throw UsageError(output + " is already finished with this config: nothing to resume (pass --overwrite to run it again)");
+  throw UsageError(output + " is a finished run of another config (" + diff +
+                   "): --resume continues only an unfinished run of the same config; choose another -o, or pass --overwrite");
+}
 
 nlohmann::json run_cpt(const nlohmann::json& raw, ProgressMode progress_mode, bool resume, int64_t stop_after) {
   const auto cfg = resolve_cpt_config(raw);

@@ -41,6 +41,15 @@ namespace lopt {
 /// Validates a cpt config and fills every default; ConfigError naming the key.
 nlohmann::json resolve_cpt_config(const nlohmann::json& config);
 
+/// Where two resolved configs first differ, for messages: "/optimizer/lr: 0.003 there, 0.01 now"
+/// ("" when equal).
+std::string config_difference(const nlohmann::json& there, const nlohmann::json& now);
+
+/// Refuses (UsageError, exit 2) to run over the finished cpt result `output` unless `overwrite`:
+/// with --resume it says whether the file holds this config (nothing to resume) or names the first
+/// difference.
+void check_cpt_output(const std::string& output, const nlohmann::json& resolved, bool resume, bool overwrite);
+
 /// Runs (or, with `resume`, continues) a resolved or raw cpt config; returns the summary
 /// (per eval corpus the final validation loss, forgetting = its rise since the end of phase 0,
 /// tokens per second per phase).

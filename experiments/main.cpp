@@ -354,11 +354,12 @@ int cmd_compare(int argc, char** argv) {
 int cmd_cpt(int argc, char** argv) {
   Common c;
   std::string output;
-  bool resume = false;
+  bool resume = false, overwrite = false;
   long long stop_after = -1;
   auto desc = common_options(c);
   desc.add_options()("output,o", po::value(&output), "HDF5 result file (sets \"output\"; the checkpoint is <output>.ckpt.safetensors)")(
       "resume", po::bool_switch(&resume), "continue from the checkpoint of an interrupted run")(
+      "overwrite", po::bool_switch(&overwrite), "replace a finished result file")(
       "stop-after", po::value(&stop_after), "stop (with a checkpoint) once this many steps are done in total; --resume continues");
   po::variables_map vm;
   if (!parse(argc, argv, desc, "usage: lopt cpt --config FILE [--set key=value ...] [--resume] [options]", vm)) return 0;
@@ -370,8 +371,7 @@ int cmd_cpt(int argc, char** argv) {
   auto resolved = lopt::resolve_cpt_config(cfg);
   const std::string out = resolved["output"];
   lopt::OutputLock lock(out + ".lock", "the cpt result " + out);
-  if (std::filesystem::exists(out) && !resume)
-    throw lopt::UsageError(out + " exists (a finished run): choose another -o");
+  lopt::check_cpt_output(out, resolved, resume, overwrite);
   auto summary = lopt::run_cpt(resolved, mode(c), resume, stop_after);
   if (summary.contains("stopped_at")) {
     std::printf("cpt: stopped at step %lld with a checkpoint; rerun with --resume to continue\n",

@@ -110,4 +110,33 @@ TEST(Cpt, StoppedRunsResumeExactly) {
   lopt_test::expect_config_error([](const nlohmann::json& j) { lopt::resolve_cpt_config(j); }, bad, "/schedule/type");
 }
 
+// A finished result is never rerun over without --overwrite: --resume on it says "nothing to resume"
+// for the same config and names the first difference for another (it used to rerun and replace it).
+TEST(Cpt, ResumeOnAFinishedResultRefusesNamingTheDifference) {
+  lopt_test::TempDir dir;
+  auto cfg = lopt::resolve_cpt_config(cpt_config(dir, "infinite"));
+  const std::string out = cfg["output"];
+  {
+    lopt::H5Writer w(out);
+    w.attr("config", cfg.dump(2));
+    w.commit();
+  }
+  const auto message = [&](const nlohmann::json& c, bool resume, bool overwrite) {
+    try {
+      lopt::check_cpt_output(out, c, resume, overwrite);
+    } catch (const lopt::UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(accepted)");
+  };
+  EXPECT_NE(message(cfg, false, false).find("pass --overwrite"), std::string::npos);
+  EXPECT_NE(message(cfg, true, false).find("nothing to resume"), std::string::npos);
+  auto other = cfg;
+  other["optimizer"]["lr"] = 1e-2;
+  const auto m = message(other, true, false);
+  EXPECT_NE(m.find("/optimizer/lr: 0.003 there, 0.01 now"), std::string::npos) << m;
+  EXPECT_EQ(message(other, true, true), "(accepted)");
+  EXPECT_EQ(lopt::config_difference(cfg, cfg), "");
+}
+
 }  // namespace
