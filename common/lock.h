@@ -10,8 +10,9 @@ namespace lopt {
 class OutputLock {
  public:
   /// Takes the lock at `lock_path` for `what` (e.g. "meta-train output folder runs/meta/x"); throws
-  /// UsageError naming the holder's PID when another process has it.
-  OutputLock(std::string lock_path, const std::string& what);
+  /// UsageError naming the holder's PID when another process has it. A `shared` lock (e.g. each shard
+  /// of a sweep on the folder) coexists with other shared ones and excludes an exclusive one.
+  OutputLock(std::string lock_path, const std::string& what, bool shared = false);
   ~OutputLock();
   OutputLock(const OutputLock&) = delete;
   OutputLock& operator=(const OutputLock&) = delete;
@@ -19,6 +20,7 @@ class OutputLock {
  private:
   std::string path_;
   int fd_ = -1;
+  bool shared_ = false;
 };
 
 }  // namespace lopt

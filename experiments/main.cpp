@@ -273,8 +273,15 @@ int cmd_sweep(int argc, char** argv) {
     return 0;
   }
   const std::string out_dir = cfg["output_dir"];
-  const std::string lock_name = o.shards > 1 ? "/.lopt.shard" + std::to_string(o.shard) + ".lock" : "/.lopt.lock";
-  lopt::OutputLock lock(out_dir + lock_name, "the sweep folder " + out_dir);
+  // The folder: shared by the shards of one sweep, exclusive otherwise (a plain sweep or --merge must
+  // not run beside a shard); each shard and each summary file: exclusive.
+  lopt::OutputLock folder_lock(out_dir + "/.lopt.lock", "the sweep folder " + out_dir, /*shared=*/o.shards > 1);
+  std::unique_ptr<lopt::OutputLock> shard_lock;
+  if (o.shards > 1)
+    shard_lock = std::make_unique<lopt::OutputLock>(out_dir + "/.lopt.shard" + std::to_string(o.shard) + ".lock",
+                                                    "shard " + std::to_string(o.shard) + " of the sweep folder " + out_dir);
+  const std::string summary_path = lopt::sweep_summary_path(cfg, o);
+  lopt::OutputLock summary_lock(summary_path + ".lock", "the sweep summary " + summary_path);
   auto rows = lopt::run_sweep(cfg, mode(c), o);
   if (tune_only) return 0;
   const std::string table = lopt::sweep_table(cfg, rows);
@@ -311,6 +318,10 @@ int cmd_compare(int argc, char** argv) {
   }
   lopt::OutputLock lock(cfg["output_dir"].get<std::string>() + "/.lopt.lock",
                         "the comparison folder " + cfg["output_dir"].get<std::string>());
+  // The summary file may be shared by comparisons with different folders: it is locked too.
+  std::unique_ptr<lopt::OutputLock> summary_lock;
+  if (const std::string summary = cfg.value("summary", cfg["output_dir"].get<std::string>() + ".h5"); !summary.empty())
+    summary_lock = std::make_unique<lopt::OutputLock>(summary + ".lock", "the comparison summary " + summary);
   auto rows = lopt::run_compare(cfg, mode(c), f.fresh);
   auto num = [](const json& v, const char* fmt) {
     if (v.is_null()) return std::string("-");

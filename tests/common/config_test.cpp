@@ -4,6 +4,7 @@
 
 #include <fstream>
 
+#include "common/lock.h"
 #include "support.h"
 
 using lopt::ConfigError;
@@ -102,4 +103,21 @@ TEST(Config, DeeplyNestedJsonIsAnErrorNotACrash) {
   std::string out;
   EXPECT_EQ(lopt_test::run_lopt("train --config " + dir.path("deep.json"), &out), 2) << out;
   EXPECT_NE(out.find("levels deep"), std::string::npos) << out;
+}
+
+// Output locks: exclusive against everything; shared ones (the shards of one sweep) coexist and
+// exclude an exclusive one (a plain sweep or --merge on the same folder).
+TEST(OutputLock, SharedLocksCoexistAndExcludeAnExclusiveOne) {
+  lopt_test::TempDir dir;
+  const auto path = dir.path("f/.lopt.lock");
+  {
+    lopt::OutputLock a(path, "folder", true), b(path, "folder", true);
+    EXPECT_THROW(lopt::OutputLock(path, "folder"), lopt::UsageError);
+  }
+  {
+    lopt::OutputLock x(path, "folder");
+    EXPECT_THROW(lopt::OutputLock(path, "folder", true), lopt::UsageError);
+    EXPECT_THROW(lopt::OutputLock(path, "folder"), lopt::UsageError);
+  }
+  lopt::OutputLock again(path, "folder");  // released: free again
 }

@@ -108,6 +108,14 @@ TEST(Cli, HelpUnknownFlagsAndKeysAndExitCodes) {
     EXPECT_EQ(lopt_test::run_lopt("compare -q --config " + dir.path("cmp.json"), &out), 2) << out;
     EXPECT_NE(out.find("pid " + std::to_string(::getpid())), std::string::npos) << out;
   }
+  // The summary too (two comparisons with different folders and one --summary used to both succeed,
+  // the file holding whichever finished last).
+  {
+    lopt::OutputLock held(dir.path("shared_summary.h5.lock"), "test");
+    EXPECT_EQ(lopt_test::run_lopt("compare -q --config " + dir.path("cmp.json") + " --set summary=" +
+                                      dir.path("shared_summary.h5"), &out), 2) << out;
+    EXPECT_NE(out.find("comparison summary"), std::string::npos) << out;
+  }
   EXPECT_EQ(lopt_test::run_lopt("compare -q --config " + dir.path("cmp.json"), &out), 0) << out;
   EXPECT_FALSE(std::filesystem::exists(dir.path("cmp/.lopt.lock")));
 }

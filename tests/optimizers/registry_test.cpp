@@ -90,7 +90,7 @@ TEST(Registry, ACheckpointOfAnotherFamilyIsRefusedNamingItsType) {
   lopt_test::TempDir dir;
   // A learned-optimizer family of its own, as a Celo2 would register; its checkpoint records its type.
   lopt::register_learned_optimizer_type(
-      "test_other_family", {"test_other", [](const json& c, const std::string& p) { return lopt::make_learned_optimizer({{"type", "mulo"}}, p); },
+      "test_other_family", {"test_other", [](const json&, const std::string& p) { return lopt::make_learned_optimizer({{"type", "mulo"}}, p); },
                             [](const json& c, const std::string&, const std::string&) { return c; }});
   lopt::SafeTensors st;
   st.tensors["w"] = torch::zeros({2});
