@@ -1,6 +1,8 @@
 #include "common/distributed.h"
 
+#include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <map>
 #include <string>
 
@@ -89,7 +91,36 @@ auto guarded(const DistributedEnv& e, const char* what, F&& f) {
 }
 }  // namespace
 
+namespace {
+/// This process's rank, for the terminate handler below.
+DistributedEnv g_terminate_env;
+
+/// Gloo checks its wire protocol on its own I/O thread and throws there (gloo::EnforceNotMet, e.g.
+/// when ranks reduce tensors of different shapes); nothing can catch that, so the process would abort
+/// (SIGABRT). This handler turns it into lopt's exit code for a failed collective (3) with a message.
+[[noreturn]] void terminate_as_distributed_error() {
+  std::string what = "an exception outside any handler";
+  if (auto e = std::current_exception()) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      what = x.what();
+    } catch (...) {
+    }
+  }
+  if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
+  std::fprintf(stderr,
+               "lopt: error: rank %lld/%lld: a collective failed inside Gloo: %s (do all ranks run the same config? "
+               "ranks whose tensors differ in shape cannot be reduced together)\n",
+               static_cast<long long>(g_terminate_env.rank), static_cast<long long>(g_terminate_env.world_size), what.c_str());
+  std::fflush(stderr);
+  std::_Exit(3);
+}
+}  // namespace
+
 ProcessGroup::ProcessGroup(const DistributedEnv& e) : env_(e), impl_(std::make_unique<Impl>()) {
+  g_terminate_env = e;
+  std::set_terminate(terminate_as_distributed_error);
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(e.timeout_s * 1000));
   guarded(env_, "rendezvous", [&] {
     c10d::TCPStoreOptions so;
