@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/errors.h"
+#include "common/json_diff.h"
 
 #ifdef LOPT_WITH_C10D
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -194,5 +195,33 @@ torch::Tensor ProcessGroup::all_gather(const torch::Tensor& t, const char*) { re
 void ProcessGroup::barrier(const char*) {}
 
 #endif
+
+void ProcessGroup::check_same_config(const nlohmann::json& config) {
+  if (world_size() <= 1) return;
+  if (const char* v = std::getenv("LOPT_RANK_CONFIG_CHECK"); v && std::string(v) == "0") return;
+  auto compared = config;
+  compared.erase("output");  // only rank 0 writes it
+  const std::string mine = compared.dump();
+  auto len = all_gather(torch::tensor({static_cast<int64_t>(mine.size())}, torch::kInt64), "config check (lengths)");
+  const int64_t max_len = len.max().item<int64_t>();
+  auto bytes = torch::zeros({max_len}, torch::kInt64);
+  int64_t* out = bytes.data_ptr<int64_t>();
+  for (size_t k = 0; k < mine.size(); ++k) out[k] = static_cast<unsigned char>(mine[k]);
+  const auto all = all_gather(bytes, "config check").contiguous();
+  const auto text = [&](int64_t r) {
+    std::string t(static_cast<size_t>(len[r][0].item<int64_t>()), ' ');
+    const int64_t* p = all[r].data_ptr<int64_t>();
+    for (size_t k = 0; k < t.size(); ++k) t[k] = static_cast<char>(p[k]);
+    return t;
+  };
+  const std::string root = text(0);
+  for (int64_t r = 1; r < world_size(); ++r) {
+    const std::string other = text(r);
+    if (other == root) continue;
+    throw UsageError("rank " + std::to_string(r) + " runs another config than rank 0 (" +
+                     config_difference(nlohmann::json::parse(root), nlohmann::json::parse(other)) +
+                     ", rank 0's there, rank " + std::to_string(r) + "'s now): every rank must run the same config");
+  }
+}
 
 }  // namespace lopt

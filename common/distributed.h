@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace lopt {
 
 /// A collective failed (peer died, unreachable, or timed out). Exit code 3.
@@ -51,6 +53,10 @@ class ProcessGroup {
   /// Every rank's `t` stacked: [world_size, *t.shape].
   torch::Tensor all_gather(const torch::Tensor& t, const char* what);
   void barrier(const char* what);
+  /// Every rank's resolved `config` must equal rank 0's: they are exchanged (all_gather) and, on every
+  /// rank alike, a difference is a UsageError (exit 2) naming the first rank and key that differ.
+  /// "output" is not compared (only rank 0 writes it); LOPT_RANK_CONFIG_CHECK=0 skips the check.
+  void check_same_config(const nlohmann::json& config);
 
  private:
   struct Impl;

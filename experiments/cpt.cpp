@@ -241,16 +241,6 @@ std::vector<torch::Tensor> routing_sets(const TransformerLmTask& task, const Par
 
 }  // namespace
 
-std::string config_difference(const nlohmann::json& there, const nlohmann::json& now) {
-  const auto patch = nlohmann::json::diff(there, now);
-  if (patch.empty()) return "";
-  const auto& op = patch.front();
-  const std::string path = op.value("path", std::string(""));
-  nlohmann::json::json_pointer ptr(path);
-  const auto side = [&](const nlohmann::json& j) { return j.contains(ptr) ? j.at(ptr).dump() : std::string("absent"); };
-  return (path.empty() ? std::string("/") : path) + ": " + side(there) + " there, " + side(now) + " now";
-}
-
 void check_cpt_output(const std::string& output, const nlohmann::json& resolved, bool resume, bool overwrite) {
   if (!std::filesystem::exists(output) || overwrite) return;
   if (!resume) throw UsageError(output + " exists (a finished run): pass --overwrite to replace it, or choose another -o");

@@ -34,16 +34,13 @@
 
 #include <string>
 
+#include "common/json_diff.h"
 #include "common/progress.h"
 
 namespace lopt {
 
 /// Validates a cpt config and fills every default; ConfigError naming the key.
 nlohmann::json resolve_cpt_config(const nlohmann::json& config);
-
-/// Where two resolved configs first differ, for messages: "/optimizer/lr: 0.003 there, 0.01 now"
-/// ("" when equal).
-std::string config_difference(const nlohmann::json& there, const nlohmann::json& now);
 
 /// Refuses (UsageError, exit 2) to run over the finished cpt result `output` unless `overwrite`:
 /// with --resume it says whether the file holds this config (nothing to resume) or names the first

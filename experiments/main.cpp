@@ -166,6 +166,7 @@ int cmd_train(int argc, char** argv, bool local = false) {
         throw lopt::ConfigError("/local_sgd/workers", "is " + resolved["local_sgd"]["workers"].dump() + " but WORLD_SIZE is " +
                                                           std::to_string(env->world_size) + ": run one process per worker");
       group = std::make_unique<lopt::ProcessGroup>(*env);
+      group->check_same_config(resolved);
       if (group->rank() != 0) {  // rank 0 writes the result file and shows progress
         resolved["output"] = "";
         c.quiet = true;
@@ -429,6 +430,7 @@ int cmd_meta_train(int argc, char** argv) {
   const bool writer = !group || group->rank() == 0;
   if (!writer) c.quiet = true;
   lopt::MetaTrainer trainer(cfg, group.get());
+  if (group) group->check_same_config(trainer.config());
   const std::string log_path = trainer.config()["output_dir"].get<std::string>() + "/meta_train.h5";
   if (writer) trainer.on_checkpoint = [&](const lopt::MetaTrainer& t) { lopt::write_meta_train_log(log_path, t); };
   const std::string out_dir = trainer.config()["output_dir"];
