@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <random>
 
 namespace lopt_test {
@@ -101,6 +103,18 @@ void expect_config_error(const std::function<void(const nlohmann::json&)>& build
   } catch (const lopt::ConfigError& e) {
     EXPECT_EQ(e.path(), path) << e.what();
   }
+}
+
+const nlohmann::json& test_data_json(const std::string& name) {
+  static std::mutex mutex;
+  static std::map<std::string, nlohmann::json> parsed;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = parsed.find(name);
+  if (it == parsed.end()) {
+    std::ifstream in(std::string(LOPT_TEST_DATA_DIR) + "/" + name);
+    it = parsed.emplace(name, nlohmann::json::parse(in)).first;
+  }
+  return it->second;
 }
 
 torch::Tensor from_json(const nlohmann::json& j) {

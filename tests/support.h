@@ -53,6 +53,8 @@ std::string thrown_message(const std::function<void()>& fn) {
 void expect_config_error(const std::function<void(const nlohmann::json&)>& build, const nlohmann::json& config,
                          const std::string& path);
 
+/// tests/data/<name> parsed, once per test binary (the golden files are megabytes).
+const nlohmann::json& test_data_json(const std::string& name);
 /// A golden-file tensor {"shape": [...], "data": [...]} as float32.
 torch::Tensor from_json(const nlohmann::json& j);
 /// |a - b| relative to max(|b|, 1e-3 * max|b|) elementwise, maximised (1e9 when b is empty and a not).

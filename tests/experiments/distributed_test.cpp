@@ -251,31 +251,48 @@ TEST(Launch, AFailedRankEndsTheOthersEvenAStoppedOne) {
   EXPECT_NE(out.find("rank 1 exit status 3"), std::string::npos) << out;
 }
 
-// Ranks whose tensors differ in shape (task.width 32 on rank 0, 48 on rank 1): Gloo throws on its own
-// I/O thread, which used to abort rank 0 (SIGABRT, exit 134); now every rank exits 3 with a message.
-// (The config check below would stop these ranks first; LOPT_RANK_CONFIG_CHECK=0 lets them reach Gloo.)
-TEST(MultiProcessShapes, RanksWithDifferentShapesExit3NotAbort) {
-  lopt_test::TempDir dir;
+namespace {
+/// Two ranks of the quick local-SGD config (2 workers, 5 steps, synthetic data), each with its own
+/// extra arguments and environment; returns each rank's exit code and output.
+struct TwoRanks {
+  int rc[2];
+  std::string out[2];
+};
+TwoRanks run_two_local_sgd_ranks(const lopt_test::TempDir& dir, const std::string (&extra)[2], const std::string& env = "") {
   const int port = free_port();
   std::ostringstream sh;
   sh << "cd " << dir.path() << "\n";
   for (int r = 0; r < 2; ++r)
     sh << "(env RANK=" << r << " WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" << port
-       << " LOPT_DIST_TIMEOUT=20 LOPT_RANK_CONFIG_CHECK=0 OMP_NUM_THREADS=1 " << LOPT_BINARY
+       << " LOPT_DIST_TIMEOUT=20 OMP_NUM_THREADS=1 " << env << " " << LOPT_BINARY
        << " local-sgd --config " << LOPT_TEST_DATA_DIR << "/../../experiments/configs/local_sgd_quick.json -q --threads 1"
-       << " --steps 5 --set local_sgd.workers=2" << (r == 1 ? " --set task.width=48" : "")
-       << " --set task.dataset=synthetic -o " << dir.path("r" + std::to_string(r) + ".h5") << " > out" << r
+       << " --steps 5 --set local_sgd.workers=2 --set task.dataset=synthetic " << extra[r] << " > out" << r
        << ".txt 2>&1; echo $? > rc" << r << ".txt) &\n";
   sh << "wait\n";
   {
     std::ofstream f(dir.path("run.sh"));
     f << sh.str();
   }
-  ASSERT_EQ(std::system(("timeout 120 sh " + dir.path("run.sh")).c_str()), 0);
+  TwoRanks t{};
+  EXPECT_EQ(std::system(("timeout 120 sh " + dir.path("run.sh")).c_str()), 0);
   for (int r = 0; r < 2; ++r) {
-    const std::string out = slurp(dir.path("out" + std::to_string(r) + ".txt"));
-    EXPECT_EQ(std::atoi(slurp(dir.path("rc" + std::to_string(r) + ".txt")).c_str()), 3) << "rank " << r << ": " << out;
-    EXPECT_EQ(out.find("terminate called"), std::string::npos) << out;
+    t.rc[r] = std::atoi(slurp(dir.path("rc" + std::to_string(r) + ".txt")).c_str());
+    t.out[r] = slurp(dir.path("out" + std::to_string(r) + ".txt"));
+  }
+  return t;
+}
+}  // namespace
+
+// Ranks whose tensors differ in shape (task.width 32 on rank 0, 48 on rank 1): Gloo throws on its own
+// I/O thread, which used to abort rank 0 (SIGABRT, exit 134); now every rank exits 3 with a message.
+// (The config check below would stop these ranks first; LOPT_RANK_CONFIG_CHECK=0 lets them reach Gloo.)
+TEST(MultiProcessShapes, RanksWithDifferentShapesExit3NotAbort) {
+  lopt_test::TempDir dir;
+  const std::string extra[2] = {"-o " + dir.path("r0.h5"), "--set task.width=48 -o " + dir.path("r1.h5")};
+  const auto t = run_two_local_sgd_ranks(dir, extra, "LOPT_RANK_CONFIG_CHECK=0");
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(t.rc[r], 3) << "rank " << r << ": " << t.out[r];
+    EXPECT_EQ(t.out[r].find("terminate called"), std::string::npos) << t.out[r];
   }
 }
 
@@ -284,25 +301,11 @@ TEST(MultiProcessShapes, RanksWithDifferentShapesExit3NotAbort) {
 // the first key that differs.
 TEST(MultiProcessShapes, RanksWithDifferentConfigsExit2NamingTheKey) {
   lopt_test::TempDir dir;
-  const int port = free_port();
-  std::ostringstream sh;
-  sh << "cd " << dir.path() << "\n";
-  for (int r = 0; r < 2; ++r)
-    sh << "(env RANK=" << r << " WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" << port
-       << " LOPT_DIST_TIMEOUT=20 OMP_NUM_THREADS=1 " << LOPT_BINARY
-       << " local-sgd --config " << LOPT_TEST_DATA_DIR << "/../../experiments/configs/local_sgd_quick.json -q --threads 1"
-       << " --steps 5 --set local_sgd.workers=2 --set task.dataset=synthetic" << (r == 1 ? " --seed 7" : "")
-       << " -o " << dir.path("r.h5") << " > out" << r << ".txt 2>&1; echo $? > rc" << r << ".txt) &\n";
-  sh << "wait\n";
-  {
-    std::ofstream f(dir.path("run.sh"));
-    f << sh.str();
-  }
-  ASSERT_EQ(std::system(("timeout 120 sh " + dir.path("run.sh")).c_str()), 0);
+  const std::string extra[2] = {"-o " + dir.path("r.h5"), "--seed 7 -o " + dir.path("r.h5")};
+  const auto t = run_two_local_sgd_ranks(dir, extra);
   for (int r = 0; r < 2; ++r) {
-    const std::string out = slurp(dir.path("out" + std::to_string(r) + ".txt"));
-    EXPECT_EQ(std::atoi(slurp(dir.path("rc" + std::to_string(r) + ".txt")).c_str()), 2) << "rank " << r << ": " << out;
-    EXPECT_NE(out.find("rank 1 runs another config than rank 0 (/seed: 0 there, 7 now"), std::string::npos) << out;
+    EXPECT_EQ(t.rc[r], 2) << "rank " << r << ": " << t.out[r];
+    EXPECT_NE(t.out[r].find("rank 1 runs another config than rank 0 (/seed: 0 there, 7 now"), std::string::npos) << t.out[r];
   }
   EXPECT_FALSE(std::filesystem::exists(dir.path("r.h5")));
 }

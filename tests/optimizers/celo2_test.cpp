@@ -22,13 +22,7 @@ using lopt_test::scaled_err;
 
 namespace {
 
-const json& golden() {
-  static json j = [] {
-    std::ifstream in(std::string(LOPT_TEST_DATA_DIR) + "/pylo_celo2_elo_golden.json");
-    return json::parse(in);
-  }();
-  return j;
-}
+const json& golden() { return lopt_test::test_data_json("pylo_celo2_elo_golden.json"); }
 
 struct Case {
   std::unique_ptr<lopt::Celo2> lopt;

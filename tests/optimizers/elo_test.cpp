@@ -17,13 +17,7 @@ using lopt_test::scaled_err;
 
 namespace {
 
-const json& elo_case() {
-  static json j = [] {
-    std::ifstream in(std::string(LOPT_TEST_DATA_DIR) + "/pylo_celo2_elo_golden.json");
-    return json::parse(in).at("cases").at("elo");
-  }();
-  return j;
-}
+const json& elo_case() { return lopt_test::test_data_json("pylo_celo2_elo_golden.json").at("cases").at("elo"); }
 
 /// Runs the golden ELO case through `impl` and checks every step: parameters (max|Δ| / max|p| < 1e-6),
 /// updates (element-wise with lopt_test::update_err's allowance for the float32 rounding of p that an

@@ -77,13 +77,7 @@ GoldenCase load_case(const json& root, const std::string& name, const std::strin
   return gc;
 }
 
-const json& golden() {
-  static json j = [] {
-    std::ifstream in(std::string(LOPT_TEST_DATA_DIR) + "/pylo_mulo_golden.json");
-    return json::parse(in);
-  }();
-  return j;
-}
+const json& golden() { return lopt_test::test_data_json("pylo_mulo_golden.json"); }
 
 }  // namespace
 
