@@ -21,10 +21,16 @@ void install_interrupt_handlers() {
 int interrupted() { return g_signal.load(); }
 void clear_interrupt() { g_signal.store(0); }
 
+std::string signal_name(int signal) {
+  if (signal == SIGINT) return "SIGINT (Ctrl-C)";
+  if (signal == SIGTERM) return "SIGTERM";
+  return "signal " + std::to_string(signal);
+}
+
 void throw_if_interrupted(const std::string& what, const std::string& next) {
   const int sig = interrupted();
   if (sig == 0) return;
-  throw Interrupted(sig, what + " interrupted by " + (sig == SIGINT ? "SIGINT (Ctrl-C)" : "SIGTERM") + "; " + next);
+  throw Interrupted(sig, what + " interrupted by " + signal_name(sig) + "; " + next);
 }
 
 }  // namespace lopt

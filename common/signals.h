@@ -24,6 +24,9 @@ class Interrupted : public Error {
   int signal_;
 };
 
+/// "SIGINT (Ctrl-C)", "SIGTERM", or "signal N".
+std::string signal_name(int signal);
+
 /// Throws Interrupted (message: `what` + " interrupted by SIG…; " + `next`) when a signal arrived.
 void throw_if_interrupted(const std::string& what, const std::string& next);
 

@@ -440,12 +440,11 @@ int cmd_meta_train(int argc, char** argv) {
       (std::filesystem::exists(trainer.theta_path()) || std::filesystem::exists(log_path)))
     throw lopt::UsageError(out_dir + " holds the results of an earlier meta-training (theta.safetensors / meta_train.h5) "
                            "without a checkpoint to resume: pass --overwrite to replace them, or choose another --output-dir");
-  if (std::filesystem::exists(trainer.checkpoint_path())) {
-    if (!resume)
-      throw lopt::UsageError(trainer.checkpoint_path() + " exists: pass --resume to continue it, or choose another --output-dir");
-    trainer.resume();
+  if (std::filesystem::exists(trainer.checkpoint_path()) && !resume)
+    throw lopt::UsageError(trainer.checkpoint_path() + " exists: pass --resume to continue it, or choose another --output-dir");
+  // Collective under a process group: the ranks continue from one outer step or not at all.
+  if (resume && trainer.resume())
     std::printf("resumed %s at outer step %lld\n", trainer.checkpoint_path().c_str(), static_cast<long long>(trainer.step()));
-  }
   trainer.run(mode(c), stop_after);
   if (!writer) return 0;
   const auto& log = trainer.log();
@@ -458,8 +457,9 @@ int cmd_meta_train(int argc, char** argv) {
     std::printf("meta-train: no outer step run (--stop-after 0), no files written\n");
     return 0;
   }
-  // Rewritten even when nothing was left to run: a run killed while writing its final log resumes
-  // here with the checkpoint at the last step and a stale (or missing) log.
+  // Rewritten even when nothing was left to run: a run killed (or out of disk) while writing its
+  // final outputs resumes here with the checkpoint at the last step and stale (or missing) outputs.
+  trainer.write_outputs();
   lopt::write_meta_train_log(log_path, trainer);
   std::printf("wrote %s, %s, %s\n", trainer.theta_path().c_str(), trainer.checkpoint_path().c_str(), log_path.c_str());
   return 0;

@@ -167,22 +167,48 @@ void MetaTrainer::save_checkpoint() {
                            {"skipped", log_.skipped}}}};
   // NaN is not JSON: the log stores non-finite losses as null.
   st.metadata["lopt_meta_train"] = meta.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  if (!group_ || group_->rank() == 0) {
-    step_fn_->learned_optimizer().save(theta_path(), theta());
-    // The same theta as PyLO's MetaMLP.from_pretrained reads it (model.safetensors + config.json).
-    step_fn_->learned_optimizer().save_hub((std::filesystem::path(theta_path()).parent_path() / "hub").string(), theta());
-  }
   write_safetensors(checkpoint_path(), st);
+  write_outputs();
   if (on_checkpoint) on_checkpoint(*this);
+}
+
+void MetaTrainer::write_outputs() const {
+  if (group_ && group_->rank() != 0) return;
+  step_fn_->learned_optimizer().save(theta_path(), theta());
+  // The same theta as PyLO's MetaMLP.from_pretrained reads it (model.safetensors + config.json).
+  step_fn_->learned_optimizer().save_hub((std::filesystem::path(theta_path()).parent_path() / "hub").string(), theta());
 }
 
 bool MetaTrainer::resume() {
   const auto path = checkpoint_path();
-  if (!std::filesystem::exists(path)) return false;
-  auto st = read_safetensors(path);
-  auto it = st.metadata.find("lopt_meta_train");
-  if (it == st.metadata.end()) throw IoError(path, "not a meta-training checkpoint (no lopt_meta_train metadata)");
-  auto meta = nlohmann::json::parse(it->second);
+  const bool found = std::filesystem::exists(path);
+  SafeTensors st;
+  nlohmann::json meta;
+  if (found) {
+    st = read_safetensors(path);
+    auto it = st.metadata.find("lopt_meta_train");
+    if (it == st.metadata.end()) throw IoError(path, "not a meta-training checkpoint (no lopt_meta_train metadata)");
+    meta = nlohmann::json::parse(it->second);
+  }
+  if (group_ && group_->world_size() > 1) {
+    // Every rank continues from the same outer step, or none continues: a rank resuming alone (or
+    // from another step) would silently mix unroll states of different outer steps.
+    const int64_t mine = found ? meta.value("step", int64_t(-1)) : -1;
+    const auto steps = group_->all_gather(torch::tensor({mine}, torch::kInt64), "checkpoint step check");
+    std::string list;
+    bool same = true;
+    for (int64_t r = 0; r < group_->world_size(); ++r) {
+      const int64_t s = steps[r][0].item<int64_t>();
+      same = same && s == steps[0][0].item<int64_t>();
+      list += (r ? ", rank " : "rank ") + std::to_string(r) + ": " + (s < 0 ? std::string("none") : "step " + std::to_string(s));
+    }
+    if (!same)
+      throw UsageError("the ranks' checkpoints in " + config_["output_dir"].get<std::string>() +
+                       " are not from one outer step (" + list +
+                       "): they were not written together, so the run cannot continue exactly; start afresh in "
+                       "another --output-dir (or remove every checkpoint*.safetensors there)");
+  }
+  if (!found) return false;
   const int64_t world = group_ ? group_->world_size() : 1;
   if (meta.value("world_size", int64_t(1)) != world)
     throw UsageError("checkpoint " + path + " was written by " + std::to_string(meta.value("world_size", int64_t(1))) +
@@ -292,12 +318,23 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
                   log_.skipped ? (" skipped " + std::to_string(log_.skipped)).c_str() : "");
     progress.update(step_, status);
     if (on_step) on_step(step_);
-    const bool stop = interrupted() != 0;
+    int signal = interrupted();
+    int64_t signalled_rank = -1;
+    if (group_ && group_->world_size() > 1) {
+      // A signal to any rank stops every rank after this same step, so their checkpoints agree.
+      const auto all = group_->all_gather(torch::tensor({static_cast<int64_t>(signal)}, torch::kInt64), "interrupt check");
+      for (int64_t r = 0; r < group_->world_size() && signalled_rank < 0; ++r)
+        if (all[r][0].item<int64_t>() != 0) signalled_rank = r, signal = static_cast<int>(all[r][0].item<int64_t>());
+    }
+    const bool stop = signal != 0;
     if (step_ % every == 0 || step_ == end || stop) save_checkpoint();
-    if (stop)
-      throw_if_interrupted("meta-training", "checkpoint written at outer step " + std::to_string(step_) + " in " +
-                                                config_["output_dir"].get<std::string>() +
-                                                ": continue with the same command and --resume");
+    if (stop) {
+      const std::string next = "checkpoint written at outer step " + std::to_string(step_) + " in " +
+                               config_["output_dir"].get<std::string>() + ": continue with the same command and --resume";
+      throw_if_interrupted("meta-training", next);
+      throw Interrupted(signal, "meta-training stopped because rank " + std::to_string(signalled_rank) + " received " +
+                                    signal_name(signal) + "; " + next);
+    }
   }
   if (!log_.elapsed.empty()) elapsed_before_ = log_.elapsed.back();
   progress.finish();

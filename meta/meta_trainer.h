@@ -49,13 +49,20 @@ class MetaTrainer {
   explicit MetaTrainer(const nlohmann::json& config, ProcessGroup* group = nullptr);
   ~MetaTrainer();
   /// Restores the checkpoint in output_dir; returns false when there is none. Throws
-  /// UsageError when the checkpoint was written by a different configuration.
+  /// UsageError when the checkpoint was written by a different configuration. With a process group
+  /// it is collective: every rank must call it, and the ranks' checkpoints must all exist at one
+  /// outer step, or all be absent (else a UsageError on every rank, naming each rank's step).
   bool resume();
   /// Runs outer steps until outer_steps (or `stop_after` steps in total, if >= 0),
   /// checkpointing every checkpoint_every steps and at the end.
   void run(ProgressMode mode = ProgressMode::automatic, int64_t stop_after = -1);
-  /// Writes checkpoint.safetensors and theta.safetensors (PyLO format) into output_dir.
+  /// Writes checkpoint.safetensors, then (rank 0) the outputs, then calls on_checkpoint. The
+  /// resume state goes first so that a folder with outputs but no checkpoint is always a finished
+  /// meta-training whose resume state was removed, never one whose first checkpoint failed.
   void save_checkpoint();
+  /// Rank 0: theta.safetensors (PyLO format) and hub/ (model.safetensors + config.json) from the
+  /// current theta; other ranks write nothing.
+  void write_outputs() const;
 
   const torch::Tensor& theta() const;
   int64_t step() const { return step_; }

@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -50,9 +51,9 @@ struct Launch {
 };
 
 /// Starts `world` ranks of `lopt <args>` (rank r gets RANK=r); `started` ranks only (the rest never
-/// come up); `kill_rank` >= 0 is killed with SIGKILL after `kill_after` seconds.
+/// come up); `kill_rank` >= 0 gets `kill_signal` (SIGKILL unless named) after `kill_after` seconds.
 Launch launch(const lopt_test::TempDir& dir, int world, const std::string& args, double timeout_s, int started = -1,
-              int kill_rank = -1, double kill_after = 0) {
+              int kill_rank = -1, double kill_after = 0, const std::string& kill_signal = "KILL") {
   if (started < 0) started = world;
   const int port = free_port();
   std::ostringstream sh;
@@ -65,7 +66,8 @@ Launch launch(const lopt_test::TempDir& dir, int world, const std::string& args,
     if (r == kill_rank) sh << cmd << " & victim=$!\n";
     else sh << "(" << cmd << "; echo $? > rc" << r << ".txt) &\n";
   }
-  if (kill_rank >= 0) sh << "sleep " << kill_after << "; kill -9 $victim\n";
+  if (kill_rank >= 0)
+    sh << "sleep " << kill_after << "; kill -" << kill_signal << " $victim; wait $victim; echo $? > rc" << kill_rank << ".txt\n";
   sh << "wait\n";
   {
     std::ofstream f(dir.path("launch.sh"));
@@ -197,6 +199,69 @@ TEST_F(MultiProcess, EsAndPesOverTwoRanksEqualOneProcessAndResume) {
     for (int r = 0; r < 2; ++r) ASSERT_EQ(rest.rc[r], 0) << rest.output[r];
     EXPECT_TRUE(torch::equal(theta_of(tmp.path("split")), b));
   }
+}
+
+/// The outer step a meta-training checkpoint was written at.
+int64_t checkpoint_step(const std::string& path) {
+  auto st = lopt::read_safetensors(path);
+  return nlohmann::json::parse(st.metadata.at("lopt_meta_train"))["step"].get<int64_t>();
+}
+
+void write_meta_config(const lopt_test::TempDir& tmp, int64_t outer_steps) {
+  std::string cfg = kMetaConfig;
+  cfg.replace(cfg.find("ESTIMATOR"), 9, "pes");
+  cfg.replace(cfg.find("\"outer_steps\": 6"), 16, "\"outer_steps\": " + std::to_string(outer_steps));
+  std::ofstream f(tmp.path("meta.json"));
+  f << cfg;
+}
+
+// Per-rank checkpoints from different outer steps (or a rank without one) are refused on resume by
+// every rank (exit 2, naming each rank's step) and nothing is rewritten.
+TEST_F(MultiProcess, MetaTrainResumeRefusesRankCheckpointsOfDifferentSteps) {
+  lopt_test::TempDir tmp;
+  write_meta_config(tmp, 6);
+  for (const auto& [dir, steps] : {std::pair<std::string, int>{"split", 2}, {"other", 4}}) {
+    auto run = launch(tmp, 2, "meta-train -q --config meta.json -o " + dir + " --stop-after " + std::to_string(steps), 30);
+    for (int r = 0; r < 2; ++r) ASSERT_EQ(run.rc[r], 0) << run.output[r];
+  }
+  std::filesystem::copy_file(tmp.path("other/checkpoint.rank1.safetensors"), tmp.path("split/checkpoint.rank1.safetensors"),
+                             std::filesystem::copy_options::overwrite_existing);
+  const auto theta_before = lopt::read_safetensors(tmp.path("split/theta.safetensors")).tensors.begin()->second.clone();
+  auto mixed = launch(tmp, 2, "meta-train -q --config meta.json -o split --resume", 30);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(mixed.rc[r], 2) << mixed.output[r];
+    EXPECT_NE(mixed.output[r].find("rank 0: step 2, rank 1: step 4"), std::string::npos) << mixed.output[r];
+  }
+  EXPECT_TRUE(torch::equal(lopt::read_safetensors(tmp.path("split/theta.safetensors")).tensors.begin()->second, theta_before));
+  EXPECT_EQ(checkpoint_step(tmp.path("split/checkpoint.safetensors")), 2);
+  std::filesystem::remove(tmp.path("split/checkpoint.rank1.safetensors"));
+  auto missing = launch(tmp, 2, "meta-train -q --config meta.json -o split --resume", 30);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(missing.rc[r], 2) << missing.output[r];
+    EXPECT_NE(missing.output[r].find("rank 1: none"), std::string::npos) << missing.output[r];
+  }
+  EXPECT_EQ(checkpoint_step(tmp.path("split/checkpoint.safetensors")), 2);
+}
+
+// SIGTERM to one rank stops both after the same outer step (both exit 128 + 15 with checkpoints at
+// that step), and --resume continues to the theta of an uninterrupted run.
+TEST_F(MultiProcess, ASignalToOneRankStopsEveryRankAtOneStep) {
+  lopt_test::TempDir tmp;
+  write_meta_config(tmp, 1000000);
+  auto stopped = launch(tmp, 2, "meta-train -q --config meta.json -o run", 30, -1, 1, 3.0, "TERM");
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(stopped.rc[r], 128 + 15) << "rank " << r << ": " << stopped.output[r];
+  EXPECT_NE(stopped.output[0].find("rank 1 received SIGTERM"), std::string::npos) << stopped.output[0];
+  const int64_t at = checkpoint_step(tmp.path("run/checkpoint.safetensors"));
+  ASSERT_GE(at, 1);
+  EXPECT_EQ(checkpoint_step(tmp.path("run/checkpoint.rank1.safetensors")), at);
+  const std::string until = " --stop-after " + std::to_string(at + 2);
+  auto rest = launch(tmp, 2, "meta-train -q --config meta.json -o run --resume" + until, 60);
+  auto straight = launch(tmp, 2, "meta-train -q --config meta.json -o ref" + until, 60);
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(rest.rc[r], 0) << rest.output[r];
+    ASSERT_EQ(straight.rc[r], 0) << straight.output[r];
+  }
+  EXPECT_TRUE(torch::equal(theta_of(tmp.path("run")), theta_of(tmp.path("ref"))));
 }
 
 TEST(DistributedEnv, MalformedVariablesAreUsageErrors) {

@@ -265,6 +265,39 @@ TEST(MetaTrainer, BadConfigsNameTheKey) {
   expect_path(c, "/task_family/depths");
 }
 
+// A write that fails at the first checkpoint (here the checkpoint's temporary file is blocked by a
+// folder, as a full disk would fail it) leaves no outputs, so the folder does not look like a
+// finished meta-training: the same command runs once the disk is back. Outputs that fail after the
+// checkpoint was written are rewritten by --resume, also when no step is left to run.
+TEST(MetaTrainer, AFailedCheckpointLeavesTheFolderUnambiguous) {
+  lopt_test::TempDir tmp;
+  lopt::write_text_atomic(tmp.path("cfg.json"), tiny_config(tmp.path("out"), "pes").dump());
+  const std::string run = "meta-train -q -c " + tmp.path("cfg.json");
+  std::string out;
+  std::filesystem::create_directories(tmp.path("out/checkpoint.safetensors.tmp"));
+  EXPECT_EQ(lopt_test::run_lopt(run, &out), 1) << out;
+  EXPECT_NE(out.find("checkpoint.safetensors"), std::string::npos) << out;
+  for (const char* f : {"theta.safetensors", "hub", "meta_train.h5", "checkpoint.safetensors"})
+    EXPECT_FALSE(std::filesystem::exists(tmp.path("out/") + f)) << f;
+  std::filesystem::remove(tmp.path("out/checkpoint.safetensors.tmp"));
+  EXPECT_EQ(lopt_test::run_lopt(run + " --stop-after 2", &out), 0) << out;
+  // theta fails at the final checkpoint: the checkpoint is at step 6, theta still from step 2.
+  auto lo = lopt::make_learned_optimizer(tiny_config(tmp.path("out"), "pes")["lopt"]);
+  const auto theta_at_2 = lo->load(tmp.path("out/theta.safetensors"));
+  std::filesystem::create_directories(tmp.path("out/theta.safetensors.tmp"));
+  EXPECT_EQ(lopt_test::run_lopt(run + " --resume", &out), 1) << out;
+  std::filesystem::remove(tmp.path("out/theta.safetensors.tmp"));
+  EXPECT_TRUE(torch::equal(lo->load(tmp.path("out/theta.safetensors")), theta_at_2));
+  EXPECT_EQ(lopt_test::run_lopt(run + " --resume", &out), 0) << out;
+  EXPECT_NE(out.find("6/6 outer steps"), std::string::npos) << out;
+  lopt::MetaTrainer done(tiny_config(tmp.path("out"), "pes"));
+  ASSERT_TRUE(done.resume());
+  EXPECT_EQ(done.step(), 6);
+  EXPECT_TRUE(torch::equal(lo->load(tmp.path("out/theta.safetensors")), done.theta()));
+  EXPECT_FALSE(torch::equal(done.theta(), theta_at_2));
+  EXPECT_EQ(lopt::h5_read_doubles(tmp.path("out/meta_train.h5"), "meta/meta_loss").size(), 6u);
+}
+
 TEST(MetaTrainer, CliRunsResumesAndRejectsBadInput) {
   lopt_test::TempDir tmp;
   auto cfg = tiny_config(tmp.path("out"), "pes");
