@@ -15,6 +15,7 @@
 #include "common/rng.h"
 #include "meta/estimators.h"
 #include "optimizers/kernels/lopt_cpu.h"
+#include "optimizers/learned_optimizer.h"
 #include "optimizers/muon.h"
 #include "optimizers/optimizer.h"
 #include "optimizers/small_fc_lopt/small_fc_lopt.h"
@@ -111,21 +112,18 @@ void BM_LoptFused(benchmark::State& state, int64_t target) {
   run_step(state, *opt, state.range(0), state.range(1), true);
 }
 /// One population step as meta-training takes it: 16 members (8 tasks x antithetic pair), each with
-/// its own theta, of the MLP 64 -> arg0 -> arg0 -> 10 (depth 2 on 8x8 inputs), one update_many_ call.
-void BM_LoptPopulation(benchmark::State& state, int64_t target) {
-  TargetScope scope(target);
-  state.SetLabel(lopt::kernels::dispatched_target());
+/// its own theta near `lo`'s init, of the MLP 64 -> w -> w -> 10 (depth 2 on 8x8 inputs); one
+/// update_many_ call (`batched`), or each member's update_ in turn.
+void run_population(benchmark::State& state, const lopt::LearnedOptimizer& lo, int64_t w, bool batched) {
   set_threads();
-  const int64_t w = state.range(0);
-  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}, {"impl", "fused"}});
   auto gen = lopt::make_generator(0);
-  const auto theta = lo->init_theta(gen);
+  const auto theta = lo.init_theta(gen);
   std::vector<std::unique_ptr<lopt::Optimizer>> opts;
   std::vector<lopt::OptState> states;
   std::vector<std::vector<torch::Tensor>> grads;
   double n = 0;
   for (int m = 0; m < 16; ++m) {
-    opts.push_back(lo->bind(theta + 0.01 * torch::randn(theta.sizes(), gen)));
+    opts.push_back(lo.bind(theta + 0.01 * torch::randn(theta.sizes(), gen)));
     lopt::ParamSet p;
     for (auto s : std::vector<std::vector<int64_t>>{{w, 64}, {w}, {w, w}, {w}, {10, w}, {10}}) {
       p.tensors.push_back(torch::randn(s, gen) * 0.05);
@@ -138,6 +136,10 @@ void BM_LoptPopulation(benchmark::State& state, int64_t target) {
     grads.push_back(g);
   }
   auto step = [&] {
+    if (!batched) {
+      for (size_t m = 0; m < opts.size(); ++m) opts[m]->update_(states[m], grads[m], torch::zeros({}));
+      return;
+    }
     std::vector<lopt::PopulationMember> members;
     for (size_t m = 0; m < opts.size(); ++m) members.push_back({opts[m].get(), &states[m], grads[m], torch::zeros({})});
     opts[0]->update_many_(members);
@@ -147,6 +149,20 @@ void BM_LoptPopulation(benchmark::State& state, int64_t target) {
   state.counters["elements"] = n;
   state.counters["ns/element"] = benchmark::Counter(n * 1e-9, benchmark::Counter::kIsIterationInvariantRate |
                                                                   benchmark::Counter::kInvert);
+  state.counters["member_steps/s"] = benchmark::Counter(16, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_LoptPopulation(benchmark::State& state, int64_t target) {
+  TargetScope scope(target);
+  state.SetLabel(lopt::kernels::dispatched_target());
+  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}, {"impl", "fused"}});
+  run_population(state, *lo, state.range(0), true);
+}
+
+/// Celo2's population step on tensor ops: {width, batched} (batched 0: one member at a time).
+void BM_Celo2Population(benchmark::State& state, const char* type) {
+  auto lo = lopt::make_learned_optimizer({{"type", type}});
+  run_population(state, *lo, state.range(0), state.range(1) != 0);
 }
 
 void BM_LoptTensorOps(benchmark::State& state) {
@@ -191,6 +207,8 @@ BENCHMARK(BM_AdamW)->Args({0, 1})->Args({0, 5})->Args({1, 0})->Unit(benchmark::k
 BENCHMARK(BM_Muon)->Args({0, 1})->Args({0, 5})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Celo2TensorOps, celo2, "celo2")->Args({0, 1})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Celo2TensorOps, celo2_base, "celo2_base")->Args({0, 1})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Celo2Population, celo2, "celo2")->Args({32, 0})->Args({32, 1})->Args({128, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Celo2Population, celo2_base, "celo2_base")->Args({32, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

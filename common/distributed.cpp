@@ -1,4 +1,5 @@
 #include "common/distributed.h"
+#include "common/signals.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -87,6 +88,12 @@ auto guarded(const DistributedEnv& e, const char* what, F&& f) {
   } catch (const std::exception& ex) {
     std::string why = ex.what();
     if (auto nl = why.find('\n'); nl != std::string::npos) why.resize(nl);
+    // A signal that broke a blocking call (the rendezvous' connect / poll) is the user stopping the
+    // run, not a network failure: exit 128 + signal, as every interrupted command does.
+    if (const int sig = interrupted())
+      throw Interrupted(sig, "rank " + std::to_string(e.rank) + "/" + std::to_string(e.world_size) + ": " + what +
+                                 " interrupted by " + signal_name(sig) + " (" + why +
+                                 "); the other ranks stop when their next collective times out");
     throw DistributedError(describe(e, what, why));
   }
 }

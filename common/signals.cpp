@@ -13,6 +13,7 @@ extern "C" void record_signal(int sig) { g_signal.store(sig); }
 void install_interrupt_handlers() {
   struct sigaction sa {};
   sa.sa_handler = record_signal;
+  sa.sa_flags = SA_RESTART;  // blocking calls resume; loops poll interrupted() at their safe points
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);

@@ -54,13 +54,17 @@ void append_accumulator_slots(const torch::Tensor& p, int64_t n_mom, int64_t n_r
 }
 
 FactoredMoments factored_moments(const torch::Tensor& g, const torch::Tensor& row, const torch::Tensor& col,
-                                 const torch::Tensor& v, const torch::Tensor& decay) {
+                                 const torch::Tensor& v, const torch::Tensor& decay, int64_t batch_dims) {
   FactoredMoments m;
-  const auto shape = g.sizes().vec();
+  const auto all = g.sizes().vec();
+  TORCH_CHECK(batch_dims >= 0 && batch_dims <= static_cast<int64_t>(all.size()), "factored_moments: bad batch_dims");
+  const std::vector<int64_t> shape(all.begin() + batch_dims, all.end());
   auto g2 = g.square() + lo_eps::kGradSq;
   if (shape.size() >= 2) {
     m.factored = true;
     std::tie(m.d1, m.d0) = factored_dims(shape);
+    m.d1 += batch_dims;
+    m.d0 += batch_dims;
     m.row = rolling_average(row, g2.mean(m.d0).unsqueeze(-1), decay);
     m.col = rolling_average(col, g2.mean(m.d1).unsqueeze(-1), decay);
     const int64_t reduced_d1 = m.d1 > m.d0 ? m.d1 - 1 : m.d1;  // d1's index in row (d0 removed)

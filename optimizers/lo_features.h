@@ -56,9 +56,11 @@ struct FactoredMoments {
 };
 
 /// Advances the factored accumulators of a parameter with gradient `g` (shape S) by `decay` [K];
-/// `row`, `col`, `v` are the previous accumulators as append_accumulator_slots lays them out.
+/// `row`, `col`, `v` are the previous accumulators as append_accumulator_slots lays them out. With
+/// `batch_dims` > 0 the leading dimensions of g (and of the accumulators) index independent
+/// parameters of shape g.shape[batch_dims:] (a population's stacked copies of one tensor).
 FactoredMoments factored_moments(const torch::Tensor& g, const torch::Tensor& row, const torch::Tensor& col,
-                                 const torch::Tensor& v, const torch::Tensor& decay);
+                                 const torch::Tensor& v, const torch::Tensor& decay, int64_t batch_dims = 0);
 
 /// learned_optimization's 11 timescales 1, 3, 10, 30, ..., 3e4, 1e5.
 constexpr int64_t kTimeFeatures = 11;

@@ -247,7 +247,8 @@ nlohmann::json resolve_celo2_checkpoint(const nlohmann::json& config, const std:
 
 Celo2Optimizer::Celo2Optimizer(const Celo2& lopt, torch::Tensor theta, nlohmann::json provenance)
     : config_(lopt.config()), theta_(on_compute_device(theta)), named_(lopt.unflatten(theta_)),
-      schedule_(make_schedule(config_.schedule, "/optimizer/schedule")), provenance_(std::move(provenance)) {
+      schedule_(make_schedule(config_.schedule, "/optimizer/schedule")), provenance_(std::move(provenance)),
+      config_key_(config_.to_json().dump()) {
   std::vector<torch::Tensor> w0;
   for (size_t i = 0; i < kCelo2FeatureDims.size(); ++i) w0.push_back(named_.at("w0." + std::to_string(i)));
   w0_ = torch::cat(w0, 0);  // [30, hidden]: sum_i x_i W0_i = [x_0 ... x_13] W0
@@ -288,16 +289,29 @@ OptState Celo2Optimizer::init(const ParamSet& params) const {
   return s;
 }
 
+Celo2Optimizer::Net Celo2Optimizer::net() const { return {w0_, named_.at("b0"), dense_w_, dense_b_, false}; }
+
 torch::Tensor Celo2Optimizer::learned_step(const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& mom0,
                                            const torch::Tensor& rms0, const torch::Tensor& row0, const torch::Tensor& col0,
                                            const torch::Tensor& v0, std::array<torch::Tensor, 5>& new_slots,
                                            torch::Tensor* mlp_inputs, torch::Tensor* mlp_outputs) const {
-  const auto shape = lo::accumulator_shape(p);
+  return learned_step(net(), p, g, mom0, rms0, row0, col0, v0, new_slots, mlp_inputs, mlp_outputs);
+}
+
+torch::Tensor Celo2Optimizer::learned_step(const Net& net, const torch::Tensor& p, const torch::Tensor& g,
+                                           const torch::Tensor& mom0, const torch::Tensor& rms0, const torch::Tensor& row0,
+                                           const torch::Tensor& col0, const torch::Tensor& v0,
+                                           std::array<torch::Tensor, 5>& new_slots, torch::Tensor* mlp_inputs,
+                                           torch::Tensor* mlp_outputs) const {
+  // A batched net: dimension 0 indexes the members, each parameter is p[m].
+  const int64_t batch = net.batched ? 1 : 0;
+  std::vector<int64_t> shape = lo::accumulator_shape(batch ? p[0] : p);
+  if (batch) shape.insert(shape.begin(), p.size(0));
   const auto pr = p.reshape(shape), gr = g.reshape(shape);
   const auto gu = gr.unsqueeze(-1);
   auto mom = lo::rolling_average(mom0, gu, mom_decay_);
   auto rms = lo::rolling_average(rms0, gu.square(), rms_decay_);
-  const auto fac = lo::factored_moments(gr, row0, col0, v0, fac_decay_);
+  const auto fac = lo::factored_moments(gr, row0, col0, v0, fac_decay_, batch);
   const auto rsq = (rms + kRmsEps).rsqrt();
   std::vector<torch::Tensor> groups = {gu,       gu.clamp(-kGradClipFeature, kGradClipFeature), pr.unsqueeze(-1), mom, rms,
                                        mom * rsq, rsq, fac.scale(gu), gu * rsq};
@@ -307,15 +321,29 @@ torch::Tensor Celo2Optimizer::learned_step(const torch::Tensor& p, const torch::
                                  (col_feat + kFactorFeature).rsqrt(), fac.scale(mom)});
   }
   // Each channel normalised over the last two dimensions of the parameter (one for a vector).
-  const int64_t r = static_cast<int64_t>(shape.size());
+  const int64_t r = static_cast<int64_t>(shape.size()) - batch;  // the parameter's own rank
   std::vector<int64_t> axis;
-  for (int64_t d = std::max<int64_t>(0, r - 2); d < r; ++d) axis.push_back(d);
+  for (int64_t d = batch + std::max<int64_t>(0, r - 2); d < batch + r; ++d) axis.push_back(d);
   auto x = lo::second_moment_normalize(torch::cat(groups, -1), axis, kNormalizerEps);
   const int64_t channels = x.size(-1);
-  auto h = torch::relu(torch::matmul(x, w0_.narrow(0, 0, channels)) + named_.at("b0"));
-  for (size_t l = 0; l < dense_w_.size(); ++l) {
-    h = torch::matmul(h, dense_w_[l]) + dense_b_[l];
-    if (l + 1 < dense_w_.size()) h = torch::relu(h);
+  torch::Tensor h;
+  if (net.batched) {
+    // [M, elements, channels] through each member's network.
+    const int64_t M = shape[0];
+    h = torch::relu(torch::baddbmm(net.b0.unsqueeze(1), x.reshape({M, -1, channels}), net.w0.narrow(1, 0, channels)));
+    for (size_t l = 0; l < net.w.size(); ++l) {
+      h = torch::baddbmm(net.b[l].unsqueeze(1), h, net.w[l]);
+      if (l + 1 < net.w.size()) h = torch::relu(h);
+    }
+    auto out_shape = shape;
+    out_shape.push_back(h.size(-1));
+    h = h.reshape(out_shape);
+  } else {
+    h = torch::relu(torch::matmul(x, net.w0.narrow(0, 0, channels)) + net.b0);
+    for (size_t l = 0; l < net.w.size(); ++l) {
+      h = torch::matmul(h, net.w[l]) + net.b[l];
+      if (l + 1 < net.w.size()) h = torch::relu(h);
+    }
   }
   auto step = h.select(-1, 0);
   if (config_.exp_mult != 0) step = step * torch::exp(h.select(-1, 1) * config_.exp_mult);
@@ -329,17 +357,26 @@ torch::Tensor Celo2Optimizer::learned_step(const torch::Tensor& p, const torch::
   return step.reshape(p.sizes());
 }
 
-OptState Celo2Optimizer::update(const OptState& state, const std::vector<torch::Tensor>& grads_in,
-                                const torch::Tensor&) const {
-  check_grads(state, grads_in, "Celo2Optimizer::update");
+std::vector<torch::Tensor> Celo2Optimizer::clipped(const std::vector<torch::Tensor>& grads_in) const {
   std::vector<torch::Tensor> grads = grads_in;
+  torch::Tensor scale;
   if (config_.max_grad_norm > 0) {
     // optax clip_by_global_norm (PyLO _global_grad_scale): g * max_norm / max(norm, max_norm).
     auto total = torch::zeros({}, torch::kFloat64);
     for (const auto& g : grads) total = total + g.to(torch::kFloat64).square().sum();
-    auto scale = (config_.max_grad_norm / total.sqrt().clamp_min(config_.max_grad_norm)).to(torch::kFloat32);
-    for (auto& g : grads) g = g * scale.to(g.device());
+    scale = (config_.max_grad_norm / total.sqrt().clamp_min(config_.max_grad_norm)).to(torch::kFloat32);
   }
+  for (auto& g : grads) {
+    if (scale.defined()) g = g * scale.to(g.device());
+    g = g.clamp(-config_.grad_clip, config_.grad_clip);
+  }
+  return grads;
+}
+
+OptState Celo2Optimizer::update(const OptState& state, const std::vector<torch::Tensor>& grads_in,
+                                const torch::Tensor&) const {
+  check_grads(state, grads_in, "Celo2Optimizer::update");
+  const std::vector<torch::Tensor> grads = clipped(grads_in);
   OptState out;
   out.step = state.step + 1;
   out.params.info = state.params.info;
@@ -348,7 +385,7 @@ OptState Celo2Optimizer::update(const OptState& state, const std::vector<torch::
   for (size_t i = 0; i < grads.size(); ++i) {
     const auto& p = state.params.tensors[i];
     const double lr_t = sched_lr * mup_mult(state.params.info[i]);
-    const auto g = grads[i].clamp(-config_.grad_clip, config_.grad_clip);
+    const auto& g = grads[i];
     const auto slot = [&](const char* k) { return state.slots.at(k)[i]; };
     std::array<torch::Tensor, 5> acc = {slot("mom"), slot("rms"), slot("fac_vec_row"), slot("fac_vec_col"), slot("fac_vec_v")};
     torch::Tensor p_new, m = slot("exp_avg"), v = slot("exp_avg_sq");
@@ -381,6 +418,97 @@ OptState Celo2Optimizer::update(const OptState& state, const std::vector<torch::
     out.slots["exp_avg_sq"].push_back(v);
   }
   return out;
+}
+
+void Celo2Optimizer::update_many_(std::vector<PopulationMember>& members) const {
+  torch::NoGradGuard no_grad;
+  const int64_t M = static_cast<int64_t>(members.size());
+  if (M < 2) return Optimizer::update_many_(members);
+  std::vector<const Celo2Optimizer*> opts;
+  bool stackable = true;
+  const ParamSet& first = members.front().state->params;
+  for (const auto& mb : members) {
+    const auto* o = dynamic_cast<const Celo2Optimizer*>(mb.opt);
+    stackable = stackable && o && o->config_key_ == config_key_ && mb.state->params.size() == first.size();
+    for (size_t i = 0; stackable && i < first.size(); ++i)
+      stackable = mb.state->params.tensors[i].sizes() == first.tensors[i].sizes() &&
+                  mb.state->params.info[i].role == first.info[i].role;
+    if (!stackable) return Optimizer::update_many_(members);
+    check_grads(*mb.state, mb.grads, "Celo2Optimizer::update_many_");
+    opts.push_back(o);
+  }
+  Net net;
+  net.batched = true;
+  auto stack_of = [&](auto&& get) {
+    std::vector<torch::Tensor> parts;
+    for (const auto* o : opts) parts.push_back(get(*o));
+    return torch::stack(parts);
+  };
+  net.w0 = stack_of([](const Celo2Optimizer& o) { return o.w0_; });
+  net.b0 = stack_of([](const Celo2Optimizer& o) { return o.named_.at("b0"); });
+  for (size_t l = 0; l < dense_w_.size(); ++l) {
+    net.w.push_back(stack_of([&](const Celo2Optimizer& o) { return o.dense_w_[l]; }));
+    net.b.push_back(stack_of([&](const Celo2Optimizer& o) { return o.dense_b_[l]; }));
+  }
+  std::vector<std::vector<torch::Tensor>> grads;
+  for (const auto& mb : members) grads.push_back(clipped(mb.grads));
+  static const char* kAcc[5] = {"mom", "rms", "fac_vec_row", "fac_vec_col", "fac_vec_v"};
+  for (size_t i = 0; i < first.size(); ++i) {
+    auto stacked = [&](auto&& get) {
+      std::vector<torch::Tensor> parts;
+      for (int64_t m = 0; m < M; ++m) parts.push_back(get(m));
+      return torch::stack(parts);
+    };
+    const auto p = stacked([&](int64_t m) { return members[m].state->params.tensors[i]; });
+    const auto g = stacked([&](int64_t m) { return grads[m][i]; });
+    const auto slot = [&](const char* k) { return stacked([&](int64_t m) { return members[m].state->slots.at(k)[i]; }); };
+    // Per-member factors as float tensors [M, 1, ...]: the scalars update() applies, rounded alike.
+    std::vector<int64_t> bshape(static_cast<size_t>(p.dim()), 1);
+    bshape[0] = M;
+    auto per_member = [&](auto&& f) {
+      std::vector<float> v;
+      for (int64_t m = 0; m < M; ++m) v.push_back(static_cast<float>(f(members[m].state->step, members[m].state->params.info[i])));
+      return torch::tensor(v).to(p.device()).view(bshape);
+    };
+    const auto lr_of = [&](int64_t step, const ParamInfo& info) { return config_.lr * (*schedule_)(step) * mup_mult(info); };
+    torch::Tensor p_new, exp_avg = slot("exp_avg"), exp_avg_sq = slot("exp_avg_sq");
+    std::array<torch::Tensor, 5> acc;
+    for (int k = 0; k < 5; ++k) acc[static_cast<size_t>(k)] = slot(kAcc[k]);
+    if (uses_adamw(first, i)) {
+      const double wd = config_.adam_weight_decay, b1 = config_.adam_beta1, b2 = config_.adam_beta2;
+      const auto lr_a = [&](int64_t step, const ParamInfo& info) { return lr_of(step, info) * config_.adam_lr_mult; };
+      if (config_.adamw_variant == "pylo") {
+        // adam_tensor_step's maths with a per-member lr and bias correction.
+        const auto t = [](int64_t step) { return static_cast<double>(step + 1); };
+        auto decayed = wd != 0 ? p * per_member([&](int64_t s, const ParamInfo& in) { return 1 - lr_a(s, in) * wd; }) : p;
+        exp_avg = exp_avg.mul(b1).add(g, 1 - b1);
+        exp_avg_sq = exp_avg_sq.mul(b2).addcmul(g, g, 1 - b2);
+        const auto bc2_sqrt = per_member([&](int64_t s, const ParamInfo&) { return std::sqrt(1 - std::pow(b2, t(s))); });
+        const auto value = per_member([&](int64_t s, const ParamInfo& in) { return -lr_a(s, in) / (1 - std::pow(b1, t(s))); });
+        p_new = decayed + value * (exp_avg / exp_avg_sq.sqrt().div(bc2_sqrt).add(config_.adam_eps));
+      } else {
+        const auto lr = per_member(lr_a);
+        const auto beta1 = torch::tensor(static_cast<float>(b1)).to(p.device());
+        const auto beta2 = torch::tensor(static_cast<float>(b2)).to(p.device());
+        exp_avg = lo::rolling_average(exp_avg, g, beta1);
+        exp_avg_sq = lo::rolling_average(exp_avg_sq, g.square(), beta2);
+        p_new = p - lr * (exp_avg * (exp_avg_sq + config_.adam_eps).rsqrt()) - wd * p * lr;
+      }
+    } else {
+      std::array<torch::Tensor, 5> next;
+      const auto step = learned_step(net, p, g, acc[0], acc[1], acc[2], acc[3], acc[4], next, nullptr, nullptr);
+      p_new = p - per_member(lr_of) * (step + config_.weight_decay * p);
+      acc = next;
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      OptState& s = *members[m].state;
+      s.params.tensors[i] = p_new[m];
+      for (int k = 0; k < 5; ++k) s.slots[kAcc[k]][i] = acc[static_cast<size_t>(k)][m];
+      s.slots["exp_avg"][i] = exp_avg[m];
+      s.slots["exp_avg_sq"][i] = exp_avg_sq[m];
+    }
+  }
+  for (auto& mb : members) mb.state->step += 1;
 }
 
 double Celo2Optimizer::lr_at(int64_t step, const ParamInfo& info) const {

@@ -106,6 +106,10 @@ class Celo2Optimizer : public Optimizer {
   /// Tensor ops, differentiable with respect to theta and the parameters.
   OptState update(const OptState& state, const std::vector<torch::Tensor>& grads,
                   const torch::Tensor& loss) const override;
+  /// A population's no-grad steps: the members' copies of each tensor are stacked and stepped
+  /// together, each through its own network (batched matmuls) at its own step's lr. Members of
+  /// another optimizer or config, or with other parameter shapes, fall back to one at a time.
+  void update_many_(std::vector<PopulationMember>& members) const override;
   double lr_at(int64_t step, const ParamInfo& info) const override;
   nlohmann::json hyperparams() const override;
   /// μCelo2's lr multiplier of a tensor (1 unless mup).
@@ -121,6 +125,22 @@ class Celo2Optimizer : public Optimizer {
                              torch::Tensor* mlp_inputs = nullptr, torch::Tensor* mlp_outputs = nullptr) const;
 
  private:
+  /// The network's weights: this optimizer's ([30, H], [H], ...) or a population's stacked
+  /// ([M, 30, H], [M, H], ...; batched).
+  struct Net {
+    torch::Tensor w0, b0;
+    std::vector<torch::Tensor> w, b;
+    bool batched = false;
+  };
+  Net net() const;
+  /// learned_step on `net`; with a batched net the tensors carry a leading member dimension.
+  torch::Tensor learned_step(const Net& net, const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& mom,
+                             const torch::Tensor& rms, const torch::Tensor& row, const torch::Tensor& col,
+                             const torch::Tensor& v, std::array<torch::Tensor, 5>& new_slots, torch::Tensor* mlp_inputs,
+                             torch::Tensor* mlp_outputs) const;
+  /// The gradients after global-norm clipping (max_grad_norm) and the element-wise clamp.
+  std::vector<torch::Tensor> clipped(const std::vector<torch::Tensor>& grads) const;
+
   Celo2Config config_;
   torch::Tensor theta_;
   std::map<std::string, torch::Tensor> named_;
@@ -129,6 +149,7 @@ class Celo2Optimizer : public Optimizer {
   torch::Tensor mom_decay_, rms_decay_, fac_decay_;
   std::shared_ptr<const LrSchedule> schedule_;
   nlohmann::json provenance_;
+  std::string config_key_;  ///< config_ as JSON text: members with equal keys stack in update_many_
 };
 
 /// resolve_checkpoint of the celo2 family: the keys a checkpoint decides (type, hidden_size,

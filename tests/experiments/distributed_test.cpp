@@ -51,9 +51,11 @@ struct Launch {
 };
 
 /// Starts `world` ranks of `lopt <args>` (rank r gets RANK=r); `started` ranks only (the rest never
-/// come up); `kill_rank` >= 0 gets `kill_signal` (SIGKILL unless named) after `kill_after` seconds.
+/// come up); `kill_rank` >= 0 gets `kill_signal` (SIGKILL unless named) after `kill_after` seconds,
+/// counted from when the file `kill_when` (relative to `dir`) exists if one is named.
 Launch launch(const lopt_test::TempDir& dir, int world, const std::string& args, double timeout_s, int started = -1,
-              int kill_rank = -1, double kill_after = 0, const std::string& kill_signal = "KILL") {
+              int kill_rank = -1, double kill_after = 0, const std::string& kill_signal = "KILL",
+              const std::string& kill_when = "") {
   if (started < 0) started = world;
   const int port = free_port();
   std::ostringstream sh;
@@ -66,6 +68,7 @@ Launch launch(const lopt_test::TempDir& dir, int world, const std::string& args,
     if (r == kill_rank) sh << cmd << " & victim=$!\n";
     else sh << "(" << cmd << "; echo $? > rc" << r << ".txt) &\n";
   }
+  if (kill_rank >= 0 && !kill_when.empty()) sh << "while [ ! -e " << kill_when << " ]; do sleep 0.1; done\n";
   if (kill_rank >= 0)
     sh << "sleep " << kill_after << "; kill -" << kill_signal << " $victim; wait $victim; echo $? > rc" << kill_rank << ".txt\n";
   sh << "wait\n";
@@ -248,7 +251,9 @@ TEST_F(MultiProcess, MetaTrainResumeRefusesRankCheckpointsOfDifferentSteps) {
 TEST_F(MultiProcess, ASignalToOneRankStopsEveryRankAtOneStep) {
   lopt_test::TempDir tmp;
   write_meta_config(tmp, 1000000);
-  auto stopped = launch(tmp, 2, "meta-train -q --config meta.json -o run", 30, -1, 1, 3.0, "TERM");
+  // Signalled once both ranks have written a checkpoint (past the rendezvous, mid-run).
+  auto stopped = launch(tmp, 2, "meta-train -q --config meta.json -o run", 30, -1, 1, 0.5, "TERM",
+                        "run/checkpoint.rank1.safetensors");
   for (int r = 0; r < 2; ++r) EXPECT_EQ(stopped.rc[r], 128 + 15) << "rank " << r << ": " << stopped.output[r];
   EXPECT_NE(stopped.output[0].find("rank 1 received SIGTERM"), std::string::npos) << stopped.output[0];
   const int64_t at = checkpoint_step(tmp.path("run/checkpoint.safetensors"));
