@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <thread>
 
+#include "bench/bench_threads.h"
 #include "common/rng.h"
 #include "optimizers/kernels/lopt_cpu.h"
 #include "optimizers/optimizer.h"
@@ -17,11 +18,7 @@
 
 namespace {
 
-/// Threads: all cores, or LOPT_BENCH_THREADS (e.g. 1 while other jobs share the machine).
-int bench_threads() {
-  if (const char* t = std::getenv("LOPT_BENCH_THREADS")) return std::max(1, std::atoi(t));
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
+using lopt_bench::bench_threads;
 
 /// One full training step (forward, backward, optimizer update) per benchmark iteration.
 void train_steps(benchmark::State& state, const lopt::Task& task, const lopt::Optimizer& opt) {

@@ -7,11 +7,14 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <thread>
 
+#include "bench/bench_threads.h"
 #include "bench/pes_bench.h"
+#include "common/parallel.h"
 #include "common/rng.h"
 #include "meta/estimators.h"
 #include "optimizers/kernels/lopt_cpu.h"
@@ -38,7 +41,7 @@ struct TargetScope {
   bool active;
 };
 
-void set_threads() { at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))); }
+void set_threads() { at::set_num_threads(lopt_bench::bench_threads()); }
 
 void BM_Gemm(benchmark::State& state) {
   set_threads();
@@ -223,6 +226,7 @@ void BM_PesEstimate(benchmark::State& state, int64_t target) {
 }
 
 int main(int argc, char** argv) {
+  lopt::tune_allocator();
   // --lopt_target: which Highway targets the fused-kernel benchmarks run on.
   std::string which = "best";
   int kept = 1;

@@ -1,5 +1,12 @@
 #include "common/parallel.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
+#include <cstdlib>
+#include <string>
+
 #include <ATen/Parallel.h>
 #include <omp.h>
 
@@ -26,6 +33,15 @@ void parallel_items(int64_t n, const std::function<void(int64_t)>& body) {
     }
   }
   if (error) std::rethrow_exception(error);
+}
+
+void tune_allocator() {
+#ifdef __GLIBC__
+  if (const char* v = std::getenv("LOPT_MALLOC_TUNING"); v && std::string(v) == "0") return;
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 64 << 20);
+#endif
 }
 
 }  // namespace lopt

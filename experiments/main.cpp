@@ -14,6 +14,7 @@
 #include "common/config.h"
 #include "common/distributed.h"
 #include "common/lock.h"
+#include "common/parallel.h"
 #include "common/signals.h"
 #include "common/errors.h"
 #include "experiments/cli.h"
@@ -500,6 +501,7 @@ int main(int argc, char** argv) {
   }
   std::string cmd = argv[1];
   lopt::install_interrupt_handlers();
+  lopt::tune_allocator();
   try {
     // Multi-process runs (torchrun sets WORLD_SIZE / RANK) exist for local-sgd and meta-train; the
     // other commands refuse rather than run N copies that write the same files.
