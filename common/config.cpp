@@ -1,5 +1,7 @@
 #include "common/config.h"
 
+#include <algorithm>
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -106,19 +108,46 @@ std::vector<std::string> split_dots(const std::string& key) {
 }
 }  // namespace
 
+namespace {
+/// The element of list `node` (at JSON path `where`) that `part` names: an index, or the "name" of
+/// one of its objects (a contender, a route).
+json& list_element(json& node, const std::string& part, const std::string& where) {
+  if (!part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    const size_t i = std::stoul(part);
+    if (i < node.size()) return node[i];
+  } else {
+    for (auto& e : node)
+      if (e.is_object() && e.contains("name") && e["name"] == part) return e;
+  }
+  std::string names;
+  for (const auto& e : node)
+    if (e.is_object() && e.contains("name") && e["name"].is_string()) names += (names.empty() ? "" : ", ") + e["name"].get<std::string>();
+  throw ConfigError(where, "is a list of " + std::to_string(node.size()) + ": '" + part + "' is neither an index 0.." +
+                               std::to_string(static_cast<int64_t>(node.size()) - 1) + " nor the name of an element" +
+                               (names.empty() ? std::string() : " (names: " + names + ")"));
+}
+}  // namespace
+
 void set_dotted(json& config, const std::string& dotted_key, const json& value) {
   json* node = &config;
   auto parts = split_dots(dotted_key);
+  std::string where;
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
-    if (!node->is_object()) throw ConfigError("/" + parts[i], "cannot set a key inside a non-object");
-    node = &(*node)[parts[i]];
-    if (node->is_null()) *node = json::object();
+    if (node->is_array()) {
+      node = &list_element(*node, parts[i], where);
+    } else {
+      if (!node->is_object()) throw ConfigError(where + "/" + parts[i], "cannot set a key inside a non-object");
+      node = &(*node)[parts[i]];
+      if (node->is_null()) *node = json::object();
+    }
+    where += "/" + parts[i];
   }
-  if (!node->is_object() && !node->is_null()) {
-    std::string where;
-    for (size_t i = 0; i + 1 < parts.size(); ++i) where += "/" + parts[i];
+  if (node->is_array()) {
+    list_element(*node, parts.back(), where) = value;
+    return;
+  }
+  if (!node->is_object() && !node->is_null())
     throw ConfigError(where, "is " + node->dump() + ", not an object: cannot set '" + parts.back() + "' inside it");
-  }
   (*node)[parts.back()] = value;
 }
 

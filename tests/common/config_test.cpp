@@ -48,6 +48,23 @@ TEST(Config, OverridesParseJsonValuesAndStrings) {
   EXPECT_THROW(lopt::get_dotted(cfg, "optimizer.missing"), ConfigError);
 }
 
+// Lists in a dotted key: an element by index or by its "name" (a comparison's contenders); anything
+// else is a config error naming the list and its names.
+TEST(Config, OverridesReachIntoListsByIndexOrName) {
+  nlohmann::json cfg = nlohmann::json::parse(
+      R"({"contenders": [{"name": "AdamW", "lr_grid": [1, 2]}, {"name": "muLO", "optimizer": {"type": "mulo"}}]})");
+  lopt::apply_override(cfg, "contenders.muLO.optimizer.checkpoint=x.safetensors");
+  lopt::apply_override(cfg, "contenders.0.lr_grid.1=3");
+  lopt::apply_override(cfg, "contenders.AdamW.optimizer={\"type\": \"adamw\"}");
+  EXPECT_EQ(cfg["contenders"][1]["optimizer"]["checkpoint"], "x.safetensors");
+  EXPECT_EQ(cfg["contenders"][0]["lr_grid"], nlohmann::json::parse("[1, 3]"));
+  EXPECT_EQ(cfg["contenders"][0]["optimizer"]["type"], "adamw");
+  const auto msg = lopt_test::thrown_message<lopt::ConfigError>([&] { lopt::apply_override(cfg, "contenders.Muon.lr=1"); });
+  EXPECT_NE(msg.find("/contenders"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("names: AdamW, muLO"), std::string::npos) << msg;
+  EXPECT_THROW(lopt::apply_override(cfg, "contenders.2.lr=1"), lopt::ConfigError);
+}
+
 TEST(Config, LoadJsonFileErrors) {
   lopt_test::TempDir dir;
   EXPECT_THROW(lopt::load_json_file(dir.path("missing.json")), lopt::IoError);

@@ -262,9 +262,10 @@ TEST(Compare, ShippedConfigsTuneEveryLearnedOptimizerLikeTheBaselines) {
   for (const auto& e : std::filesystem::directory_iterator(root / "experiments/configs")) {
     auto j = lopt::load_json_file(e.path().string());
     if (!j.contains("contenders")) continue;
-    // The main job's muLO_quick is meta-trained by the main job itself (absent in a fresh clone).
+    // The main job's muLO_quick is meta-trained by the main job itself under runs/ (absent in a
+    // fresh clone).
     for (auto& c : j["contenders"])
-      if (c["optimizer"].value("checkpoint", std::string()).rfind("results/headline/", 0) == 0)
+      if (c["optimizer"].value("checkpoint", std::string()).rfind("runs/", 0) == 0)
         c["optimizer"]["checkpoint"] = "results/checkpoints/mulo_s/theta.safetensors";
     comparisons.emplace_back(e.path().filename().string(), j);
   }
