@@ -2,8 +2,13 @@
 
 #include <H5Cpp.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <thread>
 
 #include "common/config.h"
 #include "common/errors.h"
@@ -175,6 +180,19 @@ std::vector<double> h5_read_doubles(const std::string& path, const std::string& 
     if (n > 0) ds.read(out.data(), H5::PredType::NATIVE_DOUBLE);
     return out;
   });
+}
+
+std::string machine_description() {
+  std::string cpu = "unknown CPU";
+  std::ifstream info("/proc/cpuinfo");
+  for (std::string line; std::getline(info, line);) {
+    if (line.rfind("model name", 0) != 0) continue;
+    if (auto colon = line.find(':'); colon != std::string::npos) cpu = line.substr(line.find_first_not_of(' ', colon + 1));
+    break;
+  }
+  const int threads = at::get_num_threads();
+  return cpu + ", " + std::to_string(std::max(1u, std::thread::hardware_concurrency())) + " cores, " + std::to_string(threads) +
+         (threads == 1 ? " thread" : " threads");
 }
 
 }  // namespace lopt

@@ -37,6 +37,9 @@ class H5Writer {
 
 /// Reads a string attribute from the root group of an HDF5 file (empty string when absent).
 std::string h5_read_string_attr(const std::string& path, const std::string& name);
+/// The machine a result was computed on, for its file's "machine" attribute: CPU model (from
+/// /proc/cpuinfo), logical cores, LibTorch intra-op threads, e.g. "AMD EPYC 9B14, 2 cores, 1 thread".
+std::string machine_description();
 /// Reads a float64 dataset (flattened).
 std::vector<double> h5_read_doubles(const std::string& path, const std::string& dataset);
 /// Reads a numeric attribute of the root group.

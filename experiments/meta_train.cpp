@@ -14,6 +14,7 @@ void write_meta_train_log(const std::string& path, const MetaTrainer& trainer) {
   w.attr("skipped_estimates", log.skipped);
   kernels::apply_target_from_env();
   w.attr("simd_target", kernels::dispatched_target());
+  w.attr("machine", machine_description());
   w.attr("outer_optimizer", std::string(trainer.config()["outer"]["weight_decay"].get<double>() > 0
                                             ? "AdamW (decoupled weight decay), warmup-cosine, global-norm clip"
                                             : "Adam (no weight decay), warmup-cosine, global-norm clip"));

@@ -293,6 +293,7 @@ void write_train_result(const std::string& path, const nlohmann::json& config, c
   // Learned-optimizer runs round differently on each SIMD target (about 1% after 1000 steps).
   kernels::apply_target_from_env();
   w.attr("simd_target", kernels::dispatched_target());
+  w.attr("machine", machine_description());
   w.attr("kind", std::string("train"));
   w.attr("status", std::string(r.diverged ? "diverged" : "completed"));
   w.attr("diverged_step", r.diverged_step);

@@ -20,6 +20,8 @@ PACKAGES=(
   python3 python3-h5py python3-matplotlib python3-numpy
   # data
   dataset-fashion-mnist fortunes fortunes-de
+  # the HTML report's check in a real browser (the tests render it headless)
+  chromium
 )
 
 missing=()

@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <sstream>
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -167,4 +168,11 @@ namespace lopt_test {
 int64_t h5_int_attr(const std::string& path, const std::string& name) {
   return static_cast<int64_t>(lopt::h5_read_double_attr(path, name));
 }
+std::string read_text(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
 }  // namespace lopt_test

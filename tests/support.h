@@ -78,4 +78,7 @@ int64_t h5_int_attr(const std::string& path, const std::string& name);
 int run_lopt(const std::string& args, std::string* output = nullptr, const std::string& env = "",
              const std::string& wrapper = "");
 
+/// A text file's contents ("" when it cannot be read).
+std::string read_text(const std::string& path);
+
 }  // namespace lopt_test

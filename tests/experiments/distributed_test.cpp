@@ -37,12 +37,8 @@ int free_port() {
   return ntohs(a.sin_port);
 }
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using lopt_test::read_text;
+const auto& slurp = read_text;
 
 struct Launch {
   std::vector<int> rc;              ///< exit code per rank (-1: killed / not started)
