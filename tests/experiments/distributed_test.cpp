@@ -153,14 +153,16 @@ TEST_F(MultiProcess, AKilledOrMissingRankIsAClearErrorWithinTheTimeout) {
     EXPECT_TRUE(named) << killed.output[r];
     EXPECT_NE(killed.output[r].find("LOPT_DIST_TIMEOUT"), std::string::npos) << killed.output[r];
   }
-  EXPECT_LT(killed.seconds, 4.0 + 10 + 20);
+  // Bounds against a hang (the launcher gives up at 120 s), not a speed check: on a machine with
+  // more processes than cores the ranks' start-up alone took 40 s once.
+  EXPECT_LT(killed.seconds, 4.0 + 10 + 60);
   // Rank 3 never starts: the rendezvous times out with the same kind of error.
   auto missing = launch(tmp, 4, "local-sgd -q --config local.json -o m.h5", 3, 3);
   for (int r : {0, 1, 2}) {
     EXPECT_EQ(missing.rc[r], 3) << "rank " << r << ": " << missing.output[r];
     EXPECT_NE(missing.output[r].find("rank " + std::to_string(r) + "/4"), std::string::npos) << missing.output[r];
   }
-  EXPECT_LT(missing.seconds, 3 + 20);
+  EXPECT_LT(missing.seconds, 3 + 60);
 }
 
 const char* kMetaConfig = R"({
