@@ -186,15 +186,18 @@ def main():
         wall = 0.0
         if not a.compare_only:
             shutil.rmtree(out, ignore_errors=True)
+            if os.path.exists(out + ".log"):
+                os.remove(out + ".log")
             os.makedirs(out, exist_ok=True)
             t0 = time.time()
             for cmd in e["commands"]:
                 cmd = cmd.replace("{out}", out).replace("{lopt}", a.lopt)
                 print("reproduce %s: %s" % (name, cmd), flush=True)
-                with open(os.path.join(out, "log.txt"), "a") as log:
+                # Beside the folder, not in it: a command may recreate its output folder (run.sh does).
+                with open(out + ".log", "a") as log:
                     rc = subprocess.call(cmd, shell=True, stdout=log, stderr=subprocess.STDOUT)
                 if rc != 0:
-                    print("reproduce %s: the command failed (exit %d); see %s/log.txt" % (name, rc, out), file=sys.stderr)
+                    print("reproduce %s: the command failed (exit %d); see %s.log" % (name, rc, out), file=sys.stderr)
                     failed += 1
                     break
             wall = time.time() - t0
