@@ -10,7 +10,6 @@
 #include "common/config.h"
 #include "common/device.h"
 #include "common/errors.h"
-#include "optimizers/adam.h"
 #include "optimizers/lo_features.h"
 #include "optimizers/muon.h"
 #include "optimizers/safetensors.h"
@@ -373,6 +372,31 @@ std::vector<torch::Tensor> Celo2Optimizer::clipped(const std::vector<torch::Tens
   return grads;
 }
 
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> Celo2Optimizer::adamw_step(
+    const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& m, const torch::Tensor& v, const torch::Tensor& lr,
+    const torch::Tensor& t) const {
+  // Scalar factors in float64 (lr, t: one member's 0-dim values or a population's [M, 1, ...]), rounded
+  // once to the parameters' type, as scalar arguments would be.
+  const double wd = config_.adam_weight_decay, b1 = config_.adam_beta1, b2 = config_.adam_beta2;
+  const auto as_p = [&](const torch::Tensor& x) { return x.to(p.options()); };
+  if (config_.adamw_variant == "pylo") {
+    // PyLO _adamw_step: p -= lr (m̂ / (sqrt(v̂) + eps) + wd p): torch AdamW's maths (adam_tensor_step).
+    const auto decayed = wd != 0 ? p * as_p(1 - lr * wd) : p;
+    auto m_new = m.mul(b1).add(g, 1 - b1);
+    auto v_new = v.mul(b2).addcmul(g, g, 1 - b2);
+    const auto bc2_sqrt = as_p((1 - torch::pow(b2, t)).sqrt());
+    const auto value = as_p(-lr / (1 - torch::pow(b1, t)));
+    auto p_new = decayed + value * (m_new / v_new.sqrt().div(bc2_sqrt).add(config_.adam_eps));
+    return {p_new, m_new, v_new};
+  }
+  // celo2.py AdamTransformation (bias_correction False): s = m rsqrt(v + eps); p - lr s - wd p lr.
+  const auto lr_p = as_p(lr);
+  auto m_new = lo::rolling_average(m, g, as_p(torch::tensor(b1)));
+  auto v_new = lo::rolling_average(v, g.square(), as_p(torch::tensor(b2)));
+  auto p_new = p - lr_p * (m_new * (v_new + config_.adam_eps).rsqrt()) - wd * p * lr_p;
+  return {p_new, m_new, v_new};
+}
+
 OptState Celo2Optimizer::update(const OptState& state, const std::vector<torch::Tensor>& grads_in,
                                 const torch::Tensor&) const {
   check_grads(state, grads_in, "Celo2Optimizer::update");
@@ -390,21 +414,8 @@ OptState Celo2Optimizer::update(const OptState& state, const std::vector<torch::
     std::array<torch::Tensor, 5> acc = {slot("mom"), slot("rms"), slot("fac_vec_row"), slot("fac_vec_col"), slot("fac_vec_v")};
     torch::Tensor p_new, m = slot("exp_avg"), v = slot("exp_avg_sq");
     if (uses_adamw(state.params, i)) {
-      const double lr_a = lr_t * config_.adam_lr_mult, wd = config_.adam_weight_decay;
-      if (config_.adamw_variant == "pylo") {
-        // PyLO _adamw_step: p -= lr (m̂ / (sqrt(v̂) + eps) + wd p): torch AdamW's maths.
-        const double bc1 = 1 - std::pow(config_.adam_beta1, t), bc2_sqrt = std::sqrt(1 - std::pow(config_.adam_beta2, t));
-        auto r = adam_tensor_step(p, g, m, v, lr_a, config_.adam_beta1, config_.adam_beta2, config_.adam_eps, wd,
-                                  /*decoupled=*/true, bc1, bc2_sqrt);
-        p_new = r.param, m = r.exp_avg, v = r.exp_avg_sq;
-      } else {
-        // celo2.py AdamTransformation (bias_correction False): s = m rsqrt(v + eps); p - lr s - wd p lr.
-        const auto b1 = torch::tensor(static_cast<float>(config_.adam_beta1)).to(p.device());
-        const auto b2 = torch::tensor(static_cast<float>(config_.adam_beta2)).to(p.device());
-        m = lo::rolling_average(m, g, b1);
-        v = lo::rolling_average(v, g.square(), b2);
-        p_new = p - lr_a * (m * (v + config_.adam_eps).rsqrt()) - wd * p * lr_a;
-      }
+      const auto on = torch::TensorOptions().dtype(torch::kFloat64);
+      std::tie(p_new, m, v) = adamw_step(p, g, m, v, torch::tensor(lr_t * config_.adam_lr_mult, on), torch::tensor(t, on));
     } else {
       std::array<torch::Tensor, 5> next;
       const auto step = learned_step(p, g, acc[0], acc[1], acc[2], acc[3], acc[4], next);
@@ -439,11 +450,13 @@ void Celo2Optimizer::update_many_(std::vector<PopulationMember>& members) const 
   }
   Net net;
   net.batched = true;
-  auto stack_of = [&](auto&& get) {
+  // Member m's tensor get(m), stacked along a new dimension 0.
+  auto stacked = [&](auto&& get) {
     std::vector<torch::Tensor> parts;
-    for (const auto* o : opts) parts.push_back(get(*o));
+    for (int64_t m = 0; m < M; ++m) parts.push_back(get(m));
     return torch::stack(parts);
   };
+  auto stack_of = [&](auto&& get) { return stacked([&](int64_t m) { return get(*opts[static_cast<size_t>(m)]); }); };
   net.w0 = stack_of([](const Celo2Optimizer& o) { return o.w0_; });
   net.b0 = stack_of([](const Celo2Optimizer& o) { return o.named_.at("b0"); });
   for (size_t l = 0; l < dense_w_.size(); ++l) {
@@ -454,50 +467,30 @@ void Celo2Optimizer::update_many_(std::vector<PopulationMember>& members) const 
   for (const auto& mb : members) grads.push_back(clipped(mb.grads));
   static const char* kAcc[5] = {"mom", "rms", "fac_vec_row", "fac_vec_col", "fac_vec_v"};
   for (size_t i = 0; i < first.size(); ++i) {
-    auto stacked = [&](auto&& get) {
-      std::vector<torch::Tensor> parts;
-      for (int64_t m = 0; m < M; ++m) parts.push_back(get(m));
-      return torch::stack(parts);
-    };
     const auto p = stacked([&](int64_t m) { return members[m].state->params.tensors[i]; });
     const auto g = stacked([&](int64_t m) { return grads[m][i]; });
     const auto slot = [&](const char* k) { return stacked([&](int64_t m) { return members[m].state->slots.at(k)[i]; }); };
     // Per-member factors as float tensors [M, 1, ...]: the scalars update() applies, rounded alike.
     std::vector<int64_t> bshape(static_cast<size_t>(p.dim()), 1);
     bshape[0] = M;
-    auto per_member = [&](auto&& f) {
-      std::vector<float> v;
-      for (int64_t m = 0; m < M; ++m) v.push_back(static_cast<float>(f(members[m].state->step, members[m].state->params.info[i])));
-      return torch::tensor(v).to(p.device()).view(bshape);
+    auto per_member = [&](torch::ScalarType type, auto&& f) {
+      std::vector<double> v;
+      for (int64_t m = 0; m < M; ++m) v.push_back(f(members[m].state->step, members[m].state->params.info[i]));
+      return torch::tensor(v, torch::kFloat64).to(torch::TensorOptions().dtype(type).device(p.device())).view(bshape);
     };
     const auto lr_of = [&](int64_t step, const ParamInfo& info) { return config_.lr * (*schedule_)(step) * mup_mult(info); };
     torch::Tensor p_new, exp_avg = slot("exp_avg"), exp_avg_sq = slot("exp_avg_sq");
     std::array<torch::Tensor, 5> acc;
     for (int k = 0; k < 5; ++k) acc[static_cast<size_t>(k)] = slot(kAcc[k]);
     if (uses_adamw(first, i)) {
-      const double wd = config_.adam_weight_decay, b1 = config_.adam_beta1, b2 = config_.adam_beta2;
-      const auto lr_a = [&](int64_t step, const ParamInfo& info) { return lr_of(step, info) * config_.adam_lr_mult; };
-      if (config_.adamw_variant == "pylo") {
-        // adam_tensor_step's maths with a per-member lr and bias correction.
-        const auto t = [](int64_t step) { return static_cast<double>(step + 1); };
-        auto decayed = wd != 0 ? p * per_member([&](int64_t s, const ParamInfo& in) { return 1 - lr_a(s, in) * wd; }) : p;
-        exp_avg = exp_avg.mul(b1).add(g, 1 - b1);
-        exp_avg_sq = exp_avg_sq.mul(b2).addcmul(g, g, 1 - b2);
-        const auto bc2_sqrt = per_member([&](int64_t s, const ParamInfo&) { return std::sqrt(1 - std::pow(b2, t(s))); });
-        const auto value = per_member([&](int64_t s, const ParamInfo& in) { return -lr_a(s, in) / (1 - std::pow(b1, t(s))); });
-        p_new = decayed + value * (exp_avg / exp_avg_sq.sqrt().div(bc2_sqrt).add(config_.adam_eps));
-      } else {
-        const auto lr = per_member(lr_a);
-        const auto beta1 = torch::tensor(static_cast<float>(b1)).to(p.device());
-        const auto beta2 = torch::tensor(static_cast<float>(b2)).to(p.device());
-        exp_avg = lo::rolling_average(exp_avg, g, beta1);
-        exp_avg_sq = lo::rolling_average(exp_avg_sq, g.square(), beta2);
-        p_new = p - lr * (exp_avg * (exp_avg_sq + config_.adam_eps).rsqrt()) - wd * p * lr;
-      }
+      std::tie(p_new, exp_avg, exp_avg_sq) =
+          adamw_step(p, g, exp_avg, exp_avg_sq,
+                     per_member(torch::kFloat64, [&](int64_t s, const ParamInfo& in) { return lr_of(s, in) * config_.adam_lr_mult; }),
+                     per_member(torch::kFloat64, [](int64_t s, const ParamInfo&) { return static_cast<double>(s + 1); }));
     } else {
       std::array<torch::Tensor, 5> next;
       const auto step = learned_step(net, p, g, acc[0], acc[1], acc[2], acc[3], acc[4], next, nullptr, nullptr);
-      p_new = p - per_member(lr_of) * (step + config_.weight_decay * p);
+      p_new = p - per_member(p.scalar_type(), lr_of) * (step + config_.weight_decay * p);
       acc = next;
     }
     for (int64_t m = 0; m < M; ++m) {

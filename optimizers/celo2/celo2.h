@@ -19,6 +19,7 @@
 #include <array>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "optimizers/learned_optimizer.h"
@@ -138,6 +139,11 @@ class Celo2Optimizer : public Optimizer {
                              const torch::Tensor& rms, const torch::Tensor& row, const torch::Tensor& col,
                              const torch::Tensor& v, std::array<torch::Tensor, 5>& new_slots, torch::Tensor* mlp_inputs,
                              torch::Tensor* mlp_outputs) const;
+  /// The AdamW step (adamw_variant) of a tensor at update number t (from 1), lr the branch's lr:
+  /// (p, m, v) after it. lr and t are float64, 0-dim for one member or [M, 1, ...] for stacked members.
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> adamw_step(const torch::Tensor& p, const torch::Tensor& g,
+                                                                      const torch::Tensor& m, const torch::Tensor& v,
+                                                                      const torch::Tensor& lr, const torch::Tensor& t) const;
   /// The gradients after global-norm clipping (max_grad_norm) and the element-wise clamp.
   std::vector<torch::Tensor> clipped(const std::vector<torch::Tensor>& grads) const;
 
