@@ -65,7 +65,10 @@ Celo2Config Celo2Config::from_json(const nlohmann::json& j, const std::string& p
   c.adam_beta2 = r.get<double>("adam_beta2", jax ? 0.999 : 0.95);
   c.adam_eps = r.get<double>("adam_eps", 1e-8);
   c.adam_weight_decay = r.get<double>("adam_weight_decay", c.weight_decay);
+  c.impl = r.get<std::string>("impl", c.impl);
   r.finish();
+  config_check(c.impl == "fused" || c.impl == "tensor", r.path_of("impl"),
+               "must be \"fused\" (the SIMD kernel for float32 CPU matrices) or \"tensor\" (LibTorch tensor ops)");
   config_check(c.hidden_size >= 1, r.path_of("hidden_size"), "must be >= 1");
   config_check(c.hidden_layers >= 1, r.path_of("hidden_layers"), "must be >= 1 (the last dense layer gives the 3 outputs)");
   for (const auto& [key, value] : {std::pair<const char*, double>{"lr", c.lr}, {"weight_decay", c.weight_decay},
@@ -109,7 +112,8 @@ nlohmann::json Celo2Config::to_json() const {
           {"adam_beta1", adam_beta1},
           {"adam_beta2", adam_beta2},
           {"adam_eps", adam_eps},
-          {"adam_weight_decay", adam_weight_decay}};
+          {"adam_weight_decay", adam_weight_decay},
+          {"impl", impl}};
 }
 
 // ------------------------------------------------------------------ theta
@@ -262,6 +266,40 @@ Celo2Optimizer::Celo2Optimizer(const Celo2& lopt, torch::Tensor theta, nlohmann:
   mom_decay_ = as_tensor(config_.initial_momentum_decays);
   rms_decay_ = as_tensor(config_.initial_rms_decays).clamp(0.0, 1.0);
   fac_decay_ = as_tensor(config_.initial_adafactor_decays).clamp(0.0, 1.0);
+  if (theta_.device().is_cpu()) {
+    // The fused kernel's form of the network: the first layer's columns in the kernel's feature order
+    // (its 18 per-element features, then row x3, col x3, rsqrt(row) x3, rsqrt(col) x3), every layer
+    // [out][in], the first two outputs (direction, magnitude).
+    static constexpr int kChannelOf[kCelo2Inputs] = {0,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 27, 28,
+                                                     29, 1,  14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26};
+    torch::NoGradGuard no_grad;
+    auto vec = [](const torch::Tensor& t) {
+      auto x = t.detach().to(torch::kFloat32).contiguous();
+      return std::vector<float>(x.data_ptr<float>(), x.data_ptr<float>() + x.numel());
+    };
+    detail::FusedNet& n = fused_net_;
+    auto copy3 = [](const torch::Tensor& t, float* out, size_t k) { for (size_t i = 0; i < k; ++i) out[i] = t[static_cast<int64_t>(i)].item<float>(); };
+    copy3(mom_decay_, n.mom_decay, 3);
+    copy3(fac_decay_, n.fac_decay, 3);
+    n.rms_decay = rms_decay_[0].item<float>();
+    n.rms_eps = static_cast<float>(kRmsEps);
+    n.normalizer_eps = kNormalizerEps;
+    n.celo2_features = true;
+    n.hidden = static_cast<int>(config_.hidden_size);
+    const auto w0t = w0_.detach().t().contiguous();  // [hidden][30 channels]
+    const auto w0v = vec(w0t);
+    for (int j = 0; j < n.hidden; ++j)
+      for (int i = 0; i < kCelo2Inputs; ++i) n.w_in.push_back(w0v[static_cast<size_t>(j * kCelo2Inputs + kChannelOf[i])]);
+    n.b_in = vec(named_.at("b0"));
+    for (size_t l = 0; l + 1 < dense_w_.size(); ++l) {
+      n.w_hidden.push_back(vec(dense_w_[l].t()));
+      n.b_hidden.push_back(vec(dense_b_[l]));
+    }
+    n.w_out = vec(dense_w_.back().t().narrow(0, 0, 2));
+    n.b_out = vec(dense_b_.back().narrow(0, 0, 2));
+    n.exp_mult = static_cast<float>(config_.exp_mult);
+    n.step_mult = 1.0f;  // the step is normalised afterwards; rmsmult applies then
+  }
 }
 
 bool Celo2Optimizer::uses_adamw(const ParamSet& params, size_t i) const {
@@ -431,25 +469,45 @@ OptState Celo2Optimizer::update(const OptState& state, const std::vector<torch::
   return out;
 }
 
+bool Celo2Optimizer::fuses(const ParamSet& params, size_t i) const {
+  const auto& p = params.tensors[i];
+  return config_.impl == "fused" && fused_net_.hidden > 0 && !uses_adamw(params, i) && p.dim() == 2 &&
+         p.device().is_cpu() && p.scalar_type() == torch::kFloat32 && p.numel() > 0;
+}
+
+void Celo2Optimizer::update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const {
+  torch::NoGradGuard no_grad;
+  if (config_.impl == "tensor") {
+    state = update(state, grads, loss);
+    return;
+  }
+  check_grads(state, grads, "Celo2Optimizer::update_");
+  std::vector<PopulationMember> one = {{this, &state, grads, loss}};
+  step_stacked_(one);
+}
+
 void Celo2Optimizer::update_many_(std::vector<PopulationMember>& members) const {
   torch::NoGradGuard no_grad;
-  const int64_t M = static_cast<int64_t>(members.size());
-  if (M < 2) return Optimizer::update_many_(members);
-  std::vector<const Celo2Optimizer*> opts;
-  bool stackable = true;
+  if (members.size() < 2) return Optimizer::update_many_(members);
   const ParamSet& first = members.front().state->params;
   for (const auto& mb : members) {
     const auto* o = dynamic_cast<const Celo2Optimizer*>(mb.opt);
-    stackable = stackable && o && o->config_key_ == config_key_ && mb.state->params.size() == first.size();
+    bool stackable = o && o->config_key_ == config_key_ && mb.state->params.size() == first.size() &&
+                     o->theta_.device() == theta_.device();
     for (size_t i = 0; stackable && i < first.size(); ++i)
       stackable = mb.state->params.tensors[i].sizes() == first.tensors[i].sizes() &&
                   mb.state->params.info[i].role == first.info[i].role;
     if (!stackable) return Optimizer::update_many_(members);
     check_grads(*mb.state, mb.grads, "Celo2Optimizer::update_many_");
-    opts.push_back(o);
   }
-  Net net;
-  net.batched = true;
+  step_stacked_(members);
+}
+
+void Celo2Optimizer::step_stacked_(std::vector<PopulationMember>& members) const {
+  const int64_t M = static_cast<int64_t>(members.size());
+  std::vector<const Celo2Optimizer*> opts;
+  for (const auto& mb : members) opts.push_back(static_cast<const Celo2Optimizer*>(mb.opt));
+  const ParamSet& first = members.front().state->params;
   // Member m's tensor get(m), stacked along a new dimension 0.
   auto stacked = [&](auto&& get) {
     std::vector<torch::Tensor> parts;
@@ -457,40 +515,84 @@ void Celo2Optimizer::update_many_(std::vector<PopulationMember>& members) const 
     return torch::stack(parts);
   };
   auto stack_of = [&](auto&& get) { return stacked([&](int64_t m) { return get(*opts[static_cast<size_t>(m)]); }); };
-  net.w0 = stack_of([](const Celo2Optimizer& o) { return o.w0_; });
-  net.b0 = stack_of([](const Celo2Optimizer& o) { return o.named_.at("b0"); });
-  for (size_t l = 0; l < dense_w_.size(); ++l) {
-    net.w.push_back(stack_of([&](const Celo2Optimizer& o) { return o.dense_w_[l]; }));
-    net.b.push_back(stack_of([&](const Celo2Optimizer& o) { return o.dense_b_[l]; }));
-  }
+  Net net;  // built when a tensor takes the batched tensor ops
+  auto batched_net = [&]() -> const Net& {
+    if (net.batched) return net;
+    net.batched = true;
+    net.w0 = stack_of([](const Celo2Optimizer& o) { return o.w0_; });
+    net.b0 = stack_of([](const Celo2Optimizer& o) { return o.named_.at("b0"); });
+    for (size_t l = 0; l < dense_w_.size(); ++l) {
+      net.w.push_back(stack_of([&](const Celo2Optimizer& o) { return o.dense_w_[l]; }));
+      net.b.push_back(stack_of([&](const Celo2Optimizer& o) { return o.dense_b_[l]; }));
+    }
+    return net;
+  };
   std::vector<std::vector<torch::Tensor>> grads;
   for (const auto& mb : members) grads.push_back(clipped(mb.grads));
   static const char* kAcc[5] = {"mom", "rms", "fac_vec_row", "fac_vec_col", "fac_vec_v"};
+  const auto lr_of = [&](int64_t step, const ParamInfo& info) { return config_.lr * (*schedule_)(step) * mup_mult(info); };
+  // Per-member factors as tensors [M, 1, ...] of rank `rank`: the scalars update() applies, rounded alike.
+  auto per_member = [&](size_t i, int64_t rank, torch::ScalarType type, const torch::Device& dev, auto&& f) {
+    std::vector<int64_t> bshape(static_cast<size_t>(rank), 1);
+    bshape[0] = M;
+    std::vector<double> v;
+    for (int64_t m = 0; m < M; ++m) v.push_back(f(members[m].state->step, members[m].state->params.info[i]));
+    return torch::tensor(v, torch::kFloat64).to(torch::TensorOptions().dtype(type).device(dev)).view(bshape);
+  };
+
+  // The fused matrices of every member: one kernel call writes their steps (before lr) to `outs`.
+  std::vector<detail::FusedJob> jobs;
+  std::vector<size_t> fused_tensors;
+  std::vector<std::vector<torch::Tensor>> outs(first.size());
+  for (size_t i = 0; i < first.size(); ++i) {
+    if (!fuses(first, i)) continue;
+    fused_tensors.push_back(i);
+    outs[i].reserve(static_cast<size_t>(M));  // the jobs point into it
+    for (int64_t m = 0; m < M; ++m) {
+      OptState& s = *members[m].state;
+      for (const char* k : kAcc)
+        if (!s.slots.at(k)[i].is_contiguous()) s.slots.at(k)[i] = s.slots.at(k)[i].contiguous();
+      outs[i].push_back(torch::empty({s.params.tensors[i].numel()}, torch::kFloat32));
+      jobs.push_back({nullptr, &opts[static_cast<size_t>(m)]->fused_net_, &s.params.tensors[i], grads[m][i],
+                      {&s.slots.at("mom")[i], &s.slots.at("rms")[i], &s.slots.at("fac_vec_row")[i],
+                       &s.slots.at("fac_vec_col")[i], &s.slots.at("fac_vec_v")[i]},
+                      0.0, s.step});
+      jobs.back().out = &outs[i].back();
+    }
+  }
+  if (!jobs.empty()) detail::fused_lopt_steps(jobs);
+
   for (size_t i = 0; i < first.size(); ++i) {
     const auto p = stacked([&](int64_t m) { return members[m].state->params.tensors[i]; });
+    const auto lr = per_member(i, p.dim(), p.scalar_type(), p.device(), lr_of);
+    torch::Tensor p_new;
+    if (!outs[i].empty()) {
+      // Fused: the members' steps [M, rows, cols], orthogonalised as one batch, normalised per member.
+      auto step = torch::stack(outs[i]).view(p.sizes());
+      if (config_.orthogonalize)
+        step = newton_schulz(step, config_.ns_steps, {config_.ns_coeffs[0], config_.ns_coeffs[1], config_.ns_coeffs[2]},
+                             config_.ns_eps);
+      step = lo::second_moment_normalize(step, {1, 2}, kNormalizerEps) * config_.rmsmult;
+      p_new = p - lr * (step + config_.weight_decay * p);
+      for (int64_t m = 0; m < M; ++m) members[m].state->params.tensors[i] = p_new[m];
+      continue;  // the accumulators were updated in place
+    }
     const auto g = stacked([&](int64_t m) { return grads[m][i]; });
     const auto slot = [&](const char* k) { return stacked([&](int64_t m) { return members[m].state->slots.at(k)[i]; }); };
-    // Per-member factors as float tensors [M, 1, ...]: the scalars update() applies, rounded alike.
-    std::vector<int64_t> bshape(static_cast<size_t>(p.dim()), 1);
-    bshape[0] = M;
-    auto per_member = [&](torch::ScalarType type, auto&& f) {
-      std::vector<double> v;
-      for (int64_t m = 0; m < M; ++m) v.push_back(f(members[m].state->step, members[m].state->params.info[i]));
-      return torch::tensor(v, torch::kFloat64).to(torch::TensorOptions().dtype(type).device(p.device())).view(bshape);
-    };
-    const auto lr_of = [&](int64_t step, const ParamInfo& info) { return config_.lr * (*schedule_)(step) * mup_mult(info); };
-    torch::Tensor p_new, exp_avg = slot("exp_avg"), exp_avg_sq = slot("exp_avg_sq");
+    torch::Tensor exp_avg = slot("exp_avg"), exp_avg_sq = slot("exp_avg_sq");
     std::array<torch::Tensor, 5> acc;
     for (int k = 0; k < 5; ++k) acc[static_cast<size_t>(k)] = slot(kAcc[k]);
     if (uses_adamw(first, i)) {
       std::tie(p_new, exp_avg, exp_avg_sq) =
           adamw_step(p, g, exp_avg, exp_avg_sq,
-                     per_member(torch::kFloat64, [&](int64_t s, const ParamInfo& in) { return lr_of(s, in) * config_.adam_lr_mult; }),
-                     per_member(torch::kFloat64, [](int64_t s, const ParamInfo&) { return static_cast<double>(s + 1); }));
+                     per_member(i, p.dim(), torch::kFloat64, p.device(),
+                                [&](int64_t s, const ParamInfo& in) { return lr_of(s, in) * config_.adam_lr_mult; }),
+                     per_member(i, p.dim(), torch::kFloat64, p.device(),
+                                [](int64_t s, const ParamInfo&) { return static_cast<double>(s + 1); }));
     } else {
       std::array<torch::Tensor, 5> next;
-      const auto step = learned_step(net, p, g, acc[0], acc[1], acc[2], acc[3], acc[4], next, nullptr, nullptr);
-      p_new = p - per_member(p.scalar_type(), lr_of) * (step + config_.weight_decay * p);
+      const auto step = learned_step(batched_net(), p, g, acc[0], acc[1], acc[2], acc[3], acc[4], next, nullptr, nullptr);
+      p_new = p - lr * (step + config_.weight_decay * p);
       acc = next;
     }
     for (int64_t m = 0; m < M; ++m) {

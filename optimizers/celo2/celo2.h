@@ -22,6 +22,7 @@
 #include <tuple>
 #include <vector>
 
+#include "optimizers/fused_step.h"
 #include "optimizers/learned_optimizer.h"
 #include "optimizers/schedule.h"
 
@@ -66,6 +67,12 @@ struct Celo2Config {
   double adam_beta2 = 0.95;
   double adam_eps = 1e-8;
   double adam_weight_decay = 0.0;  ///< defaults to weight_decay
+  /// No-grad steps (training, meta-training populations): "fused" runs the features and the network
+  /// of float32 CPU matrices in the SIMD kernel shared with μLO (optimizers/fused_step.h), then
+  /// Newton–Schulz (batched over a population's members) and the normalisation in LibTorch;
+  /// "tensor" runs update()'s tensor ops. Other tensors (rank >= 3, vectors through the network,
+  /// other devices) always take the tensor ops.
+  std::string impl = "fused";
 
   static Celo2Config from_json(const nlohmann::json& j, const std::string& path);
   nlohmann::json to_json() const;
@@ -107,9 +114,13 @@ class Celo2Optimizer : public Optimizer {
   /// Tensor ops, differentiable with respect to theta and the parameters.
   OptState update(const OptState& state, const std::vector<torch::Tensor>& grads,
                   const torch::Tensor& loss) const override;
+  /// No-grad step in place: the population step below with one member (config.impl decides the path).
+  void update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const override;
   /// A population's no-grad steps: the members' copies of each tensor are stacked and stepped
-  /// together, each through its own network (batched matmuls) at its own step's lr. Members of
-  /// another optimizer or config, or with other parameter shapes, fall back to one at a time.
+  /// together, each through its own network (batched matmuls) at its own step's lr; with impl
+  /// "fused", every member's float32 CPU matrices go through one fused kernel call and their
+  /// Newton–Schulz iterations through batched matmuls. Members of another optimizer or config, or
+  /// with other parameter shapes, fall back to one at a time.
   void update_many_(std::vector<PopulationMember>& members) const override;
   double lr_at(int64_t step, const ParamInfo& info) const override;
   nlohmann::json hyperparams() const override;
@@ -146,6 +157,10 @@ class Celo2Optimizer : public Optimizer {
                                                                       const torch::Tensor& lr, const torch::Tensor& t) const;
   /// The gradients after global-norm clipping (max_grad_norm) and the element-wise clamp.
   std::vector<torch::Tensor> clipped(const std::vector<torch::Tensor>& grads) const;
+  /// update_many_'s work once the members are known to stack (any count, one included).
+  void step_stacked_(std::vector<PopulationMember>& members) const;
+  /// Whether tensor i of these parameters takes the fused kernel.
+  bool fuses(const ParamSet& params, size_t i) const;
 
   Celo2Config config_;
   torch::Tensor theta_;
@@ -156,6 +171,7 @@ class Celo2Optimizer : public Optimizer {
   std::shared_ptr<const LrSchedule> schedule_;
   nlohmann::json provenance_;
   std::string config_key_;  ///< config_ as JSON text: members with equal keys stack in update_many_
+  detail::FusedNet fused_net_;  ///< the network in the fused kernel's form (impl "fused", CPU theta)
 };
 
 /// resolve_checkpoint of the celo2 family: the keys a checkpoint decides (type, hidden_size,

@@ -3,7 +3,7 @@
 // target by hwy/foreach_target.h and dispatched at run time.
 //
 // Design: elements along lanes; a block of kB = kV * Lanes() elements builds its 16 per-element
-// features in an L1 buffer [feature][kB], then runs the MLP with a register tile of kJ units x kV
+// features (18 for Celo2) in an L1 buffer [feature][kB], then runs the MLP with a register tile of kJ units x kV
 // vectors (kJ = 8 where the target has 32 vector registers, 4 where it has 16: no spills). The 12
 // features that depend only on an Adafactor row or column entry are not recomputed per element: in
 // the rows layout the driver has folded them (and the time features) into a per-row bias and a
@@ -82,20 +82,21 @@ constexpr int kJ = 4;  // 16 vector registers: 8 accumulators + inputs
 constexpr int kV = 2;
 constexpr size_t kB = kV * kL;  // elements per block
 static_assert(kB <= static_cast<size_t>(kMaxBlock), "kMaxBlock must bound every target's block");
-constexpr int kAllFeatures = kElemFeatures + kSideFeatures;
+constexpr int kMaxAllFeatures = kMaxElemFeatures + kSideFeatures;
 
 HWY_INLINE V Relu(const V v) {
   const D d;
   return hn::IfThenZeroElse(hn::Lt(v, hn::Zero(d)), v);  // NaN stays NaN
 }
 
-/// Calls emit(f, feature f) for the 16 per-element features of one vector of elements.
+/// Calls emit(f, feature f) for the 16 per-element features of one vector of elements, and with
+/// kCelo2 Celo2's two more (16: clamp(g, -0.1, 0.1), 17: g * rsqrt(rms + eps)).
 /// (ga, gb): the Adafactor row and column factors applied to g; (ma, mb) those applied to m.
-template <class Emit>
+template <bool kCelo2, class Emit>
 HWY_INLINE void ElemFeatures(const V g, const V p, const V m[3], const V r, const V ga[3], const V gb[3],
-                             const V ma[3], const V mb[3], const Emit& emit) {
+                             const V ma[3], const V mb[3], const V rms_eps, const Emit& emit) {
   const D d;
-  const V rsq = hn::Div(hn::Set(d, 1.0f), hn::Sqrt(hn::Add(r, hn::Set(d, lo_eps::kRmsF))));
+  const V rsq = hn::Div(hn::Set(d, 1.0f), hn::Sqrt(hn::Add(r, rms_eps)));
   emit(0, g);
   emit(1, p);
   for (int k = 0; k < 3; ++k) emit(2 + k, m[k]);
@@ -104,6 +105,11 @@ HWY_INLINE void ElemFeatures(const V g, const V p, const V m[3], const V r, cons
   emit(9, rsq);
   for (int k = 0; k < 3; ++k) emit(10 + k, hn::Mul(hn::Mul(g, ga[k]), gb[k]));
   for (int k = 0; k < 3; ++k) emit(13 + k, hn::Mul(hn::Mul(m[k], ma[k]), mb[k]));
+  if (kCelo2) {
+    // Clamp written as Min(Max) on g first, so that NaN propagates as torch.clamp does.
+    emit(16, hn::IfThenElse(hn::IsNaN(g), g, hn::Min(hn::Max(g, hn::Set(d, -0.1f)), hn::Set(d, 0.1f))));
+    emit(17, hn::Mul(g, rsq));
+  }
 }
 
 /// Momentum and rms update of vector `v` (in place at mom / rms).
@@ -118,23 +124,24 @@ HWY_INLINE void UpdateAccumulators(const LoptTensor& t, const V g, float* HWY_RE
   hn::StoreU(r, d, rms);
 }
 
-/// Sums of squares of the 16 features: a block sums into registers, blocks into float vectors, and
+/// Sums of squares of the kE features: a block sums into registers, blocks into float vectors, and
 /// every kFlushBlocks blocks those move to double (at most kFlushBlocks * kV additions per lane in float).
+template <int kE>
 struct SquareAccumulator {
   static constexpr int kFlushBlocks = 16;
-  HWY_ALIGN float acc[kElemFeatures][kL];
+  HWY_ALIGN float acc[kE][kL];
   int blocks = 0;
   double* out;
   explicit SquareAccumulator(double* sumsq) : out(sumsq) { clear(); }
-  void clear() { std::fill(&acc[0][0], &acc[0][0] + kElemFeatures * kL, 0.0f); }
+  void clear() { std::fill(&acc[0][0], &acc[0][0] + kE * kL, 0.0f); }
   HWY_INLINE void add_block(const V* block) {
     const D d;
-    for (int f = 0; f < kElemFeatures; ++f) hn::Store(hn::Add(hn::Load(d, acc[f]), block[f]), d, acc[f]);
+    for (int f = 0; f < kE; ++f) hn::Store(hn::Add(hn::Load(d, acc[f]), block[f]), d, acc[f]);
     if (++blocks % kFlushBlocks == 0) flush();
   }
   void flush() {
     const D d;
-    for (int f = 0; f < kElemFeatures; ++f) out[f] += static_cast<double>(hn::GetLane(hn::SumOfLanes(d, hn::Load(d, acc[f]))));
+    for (int f = 0; f < kE; ++f) out[f] += static_cast<double>(hn::GetLane(hn::SumOfLanes(d, hn::Load(d, acc[f]))));
     clear();
   }
 };
@@ -176,9 +183,10 @@ HWY_INLINE void Dense(const float* HWY_RESTRICT w, int rows, int cols, const flo
 
 /// Runs the hidden layers and the output layer on h (first hidden activations, [hidden][kB]) and
 /// updates kB parameters at p: step = d * exp(m * exp_mult) * step_mult; p -= lr * step; then
-/// weight decay p -= lr * wd * p (of the updated p, or of the old one when decay_on_old).
+/// weight decay p -= lr * wd * p (of the updated p, or of the old one when decay_on_old). With
+/// t.out set, the step goes to out instead.
 HWY_INLINE void MlpTailAndUpdate(const LoptTensor& t, float* HWY_RESTRICT h, float* HWY_RESTRICT h2,
-                                 float* HWY_RESTRICT p) {
+                                 float* HWY_RESTRICT p, float* HWY_RESTRICT out) {
   const D d;
   const int H = t.hidden;
   for (int l = 0; l < t.n_hidden; ++l) {
@@ -206,7 +214,14 @@ HWY_INLINE void MlpTailAndUpdate(const LoptTensor& t, float* HWY_RESTRICT h, flo
   for (size_t v = 0; v < kV; ++v) {
     const V dir = hn::Add(acc[0][0][v], acc[0][1][v]);
     const V mag = hn::Add(acc[1][0][v], acc[1][1][v]);
-    const V step = hn::Mul(hn::Mul(dir, hn::Exp(d, hn::Mul(mag, exp_mult))), step_mult);
+    // Celo2 with exp_mult 0 has no magnitude term at all (its tensor path skips the exp; a NaN or
+    // infinite magnitude then does not reach the step); small_fc_lopt always applies it.
+    const bool no_mag = t.celo2_features && t.exp_mult == 0.0f;
+    const V step = hn::Mul(no_mag ? dir : hn::Mul(dir, hn::Exp(d, hn::Mul(mag, exp_mult))), step_mult);
+    if (out != nullptr) {
+      hn::StoreU(step, d, out + v * kL);
+      continue;
+    }
     const V p_old = hn::LoadU(d, p + v * kL);
     V pn = hn::Sub(p_old, hn::Mul(lr, step));
     if (t.decay != 0.0f) pn = hn::Sub(pn, hn::Mul(decay, t.decay_on_old ? p_old : pn));
@@ -216,9 +231,9 @@ HWY_INLINE void MlpTailAndUpdate(const LoptTensor& t, float* HWY_RESTRICT h, flo
 
 /// Element data of one block: direct pointers for a full block, zero-padded copies for a partial one.
 struct BlockData {
-  HWY_ALIGN float g[kB], p[kB], mom[3 * kB], rms[kB];
+  HWY_ALIGN float g[kB], p[kB], mom[3 * kB], rms[kB], out[kB];
   const float* gp;
-  float *pp, *mp, *rp;
+  float *pp, *mp, *rp, *op;
   size_t n;
   void load(const LoptTensor& t, int64_t e, size_t count) {
     n = count;
@@ -227,8 +242,10 @@ struct BlockData {
       pp = t.p + e;
       mp = t.mom + 3 * e;
       rp = t.rms + e;
+      op = t.out == nullptr ? nullptr : t.out + e;
       return;
     }
+    op = t.out == nullptr ? nullptr : out;
     std::fill(g, g + kB, 0.0f);
     std::fill(p, p + kB, 0.0f);
     std::fill(mom, mom + 3 * kB, 0.0f);
@@ -249,7 +266,9 @@ struct BlockData {
     std::memcpy(t.rms + e, rms, n * sizeof(float));
   }
   void store_params(const LoptTensor& t, int64_t e) const {
-    if (n != kB) std::memcpy(t.p + e, p, n * sizeof(float));
+    if (n == kB) return;
+    if (t.out != nullptr) std::memcpy(t.out + e, out, n * sizeof(float));
+    else std::memcpy(t.p + e, p, n * sizeof(float));
   }
 };
 
@@ -283,19 +302,20 @@ HWY_INLINE void BlockFactors(const LoptTensor& t, int64_t r, int64_t c0, size_t 
 }
 
 /// Generic layout: gathers the side records of n elements from the cursor into the block's side
-/// feature rows x[16..27] and the factor buffers (zero-padded to kB).
+/// feature rows x[E..E+11] (E = t.elem_features()) and the factor buffers (zero-padded to kB).
 HWY_INLINE void GatherSide(const LoptTensor& t, detail::Cursor& cur, size_t n, float* HWY_RESTRICT x,
                            float (*fac)[kB]) {
-  for (int q = 0; q < kSideFeatures; ++q) std::fill(x + (kElemFeatures + q) * kB, x + (kElemFeatures + q + 1) * kB, 0.0f);
+  x += static_cast<size_t>(t.elem_features()) * kB;  // the side rows
+  for (int q = 0; q < kSideFeatures; ++q) std::fill(x + q * kB, x + (q + 1) * kB, 0.0f);
   for (int q = 0; q < 12; ++q) std::fill(fac[q], fac[q] + kB, 0.0f);
   for (size_t i = 0; i < n; ++i) {
     const float* R = t.row_tab + cur.roff * kSideRecord;
     const float* C = t.col_tab + cur.coff * kSideRecord;
     for (int k = 0; k < 3; ++k) {
-      x[(16 + k) * kB + i] = R[k];      // row
-      x[(19 + k) * kB + i] = C[k];      // col
-      x[(22 + k) * kB + i] = R[3 + k];  // rsqrt(row + 1e-8)
-      x[(25 + k) * kB + i] = C[3 + k];  // rsqrt(col + 1e-8)
+      x[k * kB + i] = R[k];            // row
+      x[(3 + k) * kB + i] = C[k];      // col
+      x[(6 + k) * kB + i] = R[3 + k];  // rsqrt(row + 1e-8)
+      x[(9 + k) * kB + i] = C[3 + k];  // rsqrt(col + 1e-8)
       fac[k][i] = R[6 + k];             // factors applied to g (row, col)
       fac[3 + k][i] = C[6 + k];
       fac[6 + k][i] = R[9 + k];         // factors applied to m (row, col)
@@ -318,17 +338,20 @@ HWY_INLINE void ForEachBlock(const LoptTensor& t, int64_t begin, int64_t end, co
   }
 }
 
-void AccumulateImpl(const LoptTensor& t, int64_t begin, int64_t end, double* sumsq) {
+template <bool kCelo2>
+void Accumulate(const LoptTensor& t, int64_t begin, int64_t end, double* sumsq) {
+  constexpr int kE = kCelo2 ? kCelo2ElemFeatures : kElemFeatures;
   const D d;
-  HWY_ALIGN float x[kAllFeatures * kB];
+  const V rms_eps = hn::Set(d, t.rms_eps);
+  HWY_ALIGN float x[kMaxAllFeatures * kB];
   HWY_ALIGN float fac[12][kB];
   BlockData bd;
-  SquareAccumulator squares(sumsq);
+  SquareAccumulator<kE> squares(sumsq);
   detail::Cursor cur(t, t.rows ? 0 : begin);
   ForEachBlock(t, begin, end, [&](int64_t e, size_t n, int64_t r, int64_t c0) {
     bd.load(t, e, n);
     if (!t.rows) GatherSide(t, cur, n, x, fac);
-    V sq[kElemFeatures];  // vector 0 initialises, later vectors accumulate
+    V sq[kE];  // vector 0 initialises, later vectors accumulate
     for (size_t v = 0; v < kV; ++v) {
       const V g = hn::LoadU(d, bd.gp + v * kL);
       V m[3], rms, ga[3], gb[3], ma[3], mb[3];
@@ -336,11 +359,11 @@ void AccumulateImpl(const LoptTensor& t, int64_t begin, int64_t end, double* sum
       BlockFactors(t, r, c0, v, fac, ga, gb, ma, mb);
       const V p = hn::LoadU(d, bd.pp + v * kL);
       if (n == kB) {
-        ElemFeatures(g, p, m, rms, ga, gb, ma, mb,
-                     [&](int f, V xf) { sq[f] = v == 0 ? hn::Mul(xf, xf) : hn::MulAdd(xf, xf, sq[f]); });
+        ElemFeatures<kCelo2>(g, p, m, rms, ga, gb, ma, mb, rms_eps,
+                             [&](int f, V xf) { sq[f] = v == 0 ? hn::Mul(xf, xf) : hn::MulAdd(xf, xf, sq[f]); });
       } else {  // padding lanes must not count
         const auto valid = hn::FirstN(d, n > v * kL ? n - v * kL : 0);
-        ElemFeatures(g, p, m, rms, ga, gb, ma, mb, [&](int f, V xf) {
+        ElemFeatures<kCelo2>(g, p, m, rms, ga, gb, ma, mb, rms_eps, [&](int f, V xf) {
           xf = hn::IfThenElseZero(valid, xf);
           sq[f] = v == 0 ? hn::Mul(xf, xf) : hn::MulAdd(xf, xf, sq[f]);
         });
@@ -352,10 +375,13 @@ void AccumulateImpl(const LoptTensor& t, int64_t begin, int64_t end, double* sum
   squares.flush();
 }
 
-void ApplyImpl(const LoptTensor& t, int64_t begin, int64_t end) {
+template <bool kCelo2>
+void Apply(const LoptTensor& t, int64_t begin, int64_t end) {
+  constexpr int kE = kCelo2 ? kCelo2ElemFeatures : kElemFeatures;
   const D d;
+  const V rms_eps = hn::Set(d, t.rms_eps);
   const int H = t.hidden;
-  HWY_ALIGN float x[kAllFeatures * kB];
+  HWY_ALIGN float x[kMaxAllFeatures * kB];
   HWY_ALIGN float fac[12][kB];
   auto h1 = hwy::AllocateAligned<float>(static_cast<size_t>(H) * kB);
   auto h2 = hwy::AllocateAligned<float>(static_cast<size_t>(H) * kB);
@@ -369,21 +395,31 @@ void ApplyImpl(const LoptTensor& t, int64_t begin, int64_t end) {
       hn::LoadInterleaved3(d, bd.mp + 3 * v * kL, m[0], m[1], m[2]);
       BlockFactors(t, r, c0, v, fac, ga, gb, ma, mb);
       float* xv = x + v * kL;
-      ElemFeatures(hn::LoadU(d, bd.gp + v * kL), hn::LoadU(d, bd.pp + v * kL), m, hn::LoadU(d, bd.rp + v * kL), ga,
-                   gb, ma, mb, [&](int f, V xf) { hn::Store(xf, d, xv + f * kB); });
+      ElemFeatures<kCelo2>(hn::LoadU(d, bd.gp + v * kL), hn::LoadU(d, bd.pp + v * kL), m, hn::LoadU(d, bd.rp + v * kL),
+                           ga, gb, ma, mb, rms_eps, [&](int f, V xf) { hn::Store(xf, d, xv + f * kB); });
     }
     if (t.rows) {
       const float* bias_row = t.b_in + r * H;
       const float* bias_col = t.col_bias + c0;
-      Dense(t.w_in, H, kElemFeatures, x, h1.get(), [&](int j, size_t v) {
+      Dense(t.w_in, H, kE, x, h1.get(), [&](int j, size_t v) {
         return hn::Add(hn::Set(d, bias_row[j]), hn::LoadU(d, bias_col + j * t.stride + static_cast<int64_t>(v * kL)));
       });
     } else {
-      Dense(t.w_in, H, kAllFeatures, x, h1.get(), [&](int j, size_t) { return hn::Set(d, t.b_in[j]); });
+      Dense(t.w_in, H, kE + kSideFeatures, x, h1.get(), [&](int j, size_t) { return hn::Set(d, t.b_in[j]); });
     }
-    MlpTailAndUpdate(t, h1.get(), h2.get(), bd.pp);
+    MlpTailAndUpdate(t, h1.get(), h2.get(), bd.pp, bd.op);
     bd.store_params(t, e);
   });
+}
+
+void AccumulateImpl(const LoptTensor& t, int64_t begin, int64_t end, double* sumsq) {
+  if (t.celo2_features) Accumulate<true>(t, begin, end, sumsq);
+  else Accumulate<false>(t, begin, end, sumsq);
+}
+
+void ApplyImpl(const LoptTensor& t, int64_t begin, int64_t end) {
+  if (t.celo2_features) Apply<true>(t, begin, end);
+  else Apply<false>(t, begin, end);
 }
 
 void SquareSumsImpl(const float* g, int64_t rows, int64_t cols, double* row_sum, double* col_sum) {

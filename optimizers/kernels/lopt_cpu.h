@@ -15,6 +15,9 @@ namespace lopt::kernels {
 /// Features computed per element: g, p, m x3, rms, m*rsqrt(rms) x3, rsqrt(rms), Adafactor-
 /// preconditioned g x3, m * row * col factor x3 (learned_optimization order 0-12, 25-27).
 constexpr int kElemFeatures = 16;
+/// Celo2 adds two per-element features after those 16: clamp(g, -0.1, 0.1) and g * rsqrt(rms).
+constexpr int kCelo2ElemFeatures = 18;
+constexpr int kMaxElemFeatures = kCelo2ElemFeatures;
 /// Features that depend only on an element's Adafactor row or column entry: row x3, col x3,
 /// rsqrt(row) x3, rsqrt(col) x3 (order 13-24).
 constexpr int kSideFeatures = 12;
@@ -33,6 +36,8 @@ struct LoptTensor {
   float* rms = nullptr;      ///< [n] rms, updated by accumulate()
   float mom_decay[3] = {0, 0, 0};
   float rms_decay = 0;
+  float rms_eps = 1e-6f;        ///< rsqrt(rms + rms_eps): 1e-6 for small_fc_lopt / muLO, 1e-8 for Celo2
+  bool celo2_features = false;  ///< the 18 per-element features (kCelo2ElemFeatures) instead of 16
 
   /// Rows layout: a row-major 2-D tensor [n_rows, n_cols]; a block never crosses a row, so the
   /// Adafactor entry indexed by the row is one value per block and the one indexed by the column is
@@ -55,7 +60,7 @@ struct LoptTensor {
   /// MLP with the feature normalisation folded into the first layer and the time features into
   /// its bias (filled in by the driver between accumulate() and apply()).
   int hidden = 0, n_hidden = 0;
-  const float* w_in = nullptr;       ///< rows: [hidden][16]; generic: [hidden][28] (16 element + 12 side features)
+  const float* w_in = nullptr;       ///< rows: [hidden][E]; generic: [hidden][E + 12] (E = elem_features() element + 12 side features)
   const float* b_in = nullptr;       ///< rows: [n_rows][hidden] (bias + side features of the row-indexed entry); generic: [hidden]
   const float* col_bias = nullptr;   ///< rows: [hidden][stride] side features of the column-indexed entry
   const float* const* w_hidden = nullptr;  ///< n_hidden layers [hidden][hidden]
@@ -65,12 +70,17 @@ struct LoptTensor {
   float exp_mult = 0, step_mult = 0, lr = 0;
   float decay = 0;  ///< lr * weight_decay; 0 = none
   bool decay_on_old = false;  ///< ELO: p - lr step - decay p_old (else the decay applies to the updated p)
+  /// When set ([n]), apply() writes the step d * exp(m * exp_mult) * step_mult here and leaves p
+  /// unchanged (Celo2: the step is orthogonalised and normalised over the tensor before it is applied).
+  float* out = nullptr;
+
+  int elem_features() const { return celo2_features ? kCelo2ElemFeatures : kElemFeatures; }
 };
 
 /// Pass one over units [begin, end) (rows in the rows layout, elements otherwise): updates momentum
-/// and rms and adds the sums of squares of the 16 per-element features to sumsq[16] (double).
+/// and rms and adds the sums of squares of the t.elem_features() per-element features to sumsq (double).
 void accumulate(const LoptTensor& t, int64_t begin, int64_t end, double* sumsq);
-/// Pass two over the same units: features, MLP, parameter update.
+/// Pass two over the same units: features, MLP, parameter update (or the step into t.out).
 void apply(const LoptTensor& t, int64_t begin, int64_t end);
 /// For a row-major [rows, cols] g: row_sum[r] = sum_c (g^2 + 1e-30), col_sum[c] = sum_r (g^2 + 1e-30),
 /// accumulated in double (col_sum is overwritten).

@@ -1,12 +1,13 @@
-// Fused CPU driver of the no-grad small_fc_lopt / muLO step (the maths: small_fc_lopt.h; the SIMD
+// Fused CPU driver of the no-grad step of small_fc_lopt / muLO / ELO and of Celo2's features and
+// network (interface: optimizers/fused_step.h; the maths: small_fc_lopt.h, celo2/celo2.h; the SIMD
 // kernels: kernels/lopt_cpu.{h,cpp}). It steps many tensors at once — one run's tensors, or every
 // tensor of every member of a meta-training population, each member with its own theta — in four
 // phases, each one parallel loop over all of them:
 //   A. per tensor: Adafactor accumulators (g^2 sums in double, SIMD) and the per-entry tables;
-//   B. per chunk: momentum / rms update and the sums of squares of the 16 per-element features;
+//   B. per chunk: momentum / rms update and the sums of squares of the 16 (Celo2: 18) per-element features;
 //   F. per tensor: the normalisation folded into the first layer, the time features and the 12
 //      row- or column-only features folded into per-row / per-column biases;
-//   C. per chunk: features -> MLP -> update, without materialising the [N, 39] inputs.
+//   C. per chunk: features -> MLP -> update (or the step into job.out), without materialising the inputs.
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -17,6 +18,7 @@
 #include "optimizers/lo_features.h"
 #include "optimizers/kernels/lopt_cpu.h"
 #include "optimizers/lopt_eps.h"
+#include "optimizers/fused_step.h"
 #include "optimizers/small_fc_lopt/small_fc_lopt.h"
 
 namespace lopt {
@@ -24,13 +26,10 @@ namespace detail {
 
 namespace {
 
-using kernels::kElemFeatures;
+using kernels::kMaxElemFeatures;
+using kernels::kSideFeatures;
 using kernels::kSideRecord;
-constexpr int kF = static_cast<int>(kLoptTensorFeatures);  // 28
-/// learned_optimization feature index of each kernel input: 16 per-element features, then the 12
-/// side features (row x3, col x3, rsqrt row x3, rsqrt col x3).
-constexpr int kOrig[kF] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 25, 26, 27,
-                           13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24};
+constexpr int kMaxF = kMaxElemFeatures + kSideFeatures;
 /// Elements per parallel chunk (a multiple of every target's block).
 constexpr int64_t kGrain = 8192;
 
@@ -69,7 +68,7 @@ void put_record(float* rec, const float* acc, const float* fg, const float* fm) 
 /// Phase A: Adafactor accumulators, entry records and the layout of one tensor.
 void prepare(Work& w, int64_t block) {
   const FusedJob& job = *w.job;
-  const auto& K = job.opt->fused_constants();
+  const FusedNet& K = *job.net;
   torch::Tensor& p_ref = *job.p;
   w.p = p_ref.is_contiguous() ? p_ref : p_ref.contiguous();
   w.g = job.g.to(torch::kFloat32).contiguous();
@@ -78,7 +77,9 @@ void prepare(Work& w, int64_t block) {
   auto& row = *job.slots[2];
   auto& col = *job.slots[3];
   auto& v = *job.slots[4];
-  TORCH_CHECK(mom.is_contiguous() && rms.is_contiguous(), "fused small_fc_lopt step: state must be contiguous");
+  TORCH_CHECK(mom.is_contiguous() && rms.is_contiguous(), "fused learned-optimizer step: state must be contiguous");
+  TORCH_CHECK(job.out == nullptr || (w.p.dim() == 2 && row.is_contiguous() && col.is_contiguous()),
+              "fused learned-optimizer step: a job with a step output must be a matrix with contiguous state");
   const int64_t N = w.p.numel();
   w.shape = w.p.dim() == 0 ? std::vector<int64_t>{1} : w.p.sizes().vec();
   const auto& shape = w.shape;
@@ -187,6 +188,13 @@ void prepare(Work& w, int64_t block) {
   t.rms = rms.data_ptr<float>();
   for (int k = 0; k < 3; ++k) t.mom_decay[k] = K.mom_decay[k];
   t.rms_decay = K.rms_decay;
+  t.rms_eps = K.rms_eps;
+  t.celo2_features = K.celo2_features;
+  if (job.out != nullptr) {
+    TORCH_CHECK(job.out->scalar_type() == torch::kFloat32 && job.out->is_contiguous() && job.out->numel() == N,
+                "fused learned-optimizer step: the step output must be a contiguous float32 tensor of the parameter's size");
+    t.out = job.out->data_ptr<float>();
+  }
   if (rows_layout) {
     // Lanes run along dim 1: the entry indexed by dim 0 is one value per block, the entry indexed by
     // dim 1 a contiguous load from a table padded by one block.
@@ -223,15 +231,16 @@ void prepare(Work& w, int64_t block) {
 /// Phase F: normalisation scales from the feature second moments, folded into the first layer.
 void fold(Work& w, const double* elem_sumsq) {
   const FusedJob& job = *w.job;
-  const auto& opt = *job.opt;
-  const auto& cfg = opt.config();
-  const auto& K = opt.fused_constants();
+  const FusedNet& net = *job.net;
   kernels::LoptTensor& t = w.kt;
+  const int E = t.elem_features(), F = E + kSideFeatures;
   const double N = static_cast<double>(t.n);
-  // Second moments of all 28 features: per-element ones from phase B; the side ones from the entry
-  // records, each entry standing for N / entries elements.
-  double sumsq[kF] = {0};
-  for (int i = 0; i < kElemFeatures; ++i) sumsq[kOrig[i]] = elem_sumsq[i];
+  // Second moments of all F features (kernel order): per-element ones from phase B; the side ones
+  // from the entry records, each entry standing for N / entries elements.
+  double sumsq[kMaxF] = {0};
+  for (int i = 0; i < E; ++i) sumsq[i] = elem_sumsq[i];
+  // Side features: row x3 at E, col x3 at E + 3, rsqrt(row) x3 at E + 6, rsqrt(col) x3 at E + 9.
+  const int kRow = E, kCol = E + 3, kRsqRow = E + 6, kRsqCol = E + 9;
   auto side = [&](const std::vector<float>& rec, int64_t entries, int feat0, int rsq0) {
     double s[6] = {0};
     for (int64_t e = 0; e < entries; ++e)
@@ -245,25 +254,24 @@ void fold(Work& w, const double* elem_sumsq) {
       sumsq[rsq0 + k] = s[3 + k] * count;
     }
   };
-  side(w.row_rec, w.n_row_entries, 13, 19);
-  side(w.col_rec, w.n_col_entries, 16, 22);
-  double scale[kF];
-  for (int f = 0; f < kF; ++f) scale[f] = 1.0 / std::sqrt(sumsq[f] / N + lo_eps::kNormalizer);
+  side(w.row_rec, w.n_row_entries, kRow, kRsqRow);
+  side(w.col_rec, w.n_col_entries, kCol, kRsqCol);
+  double scale[kMaxF];
+  for (int f = 0; f < F; ++f) scale[f] = 1.0 / std::sqrt(sumsq[f] / N + net.normalizer_eps);
 
-  const int H = static_cast<int>(cfg.hidden_size);
-  const float* w0 = K.weights[0].data();
-  auto w0at = [&](int j, int f) { return static_cast<double>(w0[j * kLoptInputs + f]); };
-  const auto time_features = lo::time_features(static_cast<double>(cfg.time_feature_step(job.step)));
+  const int H = net.hidden;
+  auto w0at = [&](int j, int f) { return static_cast<double>(net.w_in[static_cast<size_t>(j * F + f)]); };
   std::vector<double> b0(static_cast<size_t>(H));
   for (int j = 0; j < H; ++j) {
-    double b = K.biases[0][static_cast<size_t>(j)];
-    for (int s = 0; s < kLoptTimeFeatures; ++s) b += w0at(j, kF + s) * time_features[s];
+    double b = net.b_in[static_cast<size_t>(j)];
+    for (int s = 0; s < net.n_extra; ++s)
+      b += static_cast<double>(net.w_extra[static_cast<size_t>(j * net.n_extra + s)]) * job.extra[static_cast<size_t>(s)];
     b0[static_cast<size_t>(j)] = b;
   }
-  const int n_in = t.rows ? kElemFeatures : kF;
+  const int n_in = t.rows ? E : F;
   w.w_in.resize(static_cast<size_t>(H * n_in));
   for (int j = 0; j < H; ++j)
-    for (int i = 0; i < n_in; ++i) w.w_in[static_cast<size_t>(j * n_in + i)] = static_cast<float>(w0at(j, kOrig[i]) * scale[kOrig[i]]);
+    for (int i = 0; i < n_in; ++i) w.w_in[static_cast<size_t>(j * n_in + i)] = static_cast<float>(w0at(j, i) * scale[i]);
   if (t.rows) {
     // Side features of an entry (value x3 at feat0, rsqrt x3 at rsq0; records hold them at 0..5)
     // weighted for each unit: coef[q][j] = w0[j][f_q] * scale[f_q].
@@ -278,8 +286,8 @@ void fold(Work& w, const double* elem_sumsq) {
     const bool by_row_is_row = !t.row_entry_by_col;
     const std::vector<float>& by_row = by_row_is_row ? w.row_rec : w.col_rec;
     const std::vector<float>& by_col = by_row_is_row ? w.col_rec : w.row_rec;
-    const auto row_coef = by_row_is_row ? coefs(13, 19) : coefs(16, 22);
-    const auto col_coef = by_row_is_row ? coefs(16, 22) : coefs(13, 19);
+    const auto row_coef = by_row_is_row ? coefs(kRow, kRsqRow) : coefs(kCol, kRsqCol);
+    const auto col_coef = by_row_is_row ? coefs(kCol, kRsqCol) : coefs(kRow, kRsqRow);
     // Summed in double (cheap: rows + columns entries), rounded once to float.
     std::vector<double> acc(static_cast<size_t>(std::max<int64_t>(H, t.n_cols)));
     w.b_in.resize(static_cast<size_t>(t.n_rows * H));
@@ -310,24 +318,24 @@ void fold(Work& w, const double* elem_sumsq) {
     for (int j = 0; j < H; ++j) w.b_in[static_cast<size_t>(j)] = static_cast<float>(b0[static_cast<size_t>(j)]);
   }
   t.hidden = H;
-  t.n_hidden = static_cast<int>(K.weights.size()) - 2;
+  t.n_hidden = static_cast<int>(net.w_hidden.size());
   t.w_in = w.w_in.data();
   t.b_in = w.b_in.data();
   w.w_hidden.clear();
   w.b_hidden.clear();
   for (int l = 0; l < t.n_hidden; ++l) {
-    w.w_hidden.push_back(K.weights[static_cast<size_t>(l + 1)].data());
-    w.b_hidden.push_back(K.biases[static_cast<size_t>(l + 1)].data());
+    w.w_hidden.push_back(net.w_hidden[static_cast<size_t>(l)].data());
+    w.b_hidden.push_back(net.b_hidden[static_cast<size_t>(l)].data());
   }
   t.w_hidden = w.w_hidden.data();
   t.b_hidden = w.b_hidden.data();
-  t.w_out = K.weights.back().data();
-  t.b_out = K.biases.back().data();
-  t.exp_mult = static_cast<float>(cfg.exp_mult);
-  t.step_mult = static_cast<float>(cfg.step_mult);
+  t.w_out = net.w_out.data();
+  t.b_out = net.b_out.data();
+  t.exp_mult = net.exp_mult;
+  t.step_mult = net.step_mult;
   t.lr = static_cast<float>(job.lr);
-  t.decay = cfg.weight_decay > 0 ? static_cast<float>(job.lr * cfg.weight_decay) : 0.0f;
-  t.decay_on_old = cfg.elo;
+  t.decay = net.weight_decay > 0 ? static_cast<float>(job.lr * net.weight_decay) : 0.0f;
+  t.decay_on_old = net.decay_on_old;
 }
 
 }  // namespace
@@ -340,7 +348,7 @@ void fused_lopt_steps(const std::vector<FusedJob>& jobs) {
   works.reserve(jobs.size());
   for (const auto& j : jobs) {
     TORCH_CHECK(j.p->scalar_type() == torch::kFloat32 && j.p->device().is_cpu(),
-                "fused small_fc_lopt step needs float32 CPU parameters; use impl \"tensor\" otherwise");
+                "fused learned-optimizer step needs float32 CPU parameters; use impl \"tensor\" otherwise");
     if (j.p->numel() == 0) continue;
     works.emplace_back();
     works.back().job = &j;
@@ -361,16 +369,17 @@ void fused_lopt_steps(const std::vector<FusedJob>& jobs) {
     const int64_t b = chunks[static_cast<size_t>(c)].second;
     return std::make_pair(b, std::min(w.units, b + w.units_per_chunk));
   };
-  std::vector<double> partial(static_cast<size_t>(n_chunks * kElemFeatures), 0.0);
+  std::vector<double> partial(static_cast<size_t>(n_chunks * kMaxElemFeatures), 0.0);
   parallel_items(n_chunks, [&](int64_t c) {
     auto [b, e] = range(c);
-    kernels::accumulate(works[chunks[static_cast<size_t>(c)].first].kt, b, e, &partial[static_cast<size_t>(c * kElemFeatures)]);
+    kernels::accumulate(works[chunks[static_cast<size_t>(c)].first].kt, b, e, &partial[static_cast<size_t>(c * kMaxElemFeatures)]);
   });
   parallel_items(static_cast<int64_t>(works.size()), [&](int64_t i) {
     Work& w = works[static_cast<size_t>(i)];
-    double sumsq[kElemFeatures] = {0};
+    double sumsq[kMaxElemFeatures] = {0};
+    const int E = w.kt.elem_features();
     for (int64_t c = w.first_chunk; c < w.first_chunk + w.n_chunks; ++c)  // fixed order: deterministic
-      for (int f = 0; f < kElemFeatures; ++f) sumsq[f] += partial[static_cast<size_t>(c * kElemFeatures + f)];
+      for (int f = 0; f < E; ++f) sumsq[f] += partial[static_cast<size_t>(c * kMaxElemFeatures + f)];
     fold(w, sumsq);
   });
   parallel_items(n_chunks, [&](int64_t c) {
@@ -381,10 +390,12 @@ void fused_lopt_steps(const std::vector<FusedJob>& jobs) {
     if (!w.job->p->is_contiguous()) w.job->p->copy_(w.p);
 }
 
-int64_t fused_mlp_flops_per_element(const std::vector<int64_t>& shape, int64_t hidden, int64_t hidden_layers) {
+int64_t fused_mlp_flops_per_element(const std::vector<int64_t>& shape, int64_t hidden, int64_t hidden_layers,
+                                    bool celo2) {
   const int64_t block = kernels::block_elements();
   const bool rows = shape.size() == 2 && rows_fit(shape[1], block);
-  const int64_t in = rows ? kElemFeatures : kF;
+  const int64_t elem = celo2 ? kernels::kCelo2ElemFeatures : kernels::kElemFeatures;
+  const int64_t in = rows ? elem : elem + kSideFeatures;
   // Multiply-adds of the layers (2 FLOPs each); the rows layout adds the column bias (1 FLOP per unit).
   return 2 * (in * hidden + hidden_layers * hidden * hidden + 2 * hidden) + (rows ? hidden : 0);
 }

@@ -364,6 +364,34 @@ const SmallFcLoptOptimizer::FusedConstants& SmallFcLoptOptimizer::fused_constant
       c->weights.push_back(as_vec(weights_[l]));
       c->biases.push_back(as_vec(biases_[l]));
     }
+    // The fused CPU step's form: the first layer's columns in the kernel's feature order (16
+    // per-element features, then the 12 row / column ones), the time features as extra inputs.
+    static constexpr int kOrder[kLoptTensorFeatures] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 25, 26, 27,
+                                                         13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24};
+    detail::FusedNet& n = c->net;
+    std::copy(c->mom_decay, c->mom_decay + 3, n.mom_decay);
+    std::copy(c->fac_decay, c->fac_decay + 3, n.fac_decay);
+    n.rms_decay = c->rms_decay;
+    n.rms_eps = lo_eps::kRmsF;
+    n.normalizer_eps = lo_eps::kNormalizer;
+    n.hidden = static_cast<int>(config_.hidden_size);
+    n.n_extra = static_cast<int>(kLoptTimeFeatures);
+    const auto& w0 = c->weights.front();
+    for (int j = 0; j < n.hidden; ++j) {
+      for (int i = 0; i < kLoptTensorFeatures; ++i) n.w_in.push_back(w0[static_cast<size_t>(j * kLoptInputs + kOrder[i])]);
+      for (int s = 0; s < n.n_extra; ++s) n.w_extra.push_back(w0[static_cast<size_t>(j * kLoptInputs + kLoptTensorFeatures + s)]);
+    }
+    n.b_in = c->biases.front();
+    for (size_t l = 1; l + 1 < c->weights.size(); ++l) {
+      n.w_hidden.push_back(c->weights[l]);
+      n.b_hidden.push_back(c->biases[l]);
+    }
+    n.w_out = c->weights.back();
+    n.b_out = c->biases.back();
+    n.exp_mult = static_cast<float>(config_.exp_mult);
+    n.step_mult = static_cast<float>(config_.step_mult);
+    n.weight_decay = config_.weight_decay;
+    n.decay_on_old = config_.elo;
     fused_ = c;
   });
   return *fused_;
@@ -528,11 +556,15 @@ void add_fused_jobs(const SmallFcLoptOptimizer& opt, OptState& state, const std:
   TORCH_CHECK(opt.config().worker_inputs == 0,
               "a learned aggregator (worker_inputs > 0) steps only through a GlobalUpdate, which passes the workers' deltas");
   const auto g = prepared_grads(opt.config(), grads);
-  for (size_t i = 0; i < g.size(); ++i)
-    jobs.push_back({&opt, &state.params.tensors[i], g[i],
+  const auto& net = opt.fused_constants().net;
+  const auto time_features = lo::time_features(static_cast<double>(opt.config().time_feature_step(state.step)));
+  for (size_t i = 0; i < g.size(); ++i) {
+    jobs.push_back({&opt, &net, &state.params.tensors[i], g[i],
                     {&state.slots.at("mom")[i], &state.slots.at("rms")[i], &state.slots.at("fac_vec_row")[i],
                      &state.slots.at("fac_vec_col")[i], &state.slots.at("fac_vec_v")[i]},
                     opt.lr_at(state.step, state.params.info[i]), state.step});
+    std::copy(time_features.begin(), time_features.end(), jobs.back().extra.begin());
+  }
 }
 }  // namespace
 

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <vector>
 
+#include "optimizers/fused_step.h"
 #include "optimizers/learned_optimizer.h"
 #include "optimizers/lo_features.h"
 #include "optimizers/schedule.h"
@@ -143,6 +144,7 @@ class SmallFcLoptOptimizer : public Optimizer {
   struct FusedConstants {
     float mom_decay[3], rms_decay, fac_decay[3];
     std::vector<std::vector<float>> weights, biases;  // MLP layers, weight [out * in] row-major
+    detail::FusedNet net;                              // the same, as the fused CPU step takes it
   };
   /// Thread-safe (built once, on first use, possibly from a parallel loop).
   const FusedConstants& fused_constants() const;
@@ -189,26 +191,11 @@ nlohmann::json resolve_elo_checkpoint(const nlohmann::json& config, const std::s
 std::unique_ptr<SmallFcLopt> make_small_fc_lopt(const nlohmann::json& config, const std::string& path = "/lopt");
 
 namespace detail {
-/// One tensor's fused no-grad step: p and the slots (mom, rms, fac_vec_row, fac_vec_col, fac_vec_v)
-/// are updated in place.
-struct FusedJob {
-  const SmallFcLoptOptimizer* opt;
-  torch::Tensor* p;
-  torch::Tensor g;
-  std::array<torch::Tensor*, 5> slots;
-  double lr;     ///< lr_at(step, ParamInfo)
-  int64_t step;  ///< state.step before the update (the time features' t)
-};
-/// Steps every job at once (small_fc_lopt/fused.cpp): one parallel loop per phase over all tensors
-/// of all jobs, so that a population of small tasks is one kernel call, not one per tensor.
-void fused_lopt_steps(const std::vector<FusedJob>& jobs);
-/// The same step through the GPU algorithm (kernels/lopt_gpu.h): on CUDA tensors the CUDA kernels
-/// (LOPT_CUDA builds; otherwise an error saying so), on CPU tensors its sequential host emulation
-/// (for tests: it runs the GPU's maths, indexing and reductions on any machine).
+/// The same step as fused_lopt_steps (fused_step.h) through the GPU algorithm (kernels/lopt_gpu.h):
+/// on CUDA tensors the CUDA kernels (LOPT_CUDA builds; otherwise an error saying so), on CPU tensors
+/// its sequential host emulation (for tests: it runs the GPU's maths, indexing and reductions on any
+/// machine). small_fc_lopt jobs only (job.opt set).
 void gpu_lopt_steps(const std::vector<FusedJob>& jobs);
-/// FLOPs per element the fused kernel's MLP performs on a tensor of this shape (the rows layout
-/// takes 16 inputs per element plus a bias add, the generic layout 28), excluding padding lanes.
-int64_t fused_mlp_flops_per_element(const std::vector<int64_t>& shape, int64_t hidden, int64_t hidden_layers);
 }  // namespace detail
 
 }  // namespace lopt

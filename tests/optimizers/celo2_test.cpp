@@ -260,6 +260,15 @@ TEST(Celo2, AForeignNetworkOfTheOtherFamilyIsAConfigError) {
 
 namespace {
 
+/// A deep copy of a state (update_ may change slots in place).
+lopt::OptState clone_state(const lopt::OptState& s) {
+  lopt::OptState c = s;
+  c.params = s.params.clone();
+  for (auto& [name, v] : c.slots)
+    for (auto& t : v) t = t.clone();
+  return c;
+}
+
 /// Largest |a - b| over every parameter and slot of two states, relative to the largest |b|.
 double state_diff(const lopt::OptState& a, const lopt::OptState& b) {
   double diff = 0, scale = 1e-30;
@@ -277,14 +286,19 @@ double state_diff(const lopt::OptState& a, const lopt::OptState& b) {
 
 }  // namespace
 
-// A population step (update_many_: members stacked, one network per member through batched matmuls,
-// each member at its own step's lr) equals stepping the members one at a time, for every type,
-// both AdamW variants, weight decay, global-norm clipping, a schedule and vectors through the net.
+// A population step (update_many_: members stacked, one network per member through batched matmuls
+// or, fused, one kernel call for every member's matrices and batched Newton–Schulz; each member at its
+// own step's lr) equals stepping the members one at a time, for every type, both AdamW variants,
+// weight decay, global-norm clipping, a schedule, vectors through the net, and both impls.
 TEST(Celo2, PopulationStepMatchesOneMemberAtATime) {
-  const std::vector<json> configs = {
+  std::vector<json> configs = {
       {{"type", "celo2"}, {"weight_decay", 0.1}, {"schedule", {{"type", "warmup_cosine"}, {"total_steps", 10}, {"warmup_steps", 2}}}},
       {{"type", "celo2_base"}, {"adamw_variant", "celo_jax"}, {"max_grad_norm", 0.5}},
       {{"type", "mucelo2"}, {"adamw_for_1d", false}, {"exp_mult", 0.01}}};
+  for (size_t k = 0, n = configs.size(); k < n; ++k) {
+    configs.push_back(configs[k]);
+    configs.back()["impl"] = "tensor";
+  }
   for (const auto& cfg : configs) {
     SCOPED_TRACE(cfg.dump());
     lopt::Celo2 lo(lopt::Celo2Config::from_json(cfg, "/optimizer"));
@@ -311,8 +325,8 @@ TEST(Celo2, PopulationStepMatchesOneMemberAtATime) {
         for (const auto& t : s.params.tensors) g.push_back(torch::randn(t.sizes(), gen));
         opts.back()->update_(s, g, torch::zeros({}));
       }
-      batched.push_back(s);
-      single.push_back(s);
+      batched.push_back(clone_state(s));
+      single.push_back(clone_state(s));
       std::vector<torch::Tensor> g;
       for (const auto& t : s.params.tensors) g.push_back(torch::randn(t.sizes(), gen) * std::pow(10.0, m - 2));
       grads.push_back(g);
@@ -328,4 +342,67 @@ TEST(Celo2, PopulationStepMatchesOneMemberAtATime) {
       EXPECT_LT(state_diff(batched[m], single[m]), 1e-5) << "member " << m;
     }
   }
+}
+
+// The fused path (impl "fused": features and network in the SIMD kernel shared with μLO, every
+// compiled target) against the tensor ops in float64, and the float32 tensor ops against the same
+// reference to show what float32 itself costs: matrices in both kernel layouts (rows: blocks along
+// a row; generic: lanes across rows), either dimension the larger, size-1 dimensions, a schedule,
+// weight decay, exp_mult, μCelo2, and tensors the kernel does not take (rank 3, vectors through the
+// network) beside them. Four steps, gradients over four decades; lr ~1 so that an update is as large
+// as the parameter and float32's representation of p does not hide the step's error.
+TEST(Celo2, FusedStepMatchesTensorOpsOnEveryTarget) {
+  const std::vector<std::vector<int64_t>> shapes = {{13, 29}, {64, 96}, {100, 33}, {33, 100}, {2, 300},
+                                                    {1, 40},  {40, 1},  {5, 7, 3},  {37}};
+  const std::vector<json> configs = {
+      {{"type", "celo2"}, {"lr", 1.0}, {"weight_decay", 0.1}, {"schedule", {{"type", "warmup_cosine"}, {"total_steps", 6}, {"warmup_steps", 2}}}},
+      {{"type", "celo2_base"}, {"lr", 1.0}, {"exp_mult", 0.3}},
+      {{"type", "mucelo2"}, {"lr", 2.0}, {"adamw_for_1d", false}}};
+  lopt_test::for_each_kernel_target([&](const std::string& target) {
+    double worst_fused = 0, worst_tensor = 0;
+    for (const auto& base : configs) {
+      auto gen = lopt::make_generator(31);
+      json fcfg = base, tcfg = base;
+      fcfg["impl"] = "fused";
+      tcfg["impl"] = "tensor";
+      lopt::Celo2 flo(lopt::Celo2Config::from_json(fcfg, "/optimizer")), tlo(lopt::Celo2Config::from_json(tcfg, "/optimizer"));
+      const auto theta = tlo.init_theta(gen);
+      auto f_opt = flo.bind(theta), t_opt = tlo.bind(theta), r_opt = tlo.bind(theta.to(torch::kFloat64));
+      lopt::ParamSet params;
+      for (size_t k = 0; k < shapes.size(); ++k) {
+        params.tensors.push_back(torch::randn(shapes[k], gen));
+        params.info.push_back({"p" + std::to_string(k), shapes[k].size() == 1 ? lopt::ParamRole::bias : lopt::ParamRole::hidden_weight,
+                               shapes[k].back(), shapes[k][0], 2.0});
+      }
+      auto params64 = params.clone();
+      for (auto& t : params64.tensors) t = t.to(torch::kFloat64);
+      auto fs = f_opt->init(params.clone()), ts = t_opt->init(params.clone()), rs = r_opt->init(params64);
+      for (int step = 0; step < 4; ++step) {
+        std::vector<torch::Tensor> grads, grads64;
+        for (const auto& p : params.tensors) grads.push_back(torch::randn(p.sizes(), gen) * std::pow(10.0, step - 2));
+        for (const auto& g : grads) grads64.push_back(g.to(torch::kFloat64));
+        const auto before = rs.params.clone();
+        f_opt->update_(fs, grads, torch::zeros({}));
+        ts = t_opt->update(ts, grads, torch::zeros({}));
+        rs = r_opt->update(rs, grads64, torch::zeros({}));
+        for (size_t i = 0; i < shapes.size(); ++i) {
+          const std::string where = target + " " + base.dump() + " step " + std::to_string(step) + " tensor " +
+                                    c10::str(params.tensors[i].sizes());
+          // Newton–Schulz and the normalisation mix every entry of a matrix into every other: an
+          // update is compared as a whole (max|Δ| / max|update|), as in the PyLO parity test.
+          const auto upd = [&](const torch::Tensor& p) { return p.to(torch::kFloat64) - before.tensors[i]; };
+          const auto ref = upd(rs.params.tensors[i]);
+          const double fused = scaled_err(upd(fs.params.tensors[i]), ref), tensor32 = scaled_err(upd(ts.params.tensors[i]), ref);
+          EXPECT_LT(fused, std::max(2e-5, 3 * tensor32)) << "update, " << where << " (float32 tensor ops: " << tensor32 << ")";
+          worst_fused = std::max(worst_fused, fused);
+          worst_tensor = std::max(worst_tensor, tensor32);
+          for (const char* slot : {"mom", "rms", "fac_vec_row", "fac_vec_col", "fac_vec_v", "exp_avg", "exp_avg_sq"})
+            EXPECT_LT(scaled_err(fs.slots.at(slot)[i], rs.slots.at(slot)[i]), 1e-5) << slot << ", " << where;
+        }
+      }
+      EXPECT_EQ(fs.step, 4);
+    }
+    std::cout << "[ " << target << " ] worst update error vs float64: fused " << worst_fused << ", float32 tensor ops "
+              << worst_tensor << "\n";
+  });
 }
