@@ -75,6 +75,17 @@ lopt::ParamSet make_params(int64_t kind, int64_t millions) {
   return p;
 }
 
+/// Kernel FLOPs per step of the fused learned step on `params` (the MLP's multiply-adds as the kernel
+/// runs them; tensors it does not take count nothing): hidden units, hidden->hidden layers, Celo2's inputs.
+double fused_kernel_flops(const lopt::ParamSet& params, int64_t hidden, int64_t hidden_layers, bool celo2) {
+  double flops = 0;
+  for (const auto& t : params.tensors)
+    if (!celo2 || t.dim() == 2)
+      flops += static_cast<double>(t.numel()) *
+               static_cast<double>(lopt::detail::fused_mlp_flops_per_element(t.sizes().vec(), hidden, hidden_layers, celo2));
+  return flops;
+}
+
 void run_step(benchmark::State& state, const lopt::Optimizer& opt, int64_t kind, int64_t millions, bool lopt_flops) {
   set_threads();
   auto params = make_params(kind, millions);
@@ -91,12 +102,8 @@ void run_step(benchmark::State& state, const lopt::Optimizer& opt, int64_t kind,
   if (lopt_flops) {
     state.counters["GFLOP/s"] = benchmark::Counter(n * kLoptFlopsPerElement * 1e-9,
                                                    benchmark::Counter::kIsIterationInvariantRate);
-    double kernel_flops = 0;
-    for (const auto& t : params.tensors)
-      kernel_flops += static_cast<double>(t.numel()) *
-                      static_cast<double>(lopt::detail::fused_mlp_flops_per_element(t.sizes().vec(), 32, 1));
-    state.counters["kernel_GFLOP/s"] =
-        benchmark::Counter(kernel_flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["kernel_GFLOP/s"] = benchmark::Counter(fused_kernel_flops(params, 32, 1, false) * 1e-9,
+                                                          benchmark::Counter::kIsIterationInvariantRate);
   }
   state.counters["state_floats/element"] = [&] {
     double floats = 0;
@@ -162,9 +169,10 @@ void BM_LoptPopulation(benchmark::State& state, int64_t target) {
   run_population(state, *lo, state.range(0), true);
 }
 
-/// Celo2's population step on tensor ops: {width, batched} (batched 0: one member at a time).
+/// Celo2's population step: {width, batched, fused} (batched 0: one member at a time; fused 0: tensor ops).
 void BM_Celo2Population(benchmark::State& state, const char* type) {
-  auto lo = lopt::make_learned_optimizer({{"type", type}});
+  auto lo = lopt::make_learned_optimizer({{"type", type}, {"impl", state.range(2) != 0 ? "fused" : "tensor"}});
+  if (state.range(2) != 0) state.SetLabel(lopt::kernels::dispatched_target());
   run_population(state, *lo, state.range(0), state.range(1) != 0);
 }
 
@@ -197,11 +205,33 @@ void BM_Muon(benchmark::State& state) {
   state.counters["NS_GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-/// Celo2's step on tensor ops (no fused kernel yet): seeded random network; `celo2_base` without
+/// Celo2's step on tensor ops (impl "tensor"): seeded random network; `celo2_base` without
 /// Newton-Schulz. To set against BM_Muon and BM_LoptTensorOps in the same run.
 void BM_Celo2TensorOps(benchmark::State& state, const char* type) {
-  auto opt = lopt::make_optimizer({{"type", type}, {"theta_seed", 0}});
+  auto opt = lopt::make_optimizer({{"type", type}, {"theta_seed", 0}, {"impl", "tensor"}});
   run_step(state, *opt, state.range(0), state.range(1), false);
+}
+
+/// Celo2's fused step (impl "fused": features and the 30->8->8->3 network in the SIMD kernel, then
+/// Newton-Schulz for celo2 and the normalisation in LibTorch) on one Highway target. kernel_GFLOP/s
+/// counts the kernel's multiply-adds over the whole step's time (set it against BM_Gemm); for celo2,
+/// NS_GFLOP/s its Newton-Schulz matmuls (as BM_Muon's).
+void BM_Celo2Fused(benchmark::State& state, const char* type, int64_t target) {
+  TargetScope scope(target);
+  state.SetLabel(lopt::kernels::dispatched_target());
+  auto opt = lopt::make_optimizer({{"type", type}, {"theta_seed", 0}, {"impl", "fused"}});
+  run_step(state, *opt, state.range(0), state.range(1), false);
+  const auto params = make_params(state.range(0), state.range(1));
+  state.counters["kernel_GFLOP/s"] = benchmark::Counter(fused_kernel_flops(params, 8, 1, true) * 1e-9,
+                                                        benchmark::Counter::kIsIterationInvariantRate);
+  if (std::string(type) != "celo2") return;
+  double flops = 0;
+  for (const auto& t : params.tensors) {
+    if (t.dim() != 2) continue;
+    const double m = static_cast<double>(std::min(t.size(0), t.size(1))), n = static_cast<double>(std::max(t.size(0), t.size(1)));
+    flops += 5 * (4 * m * m * n + 2 * m * m * m);
+  }
+  state.counters["NS_GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // Args: {kind, millions}: {0, 1} = 1M elements of matrices, {0, 5} = 5M, {1, 0} = 1.9M-parameter MLP.
@@ -210,8 +240,11 @@ BENCHMARK(BM_AdamW)->Args({0, 1})->Args({0, 5})->Args({1, 0})->Unit(benchmark::k
 BENCHMARK(BM_Muon)->Args({0, 1})->Args({0, 5})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Celo2TensorOps, celo2, "celo2")->Args({0, 1})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Celo2TensorOps, celo2_base, "celo2_base")->Args({0, 1})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Celo2Population, celo2, "celo2")->Args({32, 0})->Args({32, 1})->Args({128, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Celo2Population, celo2_base, "celo2_base")->Args({32, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+// Args: {width, batched, fused}.
+BENCHMARK_CAPTURE(BM_Celo2Population, celo2, "celo2")
+    ->Args({32, 0, 0})->Args({32, 1, 0})->Args({128, 1, 0})->Args({32, 0, 1})->Args({32, 1, 1})->Args({128, 1, 1})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Celo2Population, celo2_base, "celo2_base")->Args({32, 1, 0})->Args({32, 1, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 
@@ -256,6 +289,9 @@ int main(int argc, char** argv) {
         ->Args({0, 1})->Args({0, 5})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
     benchmark::RegisterBenchmark(("BM_LoptPopulation" + suffix).c_str(), BM_LoptPopulation, t)
         ->Arg(32)->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
+    for (const char* type : {"celo2", "celo2_base"})
+      benchmark::RegisterBenchmark(("BM_Celo2Fused/" + std::string(type) + suffix).c_str(), BM_Celo2Fused, type, t)
+          ->Args({0, 1})->Args({1, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
     benchmark::RegisterBenchmark(("BM_PesEstimate" + suffix).c_str(), BM_PesEstimate, t)
         ->Args({0, 32})->Args({1, 32})->Args({0, 128})->Args({1, 128})->Unit(benchmark::kMillisecond)->UseRealTime();
   }

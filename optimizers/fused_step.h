@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -49,12 +50,20 @@ struct FusedJob {
   int64_t step;  ///< state.step before the update (the time features' t)
   std::array<double, 16> extra{};  ///< values of the net's n_extra extra inputs
   torch::Tensor* out = nullptr;    ///< [numel] float32 contiguous: the step goes here (Celo2)
+  double* out_sumsq = nullptr;     ///< with out: receives the step's sum of squares (double, fixed order)
+  /// g is read as clamp(g, -grad_clip, grad_clip) (Celo2's element-wise clamp without a copy of g);
+  /// matrices only (the other ranks' Adafactor moments are tensor ops on g as given).
+  float grad_clip = HUGE_VALF;
 };
 
 /// Steps every job at once (small_fc_lopt/fused.cpp): one parallel loop per phase over all tensors
 /// of all jobs, so that a population of small tasks is one kernel call, not one per tensor. Jobs with
 /// `out` must be 2-D matrices (Celo2's fused path); others any rank.
 void fused_lopt_steps(const std::vector<FusedJob>& jobs);
+/// Sum of x[i]^2 in double (a fixed order: deterministic).
+double sum_of_squares(const float* x, int64_t n);
+/// p <- p - lr (step_scale * step + weight_decay * p) elementwise, in float32, in parallel chunks.
+void apply_step_(float* p, const float* step, int64_t n, float lr, float step_scale, float weight_decay);
 /// FLOPs per element the fused kernel's MLP performs on a tensor of this shape (the rows layout
 /// takes E inputs per element plus a bias add, the generic layout E + 12; E = 16, or 18 for Celo2),
 /// excluding padding lanes. hidden_layers counts the hidden -> hidden layers.

@@ -527,8 +527,11 @@ void Celo2Optimizer::step_stacked_(std::vector<PopulationMember>& members) const
     }
     return net;
   };
+  // Without global-norm clipping the clamp is per tensor: the kernel applies it as it reads g (no
+  // copy), the tensor ops below clamp their own tensors.
+  const bool global_clip = config_.max_grad_norm > 0;
   std::vector<std::vector<torch::Tensor>> grads;
-  for (const auto& mb : members) grads.push_back(clipped(mb.grads));
+  for (const auto& mb : members) grads.push_back(global_clip ? clipped(mb.grads) : mb.grads);
   static const char* kAcc[5] = {"mom", "rms", "fac_vec_row", "fac_vec_col", "fac_vec_v"};
   const auto lr_of = [&](int64_t step, const ParamInfo& info) { return config_.lr * (*schedule_)(step) * mup_mult(info); };
   // Per-member factors as tensors [M, 1, ...] of rank `rank`: the scalars update() applies, rounded alike.
@@ -544,10 +547,12 @@ void Celo2Optimizer::step_stacked_(std::vector<PopulationMember>& members) const
   std::vector<detail::FusedJob> jobs;
   std::vector<size_t> fused_tensors;
   std::vector<std::vector<torch::Tensor>> outs(first.size());
+  std::vector<std::vector<double>> out_sumsq(first.size());
   for (size_t i = 0; i < first.size(); ++i) {
     if (!fuses(first, i)) continue;
     fused_tensors.push_back(i);
-    outs[i].reserve(static_cast<size_t>(M));  // the jobs point into it
+    outs[i].reserve(static_cast<size_t>(M));  // the jobs point into them
+    out_sumsq[i].assign(static_cast<size_t>(M), 0.0);
     for (int64_t m = 0; m < M; ++m) {
       OptState& s = *members[m].state;
       for (const char* k : kAcc)
@@ -558,17 +563,34 @@ void Celo2Optimizer::step_stacked_(std::vector<PopulationMember>& members) const
                        &s.slots.at("fac_vec_col")[i], &s.slots.at("fac_vec_v")[i]},
                       0.0, s.step});
       jobs.back().out = &outs[i].back();
+      jobs.back().grad_clip = static_cast<float>(config_.grad_clip);
+      if (!config_.orthogonalize) jobs.back().out_sumsq = &out_sumsq[i][static_cast<size_t>(m)];
     }
   }
   if (!jobs.empty()) detail::fused_lopt_steps(jobs);
 
   for (size_t i = 0; i < first.size(); ++i) {
-    const auto p = stacked([&](int64_t m) { return members[m].state->params.tensors[i]; });
+    if (!outs[i].empty() && !config_.orthogonalize) {
+      // Fused Celo2-base: each member's step normalised by its RMS from the kernel, applied in place.
+      for (int64_t m = 0; m < M; ++m) {
+        OptState& s = *members[m].state;
+        torch::Tensor& p = s.params.tensors[i];
+        if (!p.is_contiguous()) p = p.contiguous();
+        const double n = static_cast<double>(p.numel());
+        const double scale = config_.rmsmult / std::sqrt(out_sumsq[i][static_cast<size_t>(m)] / n + kNormalizerEps);
+        detail::apply_step_(p.data_ptr<float>(), outs[i][static_cast<size_t>(m)].data_ptr<float>(), p.numel(),
+                            static_cast<float>(lr_of(s.step, s.params.info[i])), static_cast<float>(scale),
+                            static_cast<float>(config_.weight_decay));
+      }
+      continue;
+    }
+    const auto p = M == 1 ? members[0].state->params.tensors[i].unsqueeze(0)
+                          : stacked([&](int64_t m) { return members[m].state->params.tensors[i]; });
     const auto lr = per_member(i, p.dim(), p.scalar_type(), p.device(), lr_of);
     torch::Tensor p_new;
     if (!outs[i].empty()) {
-      // Fused: the members' steps [M, rows, cols], orthogonalised as one batch, normalised per member.
-      auto step = torch::stack(outs[i]).view(p.sizes());
+      // Fused Celo2: the members' steps [M, rows, cols], orthogonalised as one batch, normalised per member.
+      auto step = (M == 1 ? outs[i][0] : torch::stack(outs[i])).view(p.sizes());
       if (config_.orthogonalize)
         step = newton_schulz(step, config_.ns_steps, {config_.ns_coeffs[0], config_.ns_coeffs[1], config_.ns_coeffs[2]},
                              config_.ns_eps);
@@ -577,7 +599,8 @@ void Celo2Optimizer::step_stacked_(std::vector<PopulationMember>& members) const
       for (int64_t m = 0; m < M; ++m) members[m].state->params.tensors[i] = p_new[m];
       continue;  // the accumulators were updated in place
     }
-    const auto g = stacked([&](int64_t m) { return grads[m][i]; });
+    auto g = stacked([&](int64_t m) { return grads[m][i]; });
+    if (!global_clip) g = g.clamp(-config_.grad_clip, config_.grad_clip);
     const auto slot = [&](const char* k) { return stacked([&](int64_t m) { return members[m].state->slots.at(k)[i]; }); };
     torch::Tensor exp_avg = slot("exp_avg"), exp_avg_sq = slot("exp_avg_sq");
     std::array<torch::Tensor, 5> acc;

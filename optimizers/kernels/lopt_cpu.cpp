@@ -76,13 +76,28 @@ using V = hn::Vec<D>;
 constexpr size_t kL = hn::MaxLanes(D());
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL || HWY_TARGET == HWY_NEON
 constexpr int kJ = 8;  // 32 vector registers: 16 accumulators + inputs
+constexpr int kV = 2;
+#elif HWY_TARGET == HWY_AVX2
+// 16 vector registers: 12 accumulators + 3 inputs + 1 weight. Three vectors per block rather than
+// two give each broadcast weight three FMAs: measured 15-20% faster than kJ 4 x kV 2 on AVX2, for
+// μLO (hidden 32) and Celo2 (hidden 8) alike.
+constexpr int kJ = 4;
+constexpr int kV = 3;
 #else
 constexpr int kJ = 4;  // 16 vector registers: 8 accumulators + inputs
-#endif
 constexpr int kV = 2;
+#endif
 constexpr size_t kB = kV * kL;  // elements per block
 static_assert(kB <= static_cast<size_t>(kMaxBlock), "kMaxBlock must bound every target's block");
 constexpr int kMaxAllFeatures = kMaxElemFeatures + kSideFeatures;
+
+/// clamp(g, -clip, clip) with NaN kept (torch.clamp); clip = +inf leaves g as it is.
+HWY_INLINE V ClampGrad(const V g, const float clip) {
+  const D d;
+  if (clip == HUGE_VALF) return g;
+  const V c = hn::Set(d, clip);
+  return hn::IfThenElse(hn::IsNaN(g), g, hn::Min(hn::Max(g, hn::Neg(c)), c));
+}
 
 HWY_INLINE V Relu(const V v) {
   const D d;
@@ -353,7 +368,7 @@ void Accumulate(const LoptTensor& t, int64_t begin, int64_t end, double* sumsq) 
     if (!t.rows) GatherSide(t, cur, n, x, fac);
     V sq[kE];  // vector 0 initialises, later vectors accumulate
     for (size_t v = 0; v < kV; ++v) {
-      const V g = hn::LoadU(d, bd.gp + v * kL);
+      const V g = ClampGrad(hn::LoadU(d, bd.gp + v * kL), t.grad_clip);
       V m[3], rms, ga[3], gb[3], ma[3], mb[3];
       UpdateAccumulators(t, g, bd.mp + 3 * v * kL, bd.rp + v * kL, m, rms);
       BlockFactors(t, r, c0, v, fac, ga, gb, ma, mb);
@@ -395,7 +410,7 @@ void Apply(const LoptTensor& t, int64_t begin, int64_t end) {
       hn::LoadInterleaved3(d, bd.mp + 3 * v * kL, m[0], m[1], m[2]);
       BlockFactors(t, r, c0, v, fac, ga, gb, ma, mb);
       float* xv = x + v * kL;
-      ElemFeatures<kCelo2>(hn::LoadU(d, bd.gp + v * kL), hn::LoadU(d, bd.pp + v * kL), m, hn::LoadU(d, bd.rp + v * kL),
+      ElemFeatures<kCelo2>(ClampGrad(hn::LoadU(d, bd.gp + v * kL), t.grad_clip), hn::LoadU(d, bd.pp + v * kL), m, hn::LoadU(d, bd.rp + v * kL),
                            ga, gb, ma, mb, rms_eps, [&](int f, V xf) { hn::Store(xf, d, xv + f * kB); });
     }
     if (t.rows) {
@@ -422,7 +437,7 @@ void ApplyImpl(const LoptTensor& t, int64_t begin, int64_t end) {
   else Apply<false>(t, begin, end);
 }
 
-void SquareSumsImpl(const float* g, int64_t rows, int64_t cols, double* row_sum, double* col_sum) {
+void SquareSumsImpl(const float* g, int64_t rows, int64_t cols, double* row_sum, double* col_sum, float clip) {
   std::fill(col_sum, col_sum + cols, 0.0);
   int64_t c_vec = 0;
 #if HWY_TARGET != HWY_SCALAR
@@ -438,7 +453,7 @@ void SquareSumsImpl(const float* g, int64_t rows, int64_t cols, double* row_sum,
 #if HWY_TARGET != HWY_SCALAR
     auto acc = hn::Zero(dd);
     for (int64_t c = 0; c < c_vec; c += static_cast<int64_t>(kL)) {
-      const V x = hn::LoadU(d, gr + c);
+      const V x = ClampGrad(hn::LoadU(d, gr + c), clip);
       const V sq = hn::Add(hn::Mul(x, x), hn::Set(d, lo_eps::kGradSqF));
       const auto lo = hn::PromoteTo(dd, hn::LowerHalf(dh, sq));
       const auto hi = hn::PromoteTo(dd, hn::UpperHalf(dh, sq));
@@ -449,7 +464,8 @@ void SquareSumsImpl(const float* g, int64_t rows, int64_t cols, double* row_sum,
     s = hn::GetLane(hn::SumOfLanes(dd, acc));
 #endif
     for (int64_t c = c_vec; c < cols; ++c) {
-      const float v = gr[c] * gr[c] + lo_eps::kGradSqF;
+      const float x = clip == HUGE_VALF || std::isnan(gr[c]) ? gr[c] : std::min(std::max(gr[c], -clip), clip);
+      const float v = x * x + lo_eps::kGradSqF;
       s += v;
       col_sum[c] += v;
     }
@@ -482,8 +498,8 @@ void accumulate(const LoptTensor& t, int64_t begin, int64_t end, double* sumsq) 
   HWY_DYNAMIC_DISPATCH(AccumulateImpl)(t, begin, end, sumsq);
 }
 void apply(const LoptTensor& t, int64_t begin, int64_t end) { HWY_DYNAMIC_DISPATCH(ApplyImpl)(t, begin, end); }
-void square_sums(const float* g, int64_t rows, int64_t cols, double* row_sum, double* col_sum) {
-  HWY_DYNAMIC_DISPATCH(SquareSumsImpl)(g, rows, cols, row_sum, col_sum);
+void square_sums(const float* g, int64_t rows, int64_t cols, double* row_sum, double* col_sum, float clip) {
+  HWY_DYNAMIC_DISPATCH(SquareSumsImpl)(g, rows, cols, row_sum, col_sum, clip);
 }
 int64_t block_elements() { return HWY_DYNAMIC_DISPATCH(BlockElementsImpl)(); }
 

@@ -6,6 +6,7 @@
 ///
 /// Elements run along SIMD lanes; a block is kV vectors (kV * Lanes() elements), and the MLP's
 /// register tile is kJ units x kV vectors, sized per target so that no target spills.
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -38,6 +39,7 @@ struct LoptTensor {
   float rms_decay = 0;
   float rms_eps = 1e-6f;        ///< rsqrt(rms + rms_eps): 1e-6 for small_fc_lopt / muLO, 1e-8 for Celo2
   bool celo2_features = false;  ///< the 18 per-element features (kCelo2ElemFeatures) instead of 16
+  float grad_clip = HUGE_VALF;  ///< g is read as clamp(g, -grad_clip, grad_clip) (NaN kept); +inf: as it is
 
   /// Rows layout: a row-major 2-D tensor [n_rows, n_cols]; a block never crosses a row, so the
   /// Adafactor entry indexed by the row is one value per block and the one indexed by the column is
@@ -83,8 +85,8 @@ void accumulate(const LoptTensor& t, int64_t begin, int64_t end, double* sumsq);
 /// Pass two over the same units: features, MLP, parameter update (or the step into t.out).
 void apply(const LoptTensor& t, int64_t begin, int64_t end);
 /// For a row-major [rows, cols] g: row_sum[r] = sum_c (g^2 + 1e-30), col_sum[c] = sum_r (g^2 + 1e-30),
-/// accumulated in double (col_sum is overwritten).
-void square_sums(const float* g, int64_t rows, int64_t cols, double* row_sum, double* col_sum);
+/// accumulated in double (col_sum is overwritten); g clamped to [-clip, clip] first (NaN kept).
+void square_sums(const float* g, int64_t rows, int64_t cols, double* row_sum, double* col_sum, float clip = HUGE_VALF);
 /// Elements per block of the target dispatched now.
 int64_t block_elements();
 

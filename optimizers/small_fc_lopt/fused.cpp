@@ -86,7 +86,7 @@ void prepare(Work& w, int64_t block) {
   w.row_stride.assign(shape.size(), 0);
   w.col_stride.assign(shape.size(), 0);
   const float* gp = w.g.data_ptr<float>();
-  bool rows_layout = false;
+  bool rows_layout = false, matrix_moments = false;
 
   if (shape.size() == 2 && row.is_contiguous() && col.is_contiguous()) {
     auto [d1, d0] = lo::factored_dims(shape);
@@ -94,7 +94,7 @@ void prepare(Work& w, int64_t block) {
     w.d1 = static_cast<int>(d1);
     const int64_t s0 = shape[0], s1 = shape[1];
     std::vector<double> sum0(static_cast<size_t>(s0)), sum1(static_cast<size_t>(s1));
-    kernels::square_sums(gp, s0, s1, sum0.data(), sum1.data());
+    kernels::square_sums(gp, s0, s1, sum0.data(), sum1.data(), job.grad_clip);
     // row: indexed by dim d1, mean over d0; col: indexed by dim d0, mean over d1.
     const std::vector<double>& row_sum = d1 == 0 ? sum0 : sum1;
     const std::vector<double>& col_sum = d0 == 0 ? sum0 : sum1;
@@ -130,6 +130,7 @@ void prepare(Work& w, int64_t block) {
     w.row_stride[d1] = 1;  // the row entry follows dim d1, the column entry dim d0
     w.col_stride[d0] = 1;
     rows_layout = rows_fit(s1, block);
+    matrix_moments = true;
   } else if (shape.size() == 1 && v.is_contiguous()) {
     float* V = v.data_ptr<float>();
     w.row_rec.resize(static_cast<size_t>(N) * kSideRecord);
@@ -190,6 +191,9 @@ void prepare(Work& w, int64_t block) {
   t.rms_decay = K.rms_decay;
   t.rms_eps = K.rms_eps;
   t.celo2_features = K.celo2_features;
+  t.grad_clip = job.grad_clip;
+  TORCH_CHECK(job.grad_clip == HUGE_VALF || matrix_moments,
+              "fused learned-optimizer step: a gradient clamp in the kernel needs a matrix");
   if (job.out != nullptr) {
     TORCH_CHECK(job.out->scalar_type() == torch::kFloat32 && job.out->is_contiguous() && job.out->numel() == N,
                 "fused learned-optimizer step: the step output must be a contiguous float32 tensor of the parameter's size");
@@ -382,12 +386,43 @@ void fused_lopt_steps(const std::vector<FusedJob>& jobs) {
       for (int f = 0; f < E; ++f) sumsq[f] += partial[static_cast<size_t>(c * kMaxElemFeatures + f)];
     fold(w, sumsq);
   });
+  std::vector<double> out_partial(static_cast<size_t>(n_chunks), 0.0);
   parallel_items(n_chunks, [&](int64_t c) {
     auto [b, e] = range(c);
-    kernels::apply(works[chunks[static_cast<size_t>(c)].first].kt, b, e);
+    const Work& w = works[chunks[static_cast<size_t>(c)].first];
+    kernels::apply(w.kt, b, e);
+    if (w.job->out_sumsq != nullptr) {
+      // The chunk's steps are still in cache: their sum of squares, for the normalisation that follows.
+      const int64_t scale = w.kt.rows ? w.kt.n_cols : 1;
+      out_partial[static_cast<size_t>(c)] = sum_of_squares(w.kt.out + b * scale, (e - b) * scale);
+    }
   });
-  for (auto& w : works)
-    if (!w.job->p->is_contiguous()) w.job->p->copy_(w.p);
+  for (auto& w : works) {
+    if (w.job->out_sumsq != nullptr) {
+      double s = 0;
+      for (int64_t c = w.first_chunk; c < w.first_chunk + w.n_chunks; ++c) s += out_partial[static_cast<size_t>(c)];
+      *w.job->out_sumsq = s;
+    }
+    if (w.job->out == nullptr && !w.job->p->is_contiguous()) w.job->p->copy_(w.p);
+  }
+}
+
+double sum_of_squares(const float* x, int64_t n) {
+  // Eight partial sums: independent additions (no reassociation needed to vectorise or pipeline).
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += static_cast<double>(x[i + k]) * static_cast<double>(x[i + k]);
+  for (; i < n; ++i) acc[0] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+void apply_step_(float* p, const float* step, int64_t n, float lr, float step_scale, float weight_decay) {
+  constexpr int64_t kChunk = 1 << 16;
+  parallel_items((n + kChunk - 1) / kChunk, [&](int64_t c) {
+    const int64_t b = c * kChunk, e = std::min(n, b + kChunk);
+    for (int64_t i = b; i < e; ++i) p[i] = p[i] - lr * (step_scale * step[i] + weight_decay * p[i]);
+  });
 }
 
 int64_t fused_mlp_flops_per_element(const std::vector<int64_t>& shape, int64_t hidden, int64_t hidden_layers,
