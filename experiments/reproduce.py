@@ -155,6 +155,10 @@ def main():
     p.add_argument("--out", default=os.path.join("runs", "reproduce"), help="folder for the regenerated files")
     p.add_argument("--lopt", default=os.path.join(os.environ.get("LOPT_BUILD_DIR", "build"), "lopt"))
     p.add_argument("--compare-only", action="store_true", help="compare existing regenerated files, run nothing")
+    p.add_argument("--resume", action="store_true",
+                   help="keep what an interrupted run of these entries left in --out: compare and sweep reuse "
+                        "their finished runs (same resolved config and inputs), so a long entry can span sessions; "
+                        "the entry's wall time then counts this invocation only")
     a = p.parse_args()
     os.chdir(ROOT)
     m = load_manifest(a.manifest)
@@ -185,9 +189,10 @@ def main():
         out = os.path.join(a.out, name)
         wall = 0.0
         if not a.compare_only:
-            shutil.rmtree(out, ignore_errors=True)
-            if os.path.exists(out + ".log"):
-                os.remove(out + ".log")
+            if not a.resume:
+                shutil.rmtree(out, ignore_errors=True)
+                if os.path.exists(out + ".log"):
+                    os.remove(out + ".log")
             os.makedirs(out, exist_ok=True)
             t0 = time.time()
             for cmd in e["commands"]:
