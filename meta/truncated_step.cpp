@@ -49,8 +49,19 @@ LoptTruncatedStep::~LoptTruncatedStep() = default;
 const Task& LoptTruncatedStep::task(const nlohmann::json& config) const {
   auto key = config.dump();
   auto it = tasks_.find(key);
-  if (it == tasks_.end()) it = tasks_.emplace(key, make_task(config)).first;
-  return *it->second;
+  if (it == tasks_.end()) {
+    // References are used within one call of this class's methods, which touches at most
+    // num_tasks tasks, far fewer than kTaskCache: the evicted task is not in use.
+    if (tasks_.size() >= kTaskCache) {
+      auto oldest = tasks_.begin();
+      for (auto j = tasks_.begin(); j != tasks_.end(); ++j)
+        if (j->second.last_use < oldest->second.last_use) oldest = j;
+      tasks_.erase(oldest);
+    }
+    it = tasks_.emplace(key, CachedTask{make_task(config), 0}).first;
+  }
+  it->second.last_use = ++task_uses_;
+  return *it->second.task;
 }
 
 nlohmann::json LoptTruncatedStep::hyperparams() const {

@@ -98,7 +98,15 @@ class LoptTruncatedStep : public TruncatedStep {
   std::unique_ptr<TaskFamily> family_;
   std::unique_ptr<LearnedOptimizer> lopt_;
   std::unique_ptr<TruncationSchedule> trunc_;
-  mutable std::map<std::string, std::unique_ptr<Task>> tasks_;
+  /// Built tasks by config, least recently used evicted past kTaskCache entries (a family with
+  /// continuous options, e.g. reparam_scale, samples a new config for nearly every task).
+  static constexpr size_t kTaskCache = 512;
+  struct CachedTask {
+    std::unique_ptr<Task> task;
+    uint64_t last_use = 0;
+  };
+  mutable std::map<std::string, CachedTask> tasks_;
+  mutable uint64_t task_uses_ = 0;
   /// Optimizers bound to the thetas of recent steps (an estimate reuses its thetas for every
   /// step of the truncation). Holding the tensor keeps its identity unique while cached.
   std::vector<std::pair<torch::Tensor, std::unique_ptr<Optimizer>>> bound_;

@@ -18,8 +18,8 @@ PACKAGES=(
   libhwy-dev
   # plotting and result inspection
   python3 python3-h5py python3-matplotlib python3-numpy
-  # data
-  dataset-fashion-mnist fortunes fortunes-de
+  # data (python3-sklearn: its 8x8 handwritten digits file, read directly; no Python at run time)
+  dataset-fashion-mnist fortunes fortunes-de python3-sklearn
   # the HTML report's check in a real browser (the tests render it headless)
   chromium
 )

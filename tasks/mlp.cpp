@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/config.h"
@@ -35,8 +36,14 @@ MlpConfig MlpConfig::from_json(const nlohmann::json& j, const std::string& path)
                "must be in 1..28 (8, 16 or 28 for Fashion-MNIST), got " + std::to_string(c.image_size));
   config_check(c.activation == "relu" || c.activation == "gelu" || c.activation == "tanh", r.path_of("activation"),
                "unknown activation \"" + c.activation + "\" (valid: relu, gelu, tanh)");
-  config_check(c.dataset == "fashion_mnist" || c.dataset == "synthetic", r.path_of("dataset"),
-               "unknown dataset \"" + c.dataset + "\" (valid: fashion_mnist, synthetic)");
+  const auto& names = image_dataset_names();
+  if (std::find(names.begin(), names.end(), c.dataset) == names.end()) {
+    std::string valid;
+    for (const auto& n : names) valid += (valid.empty() ? "" : ", ") + n;
+    throw ConfigError(r.path_of("dataset"), "unknown dataset \"" + c.dataset + "\" (valid: " + valid + ")");
+  }
+  config_check(c.dataset != "digits" || c.image_size == 8, r.path_of("image_size"),
+               "the digits are 8x8 images: image_size must be 8 with dataset \"digits\", got " + std::to_string(c.image_size));
   make_parametrization(c.parametrization, r.path_of("parametrization"));  // validates
   return c;
 }
@@ -195,12 +202,31 @@ MlpFamily::MlpFamily(const nlohmann::json& config, const std::string& path) {
   activations_ = read_list<std::string>(r, "activations", {"relu"});
   auto param = r.object("parametrization");
   if (param.empty()) param = MlpConfig().parametrization;
-  auto dataset = r.get<std::string>("dataset", "fashion_mnist");
+  std::string dataset = "fashion_mnist";
+  if (r.has("datasets")) {
+    datasets_ = read_list<std::string>(r, "datasets", {});
+    config_check(!r.has("dataset"), r.path_of("dataset"), "give either dataset or datasets, not both");
+    r.get<std::string>("dataset", "");
+    dataset = datasets_[0];
+  } else {
+    dataset = r.get<std::string>("dataset", dataset);
+  }
   auto data_dir = r.get<std::string>("data_dir", "");
+  if (r.has("reparam_scale_range")) {
+    auto range = r.get<std::vector<double>>("reparam_scale_range", {});
+    config_check(range.size() == 2 && std::isfinite(range[0]) && std::isfinite(range[1]) && range[0] > 0 && range[0] < range[1],
+                 r.path_of("reparam_scale_range"),
+                 "must be [low, high] with 0 < low < high (the global reparameterisation scale, log-uniform; Celo2: [1e-3, 1e3])");
+    reparam_lo_ = range[0];
+    reparam_hi_ = range[1];
+  }
   r.finish();
   config_ = {{"type", "mlp_family"}, {"depths", depths_},         {"batch_sizes", batch_sizes_},
              {"image_sizes", image_sizes_}, {"activations", activations_}, {"parametrization", param},
-             {"dataset", dataset},    {"data_dir", data_dir}};
+             {"data_dir", data_dir}};
+  if (datasets_.empty()) config_["dataset"] = dataset;
+  else config_["datasets"] = datasets_;
+  if (reparam_hi_ > 0) config_["reparam_scale_range"] = {reparam_lo_, reparam_hi_};
   if (width_hi_ > 0) config_["width_range"] = {width_lo_, width_hi_};
   else config_["widths"] = widths_;
   // Validate every combination's static parts once, before any work.
@@ -214,9 +240,13 @@ MlpFamily::MlpFamily(const nlohmann::json& config, const std::string& path) {
       MlpConfig::from_json(probe, path);
     } catch (const ConfigError& e) {
       std::string p = e.path();
-      for (const char* k : {"width", "depth", "activation", "batch_size", "image_size"}) {
+      for (const char* k : {"width", "depth", "activation", "batch_size", "image_size", "dataset"}) {
         const std::string task_key = path + "/" + k;
-        if (p == task_key) p = path + "/" + (std::string(k) == "width" ? (width_hi_ > 0 ? "width_range" : "widths") : std::string(k) + "s");
+        if (p != task_key) continue;
+        const std::string key = k;
+        if (key == "width") p = path + "/" + (width_hi_ > 0 ? "width_range" : "widths");
+        else if (key == "dataset") p = path + "/" + (datasets_.empty() ? "dataset" : "datasets");
+        else p = path + "/" + key + "s";
       }
       throw ConfigError(p, e.message());
     }
@@ -226,6 +256,12 @@ MlpFamily::MlpFamily(const nlohmann::json& config, const std::string& path) {
   for (const auto& a : activations_) { probe["activation"] = a; check(); }
   for (auto s : image_sizes_) { probe["image_size"] = s; check(); }
   for (auto b : batch_sizes_) { probe["batch_size"] = b; check(); }
+  for (const auto& ds : datasets_)
+    for (auto s : image_sizes_) {
+      probe["dataset"] = ds;
+      probe["image_size"] = s;
+      check();
+    }
 }
 
 nlohmann::json MlpFamily::sample(at::Generator& gen) const {
@@ -238,15 +274,23 @@ nlohmann::json MlpFamily::sample(at::Generator& gen) const {
   } else {
     width = widths_[pick(widths_.size())];
   }
-  return {{"type", "mlp"},
+  nlohmann::json task = {{"type", "mlp"},
           {"width", width},
           {"depth", depths_[pick(depths_.size())]},
           {"activation", activations_[pick(activations_.size())]},
           {"batch_size", batch_sizes_[pick(batch_sizes_.size())]},
           {"image_size", image_sizes_[pick(image_sizes_.size())]},
-          {"dataset", config_["dataset"]},
+          {"dataset", datasets_.empty() ? config_["dataset"] : nlohmann::json(datasets_[0])},
           {"data_dir", config_["data_dir"]},
           {"parametrization", config_["parametrization"]}};
+  // Drawn after the draws above, and only when configured, so that families without these options
+  // sample exactly the tasks they always did.
+  if (datasets_.size() > 1) task["dataset"] = datasets_[pick(datasets_.size())];
+  if (reparam_hi_ > 0) {
+    const double u = torch::rand({1}, gen, torch::kFloat64).item<double>();
+    task["reparam_scale"] = std::exp(std::log(reparam_lo_) + u * (std::log(reparam_hi_) - std::log(reparam_lo_)));
+  }
+  return task;
 }
 
 // The MLP's backward pass written out (relu / tanh; gelu takes autograd): per layer two bmm and a

@@ -17,7 +17,7 @@ struct MlpConfig {
   std::string activation = "relu";  ///< relu, gelu, tanh
   int64_t batch_size = 128;
   int64_t image_size = 28;
-  std::string dataset = "fashion_mnist";  ///< fashion_mnist or synthetic
+  std::string dataset = "fashion_mnist";  ///< image_dataset_names(): fashion_mnist, digits (8x8), the two Fashion-MNIST stand-ins, synthetic
   std::string data_dir;                   ///< empty: LOPT_DATA_DIR or the Debian package's folder
   nlohmann::json parametrization = {{"type", "mup"}, {"base_width", 128}};
 
@@ -67,10 +67,13 @@ class MlpTask : public Task {
 };
 
 /// Samples MLP task configs: width from a list or a log-uniform range, depth, batch size,
-/// image size and activation from lists; parametrization and dataset fixed.
+/// image size, activation and dataset from lists; parametrization fixed; optionally a global
+/// reparameterisation scale per task, log-uniform in reparam_scale_range (task augmentation: the
+/// task is evaluated at w * s and initialised at w0 / s; make_task applies it to any task type).
 /// Config: {"type": "mlp_family", "widths": [64, 128] | "width_range": [64, 1024],
 ///          "depths": [2], "batch_sizes": [128], "image_sizes": [8], "activations": ["relu"],
-///          "parametrization": {...}, "dataset": "fashion_mnist", "data_dir": ""}
+///          "parametrization": {...}, "dataset": "fashion_mnist" | "datasets": [...], "data_dir": "",
+///          "reparam_scale_range": [1e-3, 1e3]}
 class MlpFamily : public TaskFamily {
  public:
   explicit MlpFamily(const nlohmann::json& config, const std::string& path = "/task_family");
@@ -80,8 +83,9 @@ class MlpFamily : public TaskFamily {
  private:
   nlohmann::json config_;
   std::vector<int64_t> widths_, depths_, batch_sizes_, image_sizes_;
-  std::vector<std::string> activations_;
+  std::vector<std::string> activations_, datasets_;
   int64_t width_lo_ = 0, width_hi_ = 0;
+  double reparam_lo_ = 0, reparam_hi_ = 0;
 };
 
 }  // namespace lopt

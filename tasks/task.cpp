@@ -7,6 +7,7 @@
 #include <cmath>
 #include <mutex>
 
+#include "common/config.h"
 #include "common/errors.h"
 #include "common/parallel.h"
 #include "common/registry.h"
@@ -113,13 +114,86 @@ std::vector<std::string> task_types() { return task_registry().names(); }
 
 std::vector<std::string> task_family_types() { return family_registry().names(); }
 
+namespace {
+
+/// Global reparameterisation (the Celo2 recipe's task augmentation, after learned_optimization's
+/// `ReparamWeights`): the optimizer sees w, the task is evaluated at w * s, and w starts at w0 / s.
+/// Gradients with respect to w are s times those at w * s, so one scale s moves every gradient and
+/// every parameter by a factor s in opposite directions; a learned optimizer must be invariant to it.
+class ReparamTask : public Task {
+ public:
+  ReparamTask(std::unique_ptr<Task> inner, double scale) : inner_(std::move(inner)), scale_(scale) {}
+  ParamSet init(at::Generator& gen) const override {
+    ParamSet p = inner_->init(gen);
+    for (auto& t : p.tensors) t = t / scale_;
+    return p;
+  }
+  std::shared_ptr<const DataSource> data() const override { return inner_->data(); }
+  int64_t batch_size() const override { return inner_->batch_size(); }
+  LossAndMetrics loss_and_metrics(const ParamSet& params, const Batch& batch,
+                                  std::vector<torch::Tensor>* activations = nullptr) const override {
+    return inner_->loss_and_metrics(scaled(params), batch, activations);
+  }
+  std::vector<std::string> activation_names() const override { return inner_->activation_names(); }
+  torch::Tensor normalizer(const torch::Tensor& loss) const override { return inner_->normalizer(loss); }
+  torch::Tensor population_loss(const ParamSet& stacked, const Batch& batch) const override {
+    return inner_->population_loss(scaled(stacked), batch);
+  }
+  torch::Tensor population_loss_and_grads(const ParamSet& stacked, const Batch& batch,
+                                          std::vector<torch::Tensor>* grads) const override {
+    auto loss = inner_->population_loss_and_grads(scaled(stacked), batch, grads);
+    if (grads)
+      for (auto& g : *grads) g = g * scale_;
+    return loss;
+  }
+  std::string report_metric() const override { return inner_->report_metric(); }
+  std::map<std::string, double> evaluate(const ParamSet& params, Split split, int64_t max_examples = 0) const override {
+    return inner_->evaluate(scaled(params), split, max_examples);
+  }
+  nlohmann::json hyperparams() const override {
+    auto j = inner_->hyperparams();
+    j["reparam_scale"] = scale_;
+    return j;
+  }
+
+ private:
+  ParamSet scaled(const ParamSet& p) const {
+    ParamSet out = p;
+    for (auto& t : out.tensors) t = t * scale_;
+    return out;
+  }
+  std::unique_ptr<Task> inner_;
+  double scale_;
+};
+
+/// The config without "reparam_scale", and the scale (1 when absent), checked.
+std::pair<nlohmann::json, double> split_reparam(const nlohmann::json& config, const std::string& path) {
+  if (!config.is_object() || !config.contains("reparam_scale")) return {config, 1.0};
+  const auto& v = config.at("reparam_scale");
+  config_check(v.is_number(), path + "/reparam_scale", "must be a number (the global reparameterisation scale s > 0)");
+  const double s = v.get<double>();
+  config_check(std::isfinite(s) && s > 0, path + "/reparam_scale", "must be finite and > 0, got " + v.dump());
+  auto inner = config;
+  inner.erase("reparam_scale");
+  return {inner, s};
+}
+
+}  // namespace
+
 nlohmann::json resolve_task_config(const nlohmann::json& config, const std::string& path) {
-  return task_type(config, path).resolve(config, path);
+  const auto [inner, scale] = split_reparam(config, path);
+  auto resolved = task_type(inner, path).resolve(inner, path);
+  if (config.is_object() && config.contains("reparam_scale")) resolved["reparam_scale"] = scale;
+  return resolved;
 }
 
 std::unique_ptr<Task> make_task(const nlohmann::json& config, const std::string& path) {
-  const auto t = task_type(config, path);
-  return t.make(t.resolve(config, path));
+  const auto [inner, scale] = split_reparam(config, path);
+  const auto t = task_type(inner, path);
+  auto task = t.make(t.resolve(inner, path));
+  if (config.is_object() && config.contains("reparam_scale"))
+    return std::make_unique<ReparamTask>(std::move(task), scale);
+  return task;
 }
 
 std::unique_ptr<TaskFamily> make_task_family(const nlohmann::json& config, const std::string& path) {

@@ -4,11 +4,13 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -154,6 +156,136 @@ std::shared_ptr<const ImageDataset> load_fashion_mnist(const std::string& dir, i
   return ds;
 }
 
+std::string default_digits_file() {
+  if (const char* env = std::getenv("LOPT_DIGITS_FILE"); env != nullptr && *env != '\0') return env;
+  return "/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz";
+}
+
+std::shared_ptr<const ImageDataset> load_digits(const std::string& path) {
+  static std::mutex mu;
+  static std::map<std::string, std::shared_ptr<const ImageDataset>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = cache.find(path); it != cache.end()) return it->second;
+  const char* hint =
+      "the 8x8 digits come from the Debian package python3-sklearn (apt-get install python3-sklearn); "
+      "LOPT_DIGITS_FILE or the task's data_dir may point at another digits.csv.gz";
+  if (!std::filesystem::exists(path)) throw IoError(path, "no such file", hint);
+  gzFile f = gzopen(path.c_str(), "rb");
+  if (f == nullptr) throw IoError(path, "cannot open", hint);
+  std::string text;
+  char buf[1 << 16];
+  for (;;) {
+    const int got = gzread(f, buf, sizeof buf);
+    if (got < 0) {
+      int errnum = 0;
+      const std::string msg = gzerror(f, &errnum);
+      gzclose(f);
+      throw IoError(path, "corrupt file: " + msg, hint);
+    }
+    if (got == 0) break;
+    text.append(buf, static_cast<size_t>(got));
+  }
+  gzclose(f);
+  std::vector<float> pixels;
+  std::vector<int64_t> labels;
+  size_t pos = 0;
+  int64_t line = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    ++line;
+    std::string row = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (!row.empty() && row.back() == '\r') row.pop_back();
+    if (row.empty()) continue;
+    std::vector<double> v;
+    size_t p = 0;
+    while (p <= row.size()) {
+      size_t comma = row.find(',', p);
+      if (comma == std::string::npos) comma = row.size();
+      const std::string field = row.substr(p, comma - p);
+      char* stop = nullptr;
+      const double x = std::strtod(field.c_str(), &stop);
+      if (field.empty() || stop == nullptr || *stop != '\0')
+        throw IoError(path, "line " + std::to_string(line) + ": \"" + field + "\" is not a number", hint);
+      v.push_back(x);
+      p = comma + 1;
+    }
+    if (v.size() != 65)
+      throw IoError(path, "line " + std::to_string(line) + " has " + std::to_string(v.size()) +
+                              " values, expected 65 (64 pixels and a label)", hint);
+    for (int k = 0; k < 64; ++k) {
+      if (v[static_cast<size_t>(k)] < 0 || v[static_cast<size_t>(k)] > 16)
+        throw IoError(path, "line " + std::to_string(line) + ": pixel " + std::to_string(k) + " is " +
+                                std::to_string(v[static_cast<size_t>(k)]) + ", outside 0..16", hint);
+      pixels.push_back(static_cast<float>(v[static_cast<size_t>(k)] / 16.0));
+    }
+    const double y = v[64];
+    if (y != std::floor(y) || y < 0 || y > 9)
+      throw IoError(path, "line " + std::to_string(line) + ": label " + std::to_string(y) + " is not one of 0..9", hint);
+    labels.push_back(static_cast<int64_t>(y));
+  }
+  const int64_t n = static_cast<int64_t>(labels.size());
+  constexpr int64_t kTrain = 1500;
+  if (n <= kTrain)
+    throw IoError(path, "has " + std::to_string(n) + " images, expected more than " + std::to_string(kTrain) +
+                            " (python3-sklearn's file has 1,797)", hint);
+  auto x = torch::tensor(pixels).reshape({n, 64});
+  auto y = torch::tensor(labels, torch::kInt64);
+  auto ds = std::make_shared<ImageDataset>();
+  ds->name = "digits";
+  ds->image_size = 8;
+  ds->num_classes = 10;
+  auto train = x.slice(0, 0, kTrain);
+  const float mean = train.mean().item<float>();
+  float stdv = train.std().item<float>();
+  if (!(stdv > 0)) stdv = 1.0f;
+  ds->train_x = train.sub(mean).div_(stdv).contiguous();
+  ds->test_x = x.slice(0, kTrain).sub(mean).div_(stdv).contiguous();
+  ds->train_y = y.slice(0, 0, kTrain).contiguous();
+  ds->test_y = y.slice(0, kTrain).contiguous();
+  cache[path] = ds;
+  return ds;
+}
+
+namespace {
+/// A fixed permutation of 0..n-1 (std::mt19937_64 with `seed`, Fisher–Yates: the same on every machine).
+std::vector<int64_t> fixed_permutation(int64_t n, uint64_t seed) {
+  std::vector<int64_t> perm(static_cast<size_t>(n));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::mt19937_64 rng(seed);
+  for (int64_t i = n - 1; i > 0; --i) {
+    const auto j = static_cast<int64_t>(rng() % static_cast<uint64_t>(i + 1));
+    std::swap(perm[static_cast<size_t>(i)], perm[static_cast<size_t>(j)]);
+  }
+  return perm;
+}
+
+/// The stand-ins derived from Fashion-MNIST (make_image_source documents them).
+std::shared_ptr<const ImageDataset> derived_fashion_mnist(const std::string& name, const ImageDataset& base) {
+  auto ds = std::make_shared<ImageDataset>(base);
+  ds->name = name;
+  if (name == "fashion_mnist_pixperm") {
+    const auto perm = torch::tensor(fixed_permutation(base.input_dim(), 0x70697870ULL), torch::kInt64);
+    ds->train_x = base.train_x.index_select(1, perm).contiguous();
+    ds->test_x = base.test_x.index_select(1, perm).contiguous();
+  } else {  // fashion_mnist_classperm
+    const auto perm = torch::tensor(fixed_permutation(base.num_classes, 0x636c6173ULL), torch::kInt64);
+    ds->train_x = base.train_x.neg();
+    ds->test_x = base.test_x.neg();
+    ds->train_y = perm.index_select(0, base.train_y);
+    ds->test_y = perm.index_select(0, base.test_y);
+  }
+  return ds;
+}
+}  // namespace
+
+const std::vector<std::string>& image_dataset_names() {
+  static const std::vector<std::string> names = {"fashion_mnist", "digits", "fashion_mnist_pixperm",
+                                                 "fashion_mnist_classperm", "synthetic"};
+  return names;
+}
+
 std::shared_ptr<const ImageDataset> make_synthetic_dataset(int64_t n_train, int64_t n_test, int64_t image_size,
                                                            int64_t num_classes, uint64_t seed) {
   auto gen = make_generator(seed);
@@ -246,9 +378,16 @@ std::shared_ptr<const ImageSource> make_image_source(const std::string& dataset,
   const std::string key = dataset + "\n" + data_dir + "\n" + std::to_string(image_size);
   std::lock_guard<std::mutex> lock(mu);
   if (auto hit = cache[key].lock()) return hit;
-  std::shared_ptr<const ImageDataset> data =
-      dataset == "synthetic" ? make_synthetic_dataset(4096, 1024, image_size, 10, 1234)
-                             : load_fashion_mnist(data_dir.empty() ? default_fashion_mnist_dir() : data_dir, image_size);
+  std::shared_ptr<const ImageDataset> data;
+  if (dataset == "synthetic") {
+    data = make_synthetic_dataset(4096, 1024, image_size, 10, 1234);
+  } else if (dataset == "digits") {
+    if (image_size != 8) throw ConfigError("/task/image_size", "the digits are 8x8 images: image_size must be 8, got " + std::to_string(image_size));
+    data = load_digits(data_dir.empty() ? default_digits_file() : (std::filesystem::path(data_dir) / "digits.csv.gz").string());
+  } else {
+    data = load_fashion_mnist(data_dir.empty() ? default_fashion_mnist_dir() : data_dir, image_size);
+    if (dataset != "fashion_mnist") data = derived_fashion_mnist(dataset, *data);
+  }
   auto source = std::make_shared<const ImageSource>(std::move(data));
   cache[key] = source;
   return source;

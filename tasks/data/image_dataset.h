@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "tasks/data/data_source.h"
 
@@ -47,8 +48,18 @@ class ImageSource : public DataSource {
   mutable std::map<std::string, std::vector<torch::Tensor>> partitions_;
 };
 
-/// The source for a dataset name ("fashion_mnist" from `data_dir` (empty: the default folder),
-/// or "synthetic") at `image_size`; shared per arguments.
+/// Dataset names make_image_source accepts, for error messages.
+const std::vector<std::string>& image_dataset_names();
+
+/// The source for a dataset name at `image_size`; shared per arguments:
+///   "fashion_mnist"              from `data_dir` (empty: the default folder)
+///   "digits"                     the 8x8 handwritten digits python3-sklearn ships (image_size 8 only;
+///                                `data_dir` may hold another digits.csv.gz)
+///   "fashion_mnist_pixperm"      Fashion-MNIST with its pixels in one fixed random order (a stand-in
+///                                for the Celo2 recipe's gray CIFAR-10: same labels, no spatial prior)
+///   "fashion_mnist_classperm"    Fashion-MNIST with inverted intensities and classes in one fixed
+///                                random order (a stand-in for SVHN: another input-output map)
+///   "synthetic"                  a fixed random linear teacher on Gaussian inputs
 std::shared_ptr<const ImageSource> make_image_source(const std::string& dataset, const std::string& data_dir,
                                                      int64_t image_size);
 
@@ -63,6 +74,14 @@ torch::Tensor read_idx_file(const std::string& path);
 /// standardises with the training split's mean and std, and area-downsamples to
 /// image_size x image_size (28, 16 or 8). Results are cached per (dir, image_size).
 std::shared_ptr<const ImageDataset> load_fashion_mnist(const std::string& dir, int64_t image_size);
+
+/// Default digits file: python3-sklearn's sklearn/datasets/data/digits.csv.gz; LOPT_DIGITS_FILE overrides it.
+std::string default_digits_file();
+
+/// Loads the 8x8 digits CSV (gzip or plain; rows of 64 pixel values 0..16 and a label 0..9): the
+/// first 1,500 rows train, the remaining 297 test; pixels / 16, standardised with the training
+/// split's mean and std. A missing file is an IoError naming python3-sklearn and the apt-get line.
+std::shared_ptr<const ImageDataset> load_digits(const std::string& path);
 
 /// Gaussian inputs labelled by a fixed random linear teacher; for tests and coordinate checks.
 std::shared_ptr<const ImageDataset> make_synthetic_dataset(int64_t n_train, int64_t n_test, int64_t image_size,

@@ -259,6 +259,11 @@ TEST(Cli, BadNumbersAndInputsAreOneLineErrors) {
   expect(train, 2, "lopt train runs in one process", "WORLD_SIZE=2 RANK=1");
   expect(train, 2, "RANK=2 must be an integer in [0, 1]", "WORLD_SIZE=2 RANK=2");
   expect("meta-train -q --config " + dir.path("c.json") + " --stop-after -5", 2, "--stop-after -5");
+  // The digits file missing: exit 1 (input, not usage), naming the package and the apt-get line.
+  const std::string digits = train + "--set task.dataset=digits --set task.image_size=8";
+  expect(digits, 1, "apt-get install python3-sklearn", "LOPT_DIGITS_FILE=/nonexistent/digits.csv.gz");
+  expect(train + "--set task.dataset=digits --set task.image_size=16", 2, "/task/image_size");
+  expect(train + "--set task.dataset=cifar10", 2, "valid: fashion_mnist, digits, fashion_mnist_pixperm");
   EXPECT_FALSE(std::filesystem::exists(dir.path("out.h5")));
 }
 

@@ -2,7 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <zlib.h>
+
+#include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 
 #include "common/errors.h"
 #include "common/rng.h"
@@ -86,4 +91,93 @@ TEST(ImageDataset, SeededSamplingIsReproducible) {
   EXPECT_TRUE(torch::equal(a.at("y"), b.at("y")));
   EXPECT_FALSE(torch::equal(a.at("x"), c.at("x")));
   EXPECT_EQ(a.at("x").sizes(), (std::vector<int64_t>{16, 16}));
+}
+
+namespace {
+/// A digits CSV in python3-sklearn's format (rows of 64 pixels 0..16 and a label), gzip-compressed.
+void write_digits(const std::string& path, int64_t rows, const std::string& extra_line = "") {
+  std::string text;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int k = 0; k < 64; ++k) text += std::to_string((r * 7 + k * 3) % 17) + ",";
+    text += std::to_string(r % 10) + "\n";
+  }
+  text += extra_line;
+  gzFile f = gzopen(path.c_str(), "wb");
+  gzwrite(f, text.data(), static_cast<unsigned>(text.size()));
+  gzclose(f);
+}
+}  // namespace
+
+// The 8x8 digits: the fixed split (first 1,500 train), pixels / 16 standardised with the training
+// split's statistics, labels kept; bad files name the line and the package.
+TEST(Digits, ReadsTheCsvSplitsAndStandardises) {
+  TempDir dir;
+  write_digits(dir.path("digits.csv.gz"), 1600);
+  auto ds = lopt::load_digits(dir.path("digits.csv.gz"));
+  EXPECT_EQ(ds->train_x.sizes(), (std::vector<int64_t>{1500, 64}));
+  EXPECT_EQ(ds->test_x.sizes(), (std::vector<int64_t>{100, 64}));
+  EXPECT_EQ(ds->image_size, 8);
+  EXPECT_NEAR(ds->train_x.mean().item<double>(), 0.0, 1e-4);
+  EXPECT_NEAR(ds->train_x.std().item<double>(), 1.0, 1e-3);
+  EXPECT_EQ(ds->train_y[13].item<int64_t>(), 3);
+  EXPECT_EQ(ds->test_y[0].item<int64_t>(), 0);  // row 1500
+  // Row 2, pixel 5: (14 + 15) % 17 = 12, i.e. 12/16 before standardisation; row 0, pixel 0: 0.
+  const double a = ds->train_x[2][5].item<double>(), z = ds->train_x[0][0].item<double>();
+  const auto r = torch::arange(1500, torch::kFloat64).unsqueeze(1), k = torch::arange(64, torch::kFloat64);
+  const double sigma = (torch::remainder(r * 7 + k * 3, 17) / 16).std().item<double>();
+  EXPECT_NEAR(a - z, 0.75 / sigma, 1e-5);
+
+  write_digits(dir.path("short.csv.gz"), 3, "1,2,3\n");
+  auto msg = expect_io_error([&] { lopt::load_digits(dir.path("short.csv.gz")); });
+  EXPECT_NE(msg.find("line 4 has 3 values, expected 65"), std::string::npos) << msg;
+  std::string bad_pixel;
+  for (int k = 0; k < 64; ++k) bad_pixel += k == 5 ? "17," : "0,";
+  write_digits(dir.path("pixel.csv.gz"), 2, bad_pixel + "1\n");
+  msg = expect_io_error([&] { lopt::load_digits(dir.path("pixel.csv.gz")); });
+  EXPECT_NE(msg.find("line 3: pixel 5 is 17"), std::string::npos) << msg;
+  write_digits(dir.path("few.csv.gz"), 40);
+  msg = expect_io_error([&] { lopt::load_digits(dir.path("few.csv.gz")); });
+  EXPECT_NE(msg.find("has 40 images"), std::string::npos) << msg;
+  msg = expect_io_error([&] { lopt::load_digits(dir.path("missing.csv.gz")); });
+  EXPECT_NE(msg.find("python3-sklearn"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("apt-get install python3-sklearn"), std::string::npos) << msg;
+}
+
+// The file python3-sklearn ships (installed by scripts/setup.sh): 1,797 images, every class.
+TEST(Digits, TheDebianFileLoads) {
+  const std::string file = lopt::default_digits_file();
+  if (!std::filesystem::exists(file)) GTEST_SKIP() << file << " is not installed (apt-get install python3-sklearn)";
+  auto ds = lopt::load_digits(file);
+  EXPECT_EQ(ds->train_x.size(0) + ds->test_x.size(0), 1797);
+  EXPECT_EQ(std::get<0>(at::_unique(ds->train_y)).numel(), 10);
+  auto src = lopt::make_image_source("digits", "", 8);
+  EXPECT_EQ(src->dataset().input_dim(), 64);
+}
+
+// The Fashion-MNIST stand-ins: one fixed pixel order (each image's pixels are a permutation of the
+// original's, labels unchanged), or inverted intensities with one fixed class order (a bijection).
+TEST(FashionMnist, StandInsPermutePixelsOrClasses) {
+  TempDir dir;
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 40, 10);
+  auto base = lopt::make_image_source("fashion_mnist", dir.path("fm"), 8);
+  auto pix = lopt::make_image_source("fashion_mnist_pixperm", dir.path("fm"), 8);
+  auto cls = lopt::make_image_source("fashion_mnist_classperm", dir.path("fm"), 8);
+  const auto& b = base->dataset();
+  const auto& p = pix->dataset();
+  const auto& c = cls->dataset();
+  EXPECT_TRUE(torch::equal(std::get<0>(p.train_x.sort(1)), std::get<0>(b.train_x.sort(1))));
+  EXPECT_FALSE(torch::equal(p.train_x, b.train_x));
+  EXPECT_TRUE(torch::equal(p.train_y, b.train_y));
+  EXPECT_TRUE(torch::equal(c.train_x, b.train_x.neg()));
+  // The class map is a function of the class (one image per class decides it) and a bijection.
+  std::map<int64_t, int64_t> map;
+  for (int64_t i = 0; i < b.train_y.size(0); ++i) {
+    const auto from = b.train_y[i].item<int64_t>(), to = c.train_y[i].item<int64_t>();
+    if (map.count(from)) EXPECT_EQ(map[from], to);
+    map[from] = to;
+  }
+  std::set<int64_t> images;
+  for (const auto& [from, to] : map) images.insert(to);
+  EXPECT_EQ(images.size(), map.size());
+  EXPECT_NE(map, (std::map<int64_t, int64_t>{{0, 0}, {1, 1}, {2, 2}, {3, 3}, {4, 4}, {5, 5}, {6, 6}, {7, 7}, {8, 8}, {9, 9}}));
 }

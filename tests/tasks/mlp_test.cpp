@@ -133,3 +133,90 @@ TEST(MlpTask, PopulationGradsMatchAutograd) {
     }
   }
 }
+
+// Global reparameterisation (task augmentation): the task is evaluated at w * s from w0 / s, so the
+// loss at init is the plain task's, and gradients are s times the plain task's at w * s — through
+// loss_and_metrics (autograd) and the closed-form population backward alike.
+TEST(Reparam, LossMatchesAndGradientsScale) {
+  nlohmann::json cfg = {{"type", "mlp"}, {"width", 16}, {"depth", 2}, {"batch_size", 8}, {"image_size", 8},
+                        {"dataset", "synthetic"}, {"parametrization", {{"type", "sp"}}}};
+  auto plain = lopt::make_task(cfg);
+  for (double s : {1e-3, 7.0, 1e3}) {
+    auto rcfg = cfg;
+    rcfg["reparam_scale"] = s;
+    auto task = lopt::make_task(rcfg);
+    EXPECT_EQ(task->hyperparams().at("reparam_scale").get<double>(), s);
+    auto g1 = lopt::make_generator(3), g2 = lopt::make_generator(3);
+    auto w = task->init(g1), w0 = plain->init(g2);
+    EXPECT_LT((w.tensors[0] * s - w0.tensors[0]).abs().max().item<double>(), 1e-6 * (1 + w0.tensors[0].abs().max().item<double>()));
+    auto gb = lopt::make_generator(4);
+    auto batch = task->sample_batch(lopt::Split::train, gb);
+    for (auto& t : w.tensors) t.requires_grad_(true);
+    for (size_t i = 0; i < w0.tensors.size(); ++i) w0.tensors[i] = (w.tensors[i].detach() * s).requires_grad_(true);
+    auto l = task->loss(w, batch), l0 = plain->loss(w0, batch);
+    EXPECT_NEAR(l.item<double>(), l0.item<double>(), 1e-5 * std::abs(l0.item<double>()));
+    auto gr = torch::autograd::grad({l}, w.tensors), gr0 = torch::autograd::grad({l0}, w0.tensors);
+    for (size_t i = 0; i < gr.size(); ++i)
+      EXPECT_LT((gr[i] - gr0[i] * s).abs().max().item<double>(), 1e-4 * (gr0[i] * s).abs().max().item<double>() + 1e-30)
+          << "scale " << s << " tensor " << i;
+    // The population path: [1, ...] stacked members.
+    lopt::ParamSet stacked = w;
+    for (auto& t : stacked.tensors) t = t.detach().unsqueeze(0);
+    const auto pb = lopt::Batch::stack({batch});
+    std::vector<torch::Tensor> pg;
+    auto pl = task->population_loss_and_grads(stacked, pb, &pg);
+    EXPECT_NEAR(pl[0].item<double>(), l0.item<double>(), 1e-5 * std::abs(l0.item<double>()));
+    for (size_t i = 0; i < pg.size(); ++i)
+      EXPECT_LT((pg[i][0] - gr0[i] * s).abs().max().item<double>(), 1e-4 * (gr0[i] * s).abs().max().item<double>() + 1e-30);
+  }
+  auto bad = [](const nlohmann::json& c) { lopt::make_task(c); };
+  auto neg = cfg;
+  neg["reparam_scale"] = -1;
+  lopt_test::expect_config_error(bad, neg, "/task/reparam_scale");
+}
+
+// The family's options: datasets drawn from a list, a log-uniform reparam_scale per task; without
+// them a family samples the tasks it always did (the same draws from the generator).
+TEST(MlpFamily, DatasetsAndReparamScaleRange) {
+  nlohmann::json base = {{"type", "mlp_family"}, {"widths", {16, 32}}, {"depths", {1, 2}}, {"image_sizes", {8}},
+                         {"dataset", "synthetic"}};
+  auto single = base;
+  single.erase("dataset");
+  single["datasets"] = {"synthetic"};
+  auto f0 = lopt::make_task_family(base), f1 = lopt::make_task_family(single);
+  auto g0 = lopt::make_generator(9), g1 = lopt::make_generator(9);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(f0->sample(g0), f1->sample(g1));
+
+  auto aug = base;
+  aug["reparam_scale_range"] = {1e-3, 1e3};
+  auto fa = lopt::make_task_family(aug);
+  auto ga = lopt::make_generator(9);
+  double lo = 1e9, hi = 0;
+  for (int i = 0; i < 200; ++i) {
+    const auto t = fa->sample(ga);
+    const double s = t.at("reparam_scale");
+    lo = std::min(lo, s);
+    hi = std::max(hi, s);
+    EXPECT_TRUE(s >= 1e-3 && s <= 1e3);
+  }
+  EXPECT_LT(lo, 1e-2);  // log-uniform: both decades' ends are reached
+  EXPECT_GT(hi, 1e2);
+  EXPECT_EQ(fa->hyperparams().at("reparam_scale_range"), nlohmann::json({1e-3, 1e3}));
+
+  auto make = [](const nlohmann::json& c) { lopt::make_task_family(c); };
+  for (const auto& range : {nlohmann::json{1e3, 1e-3}, nlohmann::json{0, 1}, nlohmann::json{2, 2}, nlohmann::json{1}}) {
+    auto b = base;
+    b["reparam_scale_range"] = range;
+    lopt_test::expect_config_error(make, b, "/task_family/reparam_scale_range");
+  }
+  auto both = base;
+  both["datasets"] = {"synthetic"};
+  lopt_test::expect_config_error(make, both, "/task_family/dataset");
+  auto unknown = single;
+  unknown["datasets"] = {"synthetic", "cifar10"};
+  lopt_test::expect_config_error(make, unknown, "/task_family/datasets");
+  auto digits16 = single;
+  digits16["datasets"] = {"digits"};
+  digits16["image_sizes"] = {16};
+  lopt_test::expect_config_error(make, digits16, "/task_family/image_sizes");
+}
