@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <filesystem>
 
 #include "common/config.h"
@@ -68,6 +69,22 @@ nlohmann::json resolve_meta_train_config(const nlohmann::json& config) {
   out["outer_steps"] = r.get<int64_t>("outer_steps", 1000);
   out["seed"] = r.get<uint64_t>("seed", 0);
   out["checkpoint_every"] = r.get<int64_t>("checkpoint_every", 50);
+  {
+    // theta kept at these outer steps (snapshots/theta_step<N>.safetensors) for a meta-compute curve;
+    // default 10, 30, 100, 300, ... up to outer_steps.
+    std::vector<int64_t> snaps;
+    if (r.has("snapshot_steps")) {
+      snaps = r.get<std::vector<int64_t>>("snapshot_steps", {});
+      for (auto s : snaps) config_check(s >= 1, "/snapshot_steps", "outer steps must be >= 1, got " + std::to_string(s));
+    } else {
+      for (int64_t decade = 10; decade <= out["outer_steps"].get<int64_t>(); decade *= 10)
+        for (int64_t k : {int64_t(1), int64_t(3)})
+          if (decade * k <= out["outer_steps"].get<int64_t>()) snaps.push_back(decade * k);
+    }
+    std::sort(snaps.begin(), snaps.end());
+    snaps.erase(std::unique(snaps.begin(), snaps.end()), snaps.end());
+    out["snapshot_steps"] = snaps;
+  }
   out["output_dir"] = r.get<std::string>("output_dir", "runs/meta/meta_train");
   const auto device = r.get<std::string>("device", "cpu");
   r.finish();
@@ -327,6 +344,12 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
         if (all[r][0].item<int64_t>() != 0) signalled_rank = r, signal = static_cast<int>(all[r][0].item<int64_t>());
     }
     const bool stop = signal != 0;
+    const auto& snaps = config_["snapshot_steps"];
+    if ((!group_ || group_->rank() == 0) && std::find(snaps.begin(), snaps.end(), step_) != snaps.end()) {
+      const auto dir = std::filesystem::path(theta_path()).parent_path() / "snapshots";
+      std::filesystem::create_directories(dir);
+      step_fn_->learned_optimizer().save((dir / ("theta_step" + std::to_string(step_) + ".safetensors")).string(), theta());
+    }
     if (step_ % every == 0 || step_ == end || stop) save_checkpoint();
     if (stop) {
       const std::string next = "checkpoint written at outer step " + std::to_string(step_) + " in " +

@@ -338,3 +338,28 @@ TEST(MetaTrainer, CliRunsResumesAndRejectsBadInput) {
 }
 
 }  // namespace
+
+// theta at the snapshot steps, for a meta-compute curve: the last one is the final theta, the files
+// are written across a resume, and the default is log-spaced (10, 30, 100, 300, ...).
+TEST(MetaTrainer, SnapshotsKeepThetaAtTheListedSteps) {
+  lopt_test::TempDir tmp;
+  auto cfg = tiny_config(tmp.path("s"), "pes");
+  cfg["snapshot_steps"] = {4, 2, 6};
+  {
+    lopt::MetaTrainer first(cfg);
+    first.run(lopt::ProgressMode::quiet, 3);
+  }
+  lopt::MetaTrainer second(cfg);
+  ASSERT_TRUE(second.resume());
+  second.run(lopt::ProgressMode::quiet);
+  const auto lo = lopt::make_learned_optimizer(cfg["lopt"]);
+  auto snap = [&](int s) { return lo->load(tmp.path("s/snapshots/theta_step" + std::to_string(s) + ".safetensors")); };
+  EXPECT_TRUE(torch::equal(snap(6), second.theta()));
+  EXPECT_FALSE(torch::equal(snap(2), snap(4)));
+  EXPECT_FALSE(std::filesystem::exists(tmp.path("s/snapshots/theta_step3.safetensors")));
+  auto defaults = tiny_config(tmp.path("d"), "pes");
+  defaults["outer_steps"] = 350;
+  EXPECT_EQ(lopt::resolve_meta_train_config(defaults).at("snapshot_steps"), nlohmann::json({10, 30, 100, 300}));
+  defaults["snapshot_steps"] = {0};
+  lopt_test::expect_config_error([](const nlohmann::json& c) { lopt::resolve_meta_train_config(c); }, defaults, "/snapshot_steps");
+}
