@@ -258,6 +258,17 @@ void BM_PesEstimate(benchmark::State& state, int64_t target) {
   lopt_bench::run_pes_estimates(state, state.range(1), state.range(0) != 0);
 }
 
+/// The Celo2 recipe's meta-training throughput (bench/pes_bench.h run_recipe_estimates): one PES
+/// estimate per iteration, 32 tasks x antithetic pair x 50 inner steps. Counter: inner steps/s.
+void BM_MetaRecipe(benchmark::State& state, const char* type) {
+  state.SetLabel(lopt::kernels::dispatched_target());
+  set_threads();
+  lopt_bench::run_recipe_estimates(state, type, "");
+}
+BENCHMARK_CAPTURE(BM_MetaRecipe, celo2, "celo2")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3);
+BENCHMARK_CAPTURE(BM_MetaRecipe, celo2_base, "celo2_base")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3);
+BENCHMARK_CAPTURE(BM_MetaRecipe, mulo, "mulo")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3);
+
 int main(int argc, char** argv) {
   lopt::tune_allocator();
   // --lopt_target: which Highway targets the fused-kernel benchmarks run on.

@@ -32,6 +32,16 @@ nlohmann::json resolve_meta_train_config(const nlohmann::json& config) {
   out["lopt"] = lopt->hyperparams();
   out["truncation"] = make_truncation_schedule(r.object("truncation"), "/truncation")->hyperparams();
   out["estimator"] = EstimatorConfig::from_json(r.object("estimator"), "/estimator").to_json();
+  {
+    // A horizon shorter than one truncation would end every task inside its first unroll.
+    const auto& t = out["truncation"];
+    const int64_t shortest = t.contains("min_length") ? t["min_length"].get<int64_t>() : t.value("length", int64_t(0));
+    const int64_t trunc = out["estimator"].value("trunc_length", int64_t(0));
+    if (trunc > 0 && shortest > 0)
+      config_check(shortest >= trunc, t.contains("min_length") ? "/truncation/min_length" : "/truncation/length",
+                   "the shortest inner horizon (" + std::to_string(shortest) + ") must be >= estimator.trunc_length (" +
+                       std::to_string(trunc) + "): lengthen the horizon or shorten the truncation");
+  }
   if (auto local = r.get<nlohmann::json>("local_sgd", nullptr); !local.is_null()) {
     const auto lc = LocalSgdConfig::from_json(local, "/local_sgd");
     out["local_sgd"] = lc.to_json();

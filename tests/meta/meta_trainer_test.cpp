@@ -361,5 +361,10 @@ TEST(MetaTrainer, SnapshotsKeepThetaAtTheListedSteps) {
   defaults["outer_steps"] = 350;
   EXPECT_EQ(lopt::resolve_meta_train_config(defaults).at("snapshot_steps"), nlohmann::json({10, 30, 100, 300}));
   defaults["snapshot_steps"] = {0};
-  lopt_test::expect_config_error([](const nlohmann::json& c) { lopt::resolve_meta_train_config(c); }, defaults, "/snapshot_steps");
+  auto resolve = [](const nlohmann::json& c) { lopt::resolve_meta_train_config(c); };
+  lopt_test::expect_config_error(resolve, defaults, "/snapshot_steps");
+  // A horizon shorter than one truncation (trunc_length 4).
+  auto short_horizon = tiny_config(tmp.path("h"), "pes");
+  short_horizon["truncation"] = {{"type", "log_uniform"}, {"min_length", 3}, {"max_length", 12}};
+  lopt_test::expect_config_error(resolve, short_horizon, "/truncation/min_length");
 }
