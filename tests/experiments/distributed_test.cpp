@@ -144,12 +144,14 @@ TEST_F(MultiProcess, AKilledOrMissingRankIsAClearErrorWithinTheTimeout) {
     f << kLocalConfig;
   }
   // Rank 2 is killed mid-run: the others stop with exit code 3 naming the collective (on a loaded
-  // machine the kill may come before the rendezvous finished: then that is the operation named).
+  // machine the kill may come before the rounds began: then the rendezvous or the start-up config
+  // check is the operation named).
   auto killed = launch(tmp, 4, "local-sgd -q --config local.json --steps 1000000 -o k.h5", 10, -1, 2, 4.0);
   for (int r : {0, 1, 3}) {
     EXPECT_EQ(killed.rc[r], 3) << "rank " << r << ": " << killed.output[r];
     const bool named = killed.output[r].find("local-SGD round") != std::string::npos ||
-                       killed.output[r].find("rendezvous failed") != std::string::npos;
+                       killed.output[r].find("rendezvous failed") != std::string::npos ||
+                       killed.output[r].find("config check") != std::string::npos;
     EXPECT_TRUE(named) << killed.output[r];
     EXPECT_NE(killed.output[r].find("LOPT_DIST_TIMEOUT"), std::string::npos) << killed.output[r];
   }
