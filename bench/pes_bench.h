@@ -38,7 +38,7 @@ inline void run_pes_estimates(benchmark::State& state, int64_t width, bool popul
 }
 
 /// The Celo2 recipe's meta-training step (experiments/configs/meta_celo2_recipe.json): PES with
-/// truncation 50 and 32 tasks (8 per dataset in expectation) x antithetic pair on MLPs 64-32-10 over
+/// truncation 50 and 32 tasks (8 per dataset) x antithetic pair on MLPs 64-32-10 over
 /// the four 8x8 datasets, a global reparameterisation scale per task, learned optimizer `lopt_type`
 /// (celo2, celo2_base, mulo), members stacked. Counter: inner steps/s (member steps).
 inline void run_recipe_estimates(benchmark::State& state, const std::string& lopt_type, const std::string& dataset) {
@@ -47,6 +47,7 @@ inline void run_recipe_estimates(benchmark::State& state, const std::string& lop
                                             : nlohmann::json{dataset};
   sc.task_family = {{"type", "mlp_family"}, {"widths", {32}}, {"depths", {1}}, {"batch_sizes", {64}}, {"image_sizes", {8}},
                     {"datasets", datasets}, {"parametrization", {{"type", "sp"}}}, {"reparam_scale_range", {1e-3, 1e3}}};
+  if (dataset.empty()) sc.task_family["dataset_per_slot"] = true;
   sc.lopt = {{"type", lopt_type}};
   sc.truncation = {{"type", "log_uniform"}, {"min_length", 100}, {"max_length", 2000}};
   sc.num_tasks = 32;

@@ -83,11 +83,11 @@ const Optimizer& LoptTruncatedStep::bound(const torch::Tensor& theta) {
   return *bound_.back().second;
 }
 
-InnerState LoptTruncatedStep::init_state(const torch::Tensor& theta, int64_t, uint64_t seed, bool stagger) const {
+InnerState LoptTruncatedStep::init_state(const torch::Tensor& theta, int64_t slot, uint64_t seed, bool stagger) const {
   torch::NoGradGuard no_grad;
   auto gen = make_generator(seed);
   InnerState s;
-  s.task = family_->sample(gen);
+  s.task = family_->sample_for_slot(gen, slot);
   s.opt = lopt_->bind(theta.detach())->init(task(s.task).init(gen));
   s.length = trunc_->sample_length(gen);
   if (stagger && config_.stagger)

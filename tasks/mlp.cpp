@@ -212,6 +212,9 @@ MlpFamily::MlpFamily(const nlohmann::json& config, const std::string& path) {
     dataset = r.get<std::string>("dataset", dataset);
   }
   auto data_dir = r.get<std::string>("data_dir", "");
+  dataset_per_slot_ = r.get<bool>("dataset_per_slot", false);
+  config_check(!dataset_per_slot_ || datasets_.size() > 1, r.path_of("dataset_per_slot"),
+               "needs a \"datasets\" list of two or more (slot k of an estimate takes datasets[k % n])");
   if (r.has("reparam_scale_range")) {
     auto range = r.get<std::vector<double>>("reparam_scale_range", {});
     config_check(range.size() == 2 && std::isfinite(range[0]) && std::isfinite(range[1]) && range[0] > 0 && range[0] < range[1],
@@ -227,6 +230,7 @@ MlpFamily::MlpFamily(const nlohmann::json& config, const std::string& path) {
   if (datasets_.empty()) config_["dataset"] = dataset;
   else config_["datasets"] = datasets_;
   if (reparam_hi_ > 0) config_["reparam_scale_range"] = {reparam_lo_, reparam_hi_};
+  if (dataset_per_slot_) config_["dataset_per_slot"] = true;
   if (width_hi_ > 0) config_["width_range"] = {width_lo_, width_hi_};
   else config_["widths"] = widths_;
   // Validate every combination's static parts once, before any work.
@@ -290,6 +294,12 @@ nlohmann::json MlpFamily::sample(at::Generator& gen) const {
     const double u = torch::rand({1}, gen, torch::kFloat64).item<double>();
     task["reparam_scale"] = std::exp(std::log(reparam_lo_) + u * (std::log(reparam_hi_) - std::log(reparam_lo_)));
   }
+  return task;
+}
+
+nlohmann::json MlpFamily::sample_for_slot(at::Generator& gen, int64_t slot) const {
+  auto task = sample(gen);  // every draw as usual, so the other options do not depend on the mode
+  if (dataset_per_slot_) task["dataset"] = datasets_[static_cast<size_t>(slot) % datasets_.size()];
   return task;
 }
 

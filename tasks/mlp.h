@@ -73,15 +73,18 @@ class MlpTask : public Task {
 /// Config: {"type": "mlp_family", "widths": [64, 128] | "width_range": [64, 1024],
 ///          "depths": [2], "batch_sizes": [128], "image_sizes": [8], "activations": ["relu"],
 ///          "parametrization": {...}, "dataset": "fashion_mnist" | "datasets": [...], "data_dir": "",
-///          "reparam_scale_range": [1e-3, 1e3]}
+///          "reparam_scale_range": [1e-3, 1e3], "dataset_per_slot": false}
 class MlpFamily : public TaskFamily {
  public:
   explicit MlpFamily(const nlohmann::json& config, const std::string& path = "/task_family");
   nlohmann::json sample(at::Generator& gen) const override;
+  /// With dataset_per_slot, slot k takes datasets[k % n] (equal shares per estimate); else sample().
+  nlohmann::json sample_for_slot(at::Generator& gen, int64_t slot) const override;
   nlohmann::json hyperparams() const override { return config_; }
 
  private:
   nlohmann::json config_;
+  bool dataset_per_slot_ = false;
   std::vector<int64_t> widths_, depths_, batch_sizes_, image_sizes_;
   std::vector<std::string> activations_, datasets_;
   int64_t width_lo_ = 0, width_hi_ = 0;

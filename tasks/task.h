@@ -84,6 +84,12 @@ class TaskFamily {
   virtual ~TaskFamily() = default;
   /// A task configuration (JSON accepted by make_task) drawn from `gen`.
   virtual nlohmann::json sample(at::Generator& gen) const = 0;
+  /// The configuration for task slot `slot` of a meta-gradient estimate (0 .. num_tasks-1); by
+  /// default sample(gen). A family may tie an option to the slot (mlp_family's dataset_per_slot).
+  virtual nlohmann::json sample_for_slot(at::Generator& gen, int64_t slot) const {
+    (void)slot;
+    return sample(gen);
+  }
   virtual nlohmann::json hyperparams() const = 0;
 };
 

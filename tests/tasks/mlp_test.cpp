@@ -215,6 +215,22 @@ TEST(MlpFamily, DatasetsAndReparamScaleRange) {
   auto unknown = single;
   unknown["datasets"] = {"synthetic", "cifar10"};
   lopt_test::expect_config_error(make, unknown, "/task_family/datasets");
+  // dataset_per_slot: slot k takes datasets[k % n]; the other draws are sample()'s.
+  auto per_slot = single;
+  per_slot["datasets"] = {"synthetic", "fashion_mnist"};
+  per_slot["dataset_per_slot"] = true;
+  auto fs = lopt::make_task_family(per_slot);
+  for (int64_t k = 0; k < 6; ++k) {
+    auto g1 = lopt::make_generator(20 + k), g2 = lopt::make_generator(20 + k);
+    auto t = fs->sample_for_slot(g1, k), u = fs->sample(g2);
+    EXPECT_EQ(t.at("dataset"), k % 2 == 0 ? "synthetic" : "fashion_mnist");
+    t.erase("dataset");
+    u.erase("dataset");
+    EXPECT_EQ(t, u);
+  }
+  auto lonely = base;
+  lonely["dataset_per_slot"] = true;
+  lopt_test::expect_config_error(make, lonely, "/task_family/dataset_per_slot");
   auto digits16 = single;
   digits16["datasets"] = {"digits"};
   digits16["image_sizes"] = {16};
