@@ -263,7 +263,7 @@ void BM_PesEstimate(benchmark::State& state, int64_t target) {
 void BM_MetaRecipe(benchmark::State& state, const char* type) {
   state.SetLabel(lopt::kernels::dispatched_target());
   set_threads();
-  lopt_bench::run_recipe_estimates(state, type, "");
+  lopt_bench::run_recipe_estimates(state, type);
 }
 BENCHMARK_CAPTURE(BM_MetaRecipe, celo2, "celo2")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3);
 BENCHMARK_CAPTURE(BM_MetaRecipe, celo2_base, "celo2_base")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3);
