@@ -545,12 +545,10 @@ void Celo2Optimizer::step_stacked_(std::vector<PopulationMember>& members) const
 
   // The fused matrices of every member: one kernel call writes their steps (before lr) to `outs`.
   std::vector<detail::FusedJob> jobs;
-  std::vector<size_t> fused_tensors;
   std::vector<std::vector<torch::Tensor>> outs(first.size());
   std::vector<std::vector<double>> out_sumsq(first.size());
   for (size_t i = 0; i < first.size(); ++i) {
     if (!fuses(first, i)) continue;
-    fused_tensors.push_back(i);
     outs[i].reserve(static_cast<size_t>(M));  // the jobs point into them
     out_sumsq[i].assign(static_cast<size_t>(M), 0.0);
     for (int64_t m = 0; m < M; ++m) {
