@@ -46,7 +46,9 @@ LoptTruncatedStep::LoptTruncatedStep(LoptTruncatedStepConfig config) : config_(s
 
 LoptTruncatedStep::~LoptTruncatedStep() = default;
 
-const Task& LoptTruncatedStep::task(const nlohmann::json& config) const {
+const Task& LoptTruncatedStep::task(const nlohmann::json& config) const { return *cached(config).task; }
+
+const LoptTruncatedStep::CachedTask& LoptTruncatedStep::cached(const nlohmann::json& config) const {
   auto key = config.dump();
   auto it = tasks_.find(key);
   if (it == tasks_.end()) {
@@ -58,10 +60,12 @@ const Task& LoptTruncatedStep::task(const nlohmann::json& config) const {
         if (j->second.last_use < oldest->second.last_use) oldest = j;
       tasks_.erase(oldest);
     }
-    it = tasks_.emplace(key, CachedTask{make_task(config), 0}).first;
+    auto t = make_task(config);
+    auto pkey = t->population_key().dump();
+    it = tasks_.emplace(key, CachedTask{std::move(t), std::move(pkey), 0}).first;
   }
   it->second.last_use = ++task_uses_;
-  return *it->second.task;
+  return it->second;
 }
 
 nlohmann::json LoptTruncatedStep::hyperparams() const {
@@ -104,14 +108,17 @@ uint64_t member_seed(uint64_t seed, const char* what, int64_t task) {
 std::map<std::string, std::vector<size_t>> LoptTruncatedStep::reset_and_group(const std::vector<torch::Tensor>& thetas,
                                                                               const std::vector<InnerState*>& states,
                                                                               const std::vector<int64_t>& tasks, uint64_t seed,
-                                                                              UnrollOut& out) {
+                                                                              UnrollOut& out, bool by_population_key) {
   const size_t M = states.size();
   TORCH_CHECK(thetas.size() == M && tasks.size() == M, "LoptTruncatedStep::step: thetas, states and tasks differ in size");
   out.done.assign(M, false);
   out.was_reset.assign(M, false);
   // The bound-optimizer cache is pruned only here, before this step takes pointers into it (the
   // population step holds them until every member is bound).
-  if (bound_.size() + M > 64) bound_.clear();
+  // Room for two estimates' thetas: pruned when a step's members could not all stay bound, which
+  // with a limit below M rebound every member at every step (a 64-member PES estimate spent a
+  // quarter of its time binding).
+  if (bound_.size() + M > std::max<size_t>(64, 2 * M)) bound_.clear();
   // Resets first: the member skips training this step (masked), as learned_optimization does.
   std::map<std::string, std::vector<size_t>> groups;
   for (size_t m = 0; m < M; ++m) {
@@ -121,7 +128,9 @@ std::map<std::string, std::vector<size_t>> LoptTruncatedStep::reset_and_group(co
       out.was_reset[m] = true;
       continue;
     }
-    std::string key = config_.population ? s.task.dump() : std::to_string(m);
+    std::string key = !config_.population ? std::to_string(m)
+                      : by_population_key    ? cached(s.task).population_key
+                                             : s.task.dump();
     groups[key].push_back(m);
   }
   return groups;
@@ -133,7 +142,7 @@ UnrollOut LoptTruncatedStep::step_local_sgd(const std::vector<torch::Tensor>& th
   const auto lc = LocalSgdConfig::from_json(config_.local_sgd);
   const size_t M = states.size();
   UnrollOut out;
-  const auto groups = reset_and_group(thetas, states, tasks, seed, out);
+  const auto groups = reset_and_group(thetas, states, tasks, seed, out, false);
   std::vector<double> loss_value(M, 0.0), mask(M, 0.0);
   std::vector<PopulationMember> population;
   for (const auto& [key, members] : groups) {
@@ -203,19 +212,29 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
   UnrollOut out;
   std::vector<torch::Tensor> losses(M);  // differentiable path
   std::vector<double> loss_value(M, 0.0), mask(M, 0.0);
-  const auto groups = reset_and_group(thetas, states, tasks, seed, out);
+  const auto groups = reset_and_group(thetas, states, tasks, seed, out, true);
 
   std::vector<PopulationMember> population;
   for (const auto& [key, members] : groups) {
-    const Task& t = task(states[members.front()]->task);
+    // The group's members share a population key (Task::population_key): they may differ in their
+    // data (each draws its batch from its own task) and in a global reparameterisation scale (the
+    // loss is the unscaled task's at w * s, the gradient s times that), not in the computation.
+    // One member at a time (no population batching) takes its own task, reparameterisation included.
+    const Task& t = config_.population ? task(states[members.front()]->task).unscaled() : task(states[members.front()]->task);
     // One batch per task slot: antithetic copies share it.
-    std::map<int64_t, Batch> batches;
+    std::map<std::pair<int64_t, const Task*>, Batch> batches;
     std::vector<Batch> member_batches;
+    std::vector<double> scales;
+    bool rescale = false;
     for (size_t m : members) {
-      auto it = batches.find(tasks[m]);
+      const Task& tm = task(states[m]->task);
+      scales.push_back(config_.population ? tm.reparam_scale() : 1.0);
+      rescale = rescale || scales.back() != 1.0;
+      const std::pair<int64_t, const Task*> slot{tasks[m], &tm};
+      auto it = batches.find(slot);
       if (it == batches.end()) {
         auto gen = make_generator(member_seed(seed, "data", tasks[m]));
-        it = batches.emplace(tasks[m], t.sample_batch(Split::train, gen)).first;
+        it = batches.emplace(slot, tm.sample_batch(Split::train, gen)).first;
       }
       member_batches.push_back(it->second);
     }
@@ -231,14 +250,30 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
       if (differentiable) stacked.push_back(st.requires_grad() ? st : st.detach().requires_grad_(true));
       else stacked.push_back(st.detach());
     }
+    // Each member's scale as a float tensor [P, 1, ...] per parameter tensor (float32 times a
+    // double scalar rounds the scalar to float32 too: the same products as one member at a time).
+    std::vector<torch::Tensor> scale_views;
+    if (rescale) {
+      const auto sv = torch::tensor(scales, torch::kFloat64);
+      for (const auto& st : stacked) {
+        std::vector<int64_t> shape(static_cast<size_t>(st.dim()), 1);
+        shape[0] = st.size(0);
+        scale_views.push_back(sv.to(st.options().requires_grad(false)).view(shape));
+      }
+    }
     torch::Tensor group_loss;
     std::vector<torch::Tensor> grads;
     if (differentiable) {
       torch::AutoGradMode enable_grad(true);  // estimators run under NoGradGuard; the inner gradient needs autograd
-      group_loss = t.population_loss(first.with_tensors(stacked), stacked_batch);
+      std::vector<torch::Tensor> at = stacked;
+      for (size_t k = 0; k < scale_views.size(); ++k) at[k] = stacked[k] * scale_views[k];
+      group_loss = t.population_loss(first.with_tensors(at), stacked_batch);
       grads = torch::autograd::grad({group_loss.sum()}, stacked, {}, true, true);
     } else {
-      group_loss = parallel_population_loss_and_grads(t, first, stacked, stacked_batch, &grads);
+      std::vector<torch::Tensor> at = stacked;
+      for (size_t k = 0; k < scale_views.size(); ++k) at[k] = stacked[k] * scale_views[k];
+      group_loss = parallel_population_loss_and_grads(t, first, at, stacked_batch, &grads);
+      for (size_t k = 0; k < scale_views.size(); ++k) grads[k].mul_(scale_views[k]);
     }
     out.nonfinite += (~torch::isfinite(group_loss.detach())).sum().item<int64_t>();
     auto norm_loss = t.normalizer(differentiable ? group_loss : group_loss.detach());

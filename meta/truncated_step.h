@@ -64,7 +64,8 @@ class TruncatedStep {
 /// Inner training of tasks from a TaskFamily with a learned optimizer (the meta-training
 /// problem). The meta-loss of a step is the task's training loss through the task's normaliser
 /// (Task::normalizer; classifiers and byte-level LMs: clip to [0, 1.5 log(classes)], NaN/inf -> max).
-/// Members with the same task configuration are stacked into one population computation.
+/// Members whose tasks share a population key (Task::population_key: the same computation, data and
+/// reparameterisation scale aside) are stacked into one population computation.
 struct LoptTruncatedStepConfig {
   nlohmann::json task_family;
   nlohmann::json lopt;
@@ -103,8 +104,10 @@ class LoptTruncatedStep : public TruncatedStep {
   static constexpr size_t kTaskCache = 512;
   struct CachedTask {
     std::unique_ptr<Task> task;
+    std::string population_key;  ///< task->population_key().dump()
     uint64_t last_use = 0;
   };
+  const CachedTask& cached(const nlohmann::json& config) const;
   mutable std::map<std::string, CachedTask> tasks_;
   mutable uint64_t task_uses_ = 0;
   /// Optimizers bound to the thetas of recent steps (an estimate reuses its thetas for every
@@ -112,10 +115,12 @@ class LoptTruncatedStep : public TruncatedStep {
   std::vector<std::pair<torch::Tensor, std::unique_ptr<Optimizer>>> bound_;
   const Optimizer& bound(const torch::Tensor& theta);
   /// Resets members whose episode ended (marking them in `out`) and groups the others by task
-  /// configuration (one group per member without population batching).
+  /// configuration, or by Task::population_key with `by_population_key` (one group per member
+  /// without population batching).
   std::map<std::string, std::vector<size_t>> reset_and_group(const std::vector<torch::Tensor>& thetas,
                                                              const std::vector<InnerState*>& states,
-                                                             const std::vector<int64_t>& tasks, uint64_t seed, UnrollOut& out);
+                                                             const std::vector<int64_t>& tasks, uint64_t seed, UnrollOut& out,
+                                                             bool by_population_key);
   UnrollOut step_local_sgd(const std::vector<torch::Tensor>& thetas, const std::vector<InnerState*>& states,
                            const std::vector<int64_t>& tasks, uint64_t seed);
 };

@@ -169,6 +169,15 @@ torch::Tensor MlpTask::population_loss(const ParamSet& stacked, const Batch& bat
 
 nlohmann::json MlpTask::hyperparams() const { return config_.to_json(); }
 
+nlohmann::json MlpTask::population_key() const {
+  auto j = config_.to_json();
+  j.erase("dataset");
+  j.erase("data_dir");
+  j["input_dim"] = dataset().input_dim();
+  j["num_classes"] = dataset().num_classes;
+  return j;
+}
+
 // ------------------------------------------------------------------ family
 
 namespace {

@@ -45,6 +45,7 @@ class MlpTask : public Task {
   torch::Tensor population_loss_and_grads(const ParamSet& stacked, const Batch& batch,
                                           std::vector<torch::Tensor>* grads) const override;
   nlohmann::json hyperparams() const override;
+  nlohmann::json population_key() const override;
 
   /// Logits [B, classes] for inputs x [B, D]. When `activations` is given, appends the
   /// output of every layer (post-activation hidden layers, then logits).

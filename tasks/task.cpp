@@ -155,6 +155,9 @@ class ReparamTask : public Task {
     j["reparam_scale"] = scale_;
     return j;
   }
+  nlohmann::json population_key() const override { return inner_->population_key(); }
+  double reparam_scale() const override { return scale_; }
+  const Task& unscaled() const override { return *inner_; }
 
  private:
   ParamSet scaled(const ParamSet& p) const {

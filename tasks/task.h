@@ -73,6 +73,16 @@ class Task {
   virtual std::map<std::string, double> evaluate(const ParamSet& params, Split split, int64_t max_examples = 0) const;
   /// Full resolved configuration including "type"; make_task(hyperparams()) rebuilds the task.
   virtual nlohmann::json hyperparams() const = 0;
+  /// What the population computations (population_loss*, normalizer) depend on: tasks with equal
+  /// keys compute the same losses and normalised losses from the same stacked parameters and
+  /// batch, so a meta-training step stacks their members into one computation (on the unscaled()
+  /// task, each member's parameters times its reparam_scale()). Default: hyperparams(). The MLP
+  /// leaves out its dataset (keeping input size and classes): the batch carries the data.
+  virtual nlohmann::json population_key() const { return hyperparams(); }
+  /// The global reparameterisation of a task built with "reparam_scale" (its loss is the
+  /// unscaled() task's at w * scale); 1 and the task itself otherwise.
+  virtual double reparam_scale() const { return 1.0; }
+  virtual const Task& unscaled() const { return *this; }
 
  protected:
   /// Examples per evaluation chunk (memory bound of evaluate()).

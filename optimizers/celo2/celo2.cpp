@@ -582,28 +582,43 @@ void Celo2Optimizer::step_stacked_(std::vector<PopulationMember>& members) const
       }
       continue;
     }
+    if (!outs[i].empty()) {
+      // Fused Celo2: the members' steps [M, rows, cols], orthogonalised as one batch, then each
+      // member's slice normalised by its RMS and applied in place (no stacked copy of p).
+      const auto& p0 = first.tensors[i];
+      auto step = (M == 1 ? outs[i][0] : torch::stack(outs[i])).view({M, p0.size(0), p0.size(1)});
+      step = newton_schulz(step, config_.ns_steps, {config_.ns_coeffs[0], config_.ns_coeffs[1], config_.ns_coeffs[2]},
+                           config_.ns_eps)
+                 .contiguous();
+      const int64_t n = p0.numel();
+      const float* st = step.data_ptr<float>();
+      for (int64_t m = 0; m < M; ++m) {
+        OptState& s = *members[m].state;
+        torch::Tensor& p = s.params.tensors[i];
+        if (!p.is_contiguous()) p = p.contiguous();
+        const float* sm = st + m * n;
+        double sumsq = 0;
+        for (int64_t e = 0; e < n; ++e) sumsq += static_cast<double>(sm[e]) * sm[e];
+        const double scale = config_.rmsmult / std::sqrt(sumsq / static_cast<double>(n) + kNormalizerEps);
+        detail::apply_step_(p.data_ptr<float>(), sm, n, static_cast<float>(lr_of(s.step, s.params.info[i])),
+                            static_cast<float>(scale), static_cast<float>(config_.weight_decay));
+      }
+      continue;  // the accumulators were updated in place
+    }
     const auto p = M == 1 ? members[0].state->params.tensors[i].unsqueeze(0)
                           : stacked([&](int64_t m) { return members[m].state->params.tensors[i]; });
     const auto lr = per_member(i, p.dim(), p.scalar_type(), p.device(), lr_of);
     torch::Tensor p_new;
-    if (!outs[i].empty()) {
-      // Fused Celo2: the members' steps [M, rows, cols], orthogonalised as one batch, normalised per member.
-      auto step = (M == 1 ? outs[i][0] : torch::stack(outs[i])).view(p.sizes());
-      if (config_.orthogonalize)
-        step = newton_schulz(step, config_.ns_steps, {config_.ns_coeffs[0], config_.ns_coeffs[1], config_.ns_coeffs[2]},
-                             config_.ns_eps);
-      step = lo::second_moment_normalize(step, {1, 2}, kNormalizerEps) * config_.rmsmult;
-      p_new = p - lr * (step + config_.weight_decay * p);
-      for (int64_t m = 0; m < M; ++m) members[m].state->params.tensors[i] = p_new[m];
-      continue;  // the accumulators were updated in place
-    }
     auto g = stacked([&](int64_t m) { return grads[m][i]; });
     if (!global_clip) g = g.clamp(-config_.grad_clip, config_.grad_clip);
     const auto slot = [&](const char* k) { return stacked([&](int64_t m) { return members[m].state->slots.at(k)[i]; }); };
     torch::Tensor exp_avg = slot("exp_avg"), exp_avg_sq = slot("exp_avg_sq");
+    // The learned step's accumulators (an AdamW tensor leaves its own untouched).
+    const bool adamw = uses_adamw(first, i);
     std::array<torch::Tensor, 5> acc;
-    for (int k = 0; k < 5; ++k) acc[static_cast<size_t>(k)] = slot(kAcc[k]);
-    if (uses_adamw(first, i)) {
+    if (!adamw)
+      for (int k = 0; k < 5; ++k) acc[static_cast<size_t>(k)] = slot(kAcc[k]);
+    if (adamw) {
       std::tie(p_new, exp_avg, exp_avg_sq) =
           adamw_step(p, g, exp_avg, exp_avg_sq,
                      per_member(i, p.dim(), torch::kFloat64, p.device(),
@@ -619,7 +634,8 @@ void Celo2Optimizer::step_stacked_(std::vector<PopulationMember>& members) const
     for (int64_t m = 0; m < M; ++m) {
       OptState& s = *members[m].state;
       s.params.tensors[i] = p_new[m];
-      for (int k = 0; k < 5; ++k) s.slots[kAcc[k]][i] = acc[static_cast<size_t>(k)][m];
+      if (!adamw)
+        for (int k = 0; k < 5; ++k) s.slots[kAcc[k]][i] = acc[static_cast<size_t>(k)][m];
       s.slots["exp_avg"][i] = exp_avg[m];
       s.slots["exp_avg_sq"][i] = exp_avg_sq[m];
     }

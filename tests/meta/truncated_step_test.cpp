@@ -11,7 +11,9 @@
 #include "common/rng.h"
 #include "meta/truncated_step.h"
 #include "optimizers/learned_optimizer.h"
+#include "tasks/data/image_dataset.h"
 #include "tasks/mlp.h"
+#include "tasks/task.h"
 #include "support.h"
 
 namespace {
@@ -107,6 +109,79 @@ TEST(LoptTruncatedStep, ResetsMasksAndSharedDataOfAntitheticMembers) {
     }
   }
   for (size_t k = 0; k < a.opt.params.size(); ++k) EXPECT_TRUE(torch::equal(a.opt.params.tensors[k], b.opt.params.tensors[k]));
+}
+
+TEST(Task, PopulationKeyLeavesOutDataAndReparamScaleOnly) {
+  const nlohmann::json base = {{"type", "mlp"}, {"width", 8}, {"depth", 1}, {"batch_size", 8}, {"image_size", 4},
+                               {"dataset", "synthetic"}, {"parametrization", {{"type", "sp"}}}};
+  const auto plain = lopt::make_task(base);
+  auto scaled_cfg = base;
+  scaled_cfg["reparam_scale"] = 5.0;
+  const auto scaled = lopt::make_task(scaled_cfg);
+  EXPECT_EQ(plain->reparam_scale(), 1.0);
+  EXPECT_EQ(&plain->unscaled(), plain.get());
+  EXPECT_EQ(scaled->reparam_scale(), 5.0);
+  EXPECT_EQ(scaled->unscaled().reparam_scale(), 1.0);
+  EXPECT_EQ(scaled->population_key(), plain->population_key());
+  // Another dataset of the same input size and classes: the same key (the batch carries the data).
+  auto other = lopt::MlpConfig::from_json(base, "/task");
+  other.dataset = "digits";
+  const lopt::MlpTask other_data(other, std::make_shared<const lopt::ImageSource>(
+                                            lopt::make_synthetic_dataset(64, 16, 4, 10, 99)));
+  EXPECT_EQ(other_data.population_key(), plain->population_key());
+  EXPECT_NE(other_data.hyperparams(), plain->hyperparams());
+  // Anything that changes the computation changes the key.
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"width", 16}, {"depth", 2}, {"image_size", 8}, {"activation", "tanh"}, {"batch_size", 4}}) {
+    auto c = base;
+    c[key] = value;
+    EXPECT_NE(lopt::make_task(c)->population_key(), plain->population_key()) << key;
+  }
+}
+
+// Members whose tasks differ only in their global reparameterisation scale (the Celo2 recipe's
+// augmentation) go through one stacked computation: every member's state after a few steps must
+// equal the one-member-at-a-time computation (each through its own ReparamTask).
+TEST(LoptTruncatedStep, StackedReparamScalesMatchOneMemberAtATime) {
+  for (const char* lopt_type : {"celo2", "mulo"}) {
+    auto sc = step_config(50);
+    sc.task_family = {{"type", "mlp_family"}, {"widths", {8}}, {"depths", {1}}, {"batch_sizes", {8}}, {"image_sizes", {4}},
+                      {"dataset", "synthetic"}, {"parametrization", {{"type", "sp"}}}, {"reparam_scale_range", {1e-2, 1e2}}};
+    sc.lopt = {{"type", lopt_type}};
+    auto single_cfg = sc;
+    single_cfg.population = false;
+    lopt::LoptTruncatedStep stacked(sc), single(single_cfg);
+    auto gen = lopt::make_generator(4);
+    auto theta = stacked.learned_optimizer().init_theta(gen);
+    std::vector<torch::Tensor> thetas;
+    std::vector<lopt::InnerState> a, b;
+    std::vector<int64_t> tasks;
+    for (int64_t k = 0; k < 4; ++k) {
+      thetas.push_back(theta + 0.01 * torch::randn(theta.sizes(), gen));
+      a.push_back(stacked.init_state(thetas.back(), k, 40 + static_cast<uint64_t>(k), false));
+      b.push_back(a.back().clone());
+      tasks.push_back(k);
+    }
+    std::set<double> scales;
+    for (const auto& s : a) scales.insert(s.task.at("reparam_scale").get<double>());
+    ASSERT_EQ(scales.size(), 4u) << "each task draws its own scale";
+    EXPECT_EQ(stacked.task(a[0].task).population_key(), stacked.task(a[3].task).population_key());
+    std::vector<lopt::InnerState*> pa, pb;
+    for (size_t k = 0; k < a.size(); ++k) {
+      pa.push_back(&a[k]);
+      pb.push_back(&b[k]);
+    }
+    for (int t = 0; t < 3; ++t) {
+      auto oa = stacked.step(thetas, pa, tasks, 7 + t, false);
+      auto ob = single.step(thetas, pb, tasks, 7 + t, false);
+      for (int64_t k = 0; k < 4; ++k)
+        EXPECT_NEAR(oa.loss[k].item<double>(), ob.loss[k].item<double>(), 1e-6) << lopt_type << " step " << t;
+    }
+    for (size_t k = 0; k < a.size(); ++k)
+      for (size_t i = 0; i < a[k].opt.params.size(); ++i)
+        EXPECT_LT(lopt_test::max_rel_error(a[k].opt.params.tensors[i], b[k].opt.params.tensors[i], 1e-6), 1e-5)
+            << lopt_type << " member " << k << " tensor " << i;
+  }
 }
 
 TEST(LoptTruncatedStep, StaggeredStartsSpreadOverTheEpisode) {
