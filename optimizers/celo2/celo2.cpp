@@ -1,5 +1,7 @@
 #include "optimizers/celo2/celo2.h"
 
+#include "optimizers/batched_gemm.h"
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -587,8 +589,8 @@ void Celo2Optimizer::step_stacked_(std::vector<PopulationMember>& members) const
       // member's slice normalised by its RMS and applied in place (no stacked copy of p).
       const auto& p0 = first.tensors[i];
       auto step = (M == 1 ? outs[i][0] : torch::stack(outs[i])).view({M, p0.size(0), p0.size(1)});
-      step = newton_schulz(step, config_.ns_steps, {config_.ns_coeffs[0], config_.ns_coeffs[1], config_.ns_coeffs[2]},
-                           config_.ns_eps)
+      step = newton_schulz_batched(step, config_.ns_steps, {config_.ns_coeffs[0], config_.ns_coeffs[1], config_.ns_coeffs[2]},
+                                   config_.ns_eps)
                  .contiguous();
       const int64_t n = p0.numel();
       const float* st = step.data_ptr<float>();

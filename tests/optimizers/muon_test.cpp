@@ -1,9 +1,12 @@
 #include "optimizers/muon.h"
 
+#include "optimizers/batched_gemm.h"
+
 #include <gtest/gtest.h>
 
 #include <torch/torch.h>
 
+#include <array>
 #include <cmath>
 
 #include "common/config.h"
@@ -132,6 +135,46 @@ TEST(Muon, NewtonSchulzProperties) {
   for (const auto& t : state.params.tensors) zeros.push_back(torch::zeros_like(t));
   opt->update_(state, zeros, torch::zeros({}));
   for (size_t i = 0; i < zeros.size(); ++i) EXPECT_TRUE(torch::equal(state.params.tensors[i], params().tensors[i]));
+}
+
+// batched_sgemm against a float64 product on every operand layout (row-major, transposed view, a
+// strided slice), alpha/beta, sizes 1 and 0; newton_schulz_batched against the float64 reference.
+TEST(BatchedGemm, MatchesFloat64OnEveryLayout) {
+  auto gen = torch::make_generator<at::CPUGeneratorImpl>(5);
+  for (auto dims : std::vector<std::array<int64_t, 4>>{{3, 5, 7, 4}, {2, 1, 6, 3}, {4, 8, 1, 9}, {1, 32, 64, 32}, {2, 3, 0, 2}}) {
+    const int64_t P = dims[0], M = dims[1], K = dims[2], N = dims[3];
+    for (int variant = 0; variant < 8; ++variant) {
+      const bool ta = variant & 1, tb = variant & 2, strided = variant & 4;
+      auto a = ta ? torch::randn({P, K, M}, gen).transpose(1, 2) : torch::randn({P, M, K}, gen);
+      auto b = tb ? torch::randn({P, N, K}, gen).transpose(1, 2) : torch::randn({P, K, N}, gen);
+      if (strided) a = torch::randn({P, M, K + 3}, gen).narrow(2, 1, K);  // row stride K + 3
+      auto c = torch::randn({P, M, N}, gen);
+      const float alpha = 0.75f, beta = variant % 3 == 0 ? 0.0f : -1.5f;
+      auto want = alpha * torch::bmm(a.to(torch::kFloat64), b.to(torch::kFloat64)) + beta * c.to(torch::kFloat64);
+      ASSERT_TRUE(lopt::batched_sgemm(a, b, c, alpha, beta)) << "variant " << variant;
+      const double err = (c.to(torch::kFloat64) - want).abs().max().item<double>();
+      EXPECT_LT(err, 1e-4 * std::max<int64_t>(K, 1)) << P << "x" << M << "x" << K << "x" << N << " variant " << variant;
+    }
+  }
+  // Refused, computing nothing: float64, rank 2, a non-contiguous output.
+  auto a = torch::randn({2, 3, 4}, gen), b = torch::randn({2, 4, 5}, gen);
+  auto c64 = torch::zeros({2, 3, 5}, torch::kFloat64);
+  EXPECT_FALSE(lopt::batched_sgemm(a.to(torch::kFloat64), b.to(torch::kFloat64), c64, 1, 0));
+  auto c2 = torch::zeros({3, 5});
+  EXPECT_FALSE(lopt::batched_sgemm(a[0], b[0], c2, 1, 0));
+  auto ct = torch::zeros({2, 5, 3}).transpose(1, 2);
+  EXPECT_FALSE(lopt::batched_sgemm(a, b, ct, 1, 0));
+  EXPECT_EQ(ct.abs().sum().item<double>(), 0.0);
+
+  const std::array<double, 3> coeffs = {3.4445, -4.7750, 2.0315};
+  for (auto shape : std::vector<std::vector<int64_t>>{{5, 32, 64}, {5, 64, 32}, {3, 10, 32}, {2, 1, 20}}) {
+    auto g = torch::randn(shape, gen);
+    auto fast = lopt::newton_schulz_batched(g, 5, coeffs, 1e-7);
+    ASSERT_EQ(fast.sizes(), g.sizes());
+    for (int64_t p = 0; p < shape[0]; ++p)
+      EXPECT_LT((fast[p].to(torch::kFloat64) - ns5_ref(g[p], 5)).abs().max().item<double>(), 1e-5)
+          << shape[1] << "x" << shape[2] << " member " << p;
+  }
 }
 
 TEST(Muon, ConfigErrorsNameTheKey) {
