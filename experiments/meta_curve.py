@@ -1,0 +1,198 @@
+#!/usr/bin/python3
+"""The meta-compute curve: held-out loss of a meta-training's theta snapshots against the inner steps
+of meta-training that produced them, with tuned baselines as horizontal lines.
+
+Two steps around `lopt compare` (which runs, tunes, reuses finished runs and resumes):
+
+  meta_curve.py config --meta DIR --eval FILE -o CURVE.json
+      writes a compare config: one contender per snapshot of DIR (snapshots/theta_step<N>.safetensors
+      and the latest theta.safetensors), run as meta-trained (no tuning), plus the baselines of FILE
+      (tuned by compare on the tuning seeds), on FILE's task and held-out seeds.
+  build/lopt compare --config CURVE.json --threads 1
+  meta_curve.py plot --summary CURVE.h5 --meta DIR -o CURVE.png
+      draws mean final training loss (± std over the held-out seeds) against inner steps of
+      meta-training, baselines as lines, and prints the table (markdown).
+
+The eval FILE is JSON: {"base": {...compare base...}, "seeds": [...], "tuning_seeds": [...],
+"baselines": [...compare contenders...], "tune_final": {"lr_grid": [...]}} ("tune_final"
+optional: also the latest theta with its lr tuned like the baselines).
+Bad input: a one-line error naming the file and key, exit 2.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+SNAP = re.compile(r"^theta_step(\d+)\.safetensors$")
+
+
+def usage_error(msg):
+    print("meta_curve.py: " + msg, file=sys.stderr)
+    sys.exit(2)
+
+
+def read_json(path, what):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        usage_error("cannot read the %s %s: %s" % (what, path, e.strerror))
+    except json.JSONDecodeError as e:
+        usage_error("%s: not valid JSON (%s)" % (path, e))
+
+
+def meta_run(meta_dir):
+    """(learned optimizer config, outer steps done, {outer step: cumulative inner steps})."""
+    import h5py
+    import numpy as np
+    h5 = os.path.join(meta_dir, "meta_train.h5")
+    if not os.path.exists(h5):
+        usage_error("%s: no meta_train.h5 (--meta must be a `lopt meta-train` output folder)" % meta_dir)
+    with h5py.File(h5, "r") as f:
+        cfg = json.loads(f.attrs["config"])
+        done = int(f.attrs["outer_steps_done"])
+        steps = np.asarray(f["meta/step"][:], dtype=np.int64)
+        inner = np.asarray(f["meta/inner_steps"][:], dtype=np.int64)
+    return cfg["lopt"], done, dict(zip(steps.tolist(), inner.tolist()))
+
+
+def snapshots(meta_dir, done):
+    """[(outer step, checkpoint path)], ascending, the latest theta last unless it is a snapshot."""
+    out = []
+    sdir = os.path.join(meta_dir, "snapshots")
+    if os.path.isdir(sdir):
+        for name in os.listdir(sdir):
+            m = SNAP.match(name)
+            if m:
+                out.append((int(m.group(1)), os.path.join(sdir, name)))
+    out.sort()
+    theta = os.path.join(meta_dir, "theta.safetensors")
+    if os.path.exists(theta) and (not out or out[-1][0] != done):
+        out.append((done, theta))
+    if not out:
+        usage_error("%s: no theta snapshots and no theta.safetensors" % meta_dir)
+    return out
+
+
+def make_config(a):
+    ev = read_json(a.eval, "evaluation file")
+    for key in ("base", "seeds", "tuning_seeds", "baselines"):
+        if key not in ev:
+            usage_error("%s: missing key \"%s\" (see meta_curve.py --help)" % (a.eval, key))
+    if not isinstance(ev["baselines"], list) or not all(isinstance(c, dict) and "name" in c for c in ev["baselines"]):
+        usage_error("%s: \"baselines\" must be a list of compare contenders ({name, optimizer, lr_grid})" % a.eval)
+    lopt, done, _ = meta_run(a.meta)
+    ltype = lopt.get("type")
+    contenders = []
+    for step, path in snapshots(a.meta, done):
+        opt = {"type": ltype, "checkpoint": path}
+        if "lr" in lopt:
+            opt["lr"] = lopt["lr"]
+        contenders.append({"name": "%s@%d" % (ltype, step), "optimizer": opt})
+    if "tune_final" in ev:
+        grid = ev["tune_final"].get("lr_grid") if isinstance(ev["tune_final"], dict) else None
+        if not isinstance(grid, list) or not grid:
+            usage_error("%s: \"tune_final\" needs a non-empty \"lr_grid\"" % a.eval)
+        last = dict(contenders[-1]["optimizer"])
+        last.pop("lr", None)  # the grid sets it
+        contenders.append({"name": "%s@%d_tuned" % (ltype, done), "optimizer": last, "lr_grid": grid})
+    names = {c["name"] for c in contenders}
+    for c in ev["baselines"]:
+        if c["name"] in names:
+            usage_error("%s: baseline name \"%s\" clashes with a snapshot contender" % (a.eval, c["name"]))
+    stem = os.path.splitext(a.out)[0]
+    cfg = {"base": ev["base"], "seeds": ev["seeds"], "tuning_seeds": ev["tuning_seeds"],
+           "contenders": contenders + ev["baselines"],
+           "output_dir": a.runs or os.path.join("runs", "meta_curve", os.path.basename(stem)),
+           "summary": stem + ".h5"}
+    tmp = a.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(cfg, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, a.out)
+    print("meta_curve: %d learned contenders (%s) + %d baselines -> %s" %
+          (len(contenders), ", ".join(c["name"] for c in contenders), len(ev["baselines"]), a.out))
+    return 0
+
+
+def plot(a):
+    import h5py
+    _, _, inner = meta_run(a.meta)
+    rows, lines = [], []
+    with h5py.File(a.summary, "r") as f:
+        for key in sorted(f.keys(), key=lambda k: int(k[1:]) if k[1:].isdigit() else 0):
+            g = f[key]
+            name = g.attrs["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            mean, std = float(g.attrs["mean_final_train_loss"]), float(g.attrs["std_final_train_loss"])
+            acc = g.attrs.get("mean_final_test_accuracy")
+            m = re.match(r"^[A-Za-z0-9_]+@(\d+)(_tuned)?$", name)
+            if m:
+                step = int(m.group(1))
+                rows.append((step, inner.get(step, float("nan")), name, mean, std, acc, bool(m.group(2))))
+            else:
+                lines.append((name, mean, std, acc))
+    rows.sort()
+    print("| contender | outer steps | inner steps of meta-training | final train loss (mean ± std) | test accuracy |")
+    print("|---|---|---|---|---|")
+    for step, n_inner, name, mean, std, acc, _ in rows:
+        print("| %s | %d | %.3g | %.4f ± %.4f | %s |" % (name, step, n_inner, mean, std, "-" if acc is None else "%.4f" % acc))
+    for name, mean, std, acc in lines:
+        print("| %s (tuned) | - | - | %.4f ± %.4f | %s |" % (name, mean, std, "-" if acc is None else "%.4f" % acc))
+    if a.output:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        pts = [r for r in rows if not r[6]]
+        xs = [r[1] for r in pts]
+        ax.errorbar(xs, [r[3] for r in pts], yerr=[r[4] for r in pts], marker="o", capsize=3, label="snapshots, as meta-trained")
+        for r in rows:
+            if r[6]:
+                ax.errorbar([r[1]], [r[3]], yerr=[r[4]], marker="s", capsize=3, linestyle="none", label="latest, lr tuned")
+        for i, (name, mean, std, _) in enumerate(lines):
+            color = "C%d" % (i + 2)
+            ax.axhline(mean, color=color, linestyle="--", label="%s (tuned)" % name)
+            ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_yscale("log")  # untrained snapshots can sit orders of magnitude above the baselines
+        ax.set_xlabel("inner steps of meta-training")
+        ax.set_ylabel("final training loss (held-out seeds)")
+        ax.set_title(a.title or "meta-compute curve")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        tmp = a.output + ".tmp.png"
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, a.output)
+        print("meta_curve: wrote %s" % a.output)
+    return 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd")
+    c = sub.add_parser("config", help="write the compare config of a meta-training's snapshots")
+    c.add_argument("--meta", required=True, help="the `lopt meta-train` output folder")
+    c.add_argument("--eval", required=True, help="the evaluation file (task, seeds, baselines)")
+    c.add_argument("-o", "--out", required=True, help="compare config to write (its summary goes beside it, .h5)")
+    c.add_argument("--runs", help="folder for the run files (default runs/meta_curve/<name>)")
+    q = sub.add_parser("plot", help="table and figure from the compare summary")
+    q.add_argument("--summary", required=True)
+    q.add_argument("--meta", required=True)
+    q.add_argument("-o", "--output", help="PNG to write")
+    q.add_argument("--title")
+    a = p.parse_args()
+    if a.cmd == "config":
+        return make_config(a)
+    if a.cmd == "plot":
+        if not os.path.exists(a.summary):
+            usage_error("no summary %s (run `lopt compare` on the curve's config first)" % a.summary)
+        return plot(a)
+    p.print_help(sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
