@@ -44,6 +44,8 @@ bool layout(const torch::Tensor& t, char& op, int& ld) {
 }
 }  // namespace
 
+bool batched_sgemm_available() { return sgemm() != nullptr; }
+
 bool batched_sgemm(const torch::Tensor& a, const torch::Tensor& b, torch::Tensor& c, float alpha, float beta) {
   const Sgemm f = sgemm();
   if (f == nullptr) return false;

@@ -14,6 +14,9 @@ namespace lopt {
 /// threads. Returns false (and computes nothing) when the inputs do not qualify or BLAS's sgemm is
 /// not reachable; the caller then uses torch::baddbmm.
 bool batched_sgemm(const torch::Tensor& a, const torch::Tensor& b, torch::Tensor& c, float alpha, float beta);
+/// Whether LibTorch's BLAS sgemm is reachable in this process (Debian's LibTorch: yes; a LibTorch
+/// with its BLAS linked privately: no, and batched_sgemm always declines).
+bool batched_sgemm_available();
 
 /// newton_schulz (optimizers/muon.h) of a stack of matrices g [P, rows, cols] without autograd,
 /// through batched_sgemm with the iteration's scalings folded into the products (alpha, beta):
