@@ -220,7 +220,8 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
     // data (each draws its batch from its own task) and in a global reparameterisation scale (the
     // loss is the unscaled task's at w * s, the gradient s times that), not in the computation.
     // One member at a time (no population batching) takes its own task, reparameterisation included.
-    const Task& t = config_.population ? task(states[members.front()]->task).unscaled() : task(states[members.front()]->task);
+    const Task& first_task = task(states[members.front()]->task);
+    const Task& t = config_.population ? first_task.unscaled() : first_task;
     // One batch per task slot: antithetic copies share it.
     std::map<std::pair<int64_t, const Task*>, Batch> batches;
     std::vector<Batch> member_batches;
@@ -261,18 +262,20 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
         scale_views.push_back(sv.to(st.options().requires_grad(false)).view(shape));
       }
     }
+    // The parameters the loss is evaluated at (w * s); called under the grad mode of its branch.
+    const auto scaled_params = [&] {
+      std::vector<torch::Tensor> at = stacked;
+      for (size_t k = 0; k < scale_views.size(); ++k) at[k] = stacked[k] * scale_views[k];
+      return at;
+    };
     torch::Tensor group_loss;
     std::vector<torch::Tensor> grads;
     if (differentiable) {
       torch::AutoGradMode enable_grad(true);  // estimators run under NoGradGuard; the inner gradient needs autograd
-      std::vector<torch::Tensor> at = stacked;
-      for (size_t k = 0; k < scale_views.size(); ++k) at[k] = stacked[k] * scale_views[k];
-      group_loss = t.population_loss(first.with_tensors(at), stacked_batch);
+      group_loss = t.population_loss(first.with_tensors(scaled_params()), stacked_batch);
       grads = torch::autograd::grad({group_loss.sum()}, stacked, {}, true, true);
     } else {
-      std::vector<torch::Tensor> at = stacked;
-      for (size_t k = 0; k < scale_views.size(); ++k) at[k] = stacked[k] * scale_views[k];
-      group_loss = parallel_population_loss_and_grads(t, first, at, stacked_batch, &grads);
+      group_loss = parallel_population_loss_and_grads(t, first, scaled_params(), stacked_batch, &grads);
       for (size_t k = 0; k < scale_views.size(); ++k) grads[k].mul_(scale_views[k]);
     }
     out.nonfinite += (~torch::isfinite(group_loss.detach())).sum().item<int64_t>();

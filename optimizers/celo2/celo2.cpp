@@ -568,20 +568,23 @@ void Celo2Optimizer::step_stacked_(std::vector<PopulationMember>& members) const
     }
   }
   if (!jobs.empty()) detail::fused_lopt_steps(jobs);
+  // p -= lr (rmsmult * step / rms(step) + wd p) in place for member m's tensor i, given the step's
+  // sum of squares (Celo2's second-moment normalisation of a fused step).
+  const auto apply_normalised = [&](int64_t m, size_t i, const float* step, double sumsq) {
+    OptState& s = *members[m].state;
+    torch::Tensor& p = s.params.tensors[i];
+    if (!p.is_contiguous()) p = p.contiguous();
+    const double n = static_cast<double>(p.numel());
+    const double scale = config_.rmsmult / std::sqrt(sumsq / n + kNormalizerEps);
+    detail::apply_step_(p.data_ptr<float>(), step, p.numel(), static_cast<float>(lr_of(s.step, s.params.info[i])),
+                        static_cast<float>(scale), static_cast<float>(config_.weight_decay));
+  };
 
   for (size_t i = 0; i < first.size(); ++i) {
     if (!outs[i].empty() && !config_.orthogonalize) {
       // Fused Celo2-base: each member's step normalised by its RMS from the kernel, applied in place.
-      for (int64_t m = 0; m < M; ++m) {
-        OptState& s = *members[m].state;
-        torch::Tensor& p = s.params.tensors[i];
-        if (!p.is_contiguous()) p = p.contiguous();
-        const double n = static_cast<double>(p.numel());
-        const double scale = config_.rmsmult / std::sqrt(out_sumsq[i][static_cast<size_t>(m)] / n + kNormalizerEps);
-        detail::apply_step_(p.data_ptr<float>(), outs[i][static_cast<size_t>(m)].data_ptr<float>(), p.numel(),
-                            static_cast<float>(lr_of(s.step, s.params.info[i])), static_cast<float>(scale),
-                            static_cast<float>(config_.weight_decay));
-      }
+      for (int64_t m = 0; m < M; ++m)
+        apply_normalised(m, i, outs[i][static_cast<size_t>(m)].data_ptr<float>(), out_sumsq[i][static_cast<size_t>(m)]);
       continue;
     }
     if (!outs[i].empty()) {
@@ -595,15 +598,10 @@ void Celo2Optimizer::step_stacked_(std::vector<PopulationMember>& members) const
       const int64_t n = p0.numel();
       const float* st = step.data_ptr<float>();
       for (int64_t m = 0; m < M; ++m) {
-        OptState& s = *members[m].state;
-        torch::Tensor& p = s.params.tensors[i];
-        if (!p.is_contiguous()) p = p.contiguous();
         const float* sm = st + m * n;
         double sumsq = 0;
         for (int64_t e = 0; e < n; ++e) sumsq += static_cast<double>(sm[e]) * sm[e];
-        const double scale = config_.rmsmult / std::sqrt(sumsq / static_cast<double>(n) + kNormalizerEps);
-        detail::apply_step_(p.data_ptr<float>(), sm, n, static_cast<float>(lr_of(s.step, s.params.info[i])),
-                            static_cast<float>(scale), static_cast<float>(config_.weight_decay));
+        apply_normalised(m, i, sm, sumsq);
       }
       continue;  // the accumulators were updated in place
     }
