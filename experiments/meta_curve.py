@@ -5,8 +5,9 @@ of meta-training that produced them, with tuned baselines as horizontal lines.
 Two steps around `lopt compare` (which runs, tunes, reuses finished runs and resumes):
 
   meta_curve.py config --meta DIR --eval FILE -o CURVE.json
-      writes a compare config: one contender per snapshot of DIR (snapshots/theta_step<N>.safetensors
-      and the latest theta.safetensors), run as meta-trained (no tuning), plus the baselines of FILE
+      writes a compare config: one contender per snapshot of DIR (snapshots/theta_step<N>.safetensors;
+      the latest theta.safetensors is first copied there as theta_step<outer steps done>, so a resumed run
+      cannot change a finished point), run as meta-trained (no tuning), plus the baselines of FILE
       (tuned by compare on the tuning seeds), on FILE's task and held-out seeds.
   build/lopt compare --config CURVE.json --threads 1
   meta_curve.py plot --summary CURVE.h5 --meta DIR -o CURVE.png
@@ -57,8 +58,36 @@ def meta_run(meta_dir):
     return cfg["lopt"], done, dict(zip(steps.tolist(), inner.tolist()))
 
 
+def freeze_latest(meta_dir, done):
+    """Copies the latest theta to snapshots/theta_step<done>.safetensors, so that the curve's config names a
+    file that a resumed meta-training does not overwrite (compare reuses a finished run by its config, which
+    holds the path, not the file's contents). The run may checkpoint meanwhile: copy, then check that
+    outer_steps_done did not move; retried a few times. Returns the outer step frozen, or None."""
+    import shutil
+    theta = os.path.join(meta_dir, "theta.safetensors")
+    if not os.path.exists(theta):
+        return None
+    sdir = os.path.join(meta_dir, "snapshots")
+    os.makedirs(sdir, exist_ok=True)
+    for _ in range(5):
+        dst = os.path.join(sdir, "theta_step%d.safetensors" % done)
+        if os.path.exists(dst):
+            return done
+        tmp = dst + ".tmp"
+        shutil.copyfile(theta, tmp)
+        _, now, _ = meta_run(meta_dir)
+        if now == done:
+            os.replace(tmp, dst)
+            return done
+        os.remove(tmp)
+        done = now
+    usage_error("%s: the run checkpoints faster than its theta can be copied; stop it or retry" % meta_dir)
+
+
 def snapshots(meta_dir, done):
-    """[(outer step, checkpoint path)], ascending, the latest theta last unless it is a snapshot."""
+    """([(outer step, checkpoint path)] ascending, outer steps done); the latest theta is frozen as a snapshot
+    first (done may have moved on meanwhile)."""
+    done = freeze_latest(meta_dir, done) or done
     out = []
     sdir = os.path.join(meta_dir, "snapshots")
     if os.path.isdir(sdir):
@@ -67,12 +96,9 @@ def snapshots(meta_dir, done):
             if m:
                 out.append((int(m.group(1)), os.path.join(sdir, name)))
     out.sort()
-    theta = os.path.join(meta_dir, "theta.safetensors")
-    if os.path.exists(theta) and (not out or out[-1][0] != done):
-        out.append((done, theta))
     if not out:
         usage_error("%s: no theta snapshots and no theta.safetensors" % meta_dir)
-    return out
+    return out, done
 
 
 def make_config(a):
@@ -85,7 +111,8 @@ def make_config(a):
     lopt, done, _ = meta_run(a.meta)
     ltype = lopt.get("type")
     contenders = []
-    for step, path in snapshots(a.meta, done):
+    snaps, done = snapshots(a.meta, done)
+    for step, path in snaps:
         opt = {"type": ltype, "checkpoint": path}
         if "lr" in lopt:
             opt["lr"] = lopt["lr"]
@@ -96,7 +123,7 @@ def make_config(a):
             usage_error("%s: \"tune_final\" needs a non-empty \"lr_grid\"" % a.eval)
         last = dict(contenders[-1]["optimizer"])
         last.pop("lr", None)  # the grid sets it
-        contenders.append({"name": "%s@%d_tuned" % (ltype, done), "optimizer": last, "lr_grid": grid})
+        contenders.append({"name": "%s@%d_tuned" % (ltype, snaps[-1][0]), "optimizer": last, "lr_grid": grid})
     names = {c["name"] for c in contenders}
     for c in ev["baselines"]:
         if c["name"] in names:

@@ -1,0 +1,97 @@
+// experiments/meta_curve.py: the compare config of a meta-compute curve names only frozen snapshots, never the
+// live theta.safetensors (compare reuses a finished run by its config, so a resumed meta-training overwriting
+// theta would otherwise leave a stale point behind a path that now holds another theta); bad input: exit 2.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "common/config.h"
+#include "support.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path repo_root() { return fs::path(LOPT_TEST_DATA_DIR).parent_path().parent_path(); }
+
+int run(const std::string& cmd) {
+  const int status = std::system(cmd.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string slurp(const fs::path& p) { return lopt_test::read_text(p.string()); }
+
+}  // namespace
+
+TEST(MetaCurve, ConfigFreezesTheLatestThetaAndNamesOnlySnapshots) {
+  if (run("/usr/bin/python3 -c 'import h5py' > /dev/null 2>&1") != 0) GTEST_SKIP() << "python3-h5py is not installed";
+  lopt_test::TempDir dir;
+  // A copy of a committed meta-training folder (its h5 log, latest theta and snapshots).
+  const fs::path src = repo_root() / "results/checkpoints/celo2_recipe", meta = dir.path("meta");
+  ASSERT_TRUE(fs::exists(src / "meta_train.h5")) << src;
+  fs::create_directories(meta / "snapshots");
+  fs::copy_file(src / "meta_train.h5", meta / "meta_train.h5");
+  fs::copy_file(src / "theta.safetensors", meta / "theta.safetensors");
+  int64_t first_snapshot = 0;
+  for (const auto& e : fs::directory_iterator(src / "snapshots")) {
+    const auto name = e.path().filename().string();
+    if (name == "theta_step10.safetensors") first_snapshot = 10;
+    if (name == "theta_step10.safetensors" || name == "theta_step30.safetensors") fs::copy_file(e.path(), meta / "snapshots" / name);
+  }
+  ASSERT_EQ(first_snapshot, 10) << "the committed run lost its first snapshot";
+  const std::string script = "/usr/bin/python3 " + (repo_root() / "experiments/meta_curve.py").string();
+  const std::string eval = (repo_root() / "experiments/configs/meta_curve_recipe_task.json").string();
+  const std::string cmd = script + " config --meta " + meta.string() + " --eval " + eval + " -o " + dir.path("curve.json") +
+                          " --runs " + dir.path("runs") + " > " + dir.path("log") + " 2>&1";
+  ASSERT_EQ(run(cmd), 0) << slurp(dir.path("log"));
+
+  // The latest theta was copied to snapshots/theta_step<outer steps done>, byte for byte.
+  std::vector<fs::path> frozen;
+  for (const auto& e : fs::directory_iterator(meta / "snapshots"))
+    if (e.path().filename() != "theta_step10.safetensors" && e.path().filename() != "theta_step30.safetensors") frozen.push_back(e.path());
+  ASSERT_EQ(frozen.size(), 1u) << "expected exactly one frozen snapshot";
+  const std::string theta_bytes = slurp(meta / "theta.safetensors");
+  EXPECT_EQ(slurp(frozen[0]), theta_bytes);
+  const std::string stem = frozen[0].stem().string();  // theta_step<N>
+  const std::string done = stem.substr(std::string("theta_step").size());
+
+  const auto cfg = lopt::json::parse(slurp(dir.path("curve.json")));
+  std::vector<std::string> names, paths;
+  for (const auto& c : cfg["contenders"]) {
+    names.push_back(c["name"].get<std::string>());
+    if (c["optimizer"].contains("checkpoint")) paths.push_back(c["optimizer"]["checkpoint"].get<std::string>());
+  }
+  ASSERT_EQ(paths.size(), 4u) << "three snapshots as meta-trained, the latest tuned";
+  for (const auto& p : paths) EXPECT_EQ(p.find("theta.safetensors"), std::string::npos) << "the live theta is named: " << p;
+  EXPECT_EQ(paths[2], frozen[0].string());
+  EXPECT_EQ(paths[3], frozen[0].string());
+  EXPECT_EQ(names[0], "celo2@10");
+  EXPECT_EQ(names[2], "celo2@" + done);
+  EXPECT_EQ(names[3], "celo2@" + done + "_tuned");
+  EXPECT_FALSE(cfg["contenders"][2].contains("lr_grid"));
+  EXPECT_TRUE(cfg["contenders"][3].contains("lr_grid"));
+  EXPECT_EQ(cfg["contenders"].size(), 6u) << "plus AdamW and Muon";
+
+  // A resumed meta-training overwrites theta.safetensors: the frozen point keeps its bytes, and the config
+  // written again names the same files (the run has not logged another step).
+  { std::ofstream(meta / "theta.safetensors", std::ios::binary) << "another theta"; }
+  ASSERT_EQ(run(cmd), 0) << slurp(dir.path("log"));
+  EXPECT_EQ(slurp(frozen[0]), theta_bytes);
+  EXPECT_EQ(lopt::json::parse(slurp(dir.path("curve.json"))), cfg);
+
+  // Bad input: a folder that is not a meta-training output, an evaluation file without its baselines.
+  EXPECT_EQ(run(script + " config --meta " + dir.path("runs") + " --eval " + eval + " -o " + dir.path("x.json") + " > " +
+                dir.path("log2") + " 2>&1"),
+            2);
+  EXPECT_NE(slurp(dir.path("log2")).find("no meta_train.h5"), std::string::npos) << slurp(dir.path("log2"));
+  { std::ofstream(dir.path("bad.json")) << R"({"base": {}, "seeds": [1], "tuning_seeds": [2]})"; }
+  EXPECT_EQ(run(script + " config --meta " + meta.string() + " --eval " + dir.path("bad.json") + " -o " + dir.path("x.json") +
+                " > " + dir.path("log3") + " 2>&1"),
+            2);
+  EXPECT_NE(slurp(dir.path("log3")).find("missing key \"baselines\""), std::string::npos) << slurp(dir.path("log3"));
+  EXPECT_FALSE(fs::exists(dir.path("x.json")));
+}
