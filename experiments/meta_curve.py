@@ -8,7 +8,9 @@ Two steps around `lopt compare` (which runs, tunes, reuses finished runs and res
       writes a compare config: one contender per snapshot of DIR (snapshots/theta_step<N>.safetensors;
       the latest theta.safetensors is first copied there as theta_step<outer steps done>, so a resumed run
       cannot change a finished point), run as meta-trained (no tuning), plus the baselines of FILE
-      (tuned by compare on the tuning seeds), on FILE's task and held-out seeds.
+      (tuned by compare on the tuning seeds), on FILE's task and held-out seeds. --also DIR2 adds
+      another meta-training's latest theta with its lr tuned (e.g. Celo2-base beside Celo2);
+      --min-step N leaves out snapshots before outer step N.
   build/lopt compare --config CURVE.json --threads 1
   meta_curve.py plot --summary CURVE.h5 --meta DIR -o CURVE.png
       draws mean final training loss (± std over the held-out seeds) against inner steps of
@@ -108,23 +110,39 @@ def make_config(a):
             usage_error("%s: missing key \"%s\" (see meta_curve.py --help)" % (a.eval, key))
     if not isinstance(ev["baselines"], list) or not all(isinstance(c, dict) and "name" in c for c in ev["baselines"]):
         usage_error("%s: \"baselines\" must be a list of compare contenders ({name, optimizer, lr_grid})" % a.eval)
+    grid = None
+    if "tune_final" in ev:
+        grid = ev["tune_final"].get("lr_grid") if isinstance(ev["tune_final"], dict) else None
+        if not isinstance(grid, list) or not grid:
+            usage_error("%s: \"tune_final\" needs a non-empty \"lr_grid\"" % a.eval)
+    if a.also and not grid:
+        usage_error("%s: --also needs \"tune_final\": {\"lr_grid\": [...]} in the evaluation file" % a.eval)
     lopt, done, _ = meta_run(a.meta)
     ltype = lopt.get("type")
     contenders = []
     snaps, done = snapshots(a.meta, done)
+    if a.min_step is not None:
+        snaps = [s for s in snaps if s[0] >= a.min_step]
+        if not snaps:
+            usage_error("%s: no snapshot at or after outer step %d (--min-step)" % (a.meta, a.min_step))
     for step, path in snaps:
         opt = {"type": ltype, "checkpoint": path}
         if "lr" in lopt:
             opt["lr"] = lopt["lr"]
         contenders.append({"name": "%s@%d" % (ltype, step), "optimizer": opt})
-    if "tune_final" in ev:
-        grid = ev["tune_final"].get("lr_grid") if isinstance(ev["tune_final"], dict) else None
-        if not isinstance(grid, list) or not grid:
-            usage_error("%s: \"tune_final\" needs a non-empty \"lr_grid\"" % a.eval)
+    if grid:
         last = dict(contenders[-1]["optimizer"])
         last.pop("lr", None)  # the grid sets it
         contenders.append({"name": "%s@%d_tuned" % (ltype, snaps[-1][0]), "optimizer": last, "lr_grid": grid})
+    for other in a.also or []:
+        # another meta-training's latest theta (frozen like this one's), lr tuned like the baselines
+        olopt, odone, _ = meta_run(other)
+        osnaps, odone = snapshots(other, odone)
+        contenders.append({"name": "%s@%d_tuned" % (olopt.get("type"), osnaps[-1][0]),
+                           "optimizer": {"type": olopt.get("type"), "checkpoint": osnaps[-1][1]}, "lr_grid": grid})
     names = {c["name"] for c in contenders}
+    if len(names) != len(contenders):
+        usage_error("two contenders share a name (--also with the same learned-optimizer type as --meta?)")
     for c in ev["baselines"]:
         if c["name"] in names:
             usage_error("%s: baseline name \"%s\" clashes with a snapshot contender" % (a.eval, c["name"]))
@@ -145,7 +163,7 @@ def make_config(a):
 
 def plot(a):
     import h5py
-    _, _, inner = meta_run(a.meta)
+    lopt, _, inner = meta_run(a.meta)
     rows, lines = [], []
     with h5py.File(a.summary, "r") as f:
         for key in sorted(f.keys(), key=lambda k: int(k[1:]) if k[1:].isdigit() else 0):
@@ -154,10 +172,10 @@ def plot(a):
             name = name.decode() if isinstance(name, bytes) else str(name)
             mean, std = float(g.attrs["mean_final_train_loss"]), float(g.attrs["std_final_train_loss"])
             acc = g.attrs.get("mean_final_test_accuracy")
-            m = re.match(r"^[A-Za-z0-9_]+@(\d+)(_tuned)?$", name)
-            if m:
-                step = int(m.group(1))
-                rows.append((step, inner.get(step, float("nan")), name, mean, std, acc, bool(m.group(2))))
+            m = re.match(r"^([A-Za-z0-9_]+)@(\d+)(_tuned)?$", name)
+            if m and m.group(1) == lopt.get("type"):  # this run's snapshots; --also ones are drawn as lines
+                step = int(m.group(2))
+                rows.append((step, inner.get(step, float("nan")), name, mean, std, acc, bool(m.group(3))))
             else:
                 lines.append((name, mean, std, acc))
     rows.sort()
@@ -205,6 +223,9 @@ def main():
     c.add_argument("--eval", required=True, help="the evaluation file (task, seeds, baselines)")
     c.add_argument("-o", "--out", required=True, help="compare config to write (its summary goes beside it, .h5)")
     c.add_argument("--runs", help="folder for the run files (default runs/meta_curve/<name>)")
+    c.add_argument("--also", action="append", metavar="DIR",
+                   help="another meta-training folder: its latest theta joins, lr tuned (repeatable)")
+    c.add_argument("--min-step", type=int, help="leave out snapshots before this outer step (costly evaluations)")
     q = sub.add_parser("plot", help="table and figure from the compare summary")
     q.add_argument("--summary", required=True)
     q.add_argument("--meta", required=True)

@@ -83,6 +83,30 @@ TEST(MetaCurve, ConfigFreezesTheLatestThetaAndNamesOnlySnapshots) {
   EXPECT_EQ(slurp(frozen[0]), theta_bytes);
   EXPECT_EQ(lopt::json::parse(slurp(dir.path("curve.json"))), cfg);
 
+  // --also: another meta-training's latest theta, frozen the same way, joins with its lr tuned; the same
+  // learned-optimizer type twice is a name clash.
+  const fs::path base_src = repo_root() / "results/checkpoints/celo2_base_recipe", other = dir.path("other");
+  fs::create_directories(other);
+  fs::copy_file(base_src / "meta_train.h5", other / "meta_train.h5");
+  fs::copy_file(base_src / "theta.safetensors", other / "theta.safetensors");
+  ASSERT_EQ(run(script + " config --meta " + meta.string() + " --also " + other.string() + " --min-step 30 --eval " + eval +
+                " -o " + dir.path("also.json") + " > " + dir.path("log") + " 2>&1"),
+            0)
+      << slurp(dir.path("log"));
+  const auto also = lopt::json::parse(slurp(dir.path("also.json")));
+  ASSERT_EQ(also["contenders"].size(), 6u) << "celo2@30, the latest, the latest tuned, celo2_base tuned, AdamW, Muon";
+  EXPECT_EQ(also["contenders"][0]["name"], "celo2@30") << "--min-step 30 leaves out the snapshot at 10";
+  const auto& ob = also["contenders"][3];
+  EXPECT_EQ(ob["name"].get<std::string>().rfind("celo2_base@", 0), 0u) << ob.dump();
+  EXPECT_TRUE(ob.contains("lr_grid"));
+  const std::string ob_path = ob["optimizer"]["checkpoint"].get<std::string>();
+  EXPECT_EQ(ob_path.find((other / "snapshots" / "theta_step").string()), 0u) << ob_path;
+  EXPECT_EQ(slurp(ob_path), slurp(other / "theta.safetensors"));
+  EXPECT_EQ(run(script + " config --meta " + meta.string() + " --also " + meta.string() + " --eval " + eval + " -o " +
+                dir.path("x.json") + " > " + dir.path("log4") + " 2>&1"),
+            2);
+  EXPECT_NE(slurp(dir.path("log4")).find("share a name"), std::string::npos) << slurp(dir.path("log4"));
+
   // Bad input: a folder that is not a meta-training output, an evaluation file without its baselines.
   EXPECT_EQ(run(script + " config --meta " + dir.path("runs") + " --eval " + eval + " -o " + dir.path("x.json") + " > " +
                 dir.path("log2") + " 2>&1"),
