@@ -10,7 +10,8 @@ Two steps around `lopt compare` (which runs, tunes, reuses finished runs and res
       cannot change a finished point), run as meta-trained (no tuning), plus the baselines of FILE
       (tuned by compare on the tuning seeds), on FILE's task and held-out seeds. --also DIR2 adds
       another meta-training's latest theta with its lr tuned (e.g. Celo2-base beside Celo2);
-      --min-step N leaves out snapshots before outer step N.
+      --min-step N leaves out snapshots before outer step N; --max-step N ends the curve at the
+      snapshot of step N (tuned there too) instead of freezing the latest theta.
   build/lopt compare --config CURVE.json --threads 1
   meta_curve.py plot --summary CURVE.h5 --meta DIR -o CURVE.png
       draws mean final training loss (± std over the held-out seeds) against inner steps of
@@ -86,10 +87,11 @@ def freeze_latest(meta_dir, done):
     usage_error("%s: the run checkpoints faster than its theta can be copied; stop it or retry" % meta_dir)
 
 
-def snapshots(meta_dir, done):
+def snapshots(meta_dir, done, max_step=None):
     """([(outer step, checkpoint path)] ascending, outer steps done); the latest theta is frozen as a snapshot
-    first (done may have moved on meanwhile)."""
-    done = freeze_latest(meta_dir, done) or done
+    first (done may have moved on meanwhile), unless max_step asks for snapshots up to an earlier step."""
+    if max_step is None:
+        done = freeze_latest(meta_dir, done) or done
     out = []
     sdir = os.path.join(meta_dir, "snapshots")
     if os.path.isdir(sdir):
@@ -98,6 +100,12 @@ def snapshots(meta_dir, done):
             if m:
                 out.append((int(m.group(1)), os.path.join(sdir, name)))
     out.sort()
+    if max_step is not None:
+        out = [o for o in out if o[0] <= max_step]
+        if not out or out[-1][0] != max_step:
+            usage_error("%s: no snapshot at outer step %d (--max-step names a file snapshots/theta_step<N>.safetensors)"
+                        % (meta_dir, max_step))
+        done = max_step
     if not out:
         usage_error("%s: no theta snapshots and no theta.safetensors" % meta_dir)
     return out, done
@@ -120,7 +128,7 @@ def make_config(a):
     lopt, done, _ = meta_run(a.meta)
     ltype = lopt.get("type")
     contenders = []
-    snaps, done = snapshots(a.meta, done)
+    snaps, done = snapshots(a.meta, done, a.max_step)
     if a.min_step is not None:
         snaps = [s for s in snaps if s[0] >= a.min_step]
         if not snaps:
@@ -135,9 +143,12 @@ def make_config(a):
         last.pop("lr", None)  # the grid sets it
         contenders.append({"name": "%s@%d_tuned" % (ltype, snaps[-1][0]), "optimizer": last, "lr_grid": grid})
     for other in a.also or []:
-        # another meta-training's latest theta (frozen like this one's), lr tuned like the baselines
+        # another meta-training's latest theta (frozen like this one's), or its snapshot at DIR@N, lr tuned
+        # like the baselines
+        m = re.match(r"^(.*)@(\d+)$", other)
+        other, at = (m.group(1), int(m.group(2))) if m else (other, None)
         olopt, odone, _ = meta_run(other)
-        osnaps, odone = snapshots(other, odone)
+        osnaps, odone = snapshots(other, odone, at)
         contenders.append({"name": "%s@%d_tuned" % (olopt.get("type"), osnaps[-1][0]),
                            "optimizer": {"type": olopt.get("type"), "checkpoint": osnaps[-1][1]}, "lr_grid": grid})
     names = {c["name"] for c in contenders}
@@ -189,23 +200,35 @@ def plot(a):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        # Left: the whole curve (log loss: early snapshots sit orders of magnitude above the baselines).
+        # Right: linear, near the baselines, where the verdict is read.
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         pts = [r for r in rows if not r[6]]
-        xs = [r[1] for r in pts]
-        ax.errorbar(xs, [r[3] for r in pts], yerr=[r[4] for r in pts], marker="o", capsize=3, label="snapshots, as meta-trained")
-        for r in rows:
-            if r[6]:
-                ax.errorbar([r[1]], [r[3]], yerr=[r[4]], marker="s", capsize=3, linestyle="none", label="latest, lr tuned")
-        for i, (name, mean, std, _) in enumerate(lines):
-            color = "C%d" % (i + 2)
-            ax.axhline(mean, color=color, linestyle="--", label="%s (tuned)" % name)
-            ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
-        ax.set_xscale("log")
-        ax.set_yscale("log")  # untrained snapshots can sit orders of magnitude above the baselines
-        ax.set_xlabel("inner steps of meta-training")
-        ax.set_ylabel("final training loss (held-out seeds)")
-        ax.set_title(a.title or "meta-compute curve")
-        ax.legend(fontsize=8)
+        ref = [m for _, m, _, _ in lines] or [r[3] for r in rows]
+        lo, hi = 0.85 * min(ref + [r[3] for r in rows]), 1.6 * max(ref)
+        for k, ax in enumerate(axes):
+            shown = pts if k == 0 else [r for r in pts if r[3] <= hi]
+            ax.errorbar([r[1] for r in shown], [r[3] for r in shown], yerr=[r[4] for r in shown], marker="o", capsize=3,
+                        label="snapshots, as meta-trained")
+            for r in rows:
+                if r[6]:
+                    ax.errorbar([r[1]], [r[3]], yerr=[r[4]], marker="s", capsize=3, linestyle="none", label="latest, lr tuned")
+            for i, (name, mean, std, _) in enumerate(lines):
+                color = "C%d" % (i + 2)
+                ax.axhline(mean, color=color, linestyle="--", label="%s (tuned)" % name)
+                ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
+            ax.set_xscale("log")
+            ax.set_xlabel("inner steps of meta-training")
+            if k == 0:
+                ax.set_yscale("log")
+                ax.set_ylabel("final training loss (held-out seeds)")
+                ax.set_title(a.title or "meta-compute curve")
+            else:
+                ax.set_ylim(lo, hi)
+                ax.set_title("near the tuned baselines (linear)")
+                if pts:
+                    ax.set_xlim(axes[0].get_xlim())
+            ax.legend(fontsize=7)
         fig.tight_layout()
         tmp = a.output + ".tmp.png"
         fig.savefig(tmp, dpi=120)
@@ -223,8 +246,10 @@ def main():
     c.add_argument("--eval", required=True, help="the evaluation file (task, seeds, baselines)")
     c.add_argument("-o", "--out", required=True, help="compare config to write (its summary goes beside it, .h5)")
     c.add_argument("--runs", help="folder for the run files (default runs/meta_curve/<name>)")
-    c.add_argument("--also", action="append", metavar="DIR",
-                   help="another meta-training folder: its latest theta joins, lr tuned (repeatable)")
+    c.add_argument("--also", action="append", metavar="DIR[@N]",
+                   help="another meta-training folder: its latest theta (or its snapshot at outer step N) joins, "
+                        "lr tuned (repeatable)")
+    c.add_argument("--max-step", type=int, help="the curve ends at this snapshot (it must exist; nothing is frozen)")
     c.add_argument("--min-step", type=int, help="leave out snapshots before this outer step (costly evaluations)")
     q = sub.add_parser("plot", help="table and figure from the compare summary")
     q.add_argument("--summary", required=True)

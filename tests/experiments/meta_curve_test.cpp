@@ -107,6 +107,26 @@ TEST(MetaCurve, ConfigFreezesTheLatestThetaAndNamesOnlySnapshots) {
             2);
   EXPECT_NE(slurp(dir.path("log4")).find("share a name"), std::string::npos) << slurp(dir.path("log4"));
 
+  // --max-step: the curve ends at an existing snapshot (tuned there), nothing frozen; a step without a
+  // snapshot is a usage error.
+  { std::ofstream(meta / "theta.safetensors", std::ios::binary) << "yet another theta"; }
+  ASSERT_EQ(run(script + " config --meta " + meta.string() + " --max-step 30 --eval " + eval + " -o " + dir.path("max.json") +
+                " > " + dir.path("log") + " 2>&1"),
+            0)
+      << slurp(dir.path("log"));
+  const auto upto = lopt::json::parse(slurp(dir.path("max.json")));
+  ASSERT_EQ(upto["contenders"].size(), 5u);
+  EXPECT_EQ(upto["contenders"][1]["name"], "celo2@30");
+  EXPECT_EQ(upto["contenders"][2]["name"], "celo2@30_tuned");
+  EXPECT_EQ(upto["contenders"][2]["optimizer"]["checkpoint"], (meta / "snapshots" / "theta_step30.safetensors").string());
+  size_t files = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(meta / "snapshots")) ++files;
+  EXPECT_EQ(files, 3u) << "--max-step froze the latest theta";
+  EXPECT_EQ(run(script + " config --meta " + meta.string() + " --max-step 20 --eval " + eval + " -o " + dir.path("x.json") +
+                " > " + dir.path("log5") + " 2>&1"),
+            2);
+  EXPECT_NE(slurp(dir.path("log5")).find("no snapshot at outer step 20"), std::string::npos) << slurp(dir.path("log5"));
+
   // Bad input: a folder that is not a meta-training output, an evaluation file without its baselines.
   EXPECT_EQ(run(script + " config --meta " + dir.path("runs") + " --eval " + eval + " -o " + dir.path("x.json") + " > " +
                 dir.path("log2") + " 2>&1"),
