@@ -195,7 +195,8 @@ def plot(a):
     for step, n_inner, name, mean, std, acc, _ in rows:
         print("| %s | %d | %.3g | %.4f ± %.4f | %s |" % (name, step, n_inner, mean, std, "-" if acc is None else "%.4f" % acc))
     for name, mean, std, acc in lines:
-        print("| %s (tuned) | - | - | %.4f ± %.4f | %s |" % (name, mean, std, "-" if acc is None else "%.4f" % acc))
+        label = name if name.endswith("_tuned") else "%s (tuned)" % name
+        print("| %s | - | - | %.4f ± %.4f | %s |" % (label, mean, std, "-" if acc is None else "%.4f" % acc))
     if a.output:
         import matplotlib
         matplotlib.use("Agg")
@@ -215,7 +216,7 @@ def plot(a):
                     ax.errorbar([r[1]], [r[3]], yerr=[r[4]], marker="s", capsize=3, linestyle="none", label="latest, lr tuned")
             for i, (name, mean, std, _) in enumerate(lines):
                 color = "C%d" % (i + 2)
-                ax.axhline(mean, color=color, linestyle="--", label="%s (tuned)" % name)
+                ax.axhline(mean, color=color, linestyle="--", label=name if name.endswith("_tuned") else "%s (tuned)" % name)
                 ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
             ax.set_xscale("log")
             ax.set_xlabel("inner steps of meta-training")
