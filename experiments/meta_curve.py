@@ -187,16 +187,15 @@ def plot(a):
             if m and m.group(1) == lopt.get("type"):  # this run's snapshots; --also ones are drawn as lines
                 step = int(m.group(2))
                 rows.append((step, inner.get(step, float("nan")), name, mean, std, acc, bool(m.group(3))))
-            else:
-                lines.append((name, mean, std, acc))
+            else:  # a baseline, tuned by compare, or an --also theta whose name already says "_tuned"
+                lines.append((name if name.endswith("_tuned") else "%s (tuned)" % name, mean, std, acc))
     rows.sort()
     print("| contender | outer steps | inner steps of meta-training | final train loss (mean ± std) | test accuracy |")
     print("|---|---|---|---|---|")
     for step, n_inner, name, mean, std, acc, _ in rows:
         print("| %s | %d | %.3g | %.4f ± %.4f | %s |" % (name, step, n_inner, mean, std, "-" if acc is None else "%.4f" % acc))
     for name, mean, std, acc in lines:
-        label = name if name.endswith("_tuned") else "%s (tuned)" % name
-        print("| %s | - | - | %.4f ± %.4f | %s |" % (label, mean, std, "-" if acc is None else "%.4f" % acc))
+        print("| %s | - | - | %.4f ± %.4f | %s |" % (name, mean, std, "-" if acc is None else "%.4f" % acc))
     if a.output:
         import matplotlib
         matplotlib.use("Agg")
@@ -216,7 +215,7 @@ def plot(a):
                     ax.errorbar([r[1]], [r[3]], yerr=[r[4]], marker="s", capsize=3, linestyle="none", label="latest, lr tuned")
             for i, (name, mean, std, _) in enumerate(lines):
                 color = "C%d" % (i + 2)
-                ax.axhline(mean, color=color, linestyle="--", label=name if name.endswith("_tuned") else "%s (tuned)" % name)
+                ax.axhline(mean, color=color, linestyle="--", label=name)
                 ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
             ax.set_xscale("log")
             ax.set_xlabel("inner steps of meta-training")
