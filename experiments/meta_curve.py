@@ -127,6 +127,16 @@ def make_config(a):
         usage_error("%s: --also needs \"tune_final\": {\"lr_grid\": [...]} in the evaluation file" % a.eval)
     lopt, done, _ = meta_run(a.meta)
     ltype = lopt.get("type")
+    # --also folders, read before anything is frozen: a learned-optimizer type twice would name two
+    # contenders alike ("<type>@<step>_tuned")
+    also = []
+    for other in a.also or []:
+        m = re.match(r"^(.*)@(\d+)$", other)
+        other, at = (m.group(1), int(m.group(2))) if m else (other, None)
+        also.append((other, at) + meta_run(other)[:2])
+    types = [ltype] + [o[2].get("type") for o in also]
+    if len(set(types)) != len(types):
+        usage_error("two contenders share a name: --meta and --also, or two --also, are the same learned-optimizer type")
     contenders = []
     snaps, done = snapshots(a.meta, done, a.max_step)
     if a.min_step is not None:
@@ -142,18 +152,13 @@ def make_config(a):
         last = dict(contenders[-1]["optimizer"])
         last.pop("lr", None)  # the grid sets it
         contenders.append({"name": "%s@%d_tuned" % (ltype, snaps[-1][0]), "optimizer": last, "lr_grid": grid})
-    for other in a.also or []:
+    for other, at, olopt, odone in also:
         # another meta-training's latest theta (frozen like this one's), or its snapshot at DIR@N, lr tuned
         # like the baselines
-        m = re.match(r"^(.*)@(\d+)$", other)
-        other, at = (m.group(1), int(m.group(2))) if m else (other, None)
-        olopt, odone, _ = meta_run(other)
-        osnaps, odone = snapshots(other, odone, at)
+        osnaps, _ = snapshots(other, odone, at)
         contenders.append({"name": "%s@%d_tuned" % (olopt.get("type"), osnaps[-1][0]),
                            "optimizer": {"type": olopt.get("type"), "checkpoint": osnaps[-1][1]}, "lr_grid": grid})
     names = {c["name"] for c in contenders}
-    if len(names) != len(contenders):
-        usage_error("two contenders share a name (--also with the same learned-optimizer type as --meta?)")
     for c in ev["baselines"]:
         if c["name"] in names:
             usage_error("%s: baseline name \"%s\" clashes with a snapshot contender" % (a.eval, c["name"]))
