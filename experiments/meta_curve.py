@@ -8,7 +8,8 @@ Two steps around `lopt compare` (which runs, tunes, reuses finished runs and res
       writes a compare config: one contender per snapshot of DIR (snapshots/theta_step<N>.safetensors;
       the latest theta.safetensors is first copied there as theta_step<outer steps done>, so a resumed run
       cannot change a finished point), run as meta-trained (no tuning), plus the baselines of FILE
-      (tuned by compare on the tuning seeds), on FILE's task and held-out seeds. --also DIR2 adds
+      (tuned by compare on the tuning seeds), on FILE's task and held-out seeds; the latest snapshot, and
+      those named by --tune-at N, also with their lr tuned like the baselines. --also DIR2 adds
       another meta-training's latest theta with its lr tuned (e.g. Celo2-base beside Celo2);
       --min-step N leaves out snapshots before outer step N; --max-step N ends the curve at the
       snapshot of step N (tuned there too) instead of freezing the latest theta.
@@ -137,21 +138,30 @@ def make_config(a):
     types = [ltype] + [o[2].get("type") for o in also]
     if len(set(types)) != len(types):
         usage_error("two contenders share a name: --meta and --also, or two --also, are the same learned-optimizer type")
+    if a.tune_at and not grid:
+        usage_error("%s: --tune-at needs \"tune_final\": {\"lr_grid\": [...]} in the evaluation file" % a.eval)
     contenders = []
     snaps, done = snapshots(a.meta, done, a.max_step)
     if a.min_step is not None:
         snaps = [s for s in snaps if s[0] >= a.min_step]
         if not snaps:
             usage_error("%s: no snapshot at or after outer step %d (--min-step)" % (a.meta, a.min_step))
+    for step in a.tune_at or []:
+        if step not in [s for s, _ in snaps]:
+            usage_error("%s: --tune-at %d: no snapshot of the curve at that outer step (it has %s)"
+                        % (a.meta, step, ", ".join(str(s) for s, _ in snaps)))
     for step, path in snaps:
         opt = {"type": ltype, "checkpoint": path}
         if "lr" in lopt:
             opt["lr"] = lopt["lr"]
         contenders.append({"name": "%s@%d" % (ltype, step), "optimizer": opt})
     if grid:
-        last = dict(contenders[-1]["optimizer"])
-        last.pop("lr", None)  # the grid sets it
-        contenders.append({"name": "%s@%d_tuned" % (ltype, snaps[-1][0]), "optimizer": last, "lr_grid": grid})
+        # the latest snapshot, and those of --tune-at, also with their lr tuned like the baselines
+        tuned = sorted(set(a.tune_at or []) | {snaps[-1][0]})
+        for step in tuned:
+            opt = dict(contenders[[s for s, _ in snaps].index(step)]["optimizer"])
+            opt.pop("lr", None)  # the grid sets it
+            contenders.append({"name": "%s@%d_tuned" % (ltype, step), "optimizer": opt, "lr_grid": grid})
     for other, at, olopt, odone in also:
         # another meta-training's latest theta (frozen like this one's), or its snapshot at DIR@N, lr tuned
         # like the baselines
@@ -215,9 +225,10 @@ def plot(a):
             shown = pts if k == 0 else [r for r in pts if r[3] <= hi]
             ax.errorbar([r[1] for r in shown], [r[3] for r in shown], yerr=[r[4] for r in shown], marker="o", capsize=3,
                         label="snapshots, as meta-trained")
-            for r in rows:
-                if r[6]:
-                    ax.errorbar([r[1]], [r[3]], yerr=[r[4]], marker="s", capsize=3, linestyle="none", label="latest, lr tuned")
+            tuned = [r for r in rows if r[6] and (k == 0 or r[3] <= hi)]
+            if tuned:
+                ax.errorbar([r[1] for r in tuned], [r[3] for r in tuned], yerr=[r[4] for r in tuned], marker="s",
+                            capsize=3, linestyle=":" if len(tuned) > 1 else "none", label="snapshots, lr tuned")
             for i, (name, mean, std, _) in enumerate(lines):
                 color = "C%d" % (i + 2)
                 ax.axhline(mean, color=color, linestyle="--", label=name)
@@ -256,6 +267,8 @@ def main():
                         "lr tuned (repeatable)")
     c.add_argument("--max-step", type=int, help="the curve ends at this snapshot (it must exist; nothing is frozen)")
     c.add_argument("--min-step", type=int, help="leave out snapshots before this outer step (costly evaluations)")
+    c.add_argument("--tune-at", type=int, action="append", metavar="N",
+                   help="also tune the lr of the snapshot at outer step N (repeatable; the latest is always tuned)")
     q = sub.add_parser("plot", help="table and figure from the compare summary")
     q.add_argument("--summary", required=True)
     q.add_argument("--meta", required=True)

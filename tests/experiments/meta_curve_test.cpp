@@ -127,6 +127,24 @@ TEST(MetaCurve, ConfigFreezesTheLatestThetaAndNamesOnlySnapshots) {
             2);
   EXPECT_NE(slurp(dir.path("log5")).find("no snapshot at outer step 20"), std::string::npos) << slurp(dir.path("log5"));
 
+  // --tune-at: an earlier snapshot tuned too (the tuned points form a second curve); a step the curve does
+  // not hold is a usage error.
+  ASSERT_EQ(run(script + " config --meta " + meta.string() + " --max-step 30 --tune-at 10 --eval " + eval + " -o " +
+                dir.path("tuneat.json") + " > " + dir.path("log") + " 2>&1"),
+            0)
+      << slurp(dir.path("log"));
+  const auto tuneat = lopt::json::parse(slurp(dir.path("tuneat.json")));
+  ASSERT_EQ(tuneat["contenders"].size(), 6u) << tuneat.dump();
+  EXPECT_EQ(tuneat["contenders"][2]["name"], "celo2@10_tuned");
+  EXPECT_EQ(tuneat["contenders"][2]["optimizer"]["checkpoint"], (meta / "snapshots" / "theta_step10.safetensors").string());
+  EXPECT_FALSE(tuneat["contenders"][2]["optimizer"].contains("lr")) << "the grid sets the lr";
+  EXPECT_TRUE(tuneat["contenders"][2].contains("lr_grid"));
+  EXPECT_EQ(tuneat["contenders"][3]["name"], "celo2@30_tuned");
+  EXPECT_EQ(run(script + " config --meta " + meta.string() + " --max-step 30 --tune-at 20 --eval " + eval + " -o " +
+                dir.path("x.json") + " > " + dir.path("log6") + " 2>&1"),
+            2);
+  EXPECT_NE(slurp(dir.path("log6")).find("--tune-at 20"), std::string::npos) << slurp(dir.path("log6"));
+
   // Bad input: a folder that is not a meta-training output, an evaluation file without its baselines.
   EXPECT_EQ(run(script + " config --meta " + dir.path("runs") + " --eval " + eval + " -o " + dir.path("x.json") + " > " +
                 dir.path("log2") + " 2>&1"),
