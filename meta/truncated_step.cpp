@@ -19,6 +19,7 @@ namespace lopt {
 InnerState InnerState::clone() const {
   InnerState s;
   s.task = task;
+  s.task_key = task_key;
   s.inner_step = inner_step;
   s.length = length;
   s.opt.params = opt.params.clone();
@@ -49,7 +50,14 @@ LoptTruncatedStep::~LoptTruncatedStep() = default;
 const Task& LoptTruncatedStep::task(const nlohmann::json& config) const { return *cached(config).task; }
 
 const LoptTruncatedStep::CachedTask& LoptTruncatedStep::cached(const nlohmann::json& config) const {
-  auto key = config.dump();
+  return cached(config.dump(), config);
+}
+
+const LoptTruncatedStep::CachedTask& LoptTruncatedStep::cached(const InnerState& s) const {
+  return s.task_key.empty() ? cached(s.task) : cached(s.task_key, s.task);
+}
+
+const LoptTruncatedStep::CachedTask& LoptTruncatedStep::cached(const std::string& key, const nlohmann::json& config) const {
   auto it = tasks_.find(key);
   if (it == tasks_.end()) {
     // References are used within one call of this class's methods, which touches at most
@@ -92,6 +100,7 @@ InnerState LoptTruncatedStep::init_state(const torch::Tensor& theta, int64_t slo
   auto gen = make_generator(seed);
   InnerState s;
   s.task = family_->sample_for_slot(gen, slot);
+  s.task_key = s.task.dump();
   s.opt = lopt_->bind(theta.detach())->init(task(s.task).init(gen));
   s.length = trunc_->sample_length(gen);
   if (stagger && config_.stagger)
@@ -129,8 +138,9 @@ std::map<std::string, std::vector<size_t>> LoptTruncatedStep::reset_and_group(co
       continue;
     }
     std::string key = !config_.population ? std::to_string(m)
-                      : by_population_key    ? cached(s.task).population_key
-                                             : s.task.dump();
+                      : by_population_key    ? cached(s).population_key
+                      : s.task_key.empty()   ? s.task.dump()
+                                             : s.task_key;
     groups[key].push_back(m);
   }
   return groups;
@@ -220,7 +230,7 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
     // data (each draws its batch from its own task) and in a global reparameterisation scale (the
     // loss is the unscaled task's at w * s, the gradient s times that), not in the computation.
     // One member at a time (no population batching) takes its own task, reparameterisation included.
-    const Task& first_task = task(states[members.front()]->task);
+    const Task& first_task = *cached(*states[members.front()]).task;
     const Task& t = config_.population ? first_task.unscaled() : first_task;
     // One batch per task slot: antithetic copies share it.
     std::map<std::pair<int64_t, const Task*>, Batch> batches;
@@ -228,7 +238,7 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
     std::vector<double> scales;
     bool rescale = false;
     for (size_t m : members) {
-      const Task& tm = task(states[m]->task);
+      const Task& tm = *cached(*states[m]).task;
       scales.push_back(config_.population ? tm.reparam_scale() : 1.0);
       rescale = rescale || scales.back() != 1.0;
       const std::pair<int64_t, const Task*> slot{tasks[m], &tm};
@@ -364,6 +374,7 @@ std::vector<InnerState> load_inner_states(const nlohmann::json& meta, const std:
     const std::string base = prefix + "." + std::to_string(i) + ".";
     InnerState s;
     s.task = j["task"];
+    s.task_key = s.task.dump();
     s.inner_step = j["inner_step"];
     s.length = j["length"];
     s.opt.step = j["opt_step"];

@@ -109,6 +109,16 @@ TEST(LoptTruncatedStep, ResetsMasksAndSharedDataOfAntitheticMembers) {
     }
   }
   for (size_t k = 0; k < a.opt.params.size(); ++k) EXPECT_TRUE(torch::equal(a.opt.params.tensors[k], b.opt.params.tensors[k]));
+  // The task-cache key travels with the task: through a reset, a clone and a checkpoint round trip.
+  EXPECT_EQ(a.task_key, a.task.dump());
+  EXPECT_EQ(b.task_key, b.task.dump());
+  EXPECT_EQ(c.task_key, c.task.dump());
+  lopt::SafeTensors saved;
+  const auto meta = lopt::save_inner_states({a, c}, "inner", saved);
+  const auto loaded = lopt::load_inner_states(meta, "inner", saved, "in-memory");
+  ASSERT_EQ(loaded.size(), 2u);
+  EXPECT_EQ(loaded[1].task, c.task);
+  EXPECT_EQ(loaded[1].task_key, c.task.dump());
 }
 
 TEST(Task, PopulationKeyLeavesOutDataAndReparamScaleOnly) {
