@@ -101,7 +101,7 @@ InnerState LoptTruncatedStep::init_state(const torch::Tensor& theta, int64_t slo
   InnerState s;
   s.task = family_->sample_for_slot(gen, slot);
   s.task_key = s.task.dump();
-  s.opt = lopt_->bind(theta.detach())->init(task(s.task).init(gen));
+  s.opt = lopt_->bind(theta.detach())->init(cached(s).task->init(gen));
   s.length = trunc_->sample_length(gen);
   if (stagger && config_.stagger)
     s.inner_step = torch::randint(0, s.length, {1}, gen, torch::kInt64).item<int64_t>();
