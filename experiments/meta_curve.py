@@ -146,10 +146,11 @@ def make_config(a):
         snaps = [s for s in snaps if s[0] >= a.min_step]
         if not snaps:
             usage_error("%s: no snapshot at or after outer step %d (--min-step)" % (a.meta, a.min_step))
+    steps = [s for s, _ in snaps]
     for step in a.tune_at or []:
-        if step not in [s for s, _ in snaps]:
+        if step not in steps:
             usage_error("%s: --tune-at %d: no snapshot of the curve at that outer step (it has %s)"
-                        % (a.meta, step, ", ".join(str(s) for s, _ in snaps)))
+                        % (a.meta, step, ", ".join(str(s) for s in steps)))
     for step, path in snaps:
         opt = {"type": ltype, "checkpoint": path}
         if "lr" in lopt:
@@ -157,9 +158,8 @@ def make_config(a):
         contenders.append({"name": "%s@%d" % (ltype, step), "optimizer": opt})
     if grid:
         # the latest snapshot, and those of --tune-at, also with their lr tuned like the baselines
-        tuned = sorted(set(a.tune_at or []) | {snaps[-1][0]})
-        for step in tuned:
-            opt = dict(contenders[[s for s, _ in snaps].index(step)]["optimizer"])
+        for step in sorted(set(a.tune_at or []) | {steps[-1]}):
+            opt = dict(contenders[steps.index(step)]["optimizer"])
             opt.pop("lr", None)  # the grid sets it
             contenders.append({"name": "%s@%d_tuned" % (ltype, step), "optimizer": opt, "lr_grid": grid})
     for other, at, olopt, odone in also:
