@@ -17,6 +17,7 @@
 #include "common/parallel.h"
 #include "common/signals.h"
 #include "common/errors.h"
+#include "common/json_diff.h"
 #include "experiments/cli.h"
 #include "experiments/compare.h"
 #include "experiments/coord_check.h"
@@ -398,7 +399,7 @@ int cmd_cpt(int argc, char** argv) {
 int cmd_meta_train(int argc, char** argv) {
   Common c;
   std::string output_dir, data_dir, device;
-  bool resume = false;
+  bool resume = false, continue_outputs = false;
   long long outer_steps = -1, stop_after = -1, seed = -1;
   bool overwrite = false;
   auto desc = common_options(c);
@@ -406,6 +407,9 @@ int cmd_meta_train(int argc, char** argv) {
   desc.add_options()("output-dir,o", po::value(&output_dir), "folder for checkpoints and the HDF5 log (sets \"output_dir\")")(
       "resume", po::bool_switch(&resume), "continue from <output_dir>/checkpoint.safetensors if it exists")(
       "overwrite", po::bool_switch(&overwrite), "replace the results of an earlier meta-training in the folder")(
+      "continue-from-outputs", po::bool_switch(&continue_outputs),
+      "the folder's resume state is lost: continue from its theta.safetensors and meta_train.h5 at their last step, with "
+      "fresh outer Adam moments and unrolls (not exact; the step is recorded in the log)")(
       "outer-steps", po::value(&outer_steps), "number of outer (meta) steps (sets \"outer_steps\")")(
       "stop-after", po::value(&stop_after), "stop (with a checkpoint) once this many outer steps are done; --resume continues")(
       "seed", po::value(&seed), "random seed (sets \"seed\")")(
@@ -437,15 +441,35 @@ int cmd_meta_train(int argc, char** argv) {
   const std::string out_dir = trainer.config()["output_dir"];
   lopt::OutputLock lock(out_dir + (writer ? std::string("/.lopt.lock") : "/.lopt.rank" + std::to_string(group->rank()) + ".lock"),
                         "the meta-training folder " + out_dir);
-  if (writer && !std::filesystem::exists(trainer.checkpoint_path()) && !overwrite &&
+  if (continue_outputs && (resume || overwrite))
+    throw lopt::UsageError("--continue-from-outputs goes alone: --resume continues exactly from a checkpoint, --overwrite starts afresh");
+  if (writer && !std::filesystem::exists(trainer.checkpoint_path()) && !overwrite && !continue_outputs &&
       (std::filesystem::exists(trainer.theta_path()) || std::filesystem::exists(log_path)))
     throw lopt::UsageError(out_dir + " holds the results of an earlier meta-training (theta.safetensors / meta_train.h5) "
-                           "without a checkpoint to resume: pass --overwrite to replace them, or choose another --output-dir");
+                           "without a checkpoint to resume: pass --continue-from-outputs to continue from them (fresh outer "
+                           "moments and unrolls), --overwrite to replace them, or choose another --output-dir");
   if (std::filesystem::exists(trainer.checkpoint_path()) && !resume)
-    throw lopt::UsageError(trainer.checkpoint_path() + " exists: pass --resume to continue it, or choose another --output-dir");
+    throw lopt::UsageError(trainer.checkpoint_path() + " exists: pass --resume to continue it" +
+                           (continue_outputs ? " exactly (--continue-from-outputs is for a lost checkpoint)" : "") +
+                           ", or choose another --output-dir");
   // Collective under a process group: the ranks continue from one outer step or not at all.
   if (resume && trainer.resume())
     std::printf("resumed %s at outer step %lld\n", trainer.checkpoint_path().c_str(), static_cast<long long>(trainer.step()));
+  if (continue_outputs) {
+    for (const auto& f : {trainer.theta_path(), log_path})
+      if (!std::filesystem::exists(f))
+        throw lopt::UsageError("--continue-from-outputs needs " + f + ", which is missing: start afresh in another --output-dir");
+    json saved;
+    auto log = lopt::read_meta_train_log(log_path, &saved);
+    auto now = trainer.config();
+    for (auto* c : {&saved, &now}) c->erase("checkpoint_every"), c->erase("output_dir");
+    if (saved != now)
+      throw lopt::UsageError(log_path + " was written by a different config (" + lopt::config_difference(saved, now) +
+                             "): continue with the config that wrote it, or start afresh in another --output-dir");
+    trainer.continue_from_outputs(trainer.read_theta(trainer.theta_path()), std::move(log));
+    std::printf("continued %s from its outputs at outer step %lld: fresh outer Adam moments and unrolls (not an exact resume)\n",
+                out_dir.c_str(), static_cast<long long>(trainer.step()));
+  }
   trainer.run(mode(c), stop_after);
   if (!writer) return 0;
   const auto& log = trainer.log();

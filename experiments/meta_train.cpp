@@ -1,5 +1,8 @@
 #include "experiments/meta_train.h"
 
+#include <cmath>
+
+#include "common/errors.h"
 #include "experiments/h5_writer.h"
 #include "optimizers/kernels/lopt_cpu.h"
 
@@ -20,6 +23,8 @@ void write_meta_train_log(const std::string& path, const MetaTrainer& trainer) {
                                             : "Adam (no weight decay), warmup-cosine, global-norm clip"));
   w.attr("checkpoint", trainer.checkpoint_path());
   w.attr("theta", trainer.theta_path());
+  if (!log.continued_at.empty())  // JSON list of outer steps; see MetaTrainLog::continued_at
+    w.attr("continued_from_outputs_at", nlohmann::json(log.continued_at).dump());
   if (!log.elapsed.empty()) {
     w.attr("wall_time", log.elapsed.back());
     w.attr("inner_steps_per_second", static_cast<double>(log.inner_steps.back()) / log.elapsed.back());
@@ -33,6 +38,27 @@ void write_meta_train_log(const std::string& path, const MetaTrainer& trainer) {
   w.dataset("meta/elapsed", log.elapsed);
   w.dataset("meta/inner_steps", log.inner_steps);
   w.commit();
+}
+
+MetaTrainLog read_meta_train_log(const std::string& path, nlohmann::json* config) {
+  if (h5_read_string_attr(path, "kind") != "meta_train") throw IoError(path, "not a meta-training log (its \"kind\" is not meta_train)");
+  MetaTrainLog log;
+  auto ints = [&](const std::string& name) {
+    std::vector<int64_t> v;
+    for (double x : h5_read_doubles(path, name)) v.push_back(static_cast<int64_t>(std::llround(x)));
+    return v;
+  };
+  log.step = ints("meta/step");
+  log.meta_loss = h5_read_doubles(path, "meta/meta_loss");
+  log.grad_norm = h5_read_doubles(path, "meta/grad_norm");
+  log.outer_lr = h5_read_doubles(path, "meta/outer_lr");
+  log.elapsed = h5_read_doubles(path, "meta/elapsed");
+  log.inner_steps = ints("meta/inner_steps");
+  log.skipped = static_cast<int64_t>(std::llround(h5_read_double_attr(path, "skipped_estimates")));
+  const auto cont = h5_read_string_attr(path, "continued_from_outputs_at");
+  if (!cont.empty()) log.continued_at = nlohmann::json::parse(cont).get<std::vector<int64_t>>();
+  if (config) *config = nlohmann::json::parse(h5_read_string_attr(path, "config"));
+  return log;
 }
 
 }  // namespace lopt

@@ -158,6 +158,8 @@ MetaTrainer::~MetaTrainer() = default;
 
 const torch::Tensor& MetaTrainer::theta() const { return outer_state_->params.tensors[0]; }
 
+torch::Tensor MetaTrainer::read_theta(const std::string& path) const { return step_fn_->learned_optimizer().load(path); }
+
 std::string MetaTrainer::checkpoint_path() const {
   const std::string name = group_ && group_->rank() > 0 ? "checkpoint.rank" + std::to_string(group_->rank()) + ".safetensors"
                                                        : "checkpoint.safetensors";
@@ -191,7 +193,8 @@ void MetaTrainer::save_checkpoint() {
                            {"outer_lr", log_.outer_lr},
                            {"elapsed", log_.elapsed},
                            {"inner_steps", log_.inner_steps},
-                           {"skipped", log_.skipped}}}};
+                           {"skipped", log_.skipped},
+                           {"continued_at", log_.continued_at}}}};
   // NaN is not JSON: the log stores non-finite losses as null.
   st.metadata["lopt_meta_train"] = meta.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   write_safetensors(checkpoint_path(), st);
@@ -282,7 +285,42 @@ bool MetaTrainer::resume() {
   log_.elapsed = doubles(l["elapsed"]);
   log_.inner_steps = l["inner_steps"].get<std::vector<int64_t>>();
   log_.skipped = l["skipped"];
+  log_.continued_at = l.value("continued_at", std::vector<int64_t>{});  // absent before continuations existed
   return true;
+}
+
+void MetaTrainer::continue_from_outputs(const torch::Tensor& theta, MetaTrainLog log) {
+  const auto dir = config_["output_dir"].get<std::string>();
+  if (group_ && group_->world_size() > 1)
+    throw UsageError("continuing " + dir + " from its outputs runs in one process (the ranks' unrolls are lost with their "
+                     "resume states): run it without torchrun, or start afresh in another --output-dir");
+  const auto& oc = config_["outer"];
+  if (oc["warmup_steps"].get<int64_t>() != 0 || oc["final_fraction"].get<double>() != 1.0)
+    throw UsageError("continuing " + dir + " from its outputs restarts the outer Adam (its moments were in the lost resume "
+                     "state), which keeps the outer schedule only when it is constant; this config has outer.warmup_steps " +
+                     oc["warmup_steps"].dump() + " and outer.final_fraction " + oc["final_fraction"].dump() +
+                     ": start afresh (--overwrite) or in another --output-dir");
+  const size_t n = log.step.size();
+  bool contiguous = n > 0 && log.meta_loss.size() == n && log.grad_norm.size() == n && log.outer_lr.size() == n &&
+                    log.elapsed.size() == n && log.inner_steps.size() == n;
+  for (size_t i = 0; contiguous && i < n; ++i) contiguous = log.step[i] == static_cast<int64_t>(i + 1);
+  if (!contiguous)
+    throw UsageError("the meta-training log in " + dir + " does not hold outer steps 1..N with every curve of one length (" +
+                     std::to_string(n) + " steps): it cannot be continued; start afresh (--overwrite)");
+  if (log.step.back() >= config_["outer_steps"].get<int64_t>())
+    throw UsageError(dir + " already holds all " + config_["outer_steps"].dump() + " outer steps: nothing to continue");
+  if (theta.numel() != this->theta().numel())
+    throw UsageError("theta in " + dir + " has " + std::to_string(theta.numel()) + " numbers, the config's learned optimizer " +
+                     std::to_string(this->theta().numel()) + ": it was written by another \"lopt\" config");
+  ParamSet p = outer_state_->params;
+  p.tensors = {theta.detach().to(this->theta().options()).reshape(this->theta().sizes()).clone()};
+  outer_state_ = std::make_unique<OptState>(outer_->init(p));
+  step_ = log.step.back();
+  elapsed_before_ = log.elapsed.back();
+  log.continued_at.push_back(step_);
+  log_ = std::move(log);
+  // Fresh unrolls from the seed and the step: not the tasks the run started with at step 0.
+  estimator_->init(this->theta(), derive_seed(config_["seed"].get<uint64_t>(), "unroll") ^ mix_seed(static_cast<uint64_t>(step_)));
 }
 
 namespace {

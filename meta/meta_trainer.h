@@ -36,6 +36,9 @@ struct MetaTrainLog {
   std::vector<double> elapsed;          ///< wall seconds since the run first started (across resumes)
   std::vector<int64_t> inner_steps;     ///< cumulative inner training steps
   int64_t skipped = 0;                  ///< non-finite estimates skipped
+  /// Outer steps at which the run was continued from its outputs after losing its resume state
+  /// (MetaTrainer::continue_from_outputs): from each, the outer Adam moments and the unrolls restarted.
+  std::vector<int64_t> continued_at;
   /// Mean of the last `n` finite meta-losses (NaN when there are none).
   double recent_meta_loss(size_t n = 20) const;
 };
@@ -53,6 +56,15 @@ class MetaTrainer {
   /// it is collective: every rank must call it, and the ranks' checkpoints must all exist at one
   /// outer step, or all be absent (else a UsageError on every rank, naming each rank's step).
   bool resume();
+  /// Continues a run whose resume state (checkpoint.safetensors) was lost, from what it committed:
+  /// `theta` and `log` as written at the log's last outer step. Not exact: the outer Adam moments
+  /// and the unrolls (tasks, inner states, PES accumulators) lived only in the resume state, so they
+  /// start afresh at that step (drawn from the seed and the step), which is added to
+  /// log().continued_at. A fresh Adam restarts its step count, so the outer schedule must be
+  /// constant (outer.warmup_steps 0, outer.final_fraction 1); one process only. UsageError when the
+  /// log is not 1..N contiguous, theta's size does not match the config's learned optimizer, or
+  /// either condition fails. Call instead of resume(), before run().
+  void continue_from_outputs(const torch::Tensor& theta, MetaTrainLog log);
   /// Runs outer steps until outer_steps (or `stop_after` steps in total, if >= 0),
   /// checkpointing every checkpoint_every steps and at the end.
   void run(ProgressMode mode = ProgressMode::automatic, int64_t stop_after = -1);
@@ -65,6 +77,8 @@ class MetaTrainer {
   void write_outputs() const;
 
   const torch::Tensor& theta() const;
+  /// Reads a theta file of this config's learned optimizer (e.g. theta_path()).
+  torch::Tensor read_theta(const std::string& path) const;
   int64_t step() const { return step_; }
   const MetaTrainLog& log() const { return log_; }
   const nlohmann::json& config() const { return config_; }

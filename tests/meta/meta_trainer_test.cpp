@@ -12,6 +12,7 @@
 #include <csignal>
 #include "common/rng.h"
 #include "experiments/h5_writer.h"
+#include "experiments/meta_train.h"
 #include "experiments/train.h"
 #include "meta/meta_trainer.h"
 #include "optimizers/learned_optimizer.h"
@@ -335,6 +336,71 @@ TEST(MetaTrainer, CliRunsResumesAndRejectsBadInput) {
   EXPECT_EQ(lopt_test::run_lopt("train -q --set task.dataset=synthetic --set task.image_size=4 --set task.width=32 "
                                 "--optimizer mulo --steps 5 --lo-checkpoint " + tmp.path("out/theta.safetensors"), &out), 0)
       << out;
+}
+
+// A run whose resume state was lost (a new machine: checkpoint.safetensors is not committed)
+// continues from its committed theta and log: the curves keep their first steps, the outer Adam
+// restarts (its first step moves no coordinate by more than the outer lr), and the step at which
+// it continued is recorded in the log and survives an exact resume afterwards.
+TEST(MetaTrainer, ContinuesFromOutputsWhenTheResumeStateIsLost) {
+  lopt_test::TempDir tmp;
+  auto cfg = tiny_config(tmp.path("out"), "pes");
+  cfg["outer"]["warmup_steps"] = 0;
+  cfg["outer"]["final_fraction"] = 1.0;  // a constant outer lr, as the shipped recipes use
+  lopt::write_text_atomic(tmp.path("cfg.json"), cfg.dump());
+  const std::string run = "meta-train -q -c " + tmp.path("cfg.json");
+  std::string out;
+  ASSERT_EQ(lopt_test::run_lopt(run + " --stop-after 3", &out), 0) << out;
+  const auto before = lopt::read_meta_train_log(tmp.path("out/meta_train.h5"));
+  ASSERT_EQ(before.step, (std::vector<int64_t>{1, 2, 3}));
+  std::filesystem::remove(tmp.path("out/checkpoint.safetensors"));
+  EXPECT_EQ(lopt_test::run_lopt(run + " --resume", &out), 2) << out;
+  EXPECT_NE(out.find("--continue-from-outputs"), std::string::npos) << out;
+  // Another config is refused, naming the key; nothing is written.
+  EXPECT_EQ(lopt_test::run_lopt(run + " --continue-from-outputs --set seed=4", &out), 2) << out;
+  EXPECT_NE(out.find("/seed"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(tmp.path("out/checkpoint.safetensors")));
+
+  // In process: theta and the log are taken as written, the first outer step is a fresh Adam's.
+  {
+    auto c2 = cfg;
+    c2["output_dir"] = tmp.path("copy");
+    lopt::MetaTrainer t(c2);
+    const auto theta3 = t.read_theta(tmp.path("out/theta.safetensors"));
+    t.continue_from_outputs(theta3, before);
+    EXPECT_EQ(t.step(), 3);
+    EXPECT_TRUE(torch::equal(t.theta(), theta3));
+    EXPECT_EQ(t.log().continued_at, (std::vector<int64_t>{3}));
+    t.run(lopt::ProgressMode::quiet, 4);
+    const double moved = (t.theta() - theta3).abs().max().item<double>();
+    EXPECT_GT(moved, 0.0);
+    EXPECT_LE(moved, cfg["outer"]["lr"].get<double>() * (1 + 1e-6));
+    EXPECT_EQ(std::vector<double>(t.log().meta_loss.begin(), t.log().meta_loss.begin() + 3), before.meta_loss);
+  }
+
+  ASSERT_EQ(lopt_test::run_lopt(run + " --continue-from-outputs --stop-after 5", &out), 0) << out;
+  EXPECT_NE(out.find("continued"), std::string::npos) << out;
+  EXPECT_EQ(lopt_test::run_lopt(run + " --resume", &out), 0) << out;
+  EXPECT_NE(out.find("6/6 outer steps"), std::string::npos) << out;
+  const auto after = lopt::read_meta_train_log(tmp.path("out/meta_train.h5"));
+  EXPECT_EQ(after.step, (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(after.continued_at, (std::vector<int64_t>{3}));
+  EXPECT_EQ(std::vector<double>(after.meta_loss.begin(), after.meta_loss.begin() + 3), before.meta_loss);
+  EXPECT_GE(after.elapsed[3], before.elapsed[2]);
+  // A finished run has nothing to continue.
+  std::filesystem::remove(tmp.path("out/checkpoint.safetensors"));
+  EXPECT_EQ(lopt_test::run_lopt(run + " --continue-from-outputs", &out), 2) << out;
+  EXPECT_NE(out.find("nothing to continue"), std::string::npos) << out;
+
+  // A warmup / cosine outer schedule cannot restart its Adam at a later step: refused, naming the keys.
+  auto warm = tiny_config(tmp.path("w"), "pes");
+  lopt::MetaTrainer w(warm);
+  EXPECT_THROW(
+      try { w.continue_from_outputs(w.theta(), before); } catch (const lopt::UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("outer.warmup_steps"), std::string::npos) << e.what();
+        throw;
+      },
+      lopt::UsageError);
 }
 
 }  // namespace
