@@ -62,6 +62,14 @@ def meta_run(meta_dir):
     return cfg["lopt"], done, dict(zip(steps.tolist(), inner.tolist()))
 
 
+def continued_at(meta_dir):
+    """Outer steps at which the run continued from its outputs after losing its resume state."""
+    import h5py
+    with h5py.File(os.path.join(meta_dir, "meta_train.h5"), "r") as f:
+        v = f.attrs.get("continued_from_outputs_at")
+    return json.loads(v.decode() if isinstance(v, bytes) else v) if v is not None else []
+
+
 def freeze_latest(meta_dir, done):
     """Copies the latest theta to snapshots/theta_step<done>.safetensors, so that the curve's config names a
     file that a resumed meta-training does not overwrite (compare reuses a finished run by its config, which
@@ -205,6 +213,10 @@ def plot(a):
             else:  # a baseline, tuned by compare, or an --also theta whose name already says "_tuned"
                 lines.append((name if name.endswith("_tuned") else "%s (tuned)" % name, mean, std, acc))
     rows.sort()
+    restarts = continued_at(a.meta)
+    for step in restarts:
+        print("note: the meta-training continued from its outputs at outer step %d (fresh outer Adam moments and "
+              "unrolls; its resume state was lost)" % step)
     print("| contender | outer steps | inner steps of meta-training | final train loss (mean ± std) | test accuracy |")
     print("|---|---|---|---|---|")
     for step, n_inner, name, mean, std, acc, _ in rows:
@@ -229,6 +241,9 @@ def plot(a):
             if tuned:
                 ax.errorbar([r[1] for r in tuned], [r[3] for r in tuned], yerr=[r[4] for r in tuned], marker="s",
                             capsize=3, linestyle=":" if len(tuned) > 1 else "none", label="snapshots, lr tuned")
+            for j, step in enumerate(restarts):
+                ax.axvline(inner.get(step, float("nan")), color="0.5", linestyle=":", linewidth=1,
+                           label="continued without resume state" if j == 0 else None)
             for i, (name, mean, std, _) in enumerate(lines):
                 color = "C%d" % (i + 2)
                 ax.axhline(mean, color=color, linestyle="--", label=name)
