@@ -17,7 +17,6 @@
 #include "common/parallel.h"
 #include "common/signals.h"
 #include "common/errors.h"
-#include "common/json_diff.h"
 #include "experiments/cli.h"
 #include "experiments/compare.h"
 #include "experiments/coord_check.h"
@@ -461,12 +460,7 @@ int cmd_meta_train(int argc, char** argv) {
         throw lopt::UsageError("--continue-from-outputs needs " + f + ", which is missing: start afresh in another --output-dir");
     json saved;
     auto log = lopt::read_meta_train_log(log_path, &saved);
-    auto now = trainer.config();
-    for (auto* c : {&saved, &now}) c->erase("checkpoint_every"), c->erase("output_dir");
-    if (saved != now)
-      throw lopt::UsageError(log_path + " was written by a different config (" + lopt::config_difference(saved, now) +
-                             "): continue with the config that wrote it, or start afresh in another --output-dir");
-    trainer.continue_from_outputs(trainer.read_theta(trainer.theta_path()), std::move(log));
+    trainer.continue_from_outputs(trainer.read_theta(trainer.theta_path()), std::move(log), saved);
     std::printf("continued %s from its outputs at outer step %lld: fresh outer Adam moments and unrolls (not an exact resume)\n",
                 out_dir.c_str(), static_cast<long long>(trainer.step()));
   }

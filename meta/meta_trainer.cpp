@@ -11,6 +11,7 @@
 #include "common/config.h"
 #include "common/distributed.h"
 #include "common/errors.h"
+#include "common/json_diff.h"
 #include "common/signals.h"
 #include "common/rng.h"
 #include "meta/local_sgd.h"
@@ -209,6 +210,16 @@ void MetaTrainer::write_outputs() const {
   step_fn_->learned_optimizer().save_hub((std::filesystem::path(theta_path()).parent_path() / "hub").string(), theta());
 }
 
+std::string MetaTrainer::run_config_difference(nlohmann::json saved) const {
+  auto now = config_;
+  // How often to checkpoint and where the folder lives do not change the run.
+  for (auto* c : {&saved, &now}) {
+    c->erase("checkpoint_every");
+    c->erase("output_dir");
+  }
+  return config_difference(saved, now);
+}
+
 bool MetaTrainer::resume() {
   const auto path = checkpoint_path();
   const bool found = std::filesystem::exists(path);
@@ -244,20 +255,9 @@ bool MetaTrainer::resume() {
     throw UsageError("checkpoint " + path + " was written by " + std::to_string(meta.value("world_size", int64_t(1))) +
                      " process(es), this run has " + std::to_string(world) +
                      " (each rank holds its own task slots): resume with the same WORLD_SIZE");
-  auto saved = meta["config"];
-  auto now = config_;
-  // How often to checkpoint and where the folder lives do not change the run.
-  for (auto* c : {&saved, &now}) {
-    c->erase("checkpoint_every");
-    c->erase("output_dir");
-  }
-  if (saved != now) {
-    for (auto k = now.begin(); k != now.end(); ++k)
-      if (!saved.contains(k.key()) || saved[k.key()] != k.value())
-        throw UsageError("checkpoint " + path + " was written with a different \"" + k.key() + "\" (" +
-                         (saved.contains(k.key()) ? saved[k.key()].dump() : "absent") + " there, " + k.value().dump() +
-                         " now); use the same config to resume, or another output_dir to start afresh");
-  }
+  if (const auto d = run_config_difference(meta["config"]); !d.empty())
+    throw UsageError("checkpoint " + path + " was written with a different config (" + d +
+                     "); use the same config to resume, or another output_dir to start afresh");
   auto get = [&](const std::string& name) {
     auto t = st.tensors.find(name);
     if (t == st.tensors.end()) throw IoError(path, "checkpoint lacks tensor '" + name + "'");
@@ -289,8 +289,11 @@ bool MetaTrainer::resume() {
   return true;
 }
 
-void MetaTrainer::continue_from_outputs(const torch::Tensor& theta, MetaTrainLog log) {
+void MetaTrainer::continue_from_outputs(const torch::Tensor& theta, MetaTrainLog log, const nlohmann::json& saved_config) {
   const auto dir = config_["output_dir"].get<std::string>();
+  if (const auto d = run_config_difference(saved_config); !d.empty())
+    throw UsageError("the meta-training log in " + dir + " was written by a different config (" + d +
+                     "): continue with the config that wrote it, or start afresh in another --output-dir");
   if (group_ && group_->world_size() > 1)
     throw UsageError("continuing " + dir + " from its outputs runs in one process (the ranks' unrolls are lost with their "
                      "resume states): run it without torchrun, or start afresh in another --output-dir");

@@ -57,14 +57,15 @@ class MetaTrainer {
   /// outer step, or all be absent (else a UsageError on every rank, naming each rank's step).
   bool resume();
   /// Continues a run whose resume state (checkpoint.safetensors) was lost, from what it committed:
-  /// `theta` and `log` as written at the log's last outer step. Not exact: the outer Adam moments
+  /// `theta` and `log` as written at the log's last outer step by `saved_config` (the log's config;
+  /// it must be this run's, up to checkpoint_every and output_dir). Not exact: the outer Adam moments
   /// and the unrolls (tasks, inner states, PES accumulators) lived only in the resume state, so they
   /// start afresh at that step (drawn from the seed and the step), which is added to
   /// log().continued_at. A fresh Adam restarts its step count, so the outer schedule must be
   /// constant (outer.warmup_steps 0, outer.final_fraction 1); one process only. UsageError when the
-  /// log is not 1..N contiguous, theta's size does not match the config's learned optimizer, or
-  /// either condition fails. Call instead of resume(), before run().
-  void continue_from_outputs(const torch::Tensor& theta, MetaTrainLog log);
+  /// configs differ, the log is not 1..N contiguous, theta's size does not match the config's
+  /// learned optimizer, or either condition fails. Call instead of resume(), before run().
+  void continue_from_outputs(const torch::Tensor& theta, MetaTrainLog log, const nlohmann::json& saved_config);
   /// Runs outer steps until outer_steps (or `stop_after` steps in total, if >= 0),
   /// checkpointing every checkpoint_every steps and at the end.
   void run(ProgressMode mode = ProgressMode::automatic, int64_t stop_after = -1);
@@ -77,6 +78,9 @@ class MetaTrainer {
   void write_outputs() const;
 
   const torch::Tensor& theta() const;
+  /// Where `saved` (a config this trainer's folder was written with) differs from this run's,
+  /// ignoring checkpoint_every and output_dir, which do not change the run; "" when it is the same.
+  std::string run_config_difference(nlohmann::json saved) const;
   /// Reads a theta file of this config's learned optimizer (e.g. theta_path()).
   torch::Tensor read_theta(const std::string& path) const;
   int64_t step() const { return step_; }

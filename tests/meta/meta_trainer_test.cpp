@@ -131,7 +131,17 @@ TEST(MetaTrainer, ResumeRejectsADifferentConfig) {
   auto cfg = tiny_config(tmp.path("a"), "pes");
   cfg["estimator"]["std"] = 0.02;
   lopt::MetaTrainer b(cfg);
-  EXPECT_THROW(b.resume(), lopt::UsageError);
+  EXPECT_THROW(
+      try { b.resume(); } catch (const lopt::UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find("/estimator/std: 0.01 there, 0.02 now"), std::string::npos) << e.what();
+        throw;
+      },
+      lopt::UsageError);
+  // What does not change the run (the checkpoint interval) does not stop a resume.
+  auto same = tiny_config(tmp.path("a"), "pes");
+  same["checkpoint_every"] = 5;
+  lopt::MetaTrainer c(same);
+  EXPECT_TRUE(c.resume());
 }
 
 TEST(MetaTrainer, PopulationBatchingMatchesOneMemberAtATime) {
@@ -367,7 +377,9 @@ TEST(MetaTrainer, ContinuesFromOutputsWhenTheResumeStateIsLost) {
     c2["output_dir"] = tmp.path("copy");
     lopt::MetaTrainer t(c2);
     const auto theta3 = t.read_theta(tmp.path("out/theta.safetensors"));
-    t.continue_from_outputs(theta3, before);
+    nlohmann::json saved;
+    lopt::read_meta_train_log(tmp.path("out/meta_train.h5"), &saved);
+    t.continue_from_outputs(theta3, before, saved);
     EXPECT_EQ(t.step(), 3);
     EXPECT_TRUE(torch::equal(t.theta(), theta3));
     EXPECT_EQ(t.log().continued_at, (std::vector<int64_t>{3}));
@@ -396,7 +408,7 @@ TEST(MetaTrainer, ContinuesFromOutputsWhenTheResumeStateIsLost) {
   auto warm = tiny_config(tmp.path("w"), "pes");
   lopt::MetaTrainer w(warm);
   EXPECT_THROW(
-      try { w.continue_from_outputs(w.theta(), before); } catch (const lopt::UsageError& e) {
+      try { w.continue_from_outputs(w.theta(), before, w.config()); } catch (const lopt::UsageError& e) {
         EXPECT_NE(std::string(e.what()).find("outer.warmup_steps"), std::string::npos) << e.what();
         throw;
       },
