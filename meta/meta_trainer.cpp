@@ -404,7 +404,9 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
     if (step_ % every == 0 || step_ == end || stop) save_checkpoint();
     if (stop) {
       const std::string next = "checkpoint written at outer step " + std::to_string(step_) + " in " +
-                               config_["output_dir"].get<std::string>() + ": continue with the same command and --resume";
+                               config_["output_dir"].get<std::string>() +
+                               ": continue with the same config and --resume (in place of --continue-from-outputs, if "
+                               "this run was started with it)";
       throw_if_interrupted("meta-training", next);
       throw Interrupted(signal, "meta-training stopped because rank " + std::to_string(signalled_rank) + " received " +
                                     signal_name(signal) + "; " + next);
