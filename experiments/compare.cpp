@@ -5,10 +5,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <set>
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/json_diff.h"
 #include "experiments/h5_writer.h"
 #include "experiments/train.h"
 
@@ -20,6 +22,7 @@ constexpr int kMaxExtensions = 4;
 
 struct Contender {
   std::string name;
+  nlohmann::json entry;  ///< the contender as written in the comparison
   nlohmann::json optimizer;
   std::vector<double> lr_grid;              ///< sorted ascending; empty: a learned optimizer, no tuning
   std::vector<nlohmann::json> schedules;    ///< as written in the spec
@@ -94,6 +97,7 @@ Spec read_spec(const nlohmann::json& j) {
     ConfigReader c(contenders[i], path);
     Contender ct;
     ct.name = c.require<std::string>("name");
+    ct.entry = contenders[i];
     ct.optimizer = c.object("optimizer");
     ct.lr_grid = c.get<std::vector<double>>("lr_grid", {});
     auto schedules = c.get<nlohmann::json>("schedules", nullptr);
@@ -219,6 +223,81 @@ nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::js
 /// Candidates of a contender's initial grid: candidates_for's points at each learning rate of lr_grid.
 size_t initial_candidates(const Contender& ct) { return ct.lr_grid.size() * candidates_for(ct, 0.0).size(); }
 
+/// The input fingerprint (train.h) of a contender's runs: its checkpoint files, the same for every
+/// candidate and seed.
+std::string contender_inputs(const Spec& spec, size_t c) {
+  const auto& ct = spec.contenders[c];
+  Candidate first{0, 0, -1};
+  if (ct.tuned()) first = candidates_for(ct, ct.lr_grid.front()).front();
+  return input_fingerprint(run_config(spec, c, ct.tuned() ? &first : nullptr, spec.seeds.front(), report_file(ct, spec.seeds.front())));
+}
+
+/// A contender whose row is taken from the existing summary (`--only`).
+struct Carried {
+  size_t old_index = 0;  ///< its group in the old summary: c<old_index>
+  nlohmann::json row;    ///< its row of the old summary's "summary" attribute
+};
+
+/// Checks that every contender outside `only` can keep its row of the existing summary, and returns
+/// those rows by contender index (empty when `only` names every contender). UsageError naming the
+/// contender and the first difference otherwise, before any work.
+std::map<size_t, Carried> plan_carry_over(const Spec& spec, const std::vector<std::string>& only) {
+  std::map<size_t, Carried> out;
+  if (only.empty()) return out;
+  std::string names;
+  for (const auto& ct : spec.contenders) names += (names.empty() ? "" : ", ") + ct.name;
+  for (const auto& n : only) {
+    const bool known = std::any_of(spec.contenders.begin(), spec.contenders.end(), [&](const Contender& ct) { return ct.name == n; });
+    if (!known) throw UsageError("--only " + n + ": the comparison has no contender of that name (it has " + names + ")");
+  }
+  const std::set<std::string> run(only.begin(), only.end());
+  if (run.size() == spec.contenders.size()) return out;
+  const std::string& path = spec.summary;
+  const std::string again = "; run the whole comparison again (without --only)";
+  if (!std::filesystem::exists(path))
+    throw UsageError("--only: the other contenders' rows come from the summary " + path + ", which does not exist" + again);
+  nlohmann::json old, old_rows;
+  try {
+    if (h5_read_string_attr(path, "kind") != "compare") throw UsageError("--only: " + path + " is not the summary of a comparison" + again);
+    old = nlohmann::json::parse(h5_read_string_attr(path, "config"));
+    old_rows = nlohmann::json::parse(h5_read_string_attr(path, "summary"));
+  } catch (const nlohmann::json::exception&) {
+    throw UsageError("--only: " + path + " has no readable config or summary attribute" + again);
+  }
+  // What every row depends on besides its own contender: the task and run (base) and the seeds.
+  const nlohmann::json zero = nlohmann::json::array({0}), one_two = nlohmann::json::array({1, 2});
+  const std::vector<std::pair<std::string, std::pair<nlohmann::json, nlohmann::json>>> shared = {
+      {"/base", {old.value("base", nlohmann::json::object()), spec.base}},
+      {"/seeds", {old.value("seeds", zero), nlohmann::json(spec.seeds)}},
+      {"/tuning_seeds", {old.value("tuning_seeds", one_two), nlohmann::json(spec.tuning_seeds)}}};
+  for (const auto& [key, pair] : shared) {
+    const std::string d = config_difference(nlohmann::json{{key.substr(1), pair.first}}, nlohmann::json{{key.substr(1), pair.second}});
+    if (!d.empty()) throw UsageError("--only: " + path + " was written by another comparison (" + d + ")" + again);
+  }
+  const auto& old_contenders = old.at("contenders");
+  for (size_t c = 0; c < spec.contenders.size(); ++c) {
+    const auto& ct = spec.contenders[c];
+    if (run.count(ct.name)) continue;
+    const std::string add = "; add --only " + ct.name + " to run it";
+    size_t k = 0;
+    while (k < old_contenders.size() && old_contenders[k].value("name", std::string()) != ct.name) ++k;
+    if (k == old_contenders.size() || k >= old_rows.size() || old_rows[k].value("name", std::string()) != ct.name)
+      throw UsageError("--only: " + ct.name + " has no row in " + path + add);
+    const std::string d = config_difference(old_contenders[k], ct.entry);
+    if (!d.empty()) throw UsageError("--only: " + ct.name + " ran with another config in " + path + " (" + d + ")" + add);
+    // Its checkpoint must be the one it ran with; summaries written before the fingerprints were
+    // recorded cannot say, which is said aloud.
+    const std::string inputs = contender_inputs(spec, c), recorded = h5_read_string_attr(path, "inputs", "c" + std::to_string(k));
+    if (!inputs.empty() && recorded.empty())
+      std::fprintf(stderr, "compare: warning: %s's row in %s predates input fingerprints: its checkpoint is not checked\n",
+                   ct.name.c_str(), path.c_str());
+    else if (recorded != inputs)
+      throw UsageError("--only: " + ct.name + "'s checkpoint changed since " + path + " was written" + add);
+    out[c] = {k, old_rows[k]};
+  }
+  return out;
+}
+
 }  // namespace
 
 nlohmann::json relative_schedule_config(const nlohmann::json& s) {
@@ -277,9 +356,30 @@ std::vector<std::string> tuning_inequalities(const nlohmann::json& spec_json) {
   return out;
 }
 
-nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progress, bool fresh) {
+std::vector<std::string> compare_carry_over(const nlohmann::json& spec_json, const std::vector<std::string>& only) {
+  const auto spec = read_spec(spec_json);
+  std::vector<std::string> out;
+  for (const auto& [c, kept] : plan_carry_over(spec, only)) out.push_back(spec.contenders[c].name);
+  return out;
+}
+
+nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progress, bool fresh, const std::vector<std::string>& only) {
   const auto spec = read_spec(spec_json);
   expand_compare(spec_json);  // every initial config is valid before any work
+  const auto carried = plan_carry_over(spec, only);
+  // The summary is rewritten under its own name, so the carried groups are copied from a copy of it.
+  struct CarrySource {
+    std::string path;
+    ~CarrySource() {
+      std::error_code ec;
+      if (!path.empty()) std::filesystem::remove(path, ec);
+    }
+  } carry_source;
+  if (!carried.empty()) {
+    carry_source.path = spec.summary + ".carry.tmp";
+    std::filesystem::copy_file(spec.summary, carry_source.path, std::filesystem::copy_options::overwrite_existing);
+  }
+  std::vector<std::string> carried_names;
   // The equal-tuning rule (compare.h): said aloud and recorded when a comparison breaks it.
   const auto unequal = tuning_inequalities(spec_json);
   for (const auto& u : unequal) std::fprintf(stderr, "compare: warning: unequal tuning: %s\n", u.c_str());
@@ -311,8 +411,17 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
   for (size_t c = 0; c < spec.contenders.size(); ++c) {
     const auto& ct = spec.contenders[c];
     const std::string g = "c" + std::to_string(c);
+    if (auto it = carried.find(c); it != carried.end()) {
+      w.copy_group(carry_source.path, "c" + std::to_string(it->second.old_index), g);
+      auto row = it->second.row;
+      row["carried_over"] = true;
+      result.push_back(row);
+      carried_names.push_back(ct.name);
+      continue;
+    }
     w.group(g);
     w.attr("name", ct.name, g);
+    w.attr("inputs", contender_inputs(spec, c), g);
     nlohmann::json row = {{"name", ct.name}, {"tuned", ct.tuned()}};
     Candidate chosen{0, 0, -1};
     const Candidate* chosen_ptr = nullptr;
@@ -472,6 +581,7 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
   w.attr("runs_reused", reused);
   w.attr("equal_tuning", static_cast<int64_t>(unequal.empty()));
   w.attr("tuning_inequalities", nlohmann::json(unequal).dump());
+  w.attr("carried_over", nlohmann::json(carried_names).dump());
   w.attr("summary", result.dump());
   w.commit();
   return result;

@@ -71,7 +71,20 @@ std::vector<std::string> tuning_inequalities(const nlohmann::json& spec);
 /// object per contender: name, chosen optimizer config, best_lr, schedule, per-seed and mean / std
 /// final training loss and test accuracy ("diverged" status when every report run diverged).
 /// `fresh` re-runs finished runs instead of reusing them.
+///
+/// `only` (the CLI's --only NAME): run only these contenders and keep every other contender's row
+/// and group from the existing summary, which is rewritten with all of them (attribute
+/// carried_over lists the kept ones; their rows say "carried_over": true). This adds a contender to
+/// a finished comparison without its run files. Refused (UsageError, before any work) when the
+/// summary is missing, was written with another base or other seeds, or a kept contender is absent
+/// from it, ran with another entry, or its checkpoint's content changed since (every group records
+/// its checkpoint's fingerprint, attribute "inputs"; groups written before that are kept with a
+/// warning that their checkpoint is not checked).
 nlohmann::json run_compare(const nlohmann::json& spec, ProgressMode progress = ProgressMode::automatic,
-                           bool fresh = false);
+                           bool fresh = false, const std::vector<std::string>& only = {});
+
+/// The contenders whose rows run_compare(spec, ..., only) keeps from the existing summary, after
+/// every check it makes (UsageError otherwise); empty when `only` is empty or names them all.
+std::vector<std::string> compare_carry_over(const nlohmann::json& spec, const std::vector<std::string>& only);
 
 }  // namespace lopt

@@ -130,6 +130,15 @@ void H5Writer::attr(const std::string& name, int64_t value, const std::string& o
   });
 }
 
+void H5Writer::copy_group(const std::string& src_path, const std::string& src_group, const std::string& name) {
+  h5_call(src_path, "copying group " + src_group + " into " + path_, [&] {
+    H5::H5File src(src_path, H5F_ACC_RDONLY);
+    if (H5Ocopy(src.getId(), src_group.c_str(), impl_->file->getId(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT) < 0)
+      throw H5::GroupIException("H5Ocopy", "cannot copy the group");
+    return 0;
+  });
+}
+
 void H5Writer::commit() {
   std::string image;
   h5_call(path_, "finishing the file", [&] {
@@ -147,12 +156,13 @@ void H5Writer::commit() {
   committed_ = true;
 }
 
-std::string h5_read_string_attr(const std::string& path, const std::string& name) {
+std::string h5_read_string_attr(const std::string& path, const std::string& name, const std::string& object) {
   H5::Exception::dontPrint();
-  return h5_call(path, "reading attribute " + name, [&] {
+  return h5_call(path, "reading attribute " + name + (object == "/" ? std::string() : " of " + object), [&] {
     H5::H5File f(path, H5F_ACC_RDONLY);
-    if (!f.attrExists(name)) return std::string();
-    auto a = f.openAttribute(name);
+    H5::Group g = f.openGroup(object);
+    if (!g.attrExists(name)) return std::string();
+    auto a = g.openAttribute(name);
     std::string out;
     a.read(a.getStrType(), out);
     return out;

@@ -25,6 +25,9 @@ class H5Writer {
   void attr(const std::string& name, const std::string& value, const std::string& object = "/");
   void attr(const std::string& name, double value, const std::string& object = "/");
   void attr(const std::string& name, int64_t value, const std::string& object = "/");
+  /// Copies group `src_group` of the HDF5 file `src_path` (its datasets and attributes) to `name`
+  /// here; `src_path` must not be this writer's own path (copy that file aside first).
+  void copy_group(const std::string& src_path, const std::string& src_group, const std::string& name);
   /// Closes the file and renames it into place.
   void commit();
 
@@ -35,8 +38,9 @@ class H5Writer {
   bool committed_ = false;
 };
 
-/// Reads a string attribute from the root group of an HDF5 file (empty string when absent).
-std::string h5_read_string_attr(const std::string& path, const std::string& name);
+/// Reads a string attribute from the root group of an HDF5 file, or from the group `object` (empty
+/// string when absent).
+std::string h5_read_string_attr(const std::string& path, const std::string& name, const std::string& object = "/");
 /// The machine a result was computed on, for its file's "machine" attribute: CPU model (from
 /// /proc/cpuinfo), logical cores, LibTorch intra-op threads, e.g. "AMD EPYC 9B14, 2 cores, 1 thread".
 std::string machine_description();

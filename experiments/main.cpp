@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <boost/program_options.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <tuple>
@@ -298,11 +299,15 @@ int cmd_compare(int argc, char** argv) {
   Common c;
   RunFolderOptions f;
   std::string png, device;
+  std::vector<std::string> only;
   bool dry_run = false;
   auto desc = common_options(c);
   f.add(desc);
   add_device_option(desc, device);
   desc.add_options()("png", po::value(&png), "draw the comparison to this PNG")(
+      "only", po::value(&only)->composing(),
+      "run only this contender (repeat for more) and keep the others' rows from the existing summary, which is "
+      "rewritten with all of them: adds a contender to a finished comparison")(
       "dry-run", po::bool_switch(&dry_run), "validate and list the runs known before tuning, without training");
   po::variables_map vm;
   if (!parse(argc, argv, desc, "usage: lopt compare --config FILE [--set base.steps=100 ...] [options]", vm)) return 0;
@@ -312,6 +317,16 @@ int cmd_compare(int argc, char** argv) {
   f.apply(cfg);
   apply_device(cfg, device, "base.device");
   auto runs = lopt::expand_compare(cfg);
+  // --only: every check against the existing summary before any work (dry run included).
+  for (const auto& name : lopt::compare_carry_over(cfg, only))
+    std::printf("compare: %s keeps its row from the summary (--only)\n", name.c_str());
+  if (!only.empty())  // the kept contenders run nothing
+    runs.erase(std::remove_if(runs.begin(), runs.end(),
+                              [&](const lopt::CompareRun& r) {
+                                const std::string name = cfg["contenders"][r.contender]["name"];
+                                return std::find(only.begin(), only.end(), name) == only.end();
+                              }),
+               runs.end());
   std::printf("compare: %zu runs before any grid extension (tuning runs, then the report runs of the chosen configs)\n",
               runs.size());
   if (dry_run) {
@@ -324,7 +339,7 @@ int cmd_compare(int argc, char** argv) {
   std::unique_ptr<lopt::OutputLock> summary_lock;
   if (const std::string summary = cfg.value("summary", cfg["output_dir"].get<std::string>() + ".h5"); !summary.empty())
     summary_lock = std::make_unique<lopt::OutputLock>(summary + ".lock", "the comparison summary " + summary);
-  auto rows = lopt::run_compare(cfg, mode(c), f.fresh);
+  auto rows = lopt::run_compare(cfg, mode(c), f.fresh, only);
   auto num = [](const json& v, const char* fmt) {
     if (v.is_null()) return std::string("-");
     char buf[64];

@@ -103,6 +103,78 @@ TEST(Compare, ReusesExactlyTheRunsWhoseConfigAndInputsAreUnchanged) {
   EXPECT_EQ(reused(dir.path()), 0);
 }
 
+// --only adds a contender to a finished comparison without the others' run files: their rows and
+// groups are kept from the summary, which is refused when it no longer describes them.
+TEST(Compare, OnlyRunsTheNamedContendersAndKeepsTheOthersRows) {
+  lopt_test::TempDir dir;
+  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}});
+  auto gen = lopt::make_generator(3);
+  lo->save(dir.path("theta.safetensors"), lo->init_theta(gen));
+  auto s = spec(dir.path());
+  s["contenders"][1]["optimizer"]["checkpoint"] = dir.path("theta.safetensors");
+  const auto before = lopt::run_compare(s, lopt::ProgressMode::quiet);
+  const auto tune_score = lopt::h5_read_doubles(dir.path("compare.h5"), "c0/tune_score");
+  EXPECT_EQ(lopt::h5_read_string_attr(dir.path("compare.h5"), "inputs", "c0"), "");  // no checkpoint
+  EXPECT_EQ(lopt::h5_read_string_attr(dir.path("compare.h5"), "inputs", "c1").size(), 16u);
+  // The run files are gone (another machine); a third contender is added in front and run alone.
+  std::filesystem::remove_all(dir.path("runs"));
+  auto s2 = s;
+  s2["contenders"] = json::array({{{"name", "muLO2"}, {"optimizer", {{"type", "mulo"}, {"theta_seed", 4}}}},
+                                  s["contenders"][0], s["contenders"][1]});
+  EXPECT_EQ(lopt::compare_carry_over(s2, {"muLO2"}), (std::vector<std::string>{"SGD", "muLO"}));
+  const auto rows = lopt::run_compare(s2, lopt::ProgressMode::quiet, false, {"muLO2"});
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(lopt_test::h5_int_attr(dir.path("compare.h5"), "runs"), 2);  // muLO2's two report runs
+  EXPECT_FALSE(std::filesystem::exists(dir.path("runs/SGD_tune0_seed1.h5")));
+  EXPECT_TRUE(std::filesystem::exists(dir.path("runs/muLO2_seed5.h5")));
+  for (size_t k = 0; k < 2; ++k) {
+    auto kept = rows[k + 1];
+    EXPECT_TRUE(kept.value("carried_over", false));
+    kept.erase("carried_over");
+    EXPECT_EQ(kept, before[k]);
+  }
+  EXPECT_FALSE(rows[0].contains("carried_over"));
+  EXPECT_EQ(lopt::h5_read_string_attr(dir.path("compare.h5"), "name", "c1"), "SGD");
+  EXPECT_EQ(lopt::h5_read_doubles(dir.path("compare.h5"), "c1/tune_score"), tune_score);
+  EXPECT_EQ(lopt::h5_read_doubles(dir.path("compare.h5"), "c2/final_train_loss"),
+            (std::vector<double>{before[1]["final_train_loss"][0], before[1]["final_train_loss"][1]}));
+  EXPECT_EQ(json::parse(lopt::h5_read_string_attr(dir.path("compare.h5"), "carried_over")), json({"SGD", "muLO"}));
+  EXPECT_FALSE(std::filesystem::exists(dir.path("compare.h5.carry.tmp")));
+  // Kept again on a second merge (the kept groups keep their fingerprints).
+  EXPECT_EQ(lopt::compare_carry_over(s2, {"muLO2"}).size(), 2u);
+
+  auto expect_refused = [&](const json& c, const std::vector<std::string>& only, const std::string& part) {
+    try {
+      lopt::compare_carry_over(c, only);
+      ADD_FAILURE() << "accepted; expected: " << part;
+    } catch (const lopt::UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  expect_refused(s2, {"Muon"}, "--only Muon: the comparison has no contender of that name (it has muLO2, SGD, muLO)");
+  auto c = s2;
+  c["base"]["steps"] = 31;
+  expect_refused(c, {"muLO2"}, "another comparison (/base/steps: 30 there, 31 now)");
+  c = s2;
+  c["seeds"] = {5, 7};
+  expect_refused(c, {"muLO2"}, "/seeds/1: 6 there, 7 now");
+  c = s2;
+  c["contenders"][1]["lr_grid"] = {1e-5, 1e-1};
+  expect_refused(c, {"muLO2"}, "SGD ran with another config in " + dir.path("compare.h5"));
+  expect_refused(c, {"muLO2"}, "add --only SGD to run it");
+  EXPECT_TRUE(lopt::compare_carry_over(c, {"muLO2", "SGD"}) == std::vector<std::string>{"muLO"});
+  c = s2;
+  c["contenders"].push_back({{"name", "muLO3"}, {"optimizer", {{"type", "mulo"}}}});
+  expect_refused(c, {"muLO2"}, "muLO3 has no row in");
+  lo->save(dir.path("theta.safetensors"), lo->init_theta(gen));
+  expect_refused(s2, {"muLO2"}, "muLO's checkpoint changed since");
+  c = s2;
+  c["summary"] = dir.path("none.h5");
+  expect_refused(c, {"muLO2"}, "does not exist");
+  // Naming every contender is a plain comparison: nothing is kept, no summary needed.
+  EXPECT_TRUE(lopt::compare_carry_over(c, {"muLO2", "SGD", "muLO"}).empty());
+}
+
 // A best LR on the edge of the grid extends the grid until it is inside (or 4 extensions).
 TEST(Compare, ExtendsTheGridWhenTheBestLrIsOnItsEdge) {
   lopt_test::TempDir dir;
