@@ -14,6 +14,8 @@ Two steps around `lopt compare` (which runs, tunes, reuses finished runs and res
       --min-step N leaves out snapshots before outer step N; --max-step N ends the curve at the
       snapshot of step N (tuned there too) instead of freezing the latest theta.
   build/lopt compare --config CURVE.json --threads 1
+      (when CURVE.h5 exists, config also prints the `--only` command that runs just the contenders it
+      lacks and keeps its other rows: new snapshots added on a machine without the old runs)
   meta_curve.py plot --summary CURVE.h5 --meta DIR -o CURVE.png
       draws mean final training loss (± std over the held-out seeds) against inner steps of
       meta-training, baselines as lines, and prints the table (markdown).
@@ -192,7 +194,22 @@ def make_config(a):
     os.replace(tmp, a.out)
     print("meta_curve: %d learned contenders (%s) + %d baselines -> %s" %
           (len(contenders), ", ".join(c["name"] for c in contenders), len(ev["baselines"]), a.out))
+    new = summary_newcomers(cfg)
+    if new:  # their run files may be gone (another machine): compare --only runs just these
+        print("meta_curve: not in %s yet: %s; to run only those and keep the other rows:\n  build/lopt compare --config %s %s "
+              "--threads 1" % (cfg["summary"], ", ".join(new), a.out, " ".join("--only " + n for n in new)))
     return 0
+
+
+def summary_newcomers(cfg):
+    """Contenders of a compare config that its existing summary has no row for ([] without a summary)."""
+    if not os.path.exists(cfg["summary"]):
+        return []
+    import h5py
+    with h5py.File(cfg["summary"], "r") as f:
+        rows = f.attrs.get("summary")
+    have = {r["name"] for r in json.loads(rows.decode() if isinstance(rows, bytes) else rows)} if rows is not None else set()
+    return [c["name"] for c in cfg["contenders"] if c["name"] not in have]
 
 
 def plot(a):

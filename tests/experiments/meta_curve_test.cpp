@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "common/config.h"
+#include "experiments/h5_writer.h"
 #include "support.h"
 
 namespace {
@@ -140,6 +141,22 @@ TEST(MetaCurve, ConfigFreezesTheLatestThetaAndNamesOnlySnapshots) {
   EXPECT_FALSE(tuneat["contenders"][2]["optimizer"].contains("lr")) << "the grid sets the lr";
   EXPECT_TRUE(tuneat["contenders"][2].contains("lr_grid"));
   EXPECT_EQ(tuneat["contenders"][3]["name"], "celo2@30_tuned");
+  // With its summary written before the tuned points existed, config prints the `compare --only` command
+  // that runs just those and keeps the other rows.
+  {
+    lopt::H5Writer w(dir.path("tuneat.h5"));
+    w.attr("kind", std::string("compare"));
+    w.attr("summary", std::string(R"([{"name": "celo2@10"}, {"name": "celo2@30"}, {"name": "AdamW"}, {"name": "Muon"}])"));
+    w.commit();
+  }
+  ASSERT_EQ(run(script + " config --meta " + meta.string() + " --max-step 30 --tune-at 10 --eval " + eval + " -o " +
+                dir.path("tuneat.json") + " > " + dir.path("log") + " 2>&1"),
+            0)
+      << slurp(dir.path("log"));
+  EXPECT_NE(slurp(dir.path("log")).find("build/lopt compare --config " + dir.path("tuneat.json") +
+                                         " --only celo2@10_tuned --only celo2@30_tuned --threads 1"),
+            std::string::npos)
+      << slurp(dir.path("log"));
   EXPECT_EQ(run(script + " config --meta " + meta.string() + " --max-step 30 --tune-at 20 --eval " + eval + " -o " +
                 dir.path("x.json") + " > " + dir.path("log6") + " 2>&1"),
             2);
