@@ -236,6 +236,7 @@ std::string contender_inputs(const Spec& spec, size_t c) {
 struct Carried {
   size_t old_index = 0;  ///< its group in the old summary: c<old_index>
   nlohmann::json row;    ///< its row of the old summary's "summary" attribute
+  bool inputs_checked = true;  ///< false: a checkpoint, but the old group predates input fingerprints
 };
 
 /// Checks that every contender outside `only` can keep its row of the existing summary, and returns
@@ -256,14 +257,19 @@ std::map<size_t, Carried> plan_carry_over(const Spec& spec, const std::vector<st
   const std::string again = "; run the whole comparison again (without --only)";
   if (!std::filesystem::exists(path))
     throw UsageError("--only: the other contenders' rows come from the summary " + path + ", which does not exist" + again);
-  nlohmann::json old, old_rows;
+  if (h5_read_string_attr(path, "kind") != "compare") throw UsageError("--only: " + path + " is not the summary of a comparison" + again);
+  nlohmann::json old, old_rows, old_contenders;
+  bool readable = true;
   try {
-    if (h5_read_string_attr(path, "kind") != "compare") throw UsageError("--only: " + path + " is not the summary of a comparison" + again);
     old = nlohmann::json::parse(h5_read_string_attr(path, "config"));
     old_rows = nlohmann::json::parse(h5_read_string_attr(path, "summary"));
+    old_contenders = old.at("contenders");
+    for (const auto& list : {old_contenders, old_rows})
+      for (const auto& e : list) readable = readable && e.is_object() && e.contains("name") && e["name"].is_string();
   } catch (const nlohmann::json::exception&) {
-    throw UsageError("--only: " + path + " has no readable config or summary attribute" + again);
+    readable = false;
   }
+  if (!readable) throw UsageError("--only: " + path + " has no readable config or summary attribute" + again);
   // What every row depends on besides its own contender: the task and run (base) and the seeds.
   const nlohmann::json zero = nlohmann::json::array({0}), one_two = nlohmann::json::array({1, 2});
   const std::vector<std::pair<std::string, std::pair<nlohmann::json, nlohmann::json>>> shared = {
@@ -274,7 +280,6 @@ std::map<size_t, Carried> plan_carry_over(const Spec& spec, const std::vector<st
     const std::string d = config_difference(nlohmann::json{{key.substr(1), pair.first}}, nlohmann::json{{key.substr(1), pair.second}});
     if (!d.empty()) throw UsageError("--only: " + path + " was written by another comparison (" + d + ")" + again);
   }
-  const auto& old_contenders = old.at("contenders");
   for (size_t c = 0; c < spec.contenders.size(); ++c) {
     const auto& ct = spec.contenders[c];
     if (run.count(ct.name)) continue;
@@ -286,14 +291,12 @@ std::map<size_t, Carried> plan_carry_over(const Spec& spec, const std::vector<st
     const std::string d = config_difference(old_contenders[k], ct.entry);
     if (!d.empty()) throw UsageError("--only: " + ct.name + " ran with another config in " + path + " (" + d + ")" + add);
     // Its checkpoint must be the one it ran with; summaries written before the fingerprints were
-    // recorded cannot say, which is said aloud.
+    // recorded cannot say (run_compare says so aloud).
     const std::string inputs = contender_inputs(spec, c), recorded = h5_read_string_attr(path, "inputs", "c" + std::to_string(k));
-    if (!inputs.empty() && recorded.empty())
-      std::fprintf(stderr, "compare: warning: %s's row in %s predates input fingerprints: its checkpoint is not checked\n",
-                   ct.name.c_str(), path.c_str());
-    else if (recorded != inputs)
+    const bool unknown = !inputs.empty() && recorded.empty();
+    if (!unknown && recorded != inputs)
       throw UsageError("--only: " + ct.name + "'s checkpoint changed since " + path + " was written" + add);
-    out[c] = {k, old_rows[k]};
+    out[c] = {k, old_rows[k], !unknown};
   }
   return out;
 }
@@ -417,6 +420,8 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
       row["carried_over"] = true;
       result.push_back(row);
       carried_names.push_back(ct.name);
+      std::fprintf(stderr, "compare: %s: row kept from %s (--only)%s\n", ct.name.c_str(), spec.summary.c_str(),
+                   it->second.inputs_checked ? "" : "; warning: its checkpoint is not checked (the row predates input fingerprints)");
       continue;
     }
     w.group(g);

@@ -317,9 +317,6 @@ int cmd_compare(int argc, char** argv) {
   f.apply(cfg);
   apply_device(cfg, device, "base.device");
   auto runs = lopt::expand_compare(cfg);
-  // --only: every check against the existing summary before any work (dry run included).
-  for (const auto& name : lopt::compare_carry_over(cfg, only))
-    std::printf("compare: %s keeps its row from the summary (--only)\n", name.c_str());
   if (!only.empty())  // the kept contenders run nothing
     runs.erase(std::remove_if(runs.begin(), runs.end(),
                               [&](const lopt::CompareRun& r) {
@@ -331,6 +328,8 @@ int cmd_compare(int argc, char** argv) {
               runs.size());
   if (dry_run) {
     for (const auto& r : runs) std::printf("  %s\n", r.config["output"].get<std::string>().c_str());
+    for (const auto& name : lopt::compare_carry_over(cfg, only))  // every --only check, as a real run makes it
+      std::printf("  %s: row kept from the summary\n", name.c_str());
     return 0;
   }
   lopt::OutputLock lock(cfg["output_dir"].get<std::string>() + "/.lopt.lock",
