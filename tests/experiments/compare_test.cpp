@@ -32,6 +32,19 @@ json spec(const std::string& dir) {
           {"summary", dir + "/compare.h5"}};
 }
 int64_t reused(const std::string& dir) { return lopt_test::h5_int_attr(dir + "/compare.h5", "runs_reused"); }
+
+/// spec(dir) whose learned contender (muLO) loads dir/theta.safetensors; retrain() writes another theta there.
+struct SpecWithTheta {
+  explicit SpecWithTheta(const std::string& dir) : path(dir + "/theta.safetensors"), spec_json(spec(dir)) {
+    retrain();
+    spec_json["contenders"][1]["optimizer"]["checkpoint"] = path;
+  }
+  void retrain() { lo->save(path, lo->init_theta(gen)); }
+  std::unique_ptr<lopt::SmallFcLopt> lo = lopt::make_small_fc_lopt({{"type", "mulo"}});
+  at::Generator gen = lopt::make_generator(3);
+  std::string path;
+  json spec_json;
+};
 }  // namespace
 
 // Baselines are tuned (LR x schedule) on the tuning seeds and reported on the others.
@@ -74,11 +87,8 @@ TEST(Compare, TunesOnTuningSeedsAndReportsHeldOutSeeds) {
 // config or its checkpoint's content re-runs exactly that contender's runs.
 TEST(Compare, ReusesExactlyTheRunsWhoseConfigAndInputsAreUnchanged) {
   lopt_test::TempDir dir;
-  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}});
-  auto gen = lopt::make_generator(3);
-  lo->save(dir.path("theta.safetensors"), lo->init_theta(gen));
-  auto s = spec(dir.path());
-  s["contenders"][1]["optimizer"]["checkpoint"] = dir.path("theta.safetensors");
+  SpecWithTheta theta(dir.path());
+  const auto& s = theta.spec_json;
   lopt::run_compare(s, lopt::ProgressMode::quiet);
   const int64_t total = lopt_test::h5_int_attr(dir.path("compare.h5"), "runs");
   EXPECT_EQ(total, 12 + 2 + 2);  // 6 candidates x 2 tuning seeds, 2 report runs each
@@ -91,7 +101,7 @@ TEST(Compare, ReusesExactlyTheRunsWhoseConfigAndInputsAreUnchanged) {
   lopt::run_compare(s2, lopt::ProgressMode::quiet);
   EXPECT_EQ(reused(dir.path()), total - 2);
   // Same path, new theta: its 2 report runs again.
-  lo->save(dir.path("theta.safetensors"), lo->init_theta(gen));
+  theta.retrain();
   lopt::run_compare(s2, lopt::ProgressMode::quiet);
   EXPECT_EQ(reused(dir.path()), total - 2);
   // A longer run changes every config; --fresh ignores old files.
@@ -107,11 +117,8 @@ TEST(Compare, ReusesExactlyTheRunsWhoseConfigAndInputsAreUnchanged) {
 // groups are kept from the summary, which is refused when it no longer describes them.
 TEST(Compare, OnlyRunsTheNamedContendersAndKeepsTheOthersRows) {
   lopt_test::TempDir dir;
-  auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}});
-  auto gen = lopt::make_generator(3);
-  lo->save(dir.path("theta.safetensors"), lo->init_theta(gen));
-  auto s = spec(dir.path());
-  s["contenders"][1]["optimizer"]["checkpoint"] = dir.path("theta.safetensors");
+  SpecWithTheta theta(dir.path());
+  const auto& s = theta.spec_json;
   const auto before = lopt::run_compare(s, lopt::ProgressMode::quiet);
   const auto tune_score = lopt::h5_read_doubles(dir.path("compare.h5"), "c0/tune_score");
   EXPECT_EQ(lopt::h5_read_string_attr(dir.path("compare.h5"), "inputs", "c0"), "");  // no checkpoint
@@ -166,7 +173,7 @@ TEST(Compare, OnlyRunsTheNamedContendersAndKeepsTheOthersRows) {
   c = s2;
   c["contenders"].push_back({{"name", "muLO3"}, {"optimizer", {{"type", "mulo"}}}});
   expect_refused(c, {"muLO2"}, "muLO3 has no row in");
-  lo->save(dir.path("theta.safetensors"), lo->init_theta(gen));
+  theta.retrain();
   expect_refused(s2, {"muLO2"}, "muLO's checkpoint changed since");
   c = s2;
   c["summary"] = dir.path("none.h5");
