@@ -1,8 +1,10 @@
 #include "meta/truncated_step.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/config.h"
@@ -212,6 +214,25 @@ UnrollOut LoptTruncatedStep::step_local_sgd(const std::vector<torch::Tensor>& th
   return out;
 }
 
+namespace {
+/// The members of one population group split into at most `parts` chunks of whole task slots (an
+/// antithetic pair stays together and shares its batch), each chunk in the group's member order.
+std::vector<std::vector<size_t>> chunk_by_slot(const std::vector<size_t>& members, const std::vector<int64_t>& tasks,
+                                               int64_t parts) {
+  std::vector<int64_t> slots;
+  for (size_t m : members) slots.push_back(tasks[m]);
+  std::sort(slots.begin(), slots.end());
+  slots.erase(std::unique(slots.begin(), slots.end()), slots.end());
+  const int64_t S = static_cast<int64_t>(slots.size()), n = std::min<int64_t>(parts, S);
+  std::vector<std::vector<size_t>> chunks(static_cast<size_t>(std::max<int64_t>(n, 1)));
+  for (size_t m : members) {
+    const int64_t rank = std::lower_bound(slots.begin(), slots.end(), tasks[m]) - slots.begin();
+    chunks[static_cast<size_t>(rank * n / S)].push_back(m);
+  }
+  return chunks;
+}
+}  // namespace
+
 UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, const std::vector<InnerState*>& states,
                                   const std::vector<int64_t>& tasks, uint64_t seed, bool differentiable) {
   if (!config_.local_sgd.is_null()) {
@@ -222,15 +243,28 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
   UnrollOut out;
   std::vector<torch::Tensor> losses(M);  // differentiable path
   std::vector<double> loss_value(M, 0.0), mask(M, 0.0);
+  std::vector<uint8_t> done(M, 0);  // written per member from worker threads (vector<bool> is not)
   const auto groups = reset_and_group(thetas, states, tasks, seed, out, true);
+  // Every member's task and bound optimizer, looked up here: both caches change on lookup, so the
+  // members' work below (possibly on several threads) only reads these.
+  std::vector<const Task*> task_of(M, nullptr);
+  std::vector<const Optimizer*> opt_of(M, nullptr);
+  for (const auto& [key, members] : groups)
+    for (size_t m : members) {
+      task_of[m] = cached(*states[m]).task.get();
+      opt_of[m] = &bound(thetas[m]);
+    }
 
-  std::vector<PopulationMember> population;
-  for (const auto& [key, members] : groups) {
+  // One inner step for `members` (all of one population group): their loss and gradients as one
+  // stacked computation, then their updates — made here when differentiable, otherwise appended
+  // to `population` for one population step.
+  const auto run_members = [&](const std::vector<size_t>& members, std::vector<PopulationMember>& population,
+                               int64_t& nonfinite) {
     // The group's members share a population key (Task::population_key): they may differ in their
     // data (each draws its batch from its own task) and in a global reparameterisation scale (the
     // loss is the unscaled task's at w * s, the gradient s times that), not in the computation.
     // One member at a time (no population batching) takes its own task, reparameterisation included.
-    const Task& first_task = *cached(*states[members.front()]).task;
+    const Task& first_task = *task_of[members.front()];
     const Task& t = config_.population ? first_task.unscaled() : first_task;
     // One batch per task slot: antithetic copies share it.
     std::map<std::pair<int64_t, const Task*>, Batch> batches;
@@ -238,7 +272,7 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
     std::vector<double> scales;
     bool rescale = false;
     for (size_t m : members) {
-      const Task& tm = *cached(*states[m]).task;
+      const Task& tm = *task_of[m];
       scales.push_back(config_.population ? tm.reparam_scale() : 1.0);
       rescale = rescale || scales.back() != 1.0;
       const std::pair<int64_t, const Task*> slot{tasks[m], &tm};
@@ -288,21 +322,19 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
       group_loss = parallel_population_loss_and_grads(t, first, scaled_params(), stacked_batch, &grads);
       for (size_t k = 0; k < scale_views.size(); ++k) grads[k].mul_(scale_views[k]);
     }
-    out.nonfinite += (~torch::isfinite(group_loss.detach())).sum().item<int64_t>();
+    nonfinite += (~torch::isfinite(group_loss.detach())).sum().item<int64_t>();
     auto norm_loss = t.normalizer(differentiable ? group_loss : group_loss.detach());
     std::vector<double> norm_value;
     if (!differentiable) {
       auto nv = norm_loss.to(torch::kFloat64).contiguous();
       norm_value.assign(nv.data_ptr<double>(), nv.data_ptr<double>() + nv.numel());
     }
-    // The inner updates: differentiable one member at a time, otherwise collected so that every
-    // member of every group (each with its own theta) takes one population step below.
     for (size_t j = 0; j < members.size(); ++j) {
       const size_t m = members[j];
       InnerState& s = *states[m];
       std::vector<torch::Tensor> g;
       for (auto& gk : grads) g.push_back(gk[static_cast<int64_t>(j)]);
-      const Optimizer* opt = &bound(thetas[m]);
+      const Optimizer* opt = opt_of[m];
       if (differentiable) {
         s.opt = opt->update(s.opt, g, group_loss[static_cast<int64_t>(j)]);
       } else {
@@ -313,13 +345,40 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
       if (!differentiable) loss_value[m] = norm_value[j];
       mask[m] = 1.0;
       s.inner_step += 1;
-      out.done[m] = s.inner_step >= s.length;
+      done[m] = s.inner_step >= s.length;
+    }
+  };
+
+  const int64_t threads = at::get_num_threads();
+  if (!differentiable && config_.population && threads > 1 && !at::in_parallel_region()) {
+    // Several threads: each takes whole task slots of a group and runs their step end to end —
+    // loss, gradients and the population update — so the bookkeeping around the arithmetic runs
+    // in parallel too. Every member's arithmetic is the one it gets on one thread.
+    std::vector<std::vector<size_t>> chunks;
+    for (const auto& [key, members] : groups)
+      for (auto& c : chunk_by_slot(members, tasks, threads))
+        if (!c.empty()) chunks.push_back(std::move(c));
+    std::vector<int64_t> chunk_nonfinite(chunks.size(), 0);
+    const at::ThreadLocalState tls;  // grad mode and the rest of this thread's state, for the workers
+    parallel_items(static_cast<int64_t>(chunks.size()), [&](int64_t c) {
+      at::ThreadLocalStateGuard guard(tls);
+      std::vector<PopulationMember> population;
+      run_members(chunks[static_cast<size_t>(c)], population, chunk_nonfinite[static_cast<size_t>(c)]);
+      torch::NoGradGuard no_grad;
+      population.front().opt->update_many_(population);
+    });
+    for (int64_t n : chunk_nonfinite) out.nonfinite += n;
+  } else {
+    // The inner updates: differentiable one member at a time, otherwise collected so that every
+    // member of every group (each with its own theta) takes one population step below.
+    std::vector<PopulationMember> population;
+    for (const auto& [key, members] : groups) run_members(members, population, out.nonfinite);
+    if (!population.empty()) {
+      torch::NoGradGuard no_grad;
+      population.front().opt->update_many_(population);
     }
   }
-  if (!population.empty()) {
-    torch::NoGradGuard no_grad;
-    population.front().opt->update_many_(population);
-  }
+  for (size_t m = 0; m < M; ++m) out.done[m] = done[m] != 0;
   if (differentiable) {
     auto zero = torch::zeros({}, torch::kFloat32);
     for (auto& l : losses)

@@ -19,7 +19,8 @@ void register_builtin_tasks();  // tasks/builtin_tasks.cpp
 torch::Tensor parallel_population_loss_and_grads(const Task& t, const ParamSet& like, const std::vector<torch::Tensor>& stacked,
                                                  const Batch& batch, std::vector<torch::Tensor>* grads) {
   const int64_t P = stacked.front().size(0);
-  const int64_t T = std::min<int64_t>(at::get_num_threads(), P);
+  // Inside a parallel region (e.g. one thread's share of a population step) the work stays whole.
+  const int64_t T = at::in_parallel_region() ? 1 : std::min<int64_t>(at::get_num_threads(), P);
   if (T <= 1) return t.population_loss_and_grads(like.with_tensors(stacked), batch, grads);
   std::vector<torch::Tensor> losses(static_cast<size_t>(T));
   std::vector<std::vector<torch::Tensor>> parts(static_cast<size_t>(T));

@@ -110,7 +110,21 @@ torch::Tensor images_to_float(const torch::Tensor& u8, const std::string& path, 
   }
   return x.reshape({x.size(0), -1}).contiguous();
 }
+
 }  // namespace
+
+std::pair<float, float> pixel_moments(const torch::Tensor& x) {
+  const auto c = x.to(torch::kFloat32).contiguous();
+  const float* p = c.data_ptr<float>();
+  const int64_t n = c.numel();
+  if (n < 2) return {n == 1 ? p[0] : 0.0f, 0.0f};
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += p[i];
+  const double mean = sum / static_cast<double>(n);
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += (p[i] - mean) * (p[i] - mean);
+  return {static_cast<float>(mean), static_cast<float>(std::sqrt(ss / static_cast<double>(n - 1)))};
+}
 
 std::shared_ptr<const ImageDataset> load_fashion_mnist(const std::string& dir, int64_t image_size) {
   if (image_size < 1 || image_size > 28)
@@ -145,8 +159,7 @@ std::shared_ptr<const ImageDataset> load_fashion_mnist(const std::string& dir, i
     ys[s] = labels.to(torch::kInt64);
   }
   if (xs[0].size(1) != xs[1].size(1)) throw IoError(dir, "train and test images have different sizes", kPackageHint);
-  auto mean = xs[0].mean().item<float>();
-  auto stdv = xs[0].std().item<float>();
+  auto [mean, stdv] = pixel_moments(xs[0]);
   if (!(stdv > 0)) stdv = 1.0f;
   ds->train_x = xs[0].sub_(mean).div_(stdv);
   ds->test_x = xs[1].sub_(mean).div_(stdv);
@@ -237,8 +250,7 @@ std::shared_ptr<const ImageDataset> load_digits(const std::string& path) {
   ds->image_size = 8;
   ds->num_classes = 10;
   auto train = x.slice(0, 0, kTrain);
-  const float mean = train.mean().item<float>();
-  float stdv = train.std().item<float>();
+  auto [mean, stdv] = pixel_moments(train);
   if (!(stdv > 0)) stdv = 1.0f;
   ds->train_x = train.sub(mean).div_(stdv).contiguous();
   ds->test_x = x.slice(0, kTrain).sub(mean).div_(stdv).contiguous();

@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tasks/data/data_source.h"
@@ -69,6 +70,12 @@ std::string default_fashion_mnist_dir();
 /// Reads one IDX file (gzip-compressed or plain). Returns a uint8 tensor with the file's
 /// dimensions. Throws IoError naming the path for missing, truncated, wrong-magic files.
 torch::Tensor read_idx_file(const std::string& path);
+
+/// Mean and unbiased standard deviation of every element of `x` (as float), summed in float64 in
+/// one fixed order: the same values whatever the number of intra-op threads. (LibTorch's parallel
+/// float reductions split the sum by thread count, so standardising with them moved normalised
+/// pixels by an ulp between --threads 1 and 2 and made meta-training depend on the thread count.)
+std::pair<float, float> pixel_moments(const torch::Tensor& x);
 
 /// Loads Fashion-MNIST from `dir` (train-images-idx3-ubyte[.gz], ...), scales pixels to [0,1],
 /// standardises with the training split's mean and std, and area-downsamples to

@@ -2,6 +2,7 @@
 // antithetic members, staggered starts; MLP population loss equals the per-member loss.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <set>
@@ -191,6 +192,79 @@ TEST(LoptTruncatedStep, StackedReparamScalesMatchOneMemberAtATime) {
       for (size_t i = 0; i < a[k].opt.params.size(); ++i)
         EXPECT_LT(lopt_test::max_rel_error(a[k].opt.params.tensors[i], b[k].opt.params.tensors[i], 1e-6), 1e-5)
             << lopt_type << " member " << k << " tensor " << i;
+  }
+}
+
+TEST(LoptTruncatedStep, ThreadsSplitThePopulationWithoutChangingAnyMember) {
+  // Several intra-op threads run whole task slots of the population step each (loss, gradients,
+  // update); every member's state, loss, mask and reset must be bit for bit the one-thread step's.
+  // Two population groups (widths 8 and 16), per-task reparameterisation scales, antithetic pairs
+  // (shared slot and batch, +/- theta) and episodes of 3 steps, so resets happen on the way.
+  struct Threads {
+    int before = at::get_num_threads();
+    explicit Threads(int n) { at::set_num_threads(n); }
+    ~Threads() { at::set_num_threads(before); }
+  };
+  for (const char* lopt_type : {"celo2", "celo2_base", "mulo"}) {
+    auto sc = step_config(3);
+    sc.task_family["reparam_scale_range"] = {1e-2, 1e2};
+    sc.lopt = {{"type", lopt_type}};
+    sc.num_tasks = 6;
+    lopt::LoptTruncatedStep one(sc), many(sc);
+    auto gen = lopt::make_generator(9);
+    auto theta = one.learned_optimizer().init_theta(gen);
+    std::vector<torch::Tensor> thetas;
+    std::vector<lopt::InnerState> a, b;
+    std::vector<int64_t> tasks;
+    for (int64_t k = 0; k < 6; ++k) {
+      const auto eps = 0.01 * torch::randn(theta.sizes(), gen);
+      a.push_back(one.init_state(theta + eps, k, 70 + static_cast<uint64_t>(k), true));
+      a.push_back(a.back().clone());
+      thetas.push_back(theta + eps);
+      thetas.push_back(theta - eps);
+      tasks.insert(tasks.end(), {k, k});
+    }
+    for (const auto& s : a) b.push_back(s.clone());
+    std::vector<lopt::InnerState*> pa, pb;
+    for (size_t k = 0; k < a.size(); ++k) {
+      pa.push_back(&a[k]);
+      pb.push_back(&b[k]);
+    }
+    int resets = 0;
+    for (int t = 0; t < 5; ++t) {
+      const int n = 2 + t % 2;  // 2 and 3 threads: chunks of equal and unequal size
+      lopt::UnrollOut oa, ob;
+      {
+        Threads single(1);
+        oa = one.step(thetas, pa, tasks, 30 + t, false);
+      }
+      {
+        Threads several(n);
+        ob = many.step(thetas, pb, tasks, 30 + t, false);
+      }
+      EXPECT_TRUE(torch::equal(oa.loss, ob.loss)) << lopt_type << " step " << t;
+      EXPECT_TRUE(torch::equal(oa.mask, ob.mask)) << lopt_type << " step " << t;
+      EXPECT_EQ(oa.done, ob.done) << lopt_type << " step " << t;
+      EXPECT_EQ(oa.was_reset, ob.was_reset) << lopt_type << " step " << t;
+      for (bool r : oa.was_reset) resets += r;
+      for (size_t k = 0; k < a.size(); ++k) {
+        ASSERT_EQ(a[k].task, b[k].task);
+        EXPECT_EQ(a[k].inner_step, b[k].inner_step);
+        EXPECT_EQ(a[k].opt.step, b[k].opt.step);
+        for (size_t i = 0; i < a[k].opt.params.size(); ++i)
+          EXPECT_TRUE(torch::equal(a[k].opt.params.tensors[i], b[k].opt.params.tensors[i]))
+              << lopt_type << " step " << t << " member " << k << " tensor " << i;
+        for (const auto& [name, v] : a[k].opt.slots)
+          for (size_t i = 0; i < v.size(); ++i)
+            if (v[i].defined()) {
+              EXPECT_TRUE(torch::equal(v[i], b[k].opt.slots.at(name)[i])) << lopt_type << " slot " << name;
+            }
+      }
+    }
+    EXPECT_GT(resets, 0) << "the episodes must end and reset within the test";
+    std::set<std::string> keys;
+    for (const auto& s : a) keys.insert(one.task(s.task).population_key().dump());
+    EXPECT_EQ(keys.size(), 2u) << "both widths sampled: two population groups";
   }
 }
 

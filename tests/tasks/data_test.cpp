@@ -1,9 +1,12 @@
 #include "tasks/data/image_dataset.h"
 
 #include <gtest/gtest.h>
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
 
 #include <zlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -65,6 +68,27 @@ TEST(FashionMnist, LoadsNormalisesAndDownsamples) {
     auto full_mean = ds->train_x.mean(1), small_mean = small->train_x.mean(1);
     EXPECT_LT((full_mean - small_mean).abs().max().item<double>(), 0.05) << "size " << s;
   }
+}
+
+// Standardisation statistics: float64 in one fixed order (the float64 mean and std as reference),
+// and the same at any intra-op thread count. A large tensor makes LibTorch's own float reductions
+// split their sums across threads, as they did on Fashion-MNIST's 3.8M training pixels.
+TEST(ImageDataset, PixelMomentsAreFloat64AndIndependentOfThreads) {
+  auto gen = lopt::make_generator(3);
+  const auto x = torch::rand({60000, 64}, gen) * 2.5f + 0.3f;
+  const int before = at::get_num_threads();
+  at::set_num_threads(1);
+  const auto one = lopt::pixel_moments(x);
+  at::set_num_threads(2);
+  const auto two = lopt::pixel_moments(x);
+  at::set_num_threads(before);
+  EXPECT_EQ(one, two);
+  const auto x64 = x.to(torch::kFloat64);
+  EXPECT_EQ(one.first, static_cast<float>(x64.mean().item<double>()));
+  EXPECT_NEAR(one.second, x64.std().item<double>(), 1e-7 * x64.std().item<double>());
+  const auto tiny = lopt::pixel_moments(torch::tensor({1.0f, 3.0f}));
+  EXPECT_FLOAT_EQ(tiny.first, 2.0f);
+  EXPECT_FLOAT_EQ(tiny.second, std::sqrt(2.0f));
 }
 
 TEST(FashionMnist, PlainFilesAndInconsistentCounts) {
@@ -173,7 +197,9 @@ TEST(FashionMnist, StandInsPermutePixelsOrClasses) {
   std::map<int64_t, int64_t> map;
   for (int64_t i = 0; i < b.train_y.size(0); ++i) {
     const auto from = b.train_y[i].item<int64_t>(), to = c.train_y[i].item<int64_t>();
-    if (map.count(from)) EXPECT_EQ(map[from], to);
+    if (map.count(from)) {
+      EXPECT_EQ(map[from], to);
+    }
     map[from] = to;
   }
   std::set<int64_t> images;
