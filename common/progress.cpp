@@ -20,8 +20,12 @@ std::string format_duration(double s) {
   return buf;
 }
 
-Progress::Progress(int64_t total, std::string label, ProgressMode mode, int64_t already_done)
-    : total_(total < 1 ? 1 : total), already_done_(already_done), label_(std::move(label)), mode_(mode) {
+Progress::Progress(int64_t total, std::string label, ProgressMode mode, int64_t already_done, double line_interval_s)
+    : total_(total < 1 ? 1 : total),
+      already_done_(already_done),
+      label_(std::move(label)),
+      mode_(mode),
+      line_interval_s_(line_interval_s) {
   if (mode_ == ProgressMode::automatic) mode_ = isatty(STDERR_FILENO) ? ProgressMode::bar : ProgressMode::lines;
   start_ = last_draw_ = std::chrono::steady_clock::now();
 }
@@ -38,9 +42,11 @@ void Progress::update(int64_t done, const std::string& status) {
     last_draw_ = now;
     draw(done, status, false);
   } else {
-    int64_t decile = done * 10 / total_;
-    if (decile == last_line_decile_) return;
+    const int64_t decile = done * 10 / total_;
+    const bool due = std::chrono::duration<double>(now - last_draw_).count() >= line_interval_s_;
+    if (decile == last_line_decile_ && !due) return;
     last_line_decile_ = decile;
+    last_draw_ = now;
     draw(done, status, false);
   }
 }
