@@ -350,7 +350,9 @@ UnrollOut LoptTruncatedStep::step(const std::vector<torch::Tensor>& thetas, cons
   };
 
   const int64_t threads = at::get_num_threads();
-  if (!differentiable && config_.population && threads > 1 && !at::in_parallel_region()) {
+  // CPU only: on a GPU the kernels of one stream run in turn whatever the number of host threads.
+  const bool on_cpu = M > 0 && !states.front()->opt.params.tensors.empty() && states.front()->opt.params.tensors.front().is_cpu();
+  if (!differentiable && config_.population && on_cpu && threads > 1 && !at::in_parallel_region()) {
     // Several threads: each takes whole task slots of a group and runs their step end to end —
     // loss, gradients and the population update — so the bookkeeping around the arithmetic runs
     // in parallel too. Every member's arithmetic is the one it gets on one thread.
