@@ -110,7 +110,6 @@ torch::Tensor images_to_float(const torch::Tensor& u8, const std::string& path, 
   }
   return x.reshape({x.size(0), -1}).contiguous();
 }
-
 }  // namespace
 
 std::pair<float, float> pixel_moments(const torch::Tensor& x) {
