@@ -13,6 +13,7 @@
 #include "common/json_diff.h"
 #include "experiments/h5_writer.h"
 #include "experiments/train.h"
+#include "experiments/train_jobs.h"
 
 namespace lopt {
 
@@ -366,7 +367,8 @@ std::vector<std::string> compare_carry_over(const nlohmann::json& spec_json, con
   return out;
 }
 
-nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progress, bool fresh, const std::vector<std::string>& only) {
+nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progress, bool fresh, const std::vector<std::string>& only,
+                           const TrainJobs& jobs) {
   const auto spec = read_spec(spec_json);
   expand_compare(spec_json);  // every initial config is valid before any work
   const auto carried = plan_carry_over(spec, only);
@@ -388,20 +390,16 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
   for (const auto& u : unequal) std::fprintf(stderr, "compare: warning: unequal tuning: %s\n", u.c_str());
   std::filesystem::create_directories(spec.output_dir);
   int64_t reused = 0, total = 0;
-  // Runs one training unless a finished file of the same config and inputs exists.
-  auto ensure = [&](const nlohmann::json& cfg, const std::string& what) {
-    ++total;
-    const std::string out = cfg["output"];
-    if (!fresh && finished_run_matches(out, cfg)) {
-      ++reused;
-      return;
+  // Runs the trainings of a batch (in child processes with --jobs) except those whose finished file
+  // of the same config and inputs exists.
+  auto ensure_all = [&](const std::vector<PendingRun>& batch) {
+    std::vector<PendingRun> todo;
+    for (const auto& r : batch) {
+      ++total;
+      if (!fresh && finished_run_matches(r.config["output"], r.config)) ++reused;
+      else todo.push_back(r);
     }
-    std::fprintf(stderr, "compare: %s\n", what.c_str());
-    try {
-      run_train(cfg, progress);
-    } catch (const DivergenceError& e) {
-      std::fprintf(stderr, "compare: %s (recorded as diverged, scores +inf)\n", e.what());
-    }
+    train_runs(todo, jobs, "compare", [&](const nlohmann::json& cfg) { run_train(cfg, progress); });
   };
 
   nlohmann::json result = nlohmann::json::array();
@@ -441,16 +439,18 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
       bool at_edge = false;
       size_t best = 0;
       for (;;) {
-        for (size_t k = score.size(); k < cands.size(); ++k) {
-          std::vector<double> losses;
+        std::vector<PendingRun> batch;  // the candidates not scored yet, on every tuning seed
+        for (size_t k = score.size(); k < cands.size(); ++k)
           for (uint64_t seed : spec.tuning_seeds) {
-            auto cfg = run_config(spec, c, &cands[k], seed, tune_file(ct, k, seed));
             char what[200];
             std::snprintf(what, sizeof what, "%s tuning lr %g %s seed %llu", ct.name.c_str(), cands[k].lr,
                           schedule_name(ct.schedules[cands[k].schedule]).c_str(), static_cast<unsigned long long>(seed));
-            ensure(cfg, what);
-            losses.push_back(run_figures(cfg["output"], metric).first);
+            batch.push_back({run_config(spec, c, &cands[k], seed, tune_file(ct, k, seed)), what});
           }
+        ensure_all(batch);
+        for (size_t i = 0; i < batch.size(); i += spec.tuning_seeds.size()) {
+          std::vector<double> losses;
+          for (size_t j = i; j < i + spec.tuning_seeds.size(); ++j) losses.push_back(run_figures(batch[j].config["output"], metric).first);
           score.push_back(mean_std(losses).first);
         }
         best = static_cast<size_t>(std::min_element(score.begin(), score.end()) - score.begin());
@@ -524,15 +524,20 @@ nlohmann::json run_compare(const nlohmann::json& spec_json, ProgressMode progres
     size_t curve_n = 0;
     nlohmann::json chosen_optimizer;
     const bool nothing_chosen = ct.tuned() && chosen_ptr == nullptr;
-    for (uint64_t seed : spec.seeds) {
+    std::vector<PendingRun> reports;
+    if (!nothing_chosen) {
+      for (uint64_t seed : spec.seeds)
+        reports.push_back({run_config(spec, c, chosen_ptr, seed, report_file(ct, seed)), ct.name + " report seed " + std::to_string(seed)});
+      chosen_optimizer = reports.back().config["optimizer"];
+      ensure_all(reports);
+    }
+    for (size_t i = 0; i < spec.seeds.size(); ++i) {
       if (nothing_chosen) {
         finals.push_back(std::numeric_limits<double>::infinity());
         accs.push_back(std::numeric_limits<double>::quiet_NaN());
         continue;
       }
-      auto cfg = run_config(spec, c, chosen_ptr, seed, report_file(ct, seed));
-      chosen_optimizer = cfg["optimizer"];
-      ensure(cfg, ct.name + " report seed " + std::to_string(seed));
+      const auto& cfg = reports[i].config;
       const auto [loss, acc] = run_figures(cfg["output"], metric);
       finals.push_back(loss);
       accs.push_back(acc);

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "common/progress.h"
+#include "experiments/train_jobs.h"
 
 namespace lopt {
 
@@ -80,8 +81,12 @@ std::vector<std::string> tuning_inequalities(const nlohmann::json& spec);
 /// from it, ran with another entry, or its checkpoint's content changed since (every group records
 /// its checkpoint's fingerprint, attribute "inputs"; groups written before that are kept with a
 /// warning that their checkpoint is not checked).
+///
+/// `jobs` (the CLI's --jobs N): the runs of each batch — a contender's tuning candidates on every
+/// tuning seed, a grid extension, its report seeds — train up to N at a time in child processes;
+/// the files, and so the summary, are the ones this process would have written itself.
 nlohmann::json run_compare(const nlohmann::json& spec, ProgressMode progress = ProgressMode::automatic,
-                           bool fresh = false, const std::vector<std::string>& only = {});
+                           bool fresh = false, const std::vector<std::string>& only = {}, const TrainJobs& jobs = {});
 
 /// The contenders whose rows run_compare(spec, ..., only) keeps from the existing summary, after
 /// every check it makes (UsageError otherwise); empty when `only` is empty or names them all.

@@ -222,10 +222,26 @@ int cmd_coord_check(int argc, char** argv) {
 struct RunFolderOptions {
   std::string output_dir, summary;
   bool fresh = false;
+  int jobs = 1;
   void add(po::options_description& d) {
     d.add_options()("output-dir,o", po::value(&output_dir), "folder for the run files (sets \"output_dir\")")(
         "summary", po::value(&summary), "summary HDF5 file (sets \"summary\"; default <output_dir>.h5)")(
-        "fresh", po::bool_switch(&fresh), "re-run every run instead of reusing finished files of the same config");
+        "fresh", po::bool_switch(&fresh), "re-run every run instead of reusing finished files of the same config")(
+        "jobs,j", po::value(&jobs)->default_value(1),
+        "train up to N runs at a time, each in a child process with --threads / N intra-op threads (at least 1); "
+        "the same files as one at a time");
+  }
+  /// After set_threads: --jobs as TrainJobs (the children share this process's intra-op threads).
+  lopt::TrainJobs train_jobs() const {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    if (jobs < 1 || jobs > 4 * cores)
+      throw lopt::UsageError("--jobs " + std::to_string(jobs) + " is out of range: give 1.." + std::to_string(4 * cores) +
+                             " (this machine has " + std::to_string(cores) + " cores)");
+    lopt::TrainJobs t;
+    t.jobs = jobs;
+    t.threads_per_job = std::max(1, at::get_num_threads() / jobs);
+    if (jobs > 1) t.executable = lopt::current_executable();
+    return t;
   }
   void apply(json& cfg) const {
     if (!output_dir.empty()) {
@@ -265,10 +281,12 @@ int cmd_sweep(int argc, char** argv) {
   apply_device(cfg, device, "base.device");
   lopt::SweepOptions o;
   o.fresh = f.fresh;
+  o.jobs = f.train_jobs();
   o.merge = merge;
   o.tune_only = tune_only;
   if (!shard.empty()) std::tie(o.shard, o.shards) = lopt::parse_shard(shard);
-  if (merge && (o.shards > 1 || tune_only || f.fresh)) throw lopt::UsageError("--merge trains nothing: give it without --shard, --tune-only or --fresh");
+  if (merge && (o.shards > 1 || tune_only || f.fresh || f.jobs > 1))
+    throw lopt::UsageError("--merge trains nothing: give it without --shard, --tune-only, --fresh or --jobs");
   auto runs = lopt::expand_sweep(cfg, true);
   std::printf("sweep: %zu runs\n", runs.size());
   if (dry_run) {
@@ -312,6 +330,7 @@ int cmd_compare(int argc, char** argv) {
   po::variables_map vm;
   if (!parse(argc, argv, desc, "usage: lopt compare --config FILE [--set base.steps=100 ...] [options]", vm)) return 0;
   set_threads(c.threads);
+  const auto jobs = f.train_jobs();
   if (c.config.empty()) throw lopt::UsageError("lopt compare needs --config FILE (see experiments/configs/eval_*.json)");
   json cfg = load_config(c, json::object());
   f.apply(cfg);
@@ -338,7 +357,7 @@ int cmd_compare(int argc, char** argv) {
   std::unique_ptr<lopt::OutputLock> summary_lock;
   if (const std::string summary = cfg.value("summary", cfg["output_dir"].get<std::string>() + ".h5"); !summary.empty())
     summary_lock = std::make_unique<lopt::OutputLock>(summary + ".lock", "the comparison summary " + summary);
-  auto rows = lopt::run_compare(cfg, mode(c), f.fresh, only);
+  auto rows = lopt::run_compare(cfg, mode(c), f.fresh, only, jobs);
   auto num = [](const json& v, const char* fmt) {
     if (v.is_null()) return std::string("-");
     char buf[64];

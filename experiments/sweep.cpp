@@ -14,6 +14,7 @@
 #include "experiments/compare.h"
 #include "experiments/h5_writer.h"
 #include "experiments/train.h"
+#include "experiments/train_jobs.h"
 
 namespace lopt {
 
@@ -287,7 +288,7 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, con
   auto spec = read_spec(sweep);
   if (!spec.tune.empty() && !o.merge && o.shards <= 1) {
     std::fprintf(stderr, "sweep: tuning comparison -> %s\n", spec.tune["summary"].get<std::string>().c_str());
-    run_compare(spec.tune, progress, o.fresh);
+    run_compare(spec.tune, progress, o.fresh, {}, o.jobs);
     // Per-point tuning comparisons (an upper bound: each point tuned on its own), once each.
     std::vector<nlohmann::json> per_point;
     expand_sweep(sweep, true, &per_point);
@@ -295,7 +296,7 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, con
     for (const auto& t : per_point) {
       if (!done.insert(t["output_dir"].get<std::string>()).second) continue;
       std::fprintf(stderr, "sweep: per-point tuning comparison -> %s\n", t["summary"].get<std::string>().c_str());
-      run_compare(t, progress, o.fresh);
+      run_compare(t, progress, o.fresh, {}, o.jobs);
     }
   }
   if (o.tune_only) return nlohmann::json::array();
@@ -303,6 +304,8 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, con
   nlohmann::json rows = nlohmann::json::array();
   int64_t reused = 0;
   std::vector<std::string> missing;
+  std::vector<const SweepRun*> mine;  // this shard's runs, in order
+  std::vector<PendingRun> todo;
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto& run = runs[i];
     if (!o.merge && shard_of(run.point, o.shards) != o.shard) continue;
@@ -312,20 +315,17 @@ nlohmann::json run_sweep(const nlohmann::json& sweep, ProgressMode progress, con
       else rows.push_back(summary_row(run));
       continue;
     }
+    mine.push_back(&run);
     if (!o.fresh && finished_run_matches(out, run.config)) {
       ++reused;
       std::fprintf(stderr, "sweep: run %zu/%zu %s already done with this config (%s), reused\n", i + 1, runs.size(),
                    run.point.dump().c_str(), h5_read_string_attr(out, "status").c_str());
     } else {
-      std::fprintf(stderr, "sweep: run %zu/%zu %s\n", i + 1, runs.size(), run.point.dump().c_str());
-      try {
-        run_train(run.config, progress);
-      } catch (const DivergenceError& e) {
-        std::fprintf(stderr, "sweep: %s (recorded, continuing)\n", e.what());
-      }
+      todo.push_back({run.config, "run " + std::to_string(i + 1) + "/" + std::to_string(runs.size()) + " " + run.point.dump()});
     }
-    rows.push_back(summary_row(run));
   }
+  train_runs(todo, o.jobs, "sweep", [&](const nlohmann::json& cfg) { run_train(cfg, progress); });
+  for (const auto* run : mine) rows.push_back(summary_row(*run));
   if (!missing.empty()) {
     std::string list;
     for (size_t i = 0; i < missing.size() && i < 5; ++i) list += "\n  " + missing[i];

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "common/progress.h"
+#include "experiments/train_jobs.h"
 
 namespace lopt {
 
@@ -52,6 +53,7 @@ struct SweepOptions {
   int64_t shards = 1;
   bool merge = false;     ///< train nothing: summarise every run file, failing when one is missing
   bool tune_only = false; ///< run the "tune" comparison and stop
+  TrainJobs jobs;         ///< runs at a time (child processes; train_jobs.h), the tuning comparisons' too
 };
 
 /// The shard (0..shards-1) that runs the run at `point`: a hash of the point.

@@ -384,3 +384,52 @@ TEST(Compare, ShippedConfigsTuneEveryLearnedOptimizerLikeTheBaselines) {
   }
   EXPECT_GE(learned_checked, 10);
 }
+
+// --jobs: the runs train in child processes (`lopt train`), two at a time, and write the same files
+// as in this process: the same figures, bit for bit (a diverging candidate included), and files an
+// in-process comparison reuses as its own. Nothing of the children is left behind.
+TEST(Compare, JobsInChildProcessesWriteTheFilesOneProcessWrites) {
+  lopt_test::TempDir a, b;
+  const auto here = lopt::run_compare(spec(a.path()), lopt::ProgressMode::quiet);
+  lopt::TrainJobs jobs;
+  jobs.jobs = 2;
+  jobs.executable = LOPT_BINARY;
+  const auto children = lopt::run_compare(spec(b.path()), lopt::ProgressMode::quiet, false, {}, jobs);
+  ASSERT_EQ(here.size(), children.size());
+  for (size_t c = 0; c < here.size(); ++c) {
+    EXPECT_EQ(here[c]["final_train_loss"], children[c]["final_train_loss"]) << c;
+    EXPECT_EQ(here[c]["best_lr"], children[c]["best_lr"]) << c;
+  }
+  const auto score_here = lopt::h5_read_doubles(a.path("compare.h5"), "c0/tune_score");
+  const auto score_children = lopt::h5_read_doubles(b.path("compare.h5"), "c0/tune_score");
+  ASSERT_EQ(score_here.size(), score_children.size());
+  int diverged = 0;
+  for (size_t k = 0; k < score_here.size(); ++k) {
+    diverged += std::isinf(score_children[k]) ? 1 : 0;
+    EXPECT_EQ(score_here[k], score_children[k]) << k;
+  }
+  EXPECT_EQ(diverged, 2);  // lr 1e6 under both schedules
+  for (const auto& e : std::filesystem::directory_iterator(b.path("runs")))
+    EXPECT_EQ(e.path().extension(), ".h5") << e.path();
+  lopt::run_compare(spec(b.path()), lopt::ProgressMode::quiet);
+  EXPECT_EQ(reused(b.path()), lopt_test::h5_int_attr(b.path("compare.h5"), "runs"));
+}
+
+// A child that fails (not a divergence) stops the comparison with an error naming the run, how the
+// child ended and where its output is; no summary is written.
+TEST(Compare, AFailedChildProcessNamesItsRunAndStops) {
+  lopt_test::TempDir dir;
+  lopt::TrainJobs jobs;
+  jobs.jobs = 2;
+  jobs.executable = "/bin/false";
+  try {
+    lopt::run_compare(spec(dir.path()), lopt::ProgressMode::quiet, false, {}, jobs);
+    FAIL() << "a failed child must throw";
+  } catch (const lopt::Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("SGD tuning lr"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("exit status 1"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(".log"), std::string::npos) << msg;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir.path("compare.h5")));
+}

@@ -295,6 +295,18 @@ TEST(Cli, SignalsStopCleanlyWithAResumeHint) {
   EXPECT_NE(out.find("SIGTERM"), std::string::npos) << out;
   EXPECT_FALSE(std::filesystem::exists(dir.path("long.h5")));
   EXPECT_FALSE(std::filesystem::exists(dir.path("long.h5.tmp")));
+
+  // compare --jobs passes the signal on to its child processes and waits for them.
+  json cmp = {{"base", cfg}, {"seeds", {5}}, {"contenders", {{{"name", "AdamW"}, {"optimizer", {{"type", "adamw"}}}, {"lr_grid", {1e-3, 1e-2}}}}},
+              {"output_dir", dir.path("cmp")}};
+  cmp["base"].erase("output");
+  cmp["base"].erase("optimizer");
+  lopt::write_text_atomic(dir.path("cmp.json"), cmp.dump());
+  rc = lopt_test::run_lopt("compare -q --jobs 2 --config " + dir.path("cmp.json"), &out, "", "timeout --preserve-status -s TERM 5");
+  EXPECT_EQ(rc, 143) << out;
+  EXPECT_NE(out.find("run the same command again"), std::string::npos) << out;
+  EXPECT_NE(std::system(("pgrep -f '" + dir.path("[c]mp/") + "' > /dev/null").c_str()), 0) << "a child outlived compare";
+  EXPECT_FALSE(std::filesystem::exists(dir.path("cmp.h5")));
 }
 
 TEST(Train, SchedulesRelativeToTheRunLength) {
