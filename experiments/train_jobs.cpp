@@ -53,6 +53,10 @@ Child start(const PendingRun& run, const TrainJobs& jobs) {
   const std::string out = run.config.at("output");
   c.config_path = out + ".config.json";
   c.log_path = out + ".log";
+  if (const auto dir = std::filesystem::path(out).parent_path(); !dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);  // as run_train does; a failure shows at the write below
+  }
   {
     std::ofstream f(c.config_path);
     f << run.config.dump(2) << "\n";

@@ -140,6 +140,15 @@ TEST(Sweep, ExpandsTheGridValidatesAndResumes) {
   lopt::run_sweep(sweep, lopt::ProgressMode::quiet);  // resume: nothing is rerun
   EXPECT_EQ(std::filesystem::last_write_time(dir.path("sw/run_0000.h5")), t0);
   EXPECT_EQ(lopt_test::h5_int_attr(dir.path("sw.h5"), "runs_reused"), 6);
+  // --jobs 2: the same runs in child processes, the same losses bit for bit.
+  json elsewhere = sweep;
+  elsewhere["output_dir"] = dir.path("sw_jobs");
+  lopt::SweepOptions two;
+  two.jobs.jobs = 2;
+  two.jobs.executable = LOPT_BINARY;
+  lopt::run_sweep(elsewhere, lopt::ProgressMode::quiet, two);
+  for (const char* f : {"run_0000.h5", "run_0005.h5"})
+    EXPECT_EQ(lopt::h5_read_doubles(dir.path("sw/") + f, "train/loss"), lopt::h5_read_doubles(dir.path("sw_jobs/") + f, "train/loss")) << f;
   // A changed base value re-runs every run, a changed grid value only its runs; --fresh re-runs all.
   json longer = sweep;
   longer["base"]["steps"] = 6;
