@@ -118,7 +118,12 @@ void train_runs(const std::vector<PendingRun>& runs, const TrainJobs& jobs, cons
     }
     while (!todo.empty() && static_cast<int>(running.size()) < jobs.jobs) {
       std::fprintf(stderr, "%s: %s (child process)\n", who.c_str(), todo.front()->what.c_str());
-      running.push_back(start(*todo.front(), jobs));
+      try {
+        running.push_back(start(*todo.front(), jobs));
+      } catch (...) {
+        stop_all(running, SIGTERM);  // no child outlives the command
+        throw;
+      }
       todo.pop_front();
     }
     bool reaped = false;
