@@ -227,8 +227,11 @@ def plot(a):
             if m and m.group(1) == lopt.get("type"):  # this run's snapshots; --also ones are drawn as lines
                 step = int(m.group(2))
                 rows.append((step, inner.get(step, float("nan")), name, mean, std, acc, bool(m.group(3))))
-            else:  # a baseline, tuned by compare, or an --also theta whose name already says "_tuned"
-                lines.append((name if name.endswith("_tuned") else "%s (tuned)" % name, mean, std, acc))
+            elif not a.lines or name in a.lines:
+                # A baseline, tuned by compare or run as shipped, or an --also theta named "..._tuned".
+                tuned = int(g.attrs.get("tuning_runs", 1)) > 0
+                label = name if name.endswith("_tuned") else "%s (%s)" % (name, "tuned" if tuned else "as shipped")
+                lines.append((label, mean, std, acc))
     rows.sort()
     restarts = continued_at(a.meta)
     for step in restarts:
@@ -249,7 +252,11 @@ def plot(a):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         pts = [r for r in rows if not r[6]]
         ref = [m for _, m, _, _ in lines] or [r[3] for r in rows]
-        lo, hi = 0.85 * min(ref + [r[3] for r in rows]), 1.6 * max(ref)
+        low = min(ref + [r[3] for r in rows])
+        spread = max(ref) - low  # from the best contender to the worst reference line
+        lo, hi = 0.85 * low, 1.6 * max(ref)
+        if spread > 0:  # no wider than the spread asks for (an LM's losses sit near 2, 0.1 apart)
+            lo, hi = max(lo, low - 0.5 * spread), min(hi, max(ref) + 2 * spread)
         for k, ax in enumerate(axes):
             shown = pts if k == 0 else [r for r in pts if r[3] <= hi]
             ax.errorbar([r[1] for r in shown], [r[3] for r in shown], yerr=[r[4] for r in shown], marker="o", capsize=3,
@@ -306,6 +313,8 @@ def main():
     q.add_argument("--meta", required=True)
     q.add_argument("-o", "--output", help="PNG to write")
     q.add_argument("--title")
+    q.add_argument("--lines", action="append", metavar="NAME",
+                   help="draw only these other contenders as horizontal lines (repeatable; default every one)")
     a = p.parse_args()
     if a.cmd == "config":
         return make_config(a)
