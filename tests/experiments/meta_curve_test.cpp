@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
+#include <vector>
 
 #include "common/config.h"
 #include "experiments/h5_writer.h"
@@ -173,4 +175,43 @@ TEST(MetaCurve, ConfigFreezesTheLatestThetaAndNamesOnlySnapshots) {
             2);
   EXPECT_NE(slurp(dir.path("log3")).find("missing key \"baselines\""), std::string::npos) << slurp(dir.path("log3"));
   EXPECT_FALSE(fs::exists(dir.path("x.json")));
+}
+
+// plot: snapshots of the run become the curve; every other contender is a reference line labelled by
+// whether compare tuned it, and --lines keeps only the named ones.
+TEST(MetaCurve, PlotLabelsAndFiltersTheReferenceLines) {
+  if (run("/usr/bin/python3 -c 'import h5py' > /dev/null 2>&1") != 0) GTEST_SKIP() << "python3-h5py is not installed";
+  lopt_test::TempDir dir;
+  {
+    lopt::H5Writer w(dir.path("s.h5"));
+    w.attr("kind", std::string("compare"));
+    const std::vector<std::tuple<std::string, double, int64_t>> rows = {
+        {"celo2@10_tuned", 0.5, 28}, {"AdamW", 0.4, 28}, {"Muon", 0.3, 28}, {"muLO_M", 0.6, 0}};
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const std::string g = "c" + std::to_string(i);
+      w.group(g);
+      w.attr("name", std::get<0>(rows[i]), g);
+      w.attr("mean_final_train_loss", std::get<1>(rows[i]), g);
+      w.attr("std_final_train_loss", 0.01, g);
+      w.attr("tuning_runs", std::get<2>(rows[i]), g);
+    }
+    w.commit();
+  }
+  const std::string script = "/usr/bin/python3 " + (repo_root() / "experiments/meta_curve.py").string();
+  const std::string meta = (repo_root() / "results/checkpoints/celo2_recipe").string();
+  ASSERT_EQ(run(script + " plot --summary " + dir.path("s.h5") + " --meta " + meta + " > " + dir.path("all") + " 2>&1"), 0)
+      << slurp(dir.path("all"));
+  const std::string all = slurp(dir.path("all"));
+  EXPECT_NE(all.find("| celo2@10_tuned | 10 |"), std::string::npos) << all;
+  EXPECT_NE(all.find("| AdamW (tuned) |"), std::string::npos) << all;
+  EXPECT_NE(all.find("| Muon (tuned) |"), std::string::npos) << all;
+  EXPECT_NE(all.find("| muLO_M (as shipped) |"), std::string::npos) << all;
+  ASSERT_EQ(run(script + " plot --summary " + dir.path("s.h5") + " --meta " + meta + " --lines AdamW --lines muLO_M -o " +
+                dir.path("p.png") + " > " + dir.path("some") + " 2>&1"),
+            0)
+      << slurp(dir.path("some"));
+  const std::string some = slurp(dir.path("some"));
+  EXPECT_EQ(some.find("Muon"), std::string::npos) << some;
+  EXPECT_NE(some.find("| AdamW (tuned) |"), std::string::npos) << some;
+  EXPECT_TRUE(fs::exists(dir.path("p.png")));
 }
