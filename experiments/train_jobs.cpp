@@ -82,13 +82,16 @@ void remove_quietly(const std::string& path) {
   std::filesystem::remove(path, ec);
 }
 
-/// Sends `sig` to every running child and waits for them.
+/// Sends `sig` to every running child, waits for them and removes their config and log (a stopped
+/// run leaves no file; rerunning the command starts it again).
 void stop_all(std::vector<Child>& running, int sig) {
   for (auto& c : running) kill(c.pid, sig);
   for (auto& c : running) {
     int st = 0;
     while (waitpid(c.pid, &st, 0) < 0 && errno == EINTR) {
     }
+    remove_quietly(c.config_path);
+    remove_quietly(c.log_path);
   }
   running.clear();
 }

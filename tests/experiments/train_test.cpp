@@ -314,8 +314,16 @@ TEST(Cli, SignalsStopCleanlyWithAResumeHint) {
   rc = lopt_test::run_lopt("compare -q --jobs 2 --config " + dir.path("cmp.json"), &out, "", "timeout --preserve-status -s TERM 5");
   EXPECT_EQ(rc, 143) << out;
   EXPECT_NE(out.find("run the same command again"), std::string::npos) << out;
-  EXPECT_NE(std::system(("pgrep -f '" + dir.path("[c]mp/") + "' > /dev/null").c_str()), 0) << "a child outlived compare";
+  // No process left whose command line names a run of this comparison (/proc, as pgrep would).
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    const std::string pid = e.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string cmdline = lopt_test::read_text((e.path() / "cmdline").string());
+    EXPECT_EQ(cmdline.find(dir.path("cmp/")), std::string::npos) << "a child outlived compare: " << e.path();
+  }
   EXPECT_FALSE(std::filesystem::exists(dir.path("cmp.h5")));
+  for (const auto& e : std::filesystem::directory_iterator(dir.path("cmp")))  // no partial result, config or log
+    ADD_FAILURE() << "left behind: " << e.path();
 }
 
 TEST(Train, SchedulesRelativeToTheRunLength) {
