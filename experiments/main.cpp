@@ -96,12 +96,19 @@ bool parse(int argc, char** argv, const po::options_description& desc, const cha
   return true;
 }
 
+int machine_cores() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
+/// A per-machine count (--threads, --jobs): `lowest`..4 x cores, else UsageError naming the range.
+void check_per_core_count(const char* flag, int value, int lowest, const char* zero_means = "") {
+  const int cores = machine_cores();
+  if (value < lowest || value > 4 * cores)
+    throw lopt::UsageError("--" + std::string(flag) + " " + std::to_string(value) + " is out of range: give 1.." +
+                           std::to_string(4 * cores) + " (this machine has " + std::to_string(cores) + " cores)" + zero_means);
+}
+
 void set_threads(int threads) {
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  if (threads < 0 || threads > 4 * cores)
-    throw lopt::UsageError("--threads " + std::to_string(threads) + " is out of range: give 1.." + std::to_string(4 * cores) +
-                           " (this machine has " + std::to_string(cores) + " cores), or 0 for all cores");
-  at::set_num_threads(threads > 0 ? threads : cores);  // Debian's LibTorch starts with 1 intra-op thread
+  check_per_core_count("threads", threads, 0, ", or 0 for all cores");
+  at::set_num_threads(threads > 0 ? threads : machine_cores());  // Debian's LibTorch starts with 1 intra-op thread
 }
 
 /// A count given on the command line: must be >= `min` when given.
@@ -233,10 +240,7 @@ struct RunFolderOptions {
   }
   /// After set_threads: --jobs as TrainJobs (the children share this process's intra-op threads).
   lopt::TrainJobs train_jobs() const {
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    if (jobs < 1 || jobs > 4 * cores)
-      throw lopt::UsageError("--jobs " + std::to_string(jobs) + " is out of range: give 1.." + std::to_string(4 * cores) +
-                             " (this machine has " + std::to_string(cores) + " cores)");
+    check_per_core_count("jobs", jobs, 1);
     lopt::TrainJobs t;
     t.jobs = jobs;
     t.threads_per_job = std::max(1, at::get_num_threads() / jobs);

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <thread>
 
+#include "common/config.h"
 #include "common/errors.h"
 #include "common/signals.h"
 #include "experiments/train.h"
@@ -57,11 +58,7 @@ Child start(const PendingRun& run, const TrainJobs& jobs) {
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);  // as run_train does; a failure shows at the write below
   }
-  {
-    std::ofstream f(c.config_path);
-    f << run.config.dump(2) << "\n";
-    if (!f) throw Error("cannot write " + c.config_path + " (the run's config for its child process)");
-  }
+  write_text_atomic(c.config_path, run.config.dump(2) + "\n");
   const std::string threads = std::to_string(jobs.threads_per_job);
   std::vector<std::string> args = {jobs.executable, "train", "--config", c.config_path, "--threads", threads, "-q", "--overwrite"};
   std::vector<char*> argv;
@@ -77,9 +74,11 @@ Child start(const PendingRun& run, const TrainJobs& jobs) {
   return c;
 }
 
-void remove_quietly(const std::string& path) {
+/// Removes a child's config and log (once it finished, diverged or was stopped).
+void remove_files(const Child& c) {
   std::error_code ec;
-  std::filesystem::remove(path, ec);
+  std::filesystem::remove(c.config_path, ec);
+  std::filesystem::remove(c.log_path, ec);
 }
 
 /// Sends `sig` to every running child, waits for them and removes their config and log (a stopped
@@ -90,8 +89,7 @@ void stop_all(std::vector<Child>& running, int sig) {
     int st = 0;
     while (waitpid(c.pid, &st, 0) < 0 && errno == EINTR) {
     }
-    remove_quietly(c.config_path);
-    remove_quietly(c.log_path);
+    remove_files(c);
   }
   running.clear();
 }
@@ -100,7 +98,7 @@ void stop_all(std::vector<Child>& running, int sig) {
 
 void train_runs(const std::vector<PendingRun>& runs, const TrainJobs& jobs, const std::string& who,
                 const std::function<void(const nlohmann::json&)>& train_here) {
-  if (!jobs.parallel() || runs.size() <= 1) {
+  if (!jobs.parallel()) {  // (a batch of one runs in a child too: every run gets the children's thread count)
     for (const auto& r : runs) {
       std::fprintf(stderr, "%s: %s\n", who.c_str(), r.what.c_str());
       try {
@@ -145,8 +143,7 @@ void train_runs(const std::vector<PendingRun>& runs, const TrainJobs& jobs, cons
         if (diverged)
           std::fprintf(stderr, "%s: %s: %s (recorded as diverged, scores +inf)\n", who.c_str(), c.run->what.c_str(),
                        last_line(c.log_path).c_str());
-        remove_quietly(c.config_path);
-        remove_quietly(c.log_path);
+        remove_files(c);
         break;
       }
       if (interrupted()) break;  // the child stopped for the same signal: handled at the loop's top
