@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -62,7 +63,7 @@ void Progress::draw(int64_t done, const std::string& status, bool final_line) {
   double el = elapsed_seconds();
   double frac = static_cast<double>(done) / static_cast<double>(total_);
   // Rate and ETA count only this session's work (a resumed run starts at already_done_).
-  const double fresh = static_cast<double>(done - already_done_);
+  const double fresh = static_cast<double>(std::max<int64_t>(0, done - already_done_));
   double rate = el > 0 ? fresh / el : 0.0;
   double eta = fresh > 0 ? static_cast<double>(total_ - done) / rate : NAN;
   if (mode_ == ProgressMode::bar) {

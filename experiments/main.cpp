@@ -501,6 +501,11 @@ int cmd_meta_train(int argc, char** argv) {
     std::printf("continued %s from its outputs at outer step %lld: fresh outer Adam moments and unrolls (not an exact resume)\n",
                 out_dir.c_str(), static_cast<long long>(trainer.step()));
   }
+  if (stop_after >= 0 && trainer.step() > 0 && stop_after <= trainer.step() && trainer.step() < trainer.config()["outer_steps"].get<int64_t>())
+    std::fprintf(stderr,
+                 "meta-train: --stop-after %lld counts outer steps in total, and this run is already at outer step %lld: "
+                 "no outer step run (to run K more, pass --stop-after %lld+K)\n",
+                 stop_after, static_cast<long long>(trainer.step()), static_cast<long long>(trainer.step()));
   trainer.run(mode(c), stop_after);
   if (!writer) return 0;
   const auto& log = trainer.log();
@@ -515,6 +520,9 @@ int cmd_meta_train(int argc, char** argv) {
   }
   // Rewritten even when nothing was left to run: a run killed (or out of disk) while writing its
   // final outputs resumes here with the checkpoint at the last step and stale (or missing) outputs.
+  // Continued from outputs with no step left to run (--stop-after at or below the step): the
+  // checkpoint is written here, so the next command is --resume, as the message says.
+  if (continue_outputs && !std::filesystem::exists(trainer.checkpoint_path())) trainer.save_checkpoint();
   trainer.write_outputs();
   lopt::write_meta_train_log(log_path, trainer);
   std::printf("wrote %s, %s, %s\n", trainer.theta_path().c_str(), trainer.checkpoint_path().c_str(), log_path.c_str());

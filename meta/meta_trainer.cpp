@@ -320,7 +320,7 @@ void MetaTrainer::continue_from_outputs(const torch::Tensor& theta, MetaTrainLog
   outer_state_ = std::make_unique<OptState>(outer_->init(p));
   step_ = log.step.back();
   elapsed_before_ = log.elapsed.back();
-  log.continued_at.push_back(step_);
+  if (log.continued_at.empty() || log.continued_at.back() != step_) log.continued_at.push_back(step_);
   log_ = std::move(log);
   // Fresh unrolls from the seed and the step: not the tasks the run started with at step 0.
   estimator_->init(this->theta(), derive_seed(config_["seed"].get<uint64_t>(), "unroll") ^ mix_seed(static_cast<uint64_t>(step_)));
@@ -337,6 +337,7 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
   const double clip = config_["outer"]["clip"];
   const uint64_t seed = config_["seed"];
   Progress progress(end, "meta-train", mode, step_);
+  const int64_t first_step = step_;
   const auto t0 = std::chrono::steady_clock::now();
   int64_t inner_total = log_.inner_steps.empty() ? 0 : log_.inner_steps.back();
   int64_t consecutive_skips = 0;
@@ -413,7 +414,7 @@ void MetaTrainer::run(ProgressMode mode, int64_t stop_after) {
     }
   }
   if (!log_.elapsed.empty()) elapsed_before_ = log_.elapsed.back();
-  progress.finish();
+  if (step_ > first_step) progress.finish();  // nothing run (already at the end or past --stop-after): no line
 }
 
 }  // namespace lopt

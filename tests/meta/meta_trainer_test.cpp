@@ -316,6 +316,11 @@ TEST(MetaTrainer, CliRunsResumesAndRejectsBadInput) {
   std::string out;
   EXPECT_EQ(lopt_test::run_lopt("meta-train -q -c " + tmp.path("cfg.json") + " --stop-after 2", &out), 0) << out;
   EXPECT_TRUE(std::filesystem::exists(tmp.path("out/meta_train.h5")));
+  // --stop-after counts steps in total: resumed past it, the run does nothing and says so.
+  EXPECT_EQ(lopt_test::run_lopt("meta-train -c " + tmp.path("cfg.json") + " --resume --stop-after 1", &out), 0) << out;
+  EXPECT_NE(out.find("already at outer step 2"), std::string::npos) << out;
+  EXPECT_NE(out.find("2/6 outer steps"), std::string::npos) << out;
+  EXPECT_EQ(out.find("it/s"), std::string::npos) << out;
   // The checkpoint exists: without --resume the run refuses (nothing is overwritten).
   EXPECT_EQ(lopt_test::run_lopt("meta-train -q -c " + tmp.path("cfg.json"), &out), 2) << out;
   EXPECT_NE(out.find("--resume"), std::string::npos) << out;
@@ -390,6 +395,16 @@ TEST(MetaTrainer, ContinuesFromOutputsWhenTheResumeStateIsLost) {
     EXPECT_EQ(std::vector<double>(t.log().meta_loss.begin(), t.log().meta_loss.begin() + 3), before.meta_loss);
   }
 
+  // A continuation that runs no step (--stop-after counts in total and the run is already there)
+  // says so and still leaves a checkpoint, so --resume is the next command; continuing again at the
+  // same step records the continuation once.
+  ASSERT_EQ(lopt_test::run_lopt("meta-train -c " + tmp.path("cfg.json") + " --continue-from-outputs --stop-after 2", &out), 0)
+      << out;
+  EXPECT_NE(out.find("already at outer step 3"), std::string::npos) << out;
+  EXPECT_EQ(out.find("it/s"), std::string::npos) << out;
+  EXPECT_TRUE(std::filesystem::exists(tmp.path("out/checkpoint.safetensors")));
+  EXPECT_EQ(lopt::read_meta_train_log(tmp.path("out/meta_train.h5")).continued_at, (std::vector<int64_t>{3}));
+  std::filesystem::remove(tmp.path("out/checkpoint.safetensors"));
   ASSERT_EQ(lopt_test::run_lopt(run + " --continue-from-outputs --stop-after 5", &out), 0) << out;
   EXPECT_NE(out.find("continued"), std::string::npos) << out;
   EXPECT_EQ(lopt_test::run_lopt(run + " --resume", &out), 0) << out;
