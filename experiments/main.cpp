@@ -447,7 +447,7 @@ int cmd_meta_train(int argc, char** argv) {
       "the folder's resume state is lost: continue from its theta.safetensors and meta_train.h5 at their last step, with "
       "fresh outer Adam moments and unrolls (not exact; the step is recorded in the log)")(
       "outer-steps", po::value(&outer_steps), "number of outer (meta) steps (sets \"outer_steps\")")(
-      "stop-after", po::value(&stop_after), "stop (with a checkpoint) once this many outer steps are done; --resume continues")(
+      "stop-after", po::value(&stop_after), "stop (with a checkpoint) once this many outer steps are done in total (not this many more); --resume continues")(
       "seed", po::value(&seed), "random seed (sets \"seed\")")(
       "data-dir", po::value(&data_dir), "Fashion-MNIST folder (sets task_family.data_dir)");
   po::variables_map vm;
