@@ -193,13 +193,26 @@ std::vector<double> h5_read_doubles(const std::string& path, const std::string& 
 }
 
 std::string machine_description() {
-  std::string cpu = "unknown CPU";
+  // The model name alone does not tell CPUs apart where a hypervisor shortens it ("AMD EPYC"), and
+  // OpenBLAS and oneDNN choose kernels (and so rounding) per CPU: the vendor, family, model and
+  // stepping go with it, so experiments/reproduce.py can tell when bit-identity is to be expected.
+  std::string cpu = "unknown CPU", vendor, family, model, stepping;
   std::ifstream info("/proc/cpuinfo");
   for (std::string line; std::getline(info, line);) {
-    if (line.rfind("model name", 0) != 0) continue;
-    if (auto colon = line.find(':'); colon != std::string::npos) cpu = line.substr(line.find_first_not_of(' ', colon + 1));
-    break;
+    if (line.empty()) break;  // the first processor's block is enough
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string key = line.substr(0, line.find_last_not_of(" \t", colon - 1) + 1);
+    const auto start = line.find_first_not_of(' ', colon + 1);
+    const std::string value = start == std::string::npos ? "" : line.substr(start);
+    if (key == "model name") cpu = value;
+    else if (key == "vendor_id") vendor = value;
+    else if (key == "cpu family") family = value;
+    else if (key == "model") model = value;
+    else if (key == "stepping") stepping = value;
   }
+  if (!vendor.empty() && !family.empty() && !model.empty())
+    cpu += " (" + vendor + " family " + family + " model " + model + (stepping.empty() ? "" : " stepping " + stepping) + ")";
   const int threads = at::get_num_threads();
   return cpu + ", " + std::to_string(std::max(1u, std::thread::hardware_concurrency())) + " cores, " + std::to_string(threads) +
          (threads == 1 ? " thread" : " threads");

@@ -42,7 +42,8 @@ class H5Writer {
 /// string when absent).
 std::string h5_read_string_attr(const std::string& path, const std::string& name, const std::string& object = "/");
 /// The machine a result was computed on, for its file's "machine" attribute: CPU model (from
-/// /proc/cpuinfo), logical cores, LibTorch intra-op threads, e.g. "AMD EPYC 9B14, 2 cores, 1 thread".
+/// /proc/cpuinfo, with its vendor, family, model and stepping where listed), logical cores, LibTorch
+/// intra-op threads, e.g. "AMD EPYC (AuthenticAMD family 25 model 17 stepping 1), 2 cores, 1 thread".
 std::string machine_description();
 /// Reads a float64 dataset (flattened).
 std::vector<double> h5_read_doubles(const std::string& path, const std::string& dataset);

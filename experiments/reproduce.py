@@ -12,8 +12,11 @@ the numbers to compare. A number names a committed value and a regenerated one a
   dataset|mean_last=N  the mean of a dataset's last N values (meta/meta_loss|mean_last=100)
 
 and a tolerance: abs_tol (|regenerated - committed|) or rel_tol (relative to |committed|), 0 for
-exact, with "why" saying where the tolerance comes from. Prints one row per number and exits 1 when
-one is out of tolerance, 2 for a usage error (an unknown name lists the valid ones).
+exact, with "why" saying where the tolerance comes from, and optionally if_platform_differs: the
+tolerance (and its why) that applies instead when the regenerated file's SIMD target or CPU is not
+the committed file's, or either file does not record it (the table says which). Prints one row per
+number and exits 1 when one is out of tolerance, 2 for a usage error (an unknown name lists the
+valid ones).
 """
 import argparse
 import json
@@ -47,8 +50,9 @@ def load_manifest(path):
             usage_error("%s: entry name \"%s\" appears twice" % (path, e["name"]))
         names.add(e["name"])
         for j, n in enumerate(e["numbers"]):
-            if ("abs_tol" in n) == ("rel_tol" in n):
-                usage_error("%s: %s numbers[%d] needs exactly one of abs_tol, rel_tol" % (path, e["name"], j))
+            for where, t in (("", n), (".if_platform_differs", n.get("if_platform_differs", {"abs_tol": 0}))):
+                if ("abs_tol" in t) == ("rel_tol" in t):
+                    usage_error("%s: %s numbers[%d]%s needs exactly one of abs_tol, rel_tol" % (path, e["name"], j, where))
     return m
 
 
@@ -90,16 +94,39 @@ def read_value(ref):
         raise ValueError("%s: no attribute or dataset %s" % (path, sel))
 
 
-def simd_target(ref):
-    """The SIMD target a result file records (root attribute simd_target), or None."""
+def platform(ref):
+    """The arithmetic platform a result file records: (SIMD target, CPU), None for either it lacks.
+
+    The SIMD target is the root attribute simd_target; the CPU is the root attribute machine without
+    its core and thread counts ("AMD EPYC (AuthenticAMD family 25 model 17 stepping 1)"). Files written
+    before lopt recorded the machine have no CPU."""
     import h5py
     path = ref.partition(":")[0]
     try:
         with h5py.File(path, "r") as f:
-            t = f.attrs.get("simd_target")
-            return t.decode() if isinstance(t, bytes) else t
+            got = []
+            for key in ("simd_target", "machine"):
+                v = f.attrs.get(key)
+                got.append(v.decode() if isinstance(v, bytes) else v)
     except OSError:
-        return None
+        return None, None
+    target, machine = got
+    cpu = machine.rsplit(", ", 2)[0] if machine and machine.count(", ") >= 2 else machine
+    return target, cpu
+
+
+def platform_differs(committed_ref, regenerated_ref):
+    """Why the regenerated number cannot be expected to equal the committed one bit for bit, or ""."""
+    (t0, c0), (t1, c1) = platform(committed_ref), platform(regenerated_ref)
+    if not t0 or not c0:
+        return "the committed file does not record its %s" % ("SIMD target" if not t0 else "CPU")
+    if not t1 or not c1:
+        return "the regenerated file does not record its %s" % ("SIMD target" if not t1 else "CPU")
+    if t0 != t1:
+        return "SIMD target %s, committed on %s" % (t1, t0)
+    if c0 != c1:
+        return "CPU %s, committed on %s" % (c1, c0)
+    return ""
 
 
 def compare(number, out):
@@ -109,15 +136,18 @@ def compare(number, out):
         committed = read_value(sub(number["committed"]))
         regenerated = read_value(sub(number["regenerated"]))
     except (ValueError, OSError, KeyError) as e:
-        return None, None, None, False, str(e)
-    # Another SIMD target rounds differently: its own tolerance, when the number states one.
-    t0, t1 = simd_target(sub(number["committed"])), simd_target(sub(number["regenerated"]))
-    if t0 and t1 and t0 != t1 and "if_target_differs" in number:
-        number = dict(number_tolerance(number["if_target_differs"]), name=number["name"])
+        return None, None, None, False, str(e), tolerance_text(number)
+    # Another SIMD target or CPU (OpenBLAS and oneDNN pick their kernels per CPU) rounds differently:
+    # the number's own tolerance for that case, when it states one; also when a file does not say.
+    differs = platform_differs(sub(number["committed"]), sub(number["regenerated"]))
+    if differs and "if_platform_differs" in number:
+        number = dict(number_tolerance(number["if_platform_differs"]), name=number["name"])
+    else:
+        differs = ""
     a = np.atleast_1d(np.asarray(committed, dtype=float))
     b = np.atleast_1d(np.asarray(regenerated, dtype=float))
     if a.shape != b.shape:
-        return committed, regenerated, None, False, "shapes differ: %s vs %s" % (a.shape, b.shape)
+        return committed, regenerated, None, False, "shapes differ: %s vs %s" % (a.shape, b.shape), tolerance_text(number, differs)
     diff = np.abs(b - a)
     both_nan = np.isnan(a) & np.isnan(b)
     diff[both_nan] = 0.0
@@ -131,7 +161,12 @@ def compare(number, out):
         ok = worst <= number["rel_tol"]
     if math.isnan(worst):
         ok = False
-    return committed, regenerated, worst, ok, ""
+    return committed, regenerated, worst, ok, "", tolerance_text(number, differs)
+
+
+def tolerance_text(number, differs=""):
+    tol = ("abs %g" % number["abs_tol"]) if "abs_tol" in number else ("rel %g" % number["rel_tol"])
+    return tol + (" (" + differs + ")" if differs else "")
 
 
 def number_tolerance(t):
@@ -207,10 +242,9 @@ def main():
                     break
             wall = time.time() - t0
         for n in e["numbers"]:
-            committed, regenerated, worst, ok, err = compare(n, out)
+            committed, regenerated, worst, ok, err, tol = compare(n, out)
             failed += 0 if ok else 1
             within += 1 if ok else 0
-            tol = ("abs %g" % n["abs_tol"]) if "abs_tol" in n else ("rel %g" % n["rel_tol"])
             rows.append((name, n["name"], fmt(committed), fmt(regenerated), "-" if worst is None else "%.3g" % worst, tol,
                          "yes" if ok else "NO" + (" (" + err + ")" if err else ""), "%.0f s" % wall))
     print()
