@@ -14,6 +14,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -93,6 +94,13 @@ int run_lopt(const std::string& args, std::string* output, const std::string& en
   while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
   int status = pclose(pipe);
   if (output) *output = out;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::filesystem::path repo_root() { return std::filesystem::path(LOPT_TEST_DATA_DIR).parent_path().parent_path(); }
+
+int run_shell(const std::string& cmd) {
+  const int status = std::system(cmd.c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 

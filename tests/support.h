@@ -78,6 +78,12 @@ int64_t h5_int_attr(const std::string& path, const std::string& name);
 int run_lopt(const std::string& args, std::string* output = nullptr, const std::string& env = "",
              const std::string& wrapper = "");
 
+/// The repository's root folder (tests read committed results and run its scripts from there).
+std::filesystem::path repo_root();
+
+/// Runs a shell command line; returns its exit code (-1 when it did not exit normally).
+int run_shell(const std::string& cmd);
+
 /// A text file's contents ("" when it cannot be read).
 std::string read_text(const std::string& path);
 

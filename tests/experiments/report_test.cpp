@@ -3,8 +3,6 @@
 // result is a usage error naming it.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -17,14 +15,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path repo_root() { return fs::path(LOPT_TEST_DATA_DIR).parent_path().parent_path(); }
+using lopt_test::repo_root;
 
 std::string slurp(const fs::path& p) { return lopt_test::read_text(p.string()); }
 
-int run(const std::string& cmd) {
-  const int status = std::system(cmd.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+int run(const std::string& cmd) { return lopt_test::run_shell(cmd); }
 
 }  // namespace
 

@@ -3,8 +3,6 @@
 // does not record one, gets the number's if_platform_differs tolerance, and the table says why.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -17,12 +15,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path repo_root() { return fs::path(LOPT_TEST_DATA_DIR).parent_path().parent_path(); }
+using lopt_test::repo_root;
 
-int run(const std::string& cmd) {
-  const int status = std::system(cmd.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+int run(const std::string& cmd) { return lopt_test::run_shell(cmd); }
 
 void write_result(const std::string& path, double value, const std::string& machine) {
   lopt::H5Writer w(path);
