@@ -61,7 +61,12 @@ nlohmann::json resolve_train_config(const nlohmann::json& config) {
   out["output"] = r.get<std::string>("output", "");
   auto local = r.get<nlohmann::json>("local_sgd", nullptr);
   const auto device = r.get<std::string>("device", "cpu");
+  const bool diagnostics = r.get<bool>("diagnostics", false);
   r.finish();
+  // Absent when off, so that result files written before the key existed are still reused.
+  if (diagnostics) out["diagnostics"] = true;
+  config_check(!diagnostics || local.is_null(), "/diagnostics",
+               "per-tensor diagnostics are recorded for single-optimizer runs only: remove it or \"local_sgd\"");
   parse_device(device, "/device");
   // Absent for the CPU, so that result files written before the key existed are still reused.
   if (device != "cpu") out["device"] = device;
@@ -137,6 +142,40 @@ void combine_round(ProcessGroup& group, RoundResult& r, bool gather) {
 }
 }  // namespace
 
+namespace {
+double rms_of(const torch::Tensor& t) { return t.to(torch::kFloat64).square().mean().sqrt().item<double>(); }
+/// Cosine of two float64 tensors; NaN when either is zero.
+double cosine(const torch::Tensor& a, const torch::Tensor& b) {
+  const double denom = a.norm().item<double>() * b.norm().item<double>();
+  return denom > 0 ? (a * b).sum().item<double>() / denom : NAN;
+}
+
+/// One row of the per-tensor diagnostics: each tensor's RMS, and when `before` is given (the
+/// parameters before the step that ended here, with that step's gradients) the step's RMS, its
+/// cosine with the gradient (+1: plain gradient descent; 0: orthogonal to it; < 0: uphill) and its
+/// cosine with the parameters before it (+1: pure shrinkage towards zero, as weight decay).
+void record_diagnostics(TrainResult& res, const ParamSet& params, const std::vector<torch::Tensor>* before,
+                        const std::vector<torch::Tensor>& grads) {
+  if (res.diagnostic_tensors.empty())
+    for (const auto& info : params.info) res.diagnostic_tensors.push_back(info.name + " (" + to_string(info.role) + ")");
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto p = params.tensors[i].detach().to(torch::kFloat64);
+    res.tensor_rms.push_back(rms_of(p));
+    if (before == nullptr) {
+      res.update_rms.push_back(NAN);
+      res.update_grad_cosine.push_back(NAN);
+      res.update_param_cosine.push_back(NAN);
+      continue;
+    }
+    const auto p0 = (*before)[i].to(torch::kFloat64);
+    const auto step = p0 - p;  // the descent step p_before - p_after
+    res.update_rms.push_back(rms_of(step));
+    res.update_grad_cosine.push_back(cosine(step, grads[i].detach().to(torch::kFloat64)));
+    res.update_param_cosine.push_back(cosine(step, p0));
+  }
+}
+}  // namespace
+
 TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mode, ProcessGroup* group) {
   auto config = resolve_train_config(raw_config);
   check_output_writable(config["output"]);
@@ -159,6 +198,10 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
   std::unique_ptr<BatchStream> batches;
   std::unique_ptr<WorkerStreams> worker_batches;
   LocalSgdConfig local;
+  // Diagnostics: the step that ends at an evaluation keeps its gradients and the parameters before it.
+  const bool diagnostics = config.value("diagnostics", false);
+  bool keep_step = false;
+  std::vector<torch::Tensor> kept_grads, kept_before;
   if (config.contains("local_sgd")) {
     local = LocalSgdConfig::from_json(config["local_sgd"]);
     global = make_global_update(config["optimizer"], local.workers);
@@ -192,6 +235,11 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
       const double loss_v = loss.item<double>();
       if (!std::isfinite(loss_v)) return loss_v;
       auto grads = torch::autograd::grad({loss}, p.tensors);
+      if (keep_step) {
+        kept_grads = grads;
+        kept_before.clear();
+        for (const auto& t : state.params.tensors) kept_before.push_back(t.detach().clone());
+      }
       opt->update_(state, grads, loss.detach());
       return loss_v;
     };
@@ -206,11 +254,13 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
     for (const auto& t : state.params.tensors) sq += t.detach().to(torch::kFloat64).square().sum().item<double>();
     res.param_norm.push_back(std::sqrt(sq));
     res.eval_time.push_back(now());
+    if (diagnostics) record_diagnostics(res, state.params, step == 0 ? nullptr : &kept_before, kept_grads);
   };
   evaluate(0);
   Progress progress(steps, "train", progress_mode);
   char status[128] = "";
   for (int64_t step = 0; step < steps; ++step) {
+    keep_step = diagnostics && ((step + 1) % eval_every == 0 || step + 1 == steps);
     const double loss_v = train_step();
     if (!std::isfinite(loss_v)) {
       res.diverged = true;
@@ -315,6 +365,15 @@ void write_train_result(const std::string& path, const nlohmann::json& config, c
   for (const auto& [k, v] : r.eval_metrics) w.dataset("eval/" + r.eval_split + "_" + k, v);
   w.dataset("eval/wall_time", r.eval_time);
   w.dataset("eval/param_norm", r.param_norm);
+  if (!r.diagnostic_tensors.empty()) {
+    const std::vector<uint64_t> shape = {r.eval_steps.size(), r.diagnostic_tensors.size()};
+    w.group("diagnostics");
+    w.attr("tensors", nlohmann::json(r.diagnostic_tensors).dump(), "diagnostics");
+    w.dataset("diagnostics/tensor_rms", r.tensor_rms, shape);
+    w.dataset("diagnostics/update_rms", r.update_rms, shape);
+    w.dataset("diagnostics/update_grad_cosine", r.update_grad_cosine, shape);
+    w.dataset("diagnostics/update_param_cosine", r.update_param_cosine, shape);
+  }
   w.commit();
 }
 

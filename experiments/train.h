@@ -34,6 +34,12 @@ struct TrainResult {
   std::map<std::string, std::vector<double>> eval_metrics;  ///< per metric, one value per eval step
   std::vector<double> eval_time;
   std::vector<double> param_norm;    ///< global L2 norm of the parameters at each evaluation
+  /// With "diagnostics": true, per evaluation (row) and tensor (column, named "name (role)" in
+  /// diagnostic_tensors): the tensor's RMS, the RMS of the step that ended at the evaluation
+  /// (p_before - p_after), that step's cosine with its gradient and with p_before (+1: pure
+  /// shrinkage); NaN at step 0. Row-major.
+  std::vector<std::string> diagnostic_tensors;
+  std::vector<double> tensor_rms, update_rms, update_grad_cosine, update_param_cosine;
   bool diverged = false;
   int64_t diverged_step = -1;
   double wall_time = 0;

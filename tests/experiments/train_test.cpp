@@ -65,6 +65,71 @@ TEST(Train, DivergenceStopsWritesAValidFileAndThrows) {
   }
 }
 
+// Per-tensor diagnostics against closed forms: plain SGD steps along its gradient (cosine 1), and
+// from the same start and batch twice the lr is twice the step; a momentum or Adam step is not
+// parallel to its gradient. Off by default: no group, no key in the resolved config.
+TEST(Train, DiagnosticsRecordEachTensorsStepAndItsCosineWithTheGradient) {
+  lopt_test::TempDir dir;
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 200, 50);
+  auto run = [&](const json& optimizer, int64_t steps, const std::string& name) {
+    auto cfg = tiny_config(dir.path("fm"), dir.path(name));
+    cfg["optimizer"] = optimizer;
+    cfg["steps"] = steps;
+    cfg["diagnostics"] = true;
+    return lopt::run_train(cfg, lopt::ProgressMode::quiet);
+  };
+  auto sgd = run({{"type", "sgd"}, {"lr", 0.05}}, 60, "sgd.h5");
+  const size_t T = sgd.diagnostic_tensors.size();
+  ASSERT_EQ(T, 6u);  // three weights and three biases
+  EXPECT_NE(sgd.diagnostic_tensors[0].find("(input_weight)"), std::string::npos) << sgd.diagnostic_tensors[0];
+  ASSERT_EQ(sgd.update_grad_cosine.size(), 4 * T);  // evaluations at 0, 20, 40, 60
+  for (size_t i = 0; i < T; ++i) EXPECT_TRUE(std::isnan(sgd.update_rms[i]) && std::isnan(sgd.update_grad_cosine[i]));
+  EXPECT_GT(sgd.tensor_rms[0], 0);  // the input weight (biases and the μP readout start at zero)
+  for (size_t i = 3 * T; i < 4 * T; ++i) EXPECT_GT(sgd.tensor_rms[i], 0) << i;
+  for (size_t k = T; k < sgd.update_grad_cosine.size(); ++k) {
+    EXPECT_NEAR(sgd.update_grad_cosine[k], 1.0, 1e-6) << k;
+    EXPECT_GT(sgd.update_rms[k], 0) << k;
+  }
+  auto h5 = lopt::h5_read_doubles(dir.path("sgd.h5"), "diagnostics/update_grad_cosine");
+  ASSERT_EQ(h5.size(), sgd.update_grad_cosine.size());
+  EXPECT_EQ(h5.back(), sgd.update_grad_cosine.back());
+  EXPECT_EQ(json::parse(lopt::h5_read_string_attr(dir.path("sgd.h5"), "tensors", "diagnostics")),
+            json(sgd.diagnostic_tensors));
+
+  auto one = run({{"type", "sgd"}, {"lr", 0.05}}, 1, "one.h5");
+  auto two = run({{"type", "sgd"}, {"lr", 0.1}}, 1, "two.h5");
+  for (size_t i = T; i < 2 * T; ++i) EXPECT_NEAR(two.update_rms[i], 2 * one.update_rms[i], 1e-6 * two.update_rms[i]) << i;
+
+  // Decoupled weight decay dominating AdamW's step (lr·wd = 0.1 against a 1e-5 Adam step): the step
+  // is ~0.1·p, parallel to p; without decay, SGD's step is not.
+  auto decay = run({{"type", "adamw"}, {"lr", 1e-5}, {"weight_decay", 1e4}}, 1, "decay.h5");
+  EXPECT_NEAR(decay.update_param_cosine[T], 1.0, 1e-4);  // the input weight (nonzero at init)
+  EXPECT_LT(std::abs(sgd.update_param_cosine[3 * T]), 0.9);
+  auto momentum = run({{"type", "sgd"}, {"lr", 0.05}, {"momentum", 0.9}}, 60, "momentum.h5");
+  auto adam = run({{"type", "adam"}, {"lr", 1e-3}}, 60, "adam.h5");
+  for (size_t k = 2 * T; k < 4 * T; ++k) {
+    EXPECT_LT(momentum.update_grad_cosine[k], 0.999) << k;
+    EXPECT_LT(adam.update_grad_cosine[k], 0.999) << k;
+    EXPECT_GT(adam.update_grad_cosine[k], -1.0) << k;
+  }
+
+  auto plain = tiny_config(dir.path("fm"), dir.path("plain.h5"));
+  EXPECT_TRUE(lopt::run_train(plain, lopt::ProgressMode::quiet).diagnostic_tensors.empty());
+  EXPECT_FALSE(lopt::resolve_train_config(plain).contains("diagnostics"));
+  EXPECT_THROW(lopt::h5_read_doubles(dir.path("plain.h5"), "diagnostics/tensor_rms"), lopt::IoError);
+
+  auto local = tiny_config(dir.path("fm"), "");
+  local["diagnostics"] = true;
+  local["local_sgd"] = {{"workers", 2}, {"local_steps", 2}};
+  local["optimizer"] = {{"type", "sgd"}, {"lr", 1.0}};
+  try {
+    lopt::resolve_train_config(local);
+    FAIL() << "diagnostics with local_sgd accepted";
+  } catch (const lopt::ConfigError& e) {
+    EXPECT_EQ(e.path(), "/diagnostics");
+  }
+}
+
 TEST(Cli, HelpUnknownFlagsAndKeysAndExitCodes) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
@@ -118,6 +183,42 @@ TEST(Cli, HelpUnknownFlagsAndKeysAndExitCodes) {
   }
   EXPECT_EQ(lopt_test::run_lopt("compare -q --config " + dir.path("cmp.json"), &out), 0) << out;
   EXPECT_FALSE(std::filesystem::exists(dir.path("cmp/.lopt.lock")));
+}
+
+// experiments/diagnostics_table.py over a sweep with diagnostics: plain SGD's row has cosine 1 with
+// the gradient, Adam's does not; a sweep without diagnostics is refused naming the file and the key.
+TEST(Sweep, DiagnosticsTableSummarisesEachRunsTensorsOfARole) {
+  lopt_test::TempDir dir;
+  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
+  auto base = tiny_config(dir.path("fm"), "");
+  base["steps"] = 40;
+  base["eval_every"] = 10;
+  base["diagnostics"] = true;
+  json sweep = {{"base", base},
+                {"grid", {{"task.width", {16, 32}},
+                          {"@name,optimizer", json::array({json::array({"SGD", {{"type", "sgd"}, {"lr", 0.05}}}),
+                                                           json::array({"Adam", {{"type", "adam"}, {"lr", 1e-3}}})})}}},
+                {"output_dir", dir.path("sw")}};
+  lopt::run_sweep(sweep, lopt::ProgressMode::quiet);
+  const std::string script = "/usr/bin/python3 " + (lopt_test::repo_root() / "experiments/diagnostics_table.py").string();
+  ASSERT_EQ(lopt_test::run_shell(script + " " + dir.path("sw.h5") + " --steps 10-40 > " + dir.path("t.md") + " 2>&1"), 0)
+      << lopt_test::read_text(dir.path("t.md"));
+  const std::string table = lopt_test::read_text(dir.path("t.md"));
+  EXPECT_NE(table.find("RMS of hidden_weight"), std::string::npos) << table;
+  for (const char* row : {"| SGD | 16 |", "| SGD | 32 |", "| Adam | 16 |", "| Adam | 32 |"}) {
+    const auto at = table.find(row);
+    ASSERT_NE(at, std::string::npos) << row << "\n" << table;
+    const std::string line = table.substr(at, table.find('\n', at) - at);
+    // The fourth cell is the mean cosine with the gradient.
+    const bool sgd = std::string(row).find("SGD") != std::string::npos;
+    EXPECT_EQ(line.find("| 1.000 |") != std::string::npos, sgd) << line;
+  }
+  base.erase("diagnostics");
+  json plain = {{"base", base}, {"grid", {{"task.width", {16}}}}, {"output_dir", dir.path("plain")}};
+  lopt::run_sweep(plain, lopt::ProgressMode::quiet);
+  EXPECT_NE(lopt_test::run_shell(script + " " + dir.path("plain.h5") + " --group task.width > " + dir.path("e.txt") + " 2>&1"), 0);
+  EXPECT_NE(lopt_test::read_text(dir.path("e.txt")).find("\"diagnostics\": true"), std::string::npos)
+      << lopt_test::read_text(dir.path("e.txt"));
 }
 
 TEST(Sweep, ExpandsTheGridValidatesAndResumes) {
