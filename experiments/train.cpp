@@ -260,7 +260,8 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
   Progress progress(steps, "train", progress_mode);
   char status[128] = "";
   for (int64_t step = 0; step < steps; ++step) {
-    keep_step = diagnostics && ((step + 1) % eval_every == 0 || step + 1 == steps);
+    const bool ends_at_eval = (step + 1) % eval_every == 0 || step + 1 == steps;
+    keep_step = diagnostics && ends_at_eval;
     const double loss_v = train_step();
     if (!std::isfinite(loss_v)) {
       res.diverged = true;
@@ -273,7 +274,7 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
     res.steps.push_back(step + 1);
     res.train_loss.push_back(loss_v);
     res.train_time.push_back(now());
-    if ((step + 1) % eval_every == 0 || step + 1 == steps) {
+    if (ends_at_eval) {
       evaluate(step + 1);
       std::snprintf(status, sizeof status, "loss %.4f %s_%s %.4f", loss_v, res.eval_split.c_str(), res.report_metric.c_str(),
                     res.eval_metrics.at(res.report_metric).back());
