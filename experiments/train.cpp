@@ -150,28 +150,45 @@ double cosine(const torch::Tensor& a, const torch::Tensor& b) {
   return denom > 0 ? (a * b).sum().item<double>() / denom : NAN;
 }
 
-/// One row of the per-tensor diagnostics: each tensor's RMS, and when `before` is given (the
-/// parameters before the step that ended here, with that step's gradients) the step's RMS, its
-/// cosine with the gradient (+1: plain gradient descent; 0: orthogonal to it; < 0: uphill) and its
-/// cosine with the parameters before it (+1: pure shrinkage towards zero, as weight decay).
+/// Stable rank ‖A‖_F² / σ_max² of a tensor of rank >= 2 seen as a matrix [size(0), rest] (1 for
+/// rank one, n for n equal singular values); NaN for a vector or a zero matrix.
+double stable_rank(const torch::Tensor& t) {
+  if (t.dim() < 2) return NAN;
+  const auto s = at::linalg_svdvals(t.reshape({t.size(0), -1}));
+  const double top = s.max().item<double>();
+  return top > 0 ? s.square().sum().item<double>() / (top * top) : NAN;
+}
+
+/// One row of the per-tensor diagnostics (TrainResult::diagnostics): each tensor's RMS, and when
+/// `before` is given (the parameters before the step that ended here, with that step's gradients
+/// and the optimizer's pre-orthogonalisation directions) the step's figures.
 void record_diagnostics(TrainResult& res, const ParamSet& params, const std::vector<torch::Tensor>* before,
-                        const std::vector<torch::Tensor>& grads) {
+                        const std::vector<torch::Tensor>& grads, const std::vector<torch::Tensor>& directions) {
   if (res.diagnostic_tensors.empty())
     for (const auto& info : params.info) res.diagnostic_tensors.push_back(info.name + " (" + to_string(info.role) + ")");
+  auto& d = res.diagnostics;
   for (size_t i = 0; i < params.size(); ++i) {
     const auto p = params.tensors[i].detach().to(torch::kFloat64);
-    res.tensor_rms.push_back(rms_of(p));
-    if (before == nullptr) {
-      res.update_rms.push_back(NAN);
-      res.update_grad_cosine.push_back(NAN);
-      res.update_param_cosine.push_back(NAN);
-      continue;
+    std::map<std::string, double> row;
+    for (const char* k : kDiagnostics) row[k] = NAN;
+    row["tensor_rms"] = rms_of(p);
+    if (before != nullptr) {
+      const auto p0 = (*before)[i].to(torch::kFloat64);
+      const auto g = grads[i].detach().to(torch::kFloat64);
+      const auto step = p0 - p;  // the descent step p_before - p_after
+      row["update_rms"] = rms_of(step);
+      row["update_grad_cosine"] = cosine(step, g);
+      row["update_param_cosine"] = cosine(step, p0);
+      row["grad_stable_rank"] = stable_rank(g);
+      row["update_stable_rank"] = stable_rank(step);
+      if (i < directions.size() && directions[i].defined()) {
+        const auto dir = directions[i].detach().to(torch::kFloat64);
+        row["direction_grad_cosine"] = cosine(dir, g);
+        row["direction_param_cosine"] = cosine(dir, p0);
+        row["direction_stable_rank"] = stable_rank(dir);
+      }
     }
-    const auto p0 = (*before)[i].to(torch::kFloat64);
-    const auto step = p0 - p;  // the descent step p_before - p_after
-    res.update_rms.push_back(rms_of(step));
-    res.update_grad_cosine.push_back(cosine(step, grads[i].detach().to(torch::kFloat64)));
-    res.update_param_cosine.push_back(cosine(step, p0));
+    for (const auto& [k, v] : row) d[k].push_back(v);
   }
 }
 }  // namespace
@@ -201,7 +218,7 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
   // Diagnostics: the step that ends at an evaluation keeps its gradients and the parameters before it.
   const bool diagnostics = config.value("diagnostics", false);
   bool keep_step = false;
-  std::vector<torch::Tensor> kept_grads, kept_before;
+  std::vector<torch::Tensor> kept_grads, kept_before, kept_directions;
   if (config.contains("local_sgd")) {
     local = LocalSgdConfig::from_json(config["local_sgd"]);
     global = make_global_update(config["optimizer"], local.workers);
@@ -239,6 +256,7 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
         kept_grads = grads;
         kept_before.clear();
         for (const auto& t : state.params.tensors) kept_before.push_back(t.detach().clone());
+        kept_directions = opt->pre_orthogonal_directions(state, grads, loss.detach());
       }
       opt->update_(state, grads, loss.detach());
       return loss_v;
@@ -254,7 +272,7 @@ TrainResult run_train(const nlohmann::json& raw_config, ProgressMode progress_mo
     for (const auto& t : state.params.tensors) sq += t.detach().to(torch::kFloat64).square().sum().item<double>();
     res.param_norm.push_back(std::sqrt(sq));
     res.eval_time.push_back(now());
-    if (diagnostics) record_diagnostics(res, state.params, step == 0 ? nullptr : &kept_before, kept_grads);
+    if (diagnostics) record_diagnostics(res, state.params, step == 0 ? nullptr : &kept_before, kept_grads, kept_directions);
   };
   evaluate(0);
   Progress progress(steps, "train", progress_mode);
@@ -370,10 +388,7 @@ void write_train_result(const std::string& path, const nlohmann::json& config, c
     const std::vector<uint64_t> shape = {r.eval_steps.size(), r.diagnostic_tensors.size()};
     w.group("diagnostics");
     w.attr("tensors", nlohmann::json(r.diagnostic_tensors).dump(), "diagnostics");
-    w.dataset("diagnostics/tensor_rms", r.tensor_rms, shape);
-    w.dataset("diagnostics/update_rms", r.update_rms, shape);
-    w.dataset("diagnostics/update_grad_cosine", r.update_grad_cosine, shape);
-    w.dataset("diagnostics/update_param_cosine", r.update_param_cosine, shape);
+    for (const char* k : kDiagnostics) w.dataset(std::string("diagnostics/") + k, r.diagnostics.at(k), shape);
   }
   w.commit();
 }

@@ -24,6 +24,11 @@ nlohmann::json resolve_relative_schedule(const nlohmann::json& optimizer, int64_
 /// Throws ConfigError naming the bad key.
 nlohmann::json resolve_train_config(const nlohmann::json& config);
 
+/// The per-tensor diagnostics' datasets (group "diagnostics" of a result file; TrainResult::diagnostics).
+inline constexpr const char* kDiagnostics[] = {"tensor_rms",           "update_rms",         "update_grad_cosine",
+                                               "update_param_cosine",  "grad_stable_rank",   "update_stable_rank",
+                                               "direction_grad_cosine", "direction_param_cosine", "direction_stable_rank"};
+
 struct TrainResult {
   std::vector<int64_t> steps;        ///< 1-based update index of each training loss
   std::vector<double> train_loss;    ///< loss of the batch before that update
@@ -35,11 +40,14 @@ struct TrainResult {
   std::vector<double> eval_time;
   std::vector<double> param_norm;    ///< global L2 norm of the parameters at each evaluation
   /// With "diagnostics": true, per evaluation (row) and tensor (column, named "name (role)" in
-  /// diagnostic_tensors): the tensor's RMS, the RMS of the step that ended at the evaluation
-  /// (p_before - p_after), that step's cosine with its gradient and with p_before (+1: pure
-  /// shrinkage); NaN at step 0. Row-major.
+  /// diagnostic_tensors), row-major, keyed by dataset name (kDiagnostics): the tensor's RMS; of the
+  /// step that ended at the evaluation (p_before - p_after) its RMS, its cosine with its gradient and
+  /// with p_before (+1: pure shrinkage); the stable ranks ‖A‖_F² / σ_max² of the gradient and the
+  /// step; and, for tensors the optimizer orthogonalises, the direction it handed to Newton–Schulz
+  /// (Optimizer::pre_orthogonal_directions): its cosine with the gradient and with p_before and its
+  /// stable rank. NaN at step 0, for stable ranks of vectors and directions of other tensors.
   std::vector<std::string> diagnostic_tensors;
-  std::vector<double> tensor_rms, update_rms, update_grad_cosine, update_param_cosine;
+  std::map<std::string, std::vector<double>> diagnostics;
   bool diverged = false;
   int64_t diverged_step = -1;
   double wall_time = 0;

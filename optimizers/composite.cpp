@@ -97,6 +97,14 @@ void Composite::scatter(OptState& out, size_t route, const std::vector<size_t>& 
   for (auto& [name, v] : sub.slots) out.slots[slot_prefix(route) + name] = std::move(v);
 }
 
+namespace {
+std::vector<torch::Tensor> gather(const std::vector<torch::Tensor>& all, const std::vector<size_t>& idx) {
+  std::vector<torch::Tensor> out;
+  for (size_t i : idx) out.push_back(all[i]);
+  return out;
+}
+}  // namespace
+
 OptState Composite::init(const ParamSet& params) const {
   OptState s;
   s.params = params;
@@ -121,9 +129,7 @@ OptState Composite::update(const OptState& state, const std::vector<torch::Tenso
   const auto idx = partition(state.params);
   for (size_t k = 0; k < routes_.size(); ++k) {
     if (idx[k].empty()) continue;
-    std::vector<torch::Tensor> g;
-    for (size_t i : idx[k]) g.push_back(grads[i]);
-    scatter(out, k, idx[k], routes_[k].optimizer->update(sub_state(state, k, idx[k]), g, loss));
+    scatter(out, k, idx[k], routes_[k].optimizer->update(sub_state(state, k, idx[k]), gather(grads, idx[k]), loss));
   }
   return out;
 }
@@ -133,13 +139,24 @@ void Composite::update_(OptState& state, const std::vector<torch::Tensor>& grads
   const auto idx = partition(state.params);
   for (size_t k = 0; k < routes_.size(); ++k) {
     if (idx[k].empty()) continue;
-    std::vector<torch::Tensor> g;
-    for (size_t i : idx[k]) g.push_back(grads[i]);
     auto sub = sub_state(state, k, idx[k]);
-    routes_[k].optimizer->update_(sub, g, loss);
+    routes_[k].optimizer->update_(sub, gather(grads, idx[k]), loss);
     scatter(state, k, idx[k], std::move(sub));
   }
   state.step += 1;
+}
+
+std::vector<torch::Tensor> Composite::pre_orthogonal_directions(const OptState& state, const std::vector<torch::Tensor>& grads,
+                                                                const torch::Tensor& loss) const {
+  check_grads(state, grads, "Composite::pre_orthogonal_directions");
+  std::vector<torch::Tensor> out(grads.size());
+  const auto idx = partition(state.params);
+  for (size_t k = 0; k < routes_.size(); ++k) {
+    if (idx[k].empty()) continue;
+    const auto d = routes_[k].optimizer->pre_orthogonal_directions(sub_state(state, k, idx[k]), gather(grads, idx[k]), loss);
+    for (size_t j = 0; j < idx[k].size(); ++j) out[idx[k][j]] = d[j];
+  }
+  return out;
 }
 
 double Composite::lr_at(int64_t step, const ParamInfo& info) const {

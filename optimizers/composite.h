@@ -35,6 +35,8 @@ class Composite : public Optimizer {
   OptState update(const OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const override;
   void update_(OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor& loss) const override;
   double lr_at(int64_t step, const ParamInfo& info) const override;
+  std::vector<torch::Tensor> pre_orthogonal_directions(const OptState& state, const std::vector<torch::Tensor>& grads,
+                                                       const torch::Tensor& loss) const override;
   nlohmann::json hyperparams() const override;
   /// The route of a tensor; ConfigError at <path>/routes when none matches.
   size_t route_of(const ParamInfo& info, int64_t rank) const;

@@ -122,6 +122,23 @@ OptState Muon::init(const ParamSet& params) const {
   return s;
 }
 
+std::pair<torch::Tensor, torch::Tensor> Muon::direction(const torch::Tensor& g, const torch::Tensor& buffer) const {
+  // muon.py: momentum.lerp_(grad, 1 - beta); update = grad.lerp_(momentum, beta) if nesterov.
+  const double beta = opt_.momentum;
+  auto mom = buffer + (g - buffer) * (1 - beta);
+  auto u = opt_.nesterov ? g + (mom - g) * beta : mom;
+  return {mom, u};
+}
+
+std::vector<torch::Tensor> Muon::pre_orthogonal_directions(const OptState& state, const std::vector<torch::Tensor>& grads,
+                                                           const torch::Tensor&) const {
+  check_grads(state, grads, "Muon::pre_orthogonal_directions");
+  std::vector<torch::Tensor> out(grads.size());
+  for (size_t i = 0; i < grads.size(); ++i)
+    if (is_muon(state.params, i)) out[i] = direction(grads[i], state.slots.at("momentum_buffer")[i]).second;
+  return out;
+}
+
 OptState Muon::update(const OptState& state, const std::vector<torch::Tensor>& grads, const torch::Tensor&) const {
   check_grads(state, grads, "Muon::update");
   OptState out;
@@ -130,7 +147,6 @@ OptState Muon::update(const OptState& state, const std::vector<torch::Tensor>& g
   const double t = static_cast<double>(out.step);
   const double bc1 = 1 - std::pow(opt_.adamw_beta1, t);
   const double bc2_sqrt = std::sqrt(1 - std::pow(opt_.adamw_beta2, t));
-  const double beta = opt_.momentum;
   for (size_t i = 0; i < grads.size(); ++i) {
     const auto& p = state.params.tensors[i];
     const auto& g = grads[i];
@@ -138,9 +154,7 @@ OptState Muon::update(const OptState& state, const std::vector<torch::Tensor>& g
     const double lr = opt_.lr * (*schedule_)(state.step) * (mu ? 1.0 : opt_.adamw_lr_ratio);
     if (mu) {
       auto decayed = opt_.weight_decay != 0 ? p * (1 - lr * opt_.weight_decay) : p;
-      // muon.py: momentum.lerp_(grad, 1 - beta); update = grad.lerp_(momentum, beta) if nesterov.
-      auto mom = state.slots.at("momentum_buffer")[i] + (g - state.slots.at("momentum_buffer")[i]) * (1 - beta);
-      auto u = opt_.nesterov ? g + (mom - g) * beta : mom;
+      auto [mom, u] = direction(g, state.slots.at("momentum_buffer")[i]);
       auto mat = as_matrix(u);
       auto o = opt_.ns_float64 ? newton_schulz5(mat.to(torch::kFloat64), opt_.ns_steps).to(mat.scalar_type())
                                : newton_schulz5(mat, opt_.ns_steps);

@@ -50,11 +50,16 @@ class Muon : public Optimizer {
   OptState update(const OptState& state, const std::vector<torch::Tensor>& grads,
                   const torch::Tensor& loss) const override;
   double lr_at(int64_t step, const ParamInfo& info) const override;
+  std::vector<torch::Tensor> pre_orthogonal_directions(const OptState& state, const std::vector<torch::Tensor>& grads,
+                                                       const torch::Tensor& loss) const override;
   nlohmann::json hyperparams() const override;
   /// Whether tensor `i` of `params` is stepped by Muon (a routed role and rank >= 2).
   bool is_muon(const ParamSet& params, size_t i) const;
 
  private:
+  /// A Muon tensor's new momentum buffer and the direction handed to Newton–Schulz (its Nesterov
+  /// blend with the gradient, or the buffer itself), from its gradient and the buffer before.
+  std::pair<torch::Tensor, torch::Tensor> direction(const torch::Tensor& g, const torch::Tensor& buffer) const;
   MuonOptions opt_;
   std::unique_ptr<LrSchedule> schedule_;
 };

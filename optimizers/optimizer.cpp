@@ -40,6 +40,11 @@ void check_grads(const OptState& state, const std::vector<torch::Tensor>& grads,
 
 double Optimizer::lr_at(int64_t, const ParamInfo&) const { return std::nan(""); }
 
+std::vector<torch::Tensor> Optimizer::pre_orthogonal_directions(const OptState&, const std::vector<torch::Tensor>& grads,
+                                                                const torch::Tensor&) const {
+  return std::vector<torch::Tensor>(grads.size());
+}
+
 namespace {
 NamedRegistry<OptimizerFactory>& registry() {
   static NamedRegistry<OptimizerFactory> r("optimizer", [] { register_builtin_optimizers(); });

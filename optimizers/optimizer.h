@@ -54,6 +54,13 @@ class Optimizer {
   virtual double lr_at(int64_t step, const ParamInfo& info) const;
   /// Full resolved configuration including "type"; make_optimizer(hyperparams()) rebuilds it.
   virtual nlohmann::json hyperparams() const = 0;
+  /// Diagnostics (nothing is applied, `state` is left as it is): per tensor, the direction an
+  /// orthogonalising optimizer would hand to Newton–Schulz at the step update() takes from `state`
+  /// with `grads` (Muon: its momentum or Nesterov blend; Celo2: its network's output), signed as a
+  /// descent direction; an undefined tensor for tensors it does not orthogonalise. Default: all undefined.
+  virtual std::vector<torch::Tensor> pre_orthogonal_directions(const OptState& state,
+                                                               const std::vector<torch::Tensor>& grads,
+                                                               const torch::Tensor& loss) const;
   /// Local SGD: how many workers' deltas this optimizer takes besides their mean (a learned
   /// aggregator such as LAgg-A); 0 for a per-parameter optimizer (optimizers/global_update.h).
   virtual int64_t worker_inputs() const { return 0; }

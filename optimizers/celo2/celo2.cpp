@@ -333,15 +333,16 @@ Celo2Optimizer::Net Celo2Optimizer::net() const { return {w0_, named_.at("b0"), 
 torch::Tensor Celo2Optimizer::learned_step(const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& mom0,
                                            const torch::Tensor& rms0, const torch::Tensor& row0, const torch::Tensor& col0,
                                            const torch::Tensor& v0, std::array<torch::Tensor, 5>& new_slots,
-                                           torch::Tensor* mlp_inputs, torch::Tensor* mlp_outputs) const {
-  return learned_step(net(), p, g, mom0, rms0, row0, col0, v0, new_slots, mlp_inputs, mlp_outputs);
+                                           torch::Tensor* mlp_inputs, torch::Tensor* mlp_outputs,
+                                           torch::Tensor* pre_orthogonal) const {
+  return learned_step(net(), p, g, mom0, rms0, row0, col0, v0, new_slots, mlp_inputs, mlp_outputs, pre_orthogonal);
 }
 
 torch::Tensor Celo2Optimizer::learned_step(const Net& net, const torch::Tensor& p, const torch::Tensor& g,
                                            const torch::Tensor& mom0, const torch::Tensor& rms0, const torch::Tensor& row0,
                                            const torch::Tensor& col0, const torch::Tensor& v0,
                                            std::array<torch::Tensor, 5>& new_slots, torch::Tensor* mlp_inputs,
-                                           torch::Tensor* mlp_outputs) const {
+                                           torch::Tensor* mlp_outputs, torch::Tensor* pre_orthogonal) const {
   // A batched net: dimension 0 indexes the members, each parameter is p[m].
   const int64_t batch = net.batched ? 1 : 0;
   std::vector<int64_t> shape = lo::accumulator_shape(batch ? p[0] : p);
@@ -386,6 +387,7 @@ torch::Tensor Celo2Optimizer::learned_step(const Net& net, const torch::Tensor& 
   }
   auto step = h.select(-1, 0);
   if (config_.exp_mult != 0) step = step * torch::exp(h.select(-1, 1) * config_.exp_mult);
+  if (pre_orthogonal) *pre_orthogonal = step;
   if (config_.orthogonalize && r >= 2)
     step = newton_schulz(step, config_.ns_steps, {config_.ns_coeffs[0], config_.ns_coeffs[1], config_.ns_coeffs[2]},
                          config_.ns_eps);
@@ -467,6 +469,27 @@ OptState Celo2Optimizer::update(const OptState& state, const std::vector<torch::
     for (int k = 0; k < 5; ++k) out.slots[names[k]].push_back(acc[static_cast<size_t>(k)]);
     out.slots["exp_avg"].push_back(m);
     out.slots["exp_avg_sq"].push_back(v);
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> Celo2Optimizer::pre_orthogonal_directions(const OptState& state,
+                                                                     const std::vector<torch::Tensor>& grads_in,
+                                                                     const torch::Tensor&) const {
+  check_grads(state, grads_in, "Celo2Optimizer::pre_orthogonal_directions");
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> out(grads_in.size());
+  if (!config_.orthogonalize) return out;
+  const std::vector<torch::Tensor> grads = clipped(grads_in);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const auto& p = state.params.tensors[i];
+    if (uses_adamw(state.params, i) || p.dim() < 2) continue;
+    const auto slot = [&](const char* k) { return state.slots.at(k)[i]; };
+    std::array<torch::Tensor, 5> next;
+    torch::Tensor direction;
+    learned_step(p, grads[i], slot("mom"), slot("rms"), slot("fac_vec_row"), slot("fac_vec_col"), slot("fac_vec_v"), next,
+                 nullptr, nullptr, &direction);
+    out[i] = direction.reshape(p.sizes());
   }
   return out;
 }
@@ -627,7 +650,7 @@ void Celo2Optimizer::step_stacked_(std::vector<PopulationMember>& members) const
                                 [](int64_t s, const ParamInfo&) { return static_cast<double>(s + 1); }));
     } else {
       std::array<torch::Tensor, 5> next;
-      const auto step = learned_step(batched_net(), p, g, acc[0], acc[1], acc[2], acc[3], acc[4], next, nullptr, nullptr);
+      const auto step = learned_step(batched_net(), p, g, acc[0], acc[1], acc[2], acc[3], acc[4], next, nullptr, nullptr, nullptr);
       p_new = p - lr * (step + config_.weight_decay * p);
       acc = next;
     }

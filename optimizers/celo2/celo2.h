@@ -123,6 +123,8 @@ class Celo2Optimizer : public Optimizer {
   /// with other parameter shapes, fall back to one at a time.
   void update_many_(std::vector<PopulationMember>& members) const override;
   double lr_at(int64_t step, const ParamInfo& info) const override;
+  std::vector<torch::Tensor> pre_orthogonal_directions(const OptState& state, const std::vector<torch::Tensor>& grads,
+                                                       const torch::Tensor& loss) const override;
   nlohmann::json hyperparams() const override;
   /// μCelo2's lr multiplier of a tensor (1 unless mup).
   double mup_mult(const ParamInfo& info) const;
@@ -130,11 +132,13 @@ class Celo2Optimizer : public Optimizer {
   bool uses_adamw(const ParamSet& params, size_t i) const;
 
   /// The learned step of one tensor (before lr and weight decay), also giving the normalised MLP
-  /// inputs [*S, channels] and outputs [*S, 3] when asked (for the parity tests).
+  /// inputs [*S, channels] and outputs [*S, 3] when asked (for the parity tests), and the direction
+  /// before Newton–Schulz (the network's step output, shaped as the tensor's accumulators).
   torch::Tensor learned_step(const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& mom,
                              const torch::Tensor& rms, const torch::Tensor& row, const torch::Tensor& col,
                              const torch::Tensor& v, std::array<torch::Tensor, 5>& new_slots,
-                             torch::Tensor* mlp_inputs = nullptr, torch::Tensor* mlp_outputs = nullptr) const;
+                             torch::Tensor* mlp_inputs = nullptr, torch::Tensor* mlp_outputs = nullptr,
+                             torch::Tensor* pre_orthogonal = nullptr) const;
 
  private:
   /// The network's weights: this optimizer's ([30, H], [H], ...) or a population's stacked
@@ -149,7 +153,7 @@ class Celo2Optimizer : public Optimizer {
   torch::Tensor learned_step(const Net& net, const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& mom,
                              const torch::Tensor& rms, const torch::Tensor& row, const torch::Tensor& col,
                              const torch::Tensor& v, std::array<torch::Tensor, 5>& new_slots, torch::Tensor* mlp_inputs,
-                             torch::Tensor* mlp_outputs) const;
+                             torch::Tensor* mlp_outputs, torch::Tensor* pre_orthogonal) const;
   /// The AdamW step (adamw_variant) of a tensor at update number t (from 1), lr the branch's lr:
   /// (p, m, v) after it. lr and t are float64, 0-dim for one member or [M, 1, ...] for stacked members.
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> adamw_step(const torch::Tensor& p, const torch::Tensor& g,

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include <fstream>
+#include <sstream>
 
 #include "common/config.h"
 #include "common/lock.h"
@@ -65,9 +66,10 @@ TEST(Train, DivergenceStopsWritesAValidFileAndThrows) {
   }
 }
 
-// Per-tensor diagnostics against closed forms: plain SGD steps along its gradient (cosine 1), and
-// from the same start and batch twice the lr is twice the step; a momentum or Adam step is not
-// parallel to its gradient. Off by default: no group, no key in the resolved config.
+// Per-tensor diagnostics against closed forms: plain SGD steps along its gradient (cosine 1, the
+// same stable rank), and from the same start and batch twice the lr is twice the step; a momentum or
+// Adam step is not parallel to its gradient; Muon's first pre-orthogonalisation direction is its
+// gradient. Off by default: no group, no key in the resolved config.
 TEST(Train, DiagnosticsRecordEachTensorsStepAndItsCosineWithTheGradient) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 200, 50);
@@ -82,36 +84,71 @@ TEST(Train, DiagnosticsRecordEachTensorsStepAndItsCosineWithTheGradient) {
   const size_t T = sgd.diagnostic_tensors.size();
   ASSERT_EQ(T, 6u);  // three weights and three biases
   EXPECT_NE(sgd.diagnostic_tensors[0].find("(input_weight)"), std::string::npos) << sgd.diagnostic_tensors[0];
-  ASSERT_EQ(sgd.update_grad_cosine.size(), 4 * T);  // evaluations at 0, 20, 40, 60
-  for (size_t i = 0; i < T; ++i) EXPECT_TRUE(std::isnan(sgd.update_rms[i]) && std::isnan(sgd.update_grad_cosine[i]));
-  EXPECT_GT(sgd.tensor_rms[0], 0);  // the input weight (biases and the μP readout start at zero)
-  for (size_t i = 3 * T; i < 4 * T; ++i) EXPECT_GT(sgd.tensor_rms[i], 0) << i;
-  for (size_t k = T; k < sgd.update_grad_cosine.size(); ++k) {
-    EXPECT_NEAR(sgd.update_grad_cosine[k], 1.0, 1e-6) << k;
-    EXPECT_GT(sgd.update_rms[k], 0) << k;
+  ASSERT_EQ(sgd.diagnostics.at("update_grad_cosine").size(), 4 * T);  // evaluations at 0, 20, 40, 60
+  for (size_t i = 0; i < T; ++i) EXPECT_TRUE(std::isnan(sgd.diagnostics.at("update_rms")[i]) && std::isnan(sgd.diagnostics.at("update_grad_cosine")[i]));
+  EXPECT_GT(sgd.diagnostics.at("tensor_rms")[0], 0);  // the input weight (biases and the μP readout start at zero)
+  for (size_t i = 3 * T; i < 4 * T; ++i) EXPECT_GT(sgd.diagnostics.at("tensor_rms")[i], 0) << i;
+  for (size_t k = T; k < sgd.diagnostics.at("update_grad_cosine").size(); ++k) {
+    EXPECT_NEAR(sgd.diagnostics.at("update_grad_cosine")[k], 1.0, 1e-6) << k;
+    EXPECT_GT(sgd.diagnostics.at("update_rms")[k], 0) << k;
   }
   auto h5 = lopt::h5_read_doubles(dir.path("sgd.h5"), "diagnostics/update_grad_cosine");
-  ASSERT_EQ(h5.size(), sgd.update_grad_cosine.size());
-  EXPECT_EQ(h5.back(), sgd.update_grad_cosine.back());
+  ASSERT_EQ(h5.size(), sgd.diagnostics.at("update_grad_cosine").size());
+  EXPECT_EQ(h5.back(), sgd.diagnostics.at("update_grad_cosine").back());
   EXPECT_EQ(json::parse(lopt::h5_read_string_attr(dir.path("sgd.h5"), "tensors", "diagnostics")),
             json(sgd.diagnostic_tensors));
 
   auto one = run({{"type", "sgd"}, {"lr", 0.05}}, 1, "one.h5");
   auto two = run({{"type", "sgd"}, {"lr", 0.1}}, 1, "two.h5");
-  for (size_t i = T; i < 2 * T; ++i) EXPECT_NEAR(two.update_rms[i], 2 * one.update_rms[i], 1e-6 * two.update_rms[i]) << i;
+  for (size_t i = T; i < 2 * T; ++i) EXPECT_NEAR(two.diagnostics.at("update_rms")[i], 2 * one.diagnostics.at("update_rms")[i], 1e-6 * two.diagnostics.at("update_rms")[i]) << i;
 
   // Decoupled weight decay dominating AdamW's step (lr·wd = 0.1 against a 1e-5 Adam step): the step
   // is ~0.1·p, parallel to p; without decay, SGD's step is not.
   auto decay = run({{"type", "adamw"}, {"lr", 1e-5}, {"weight_decay", 1e4}}, 1, "decay.h5");
-  EXPECT_NEAR(decay.update_param_cosine[T], 1.0, 1e-4);  // the input weight (nonzero at init)
-  EXPECT_LT(std::abs(sgd.update_param_cosine[3 * T]), 0.9);
+  EXPECT_NEAR(decay.diagnostics.at("update_param_cosine")[T], 1.0, 1e-4);  // the input weight (nonzero at init)
+  EXPECT_LT(std::abs(sgd.diagnostics.at("update_param_cosine")[3 * T]), 0.9);
   auto momentum = run({{"type", "sgd"}, {"lr", 0.05}, {"momentum", 0.9}}, 60, "momentum.h5");
   auto adam = run({{"type", "adam"}, {"lr", 1e-3}}, 60, "adam.h5");
   for (size_t k = 2 * T; k < 4 * T; ++k) {
-    EXPECT_LT(momentum.update_grad_cosine[k], 0.999) << k;
-    EXPECT_LT(adam.update_grad_cosine[k], 0.999) << k;
-    EXPECT_GT(adam.update_grad_cosine[k], -1.0) << k;
+    EXPECT_LT(momentum.diagnostics.at("update_grad_cosine")[k], 0.999) << k;
+    EXPECT_LT(adam.diagnostics.at("update_grad_cosine")[k], 0.999) << k;
+    EXPECT_GT(adam.diagnostics.at("update_grad_cosine")[k], -1.0) << k;
   }
+
+  // Stable ranks: plain SGD's step is its gradient scaled, so theirs are equal; vectors have none.
+  // Only orthogonalising optimizers have a pre-orthogonalisation direction.
+  const auto& sr_grad = sgd.diagnostics.at("grad_stable_rank");
+  const auto& sr_step = sgd.diagnostics.at("update_stable_rank");
+  for (size_t k = T; k < sr_grad.size(); ++k) {
+    const bool matrix = sgd.diagnostic_tensors[k % T].find("weight") != std::string::npos;
+    EXPECT_EQ(std::isnan(sr_grad[k]), !matrix) << sgd.diagnostic_tensors[k % T];
+    if (matrix) {
+      EXPECT_GE(sr_grad[k], 1.0 - 1e-9) << k;
+      EXPECT_NEAR(sr_step[k], sr_grad[k], 1e-4 * sr_grad[k]) << k;  // the step read back from float32 p
+    }
+    for (const char* d : {"direction_grad_cosine", "direction_param_cosine", "direction_stable_rank"})
+      EXPECT_TRUE(std::isnan(sgd.diagnostics.at(d)[k])) << d << " " << k;
+  }
+  // Muon's direction while its buffer is zero is the gradient scaled (the Nesterov blend): cosine 1
+  // on the hidden matrix; Newton–Schulz flattens its spectrum, so the step's stable rank is the
+  // larger. Step 2: the zero readout at initialisation gives the hidden matrix a zero first gradient.
+  auto muon = run({{"type", "muon"}, {"lr", 0.02}}, 2, "muon.h5");
+  size_t hidden = T;
+  for (size_t i = 0; i < T; ++i)
+    if (muon.diagnostic_tensors[i].find("(hidden_weight)") != std::string::npos) hidden = i;
+  ASSERT_LT(hidden, T);
+  for (size_t i = 0; i < T; ++i) {
+    const double c = muon.diagnostics.at("direction_grad_cosine")[T + i];
+    if (i == hidden) {
+      EXPECT_NEAR(c, 1.0, 1e-6);
+      EXPECT_GT(muon.diagnostics.at("update_stable_rank")[T + i], 1.5 * muon.diagnostics.at("direction_stable_rank")[T + i]);
+      EXPECT_NEAR(muon.diagnostics.at("direction_stable_rank")[T + i], muon.diagnostics.at("grad_stable_rank")[T + i], 1e-6);
+    } else {
+      EXPECT_TRUE(std::isnan(c)) << muon.diagnostic_tensors[i];
+    }
+  }
+  for (const char* k : lopt::kDiagnostics)
+    EXPECT_EQ(lopt::h5_read_doubles(dir.path("muon.h5"), std::string("diagnostics/") + k).size(), 2 * T) << k;
 
   auto plain = tiny_config(dir.path("fm"), dir.path("plain.h5"));
   EXPECT_TRUE(lopt::run_train(plain, lopt::ProgressMode::quiet).diagnostic_tensors.empty());
@@ -181,7 +218,9 @@ TEST(Cli, HelpUnknownFlagsAndKeysAndExitCodes) {
 }
 
 // experiments/diagnostics_table.py over a sweep with diagnostics: plain SGD's row has cosine 1 with
-// the gradient, Adam's does not; a sweep without diagnostics is refused naming the file and the key.
+// the gradient, Adam's and Muon's do not; with --spectra only Muon has a pre-orthogonalisation
+// direction, of lower stable rank than its step; a sweep without diagnostics is refused naming the
+// file and the key.
 TEST(Sweep, DiagnosticsTableSummarisesEachRunsTensorsOfARole) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
@@ -192,22 +231,45 @@ TEST(Sweep, DiagnosticsTableSummarisesEachRunsTensorsOfARole) {
   json sweep = {{"base", base},
                 {"grid", {{"task.width", {16, 32}},
                           {"@name,optimizer", json::array({json::array({"SGD", {{"type", "sgd"}, {"lr", 0.05}}}),
-                                                           json::array({"Adam", {{"type", "adam"}, {"lr", 1e-3}}})})}}},
+                                                           json::array({"Adam", {{"type", "adam"}, {"lr", 1e-3}}}),
+                                                           json::array({"Muon", {{"type", "muon"}, {"lr", 0.02}}})})}}},
                 {"output_dir", dir.path("sw")}};
   lopt::run_sweep(sweep, lopt::ProgressMode::quiet);
   const std::string script = "/usr/bin/python3 " + (lopt_test::repo_root() / "experiments/diagnostics_table.py").string();
-  ASSERT_EQ(lopt_test::run_shell(script + " " + dir.path("sw.h5") + " --steps 10-40 > " + dir.path("t.md") + " 2>&1"), 0)
+  ASSERT_EQ(lopt_test::run_shell(script + " " + dir.path("sw.h5") + " --steps 10-40 --spectra > " + dir.path("t.md") +
+                                  " 2>&1"), 0)
       << lopt_test::read_text(dir.path("t.md"));
   const std::string table = lopt_test::read_text(dir.path("t.md"));
   EXPECT_NE(table.find("RMS of hidden_weight"), std::string::npos) << table;
-  for (const char* row : {"| SGD | 16 |", "| SGD | 32 |", "| Adam | 16 |", "| Adam | 32 |"}) {
-    const auto at = table.find(row);
-    ASSERT_NE(at, std::string::npos) << row << "\n" << table;
-    const std::string line = table.substr(at, table.find('\n', at) - at);
-    // The fourth cell is the mean cosine with the gradient.
-    const bool sgd = std::string(row).find("SGD") != std::string::npos;
-    EXPECT_EQ(line.find("| 1.000 |") != std::string::npos, sgd) << line;
-  }
+  const auto spectra = table.find("stable rank: gradient");
+  ASSERT_NE(spectra, std::string::npos) << table;
+  auto cells = [&](const std::string& row, size_t from) {
+    const auto at = table.find(row, from);
+    EXPECT_NE(at, std::string::npos) << row << "\n" << table;
+    std::vector<std::string> out;
+    std::stringstream line(table.substr(at, table.find('\n', at) - at));
+    for (std::string c; std::getline(line, c, '|');) out.push_back(c);
+    return out;  // "", group, x, the figures...
+  };
+  for (const char* opt : {"SGD", "Adam", "Muon"})
+    for (const char* width : {"16", "32"}) {
+      const std::string row = std::string("| ") + opt + " | " + width + " |", name = opt;
+      // The first table's fourth cell is the mean cosine with the gradient: 1 for plain SGD only.
+      const auto first = cells(row, 0);
+      ASSERT_GE(first.size(), 5u) << row;
+      EXPECT_EQ(first[4] == " 1.000 ", name == "SGD") << row << first[4];
+      // The second: the direction before Newton–Schulz exists for Muon only; SGD's step has its
+      // gradient's stable rank, Muon's a larger one than its direction's.
+      const auto second = cells(row, spectra);
+      ASSERT_EQ(second.size(), 8u) << row;
+      EXPECT_EQ(second[3] == " - ", name != "Muon") << row << second[3];
+      if (name == "SGD") {
+        EXPECT_EQ(second[5], second[7]) << row;
+      }
+      if (name == "Muon") {
+        EXPECT_GT(std::stod(second[7]), std::stod(second[6])) << row;
+      }
+    }
   base.erase("diagnostics");
   json plain = {{"base", base}, {"grid", {{"task.width", {16}}}}, {"output_dir", dir.path("plain")}};
   lopt::run_sweep(plain, lopt::ProgressMode::quiet);

@@ -11,6 +11,7 @@
 #include "common/errors.h"
 #include "common/rng.h"
 #include "experiments/coord_check.h"
+#include "optimizers/muon.h"
 #include "optimizers/optimizer.h"
 #include "optimizers/safetensors.h"
 #include "optimizers/small_fc_lopt/small_fc_lopt.h"
@@ -112,6 +113,50 @@ TEST(Celo2Parity, MatchesPyloGoldenValues) {
           EXPECT_LT(scaled_err(state.slots.at(s.key())[i], from_json(s.value())), 1e-5) << where << " " << s.key() << " " << i;
       }
     }
+  }
+}
+
+// The diagnostics' pre-orthogonalisation direction is what the step is made of: on each matrix the
+// update equals rmsmult · NS(direction) / RMS(NS(direction)) (weight decay taken out); undefined on
+// the tensors the network does not orthogonalise, and everywhere for Celo2-base; the state untouched.
+TEST(Celo2, PreOrthogonalDirectionIsWhatNewtonSchulzTurnsIntoTheStep) {
+  for (const char* name : {"celo2", "celo2_base"}) {
+    SCOPED_TRACE(name);
+    auto c = load_case(golden().at("cases").at(name));
+    const auto& cfg = c.lopt->config();
+    auto opt = c.lopt->bind(c.theta);
+    auto* celo = dynamic_cast<lopt::Celo2Optimizer*>(opt.get());
+    auto state = opt->init(c.params);
+    const auto& st = golden().at("cases").at(name).at("steps");
+    int matrices = 0;
+    for (size_t k = 0; k < 2; ++k) {  // the first step and one with nonzero accumulators
+      std::vector<torch::Tensor> grads;
+      for (const auto& g : st[k].at("grads")) grads.push_back(from_json(g));
+      auto before = state;
+      before.slots.clear();
+      for (const auto& [slot, v] : state.slots)
+        for (const auto& t : v) before.slots[slot].push_back(t.clone());
+      const auto dirs = opt->pre_orthogonal_directions(state, grads, torch::zeros({}));
+      for (const auto& [slot, v] : state.slots)
+        for (size_t i = 0; i < v.size(); ++i) EXPECT_TRUE(torch::equal(v[i], before.slots.at(slot)[i])) << slot << " " << i;
+      auto next = opt->update(state, grads, torch::zeros({}));
+      for (size_t i = 0; i < grads.size(); ++i) {
+        const auto& p = state.params.tensors[i];
+        const bool orthogonalised = cfg.orthogonalize && !celo->uses_adamw(state.params, i) && p.dim() >= 2;
+        ASSERT_EQ(dirs[i].defined(), orthogonalised) << "tensor " << i;
+        if (!orthogonalised || p.dim() != 2) continue;
+        ASSERT_EQ(dirs[i].sizes(), p.sizes());
+        const double lr = opt->lr_at(state.step, state.params.info[i]);
+        const auto step = ((p - next.params.tensors[i]) / lr - cfg.weight_decay * p).to(torch::kFloat64);
+        auto ns = lopt::newton_schulz(dirs[i].to(torch::kFloat64), cfg.ns_steps,
+                                      {cfg.ns_coeffs[0], cfg.ns_coeffs[1], cfg.ns_coeffs[2]}, cfg.ns_eps);
+        ns = ns * (cfg.rmsmult / ns.square().mean().sqrt());
+        EXPECT_LT(scaled_err(step, ns), 1e-4) << "step " << k << " tensor " << i;
+        ++matrices;
+      }
+      state = next;
+    }
+    EXPECT_EQ(matrices > 0, std::string(name) == "celo2");
   }
 }
 

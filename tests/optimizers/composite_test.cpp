@@ -32,7 +32,8 @@ const json kSchedule = {{"type", "warmup_cosine"}, {"warmup_steps", 1}, {"total_
 }  // namespace
 
 // Muon routes hidden matrices to itself and the rest to AdamW at lr x ratio: the composite built
-// from a matrices-only Muon and an AdamW route with lr_mult = ratio is the same optimizer.
+// from a matrices-only Muon and an AdamW route with lr_mult = ratio is the same optimizer (and hands
+// the same directions to Newton–Schulz).
 TEST(Composite, MuonPlusAdamwRoutesEqualMuon) {
   const double lr = 0.05, ratio = 0.2, wd = 0.1;
   auto muon = lopt::make_optimizer(
@@ -46,6 +47,15 @@ TEST(Composite, MuonPlusAdamwRoutesEqualMuon) {
          {{"optimizer", {{"type", "adamw"}, {"beta2", 0.95}, {"eps", 1e-10}, {"weight_decay", wd}}}, {"lr_mult", ratio}}}}});
   auto a = muon->init(params().clone()), b = comp->init(params().clone()), c = comp->init(params().clone());
   for (int64_t s = 0; s < 3; ++s) {
+    // The diagnostics' pre-orthogonalisation directions come from the route that steps each tensor.
+    const auto da = muon->pre_orthogonal_directions(a, grads(s), torch::tensor(1.0));
+    const auto db = comp->pre_orthogonal_directions(b, grads(s), torch::tensor(1.0));
+    ASSERT_EQ(db.size(), da.size());
+    EXPECT_TRUE(da[1].defined());  // the hidden matrix
+    for (size_t i = 0; i < da.size(); ++i) {
+      ASSERT_EQ(db[i].defined(), da[i].defined()) << "step " << s << " tensor " << i;
+      if (da[i].defined()) EXPECT_LT(lopt_test::max_rel_error(db[i], da[i], 1e-3), 1e-6) << "step " << s << " tensor " << i;
+    }
     a = muon->update(a, grads(s), torch::tensor(1.0));
     b = comp->update(b, grads(s), torch::tensor(1.0));
     comp->update_(c, grads(s), torch::tensor(1.0));

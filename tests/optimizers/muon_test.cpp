@@ -49,7 +49,8 @@ std::vector<double> singular_values(const torch::Tensor& m) {
 }  // namespace
 
 // Four steps of Muon (fp32) against the float64 reference: matrices by Nesterov momentum + NS5 +
-// shape scale, the bias and the readout by AdamW at lr x adamw_lr_ratio, weight decay on both.
+// shape scale, the bias and the readout by AdamW at lr x adamw_lr_ratio, weight decay on both; the
+// pre-orthogonalisation direction (diagnostics) is the reference's Nesterov blend, on the matrices only.
 TEST(Muon, MatchesAFloat64Reference) {
   const double lr = 0.05, wd = 0.1, beta = 0.95, ratio = 0.2, b1 = 0.9, b2 = 0.95, eps = 1e-10;
   auto opt = lopt::make_optimizer({{"type", "muon"}, {"lr", lr}, {"weight_decay", wd}, {"adamw_lr_ratio", ratio}});
@@ -66,12 +67,17 @@ TEST(Muon, MatchesAFloat64Reference) {
   for (int step = 1; step <= 4; ++step) {
     std::vector<torch::Tensor> g;
     for (const auto& t : p.tensors) g.push_back(torch::randn(t.sizes(), gen) * std::pow(10.0, step - 2));
+    const auto dirs = opt->pre_orthogonal_directions(state, g, torch::zeros({}));
     opt->update_(state, g, torch::zeros({}));
     for (size_t i = 0; i < g.size(); ++i) {
       auto gd = g[i].to(torch::kFloat64);
+      EXPECT_EQ(dirs[i].defined(), i < 2) << "step " << step << " tensor " << p.info[i].name;
       if (i < 2) {  // Muon
         mom[i] = beta * mom[i] + (1 - beta) * gd;
         auto u = (1 - beta) * gd + beta * mom[i];
+        // The direction handed to Newton–Schulz is the Nesterov blend.
+        EXPECT_LT((dirs[i].to(torch::kFloat64) - u).abs().max().item<double>(), 1e-6 * u.abs().max().item<double>())
+            << "step " << step << " direction of " << p.info[i].name;
         const double scale = std::sqrt(std::max(1.0, double(u.size(0)) / double(u.size(1))));
         ref_p[i] = ref_p[i] * (1 - lr * wd) - lr * scale * ns5_ref(u, 5);
       } else {  // AdamW
