@@ -12,6 +12,7 @@
 #include "common/config.h"
 #include "common/device.h"
 #include "common/errors.h"
+#include "common/registry.h"
 #include "optimizers/lo_features.h"
 #include "optimizers/muon.h"
 #include "optimizers/safetensors.h"
@@ -68,7 +69,13 @@ Celo2Config Celo2Config::from_json(const nlohmann::json& j, const std::string& p
   c.adam_eps = r.get<double>("adam_eps", 1e-8);
   c.adam_weight_decay = r.get<double>("adam_weight_decay", c.weight_decay);
   c.impl = r.get<std::string>("impl", c.impl);
+  c.zero_inputs = r.get<std::vector<std::string>>("zero_inputs", c.zero_inputs);
   r.finish();
+  for (const auto& name : c.zero_inputs)
+    config_check(std::find(kCelo2InputNames.begin(), kCelo2InputNames.end(), name) != kCelo2InputNames.end(),
+                 r.path_of("zero_inputs"),
+                 "unknown input group \"" + name + "\" (valid: " +
+                     join_names(std::vector<std::string>(kCelo2InputNames.begin(), kCelo2InputNames.end())) + ")");
   config_check(c.impl == "fused" || c.impl == "tensor", r.path_of("impl"),
                "must be \"fused\" (the SIMD kernel for float32 CPU matrices) or \"tensor\" (LibTorch tensor ops)");
   config_check(c.hidden_size >= 1, r.path_of("hidden_size"), "must be >= 1");
@@ -92,7 +99,7 @@ Celo2Config Celo2Config::from_json(const nlohmann::json& j, const std::string& p
 }
 
 nlohmann::json Celo2Config::to_json() const {
-  return {{"type", type()},
+  nlohmann::json j = {{"type", type()},
           {"hidden_size", hidden_size},
           {"hidden_layers", hidden_layers},
           {"lr", lr},
@@ -116,6 +123,8 @@ nlohmann::json Celo2Config::to_json() const {
           {"adam_eps", adam_eps},
           {"adam_weight_decay", adam_weight_decay},
           {"impl", impl}};
+  if (!zero_inputs.empty()) j["zero_inputs"] = zero_inputs;
+  return j;
 }
 
 // ------------------------------------------------------------------ theta
@@ -230,7 +239,7 @@ nlohmann::json resolve_celo2_checkpoint(const nlohmann::json& config, const std:
                                         const std::string& path) {
   static const std::vector<std::string> kOwned = {"type", "hidden_size", "hidden_layers", "exp_mult",
                                                   "initial_momentum_decays", "initial_rms_decays",
-                                                  "initial_adafactor_decays"};
+                                                  "initial_adafactor_decays", "zero_inputs"};
   check_foreign_network(checkpoint, "CELO2MLP", path);
   nlohmann::json stored = stored_checkpoint_config(checkpoint);
   if (!stored.is_object()) {
@@ -255,7 +264,12 @@ Celo2Optimizer::Celo2Optimizer(const Celo2& lopt, torch::Tensor theta, nlohmann:
       schedule_(make_schedule(config_.schedule, "/optimizer/schedule")), provenance_(std::move(provenance)),
       config_key_(config_.to_json().dump()) {
   std::vector<torch::Tensor> w0;
-  for (size_t i = 0; i < kCelo2FeatureDims.size(); ++i) w0.push_back(named_.at("w0." + std::to_string(i)));
+  for (size_t i = 0; i < kCelo2FeatureDims.size(); ++i) {
+    const auto& wi = named_.at("w0." + std::to_string(i));
+    const auto& zero = config_.zero_inputs;
+    // An ablated input group: x_i W0_i = 0 whatever x_i, in the tensor ops and the fused kernel alike.
+    w0.push_back(std::find(zero.begin(), zero.end(), kCelo2InputNames[i]) != zero.end() ? torch::zeros_like(wi) : wi);
+  }
   w0_ = torch::cat(w0, 0);  // [30, hidden]: sum_i x_i W0_i = [x_0 ... x_13] W0
   for (int64_t i = 0; i < config_.hidden_layers; ++i) {
     dense_w_.push_back(named_.at("dense_w." + std::to_string(i)));

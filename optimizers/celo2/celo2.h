@@ -31,6 +31,11 @@ namespace lopt {
 /// Channels per input group, in the order Celo2 builds them for a factored tensor; a tensor that is
 /// not factored (rank 1 through the network) has only the first 9 groups.
 constexpr std::array<int64_t, 14> kCelo2FeatureDims = {1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3};
+/// The input groups' names (Celo2Config::zero_inputs), in kCelo2FeatureDims's order.
+constexpr std::array<const char*, 14> kCelo2InputNames = {
+    "grad",          "clipped_grad",      "param",      "momentum",   "rms",
+    "momentum_over_rms", "rsqrt_rms",     "factored_grad", "grad_over_rms", "row_factor",
+    "col_factor",    "rsqrt_row_factor",  "rsqrt_col_factor", "factored_momentum"};
 constexpr int64_t kCelo2Inputs = 30;
 constexpr int64_t kCelo2Outputs = 3;  ///< direction, magnitude, and a third the optimizer ignores
 
@@ -73,6 +78,10 @@ struct Celo2Config {
   /// "tensor" runs update()'s tensor ops. Other tensors (rank >= 3, vectors through the network,
   /// other devices) always take the tensor ops.
   std::string impl = "fused";
+  /// Input groups (kCelo2InputNames) the network sees as zero — an ablation: their first-layer weights
+  /// are taken as zero, as if the normalised feature (mean near zero) were replaced by 0. Empty: none
+  /// (and absent from to_json, so older resolved configs are unchanged). A checkpoint records it.
+  std::vector<std::string> zero_inputs;
 
   static Celo2Config from_json(const nlohmann::json& j, const std::string& path);
   nlohmann::json to_json() const;

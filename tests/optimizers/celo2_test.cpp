@@ -160,6 +160,50 @@ TEST(Celo2, PreOrthogonalDirectionIsWhatNewtonSchulzTurnsIntoTheStep) {
   }
 }
 
+// zero_inputs ablates an input group: with "param" zeroed the network's direction no longer depends
+// on the parameters' values (the same gradient and accumulators at other parameters give the same
+// direction; without the ablation they do not); the fused kernel honours it as the tensor ops do;
+// unknown names are config errors; the key is absent from the resolved config unless set.
+TEST(Celo2, ZeroInputsAblatesAnInputGroup) {
+  const auto& golden_case = golden().at("cases").at("celo2");
+  const auto& g0 = golden_case.at("steps")[0].at("grads");
+  std::vector<torch::Tensor> grads;
+  for (const auto& g : g0) grads.push_back(from_json(g));
+  auto plain = load_case(golden_case);
+  auto ablated = load_case(golden_case, {{"zero_inputs", {"param"}}});
+  auto ablated_tensor = load_case(golden_case, {{"zero_inputs", {"param"}}, {"impl", "tensor"}});
+  EXPECT_FALSE(plain.lopt->config().to_json().contains("zero_inputs"));
+  EXPECT_EQ(ablated.lopt->config().to_json().at("zero_inputs"), json({"param"}));
+  auto opt = plain.lopt->bind(plain.theta), abl = ablated.lopt->bind(ablated.theta);
+  auto state = opt->init(plain.params);
+  auto moved = opt->init(plain.params.clone());
+  for (auto& t : moved.params.tensors) t.mul_(-1.3).add_(0.05);
+  const auto a = abl->pre_orthogonal_directions(state, grads, torch::zeros({}));
+  const auto b = abl->pre_orthogonal_directions(moved, grads, torch::zeros({}));
+  const auto c = opt->pre_orthogonal_directions(state, grads, torch::zeros({}));
+  const auto d = opt->pre_orthogonal_directions(moved, grads, torch::zeros({}));
+  int compared = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!a[i].defined()) continue;
+    EXPECT_LT(lopt_test::max_rel_error(b[i], a[i]), 1e-5) << "tensor " << i;
+    EXPECT_GT(lopt_test::max_rel_error(d[i], c[i]), 1e-3) << "tensor " << i;
+    ++compared;
+  }
+  EXPECT_GE(compared, 3);
+  // The fused kernel (update_, float32 CPU matrices) against the tensor ops, both ablated.
+  auto fused_state = abl->init(plain.params.clone());
+  abl->update_(fused_state, grads, torch::zeros({}));
+  const auto tensor_state = ablated_tensor.lopt->bind(ablated_tensor.theta)->update(abl->init(plain.params.clone()), grads,
+                                                                                  torch::zeros({}));
+  for (size_t i = 0; i < grads.size(); ++i)
+    EXPECT_LT(lopt_test::update_err(fused_state.params.tensors[i], tensor_state.params.tensors[i], plain.params.tensors[i]),
+              3e-4)
+        << "tensor " << i;
+  json bad = {{"type", "celo2"}, {"zero_inputs", {"theta"}}};
+  lopt_test::expect_config_error([](const json& j) { lopt::Celo2Config::from_json(j, "/optimizer"); }, bad,
+                                 "/optimizer/zero_inputs");
+}
+
 // The JAX meta-training wrapper's Adam branch (celo2.py Celo2 + AdamTransformation, bias_correction
 // False), which PyLO does not implement: written out in float64 here.
 TEST(Celo2, CeloJaxAdamwVariantMatchesAFloat64Reference) {
