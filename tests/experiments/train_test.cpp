@@ -435,7 +435,9 @@ TEST(Cli, BadNumbersAndInputsAreOneLineErrors) {
 }
 
 // Ctrl-C / SIGTERM on the command line: meta-train exits 130 with a checkpoint and the resume hint;
-// train exits 143 without leaving a result file.
+// train exits 143 without leaving a result file. Each signal comes after 10 s: on a loaded machine
+// (session 26: three processes on two cores) 5 s once ended meta-train before its handlers were in
+// place, while it was still loading LibTorch.
 TEST(Cli, SignalsStopCleanlyWithAResumeHint) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
@@ -448,7 +450,7 @@ TEST(Cli, SignalsStopCleanlyWithAResumeHint) {
                {"output_dir", dir.path("meta")}};
   lopt::write_text_atomic(dir.path("meta.json"), meta.dump());
   std::string out;
-  int rc = lopt_test::run_lopt("meta-train -q --threads 1 --config " + dir.path("meta.json"), &out, "", "timeout --preserve-status -s INT 5");
+  int rc = lopt_test::run_lopt("meta-train -q --threads 1 --config " + dir.path("meta.json"), &out, "", "timeout --preserve-status -s INT 10");
   EXPECT_EQ(rc, 130) << out;
   EXPECT_NE(out.find("--resume"), std::string::npos) << out;
   EXPECT_TRUE(std::filesystem::exists(dir.path("meta/checkpoint.safetensors")));
@@ -457,7 +459,7 @@ TEST(Cli, SignalsStopCleanlyWithAResumeHint) {
   auto cfg = tiny_config(dir.path("fm"), dir.path("long.h5"));
   cfg["steps"] = 100000000;
   lopt::write_text_atomic(dir.path("long.json"), cfg.dump());
-  rc = lopt_test::run_lopt("train -q --threads 1 --config " + dir.path("long.json"), &out, "", "timeout --preserve-status -s TERM 5");
+  rc = lopt_test::run_lopt("train -q --threads 1 --config " + dir.path("long.json"), &out, "", "timeout --preserve-status -s TERM 10");
   EXPECT_EQ(rc, 143) << out;
   EXPECT_NE(out.find("SIGTERM"), std::string::npos) << out;
   EXPECT_FALSE(std::filesystem::exists(dir.path("long.h5")));
@@ -469,7 +471,7 @@ TEST(Cli, SignalsStopCleanlyWithAResumeHint) {
   cmp["base"].erase("output");
   cmp["base"].erase("optimizer");
   lopt::write_text_atomic(dir.path("cmp.json"), cmp.dump());
-  rc = lopt_test::run_lopt("compare -q --jobs 2 --config " + dir.path("cmp.json"), &out, "", "timeout --preserve-status -s TERM 5");
+  rc = lopt_test::run_lopt("compare -q --jobs 2 --config " + dir.path("cmp.json"), &out, "", "timeout --preserve-status -s TERM 10");
   EXPECT_EQ(rc, 143) << out;
   EXPECT_NE(out.find("run the same command again"), std::string::npos) << out;
   // No process left whose command line names a run of this comparison (/proc, as pgrep would).
