@@ -25,13 +25,19 @@ def main():
     a = ap.parse_args()
     cap = 1.5 * math.log(a.classes)
     with h5py.File(a.summary, "r") as f:
+        if "runs" not in f.attrs:
+            print("%s: no \"runs\" attribute: this reads the summary of `lopt sweep`, not of `lopt compare`" % a.summary,
+                  file=sys.stderr)
+            sys.exit(2)
         runs = json.loads(f.attrs["runs"])
     table = collections.defaultdict(list)
     for i, r in enumerate(runs):
         p = r["point"]
         if "task.reparam_scale" not in p:
-            sys.exit("%s: run %d (%s) has no task.reparam_scale in its sweep point: this reads a sweep whose grid "
-                     "has \"task.reparam_scale\" (e.g. experiments/sweeps/celo2_param_reparam.json)" % (a.summary, i, r["file"]))
+            print("%s: run %d (%s) has no task.reparam_scale in its sweep point: this reads a sweep whose grid "
+                  "has \"task.reparam_scale\" (e.g. experiments/sweeps/celo2_param_reparam.json)" % (a.summary, i, r["file"]),
+                  file=sys.stderr)
+            sys.exit(2)  # a usage error, like the CLI's
         with h5py.File(r["file"], "r") as g:
             loss = g["train/loss"][:]
         if a.first:
