@@ -25,8 +25,8 @@ def main():
     a = ap.parse_args()
     cap = 1.5 * math.log(a.classes)
     with h5py.File(a.summary, "r") as f:
-        if "runs" not in f.attrs:
-            print("%s: no \"runs\" attribute: this reads the summary of `lopt sweep`, not of `lopt compare`" % a.summary,
+        if not isinstance(f.attrs.get("runs"), (str, bytes)):
+            print("%s: no \"runs\" list of sweep points: this reads the summary of `lopt sweep`, not of `lopt compare`" % a.summary,
                   file=sys.stderr)
             sys.exit(2)
         runs = json.loads(f.attrs["runs"])
