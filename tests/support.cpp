@@ -183,4 +183,24 @@ std::string read_text(const std::string& path) {
   return s.str();
 }
 
+nlohmann::json tiny_train_config(const std::string& data_dir, const std::string& output) {
+  return {{"task", {{"width", 32}, {"depth", 2}, {"batch_size", 32}, {"image_size", 8}, {"data_dir", data_dir}}},
+          {"optimizer", {{"type", "muadam"}, {"lr", 3e-3}}},
+          {"steps", 60},
+          {"eval_every", 20},
+          {"output", output}};
+}
+
+std::vector<std::string> markdown_cells(const std::string& table, const std::string& row, size_t from) {
+  const auto at = table.find(row, from);
+  if (at == std::string::npos) {
+    ADD_FAILURE() << "no line with \"" << row << "\" in\n" << table;
+    return {};
+  }
+  std::vector<std::string> out;
+  std::stringstream line(table.substr(at, table.find('\n', at) - at));
+  for (std::string c; std::getline(line, c, '|');) out.push_back(c);
+  return out;
+}
+
 }  // namespace lopt_test

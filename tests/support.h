@@ -87,4 +87,13 @@ int run_shell(const std::string& cmd);
 /// A text file's contents ("" when it cannot be read).
 std::string read_text(const std::string& path);
 
+/// The smallest `lopt train` config that runs the real code path: a μAdam-trained 8x8 MLP
+/// (width 32, depth 2, batch 32) for 60 steps on the Fashion-MNIST-like folder `data_dir`,
+/// evaluated every 20 steps, written to `output` ("" for none).
+nlohmann::json tiny_train_config(const std::string& data_dir, const std::string& output);
+
+/// The '|'-separated cells of the first line of a markdown `table` that contains `row`, searching
+/// from `from`: "", then each cell untrimmed (a test failure, and no cells, when there is none).
+std::vector<std::string> markdown_cells(const std::string& table, const std::string& row, size_t from = 0);
+
 }  // namespace lopt_test

@@ -8,7 +8,6 @@
 #include <cmath>
 
 #include <fstream>
-#include <sstream>
 
 #include "common/config.h"
 #include "common/lock.h"
@@ -21,21 +20,13 @@
 
 using lopt::json;
 
-namespace {
-json tiny_config(const std::string& data_dir, const std::string& output) {
-  return {{"task", {{"width", 32}, {"depth", 2}, {"batch_size", 32}, {"image_size", 8}, {"data_dir", data_dir}}},
-          {"optimizer", {{"type", "muadam"}, {"lr", 3e-3}}},
-          {"steps", 60},
-          {"eval_every", 20},
-          {"output", output}};
-}
-}  // namespace
+using lopt_test::tiny_train_config;
 
 TEST(Train, WritesTheResultSchemaAndLearns) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 200, 50);
   auto out = dir.path("run.h5");
-  auto res = lopt::run_train(tiny_config(dir.path("fm"), out), lopt::ProgressMode::quiet);
+  auto res = lopt::run_train(tiny_train_config(dir.path("fm"), out), lopt::ProgressMode::quiet);
   ASSERT_TRUE(std::filesystem::exists(out));
   EXPECT_FALSE(std::filesystem::exists(out + ".tmp"));
   EXPECT_EQ(lopt::h5_read_string_attr(out, "status"), "completed");
@@ -48,14 +39,14 @@ TEST(Train, WritesTheResultSchemaAndLearns) {
   EXPECT_GT(eval_acc.back(), 0.5);  // the fake images are easy; chance is 0.1
   EXPECT_DOUBLE_EQ(lopt::h5_read_double_attr(out, "final_test_accuracy"), eval_acc.back());
   // Same seed, same result.
-  auto again = lopt::run_train(tiny_config(dir.path("fm"), ""), lopt::ProgressMode::quiet);
+  auto again = lopt::run_train(tiny_train_config(dir.path("fm"), ""), lopt::ProgressMode::quiet);
   EXPECT_EQ(again.train_loss, res.train_loss);
 }
 
 TEST(Train, DivergenceStopsWritesAValidFileAndThrows) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
-  auto cfg = tiny_config(dir.path("fm"), dir.path("nan.h5"));
+  auto cfg = tiny_train_config(dir.path("fm"), dir.path("nan.h5"));
   cfg["optimizer"] = {{"type", "sgd"}, {"lr", 1e6}};
   try {
     lopt::run_train(cfg, lopt::ProgressMode::quiet);
@@ -75,7 +66,7 @@ TEST(Train, DiagnosticsRecordEachTensorsStepAndItsCosineWithTheGradient) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 200, 50);
   auto run = [&](const json& optimizer, int64_t steps, const std::string& name) {
-    auto cfg = tiny_config(dir.path("fm"), dir.path(name));
+    auto cfg = tiny_train_config(dir.path("fm"), dir.path(name));
     cfg["optimizer"] = optimizer;
     cfg["steps"] = steps;
     cfg["diagnostics"] = true;
@@ -151,12 +142,12 @@ TEST(Train, DiagnosticsRecordEachTensorsStepAndItsCosineWithTheGradient) {
   for (const char* k : lopt::kDiagnostics)
     EXPECT_EQ(lopt::h5_read_doubles(dir.path("muon.h5"), std::string("diagnostics/") + k).size(), 2 * T) << k;
 
-  auto plain = tiny_config(dir.path("fm"), dir.path("plain.h5"));
+  auto plain = tiny_train_config(dir.path("fm"), dir.path("plain.h5"));
   EXPECT_TRUE(lopt::run_train(plain, lopt::ProgressMode::quiet).diagnostic_tensors.empty());
   EXPECT_FALSE(lopt::resolve_train_config(plain).contains("diagnostics"));
   EXPECT_THROW(lopt::h5_read_doubles(dir.path("plain.h5"), "diagnostics/tensor_rms"), lopt::IoError);
 
-  auto local = tiny_config(dir.path("fm"), "");
+  auto local = tiny_train_config(dir.path("fm"), "");
   local["diagnostics"] = true;
   local["local_sgd"] = {{"workers", 2}, {"local_steps", 2}};
   local["optimizer"] = {{"type", "sgd"}, {"lr", 1.0}};
@@ -175,7 +166,7 @@ TEST(Cli, HelpUnknownFlagsAndKeysAndExitCodes) {
   EXPECT_EQ(lopt_test::run_lopt("train --bogus-flag", &out), 2);
   EXPECT_NE(out.find("bogus-flag"), std::string::npos);
 
-  std::ofstream(dir.path("c.json")) << tiny_config(dir.path("fm"), dir.path("cli.h5")).dump();
+  std::ofstream(dir.path("c.json")) << tiny_train_config(dir.path("fm"), dir.path("cli.h5")).dump();
   EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --set task.widht=3", &out), 2);
   EXPECT_NE(out.find("/task/widht"), std::string::npos) << out;
   EXPECT_EQ(lopt_test::run_lopt("train -q --config " + dir.path("c.json") + " --set optimizer.lr=-1", &out), 2);
@@ -218,71 +209,10 @@ TEST(Cli, HelpUnknownFlagsAndKeysAndExitCodes) {
   EXPECT_FALSE(std::filesystem::exists(dir.path("cmp/.lopt.lock")));
 }
 
-// experiments/diagnostics_table.py over a sweep with diagnostics: plain SGD's row has cosine 1 with
-// the gradient, Adam's and Muon's do not; with --spectra only Muon has a pre-orthogonalisation
-// direction, of lower stable rank than its step; a sweep without diagnostics is refused naming the
-// file and the key.
-TEST(Sweep, DiagnosticsTableSummarisesEachRunsTensorsOfARole) {
-  lopt_test::TempDir dir;
-  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
-  auto base = tiny_config(dir.path("fm"), "");
-  base["steps"] = 40;
-  base["eval_every"] = 10;
-  base["diagnostics"] = true;
-  json sweep = {{"base", base},
-                {"grid", {{"task.width", {16, 32}},
-                          {"@name,optimizer", json::array({json::array({"SGD", {{"type", "sgd"}, {"lr", 0.05}}}),
-                                                           json::array({"Adam", {{"type", "adam"}, {"lr", 1e-3}}}),
-                                                           json::array({"Muon", {{"type", "muon"}, {"lr", 0.02}}})})}}},
-                {"output_dir", dir.path("sw")}};
-  lopt::run_sweep(sweep, lopt::ProgressMode::quiet);
-  const std::string script = "/usr/bin/python3 " + (lopt_test::repo_root() / "experiments/diagnostics_table.py").string();
-  ASSERT_EQ(lopt_test::run_shell(script + " " + dir.path("sw.h5") + " --steps 10-40 --spectra > " + dir.path("t.md") +
-                                  " 2>&1"), 0)
-      << lopt_test::read_text(dir.path("t.md"));
-  const std::string table = lopt_test::read_text(dir.path("t.md"));
-  EXPECT_NE(table.find("RMS of hidden_weight"), std::string::npos) << table;
-  const auto spectra = table.find("stable rank: gradient");
-  ASSERT_NE(spectra, std::string::npos) << table;
-  auto cells = [&](const std::string& row, size_t from) {
-    const auto at = table.find(row, from);
-    EXPECT_NE(at, std::string::npos) << row << "\n" << table;
-    std::vector<std::string> out;
-    std::stringstream line(table.substr(at, table.find('\n', at) - at));
-    for (std::string c; std::getline(line, c, '|');) out.push_back(c);
-    return out;  // "", group, x, the figures...
-  };
-  for (const char* opt : {"SGD", "Adam", "Muon"})
-    for (const char* width : {"16", "32"}) {
-      const std::string row = std::string("| ") + opt + " | " + width + " |", name = opt;
-      // The first table's fourth cell is the mean cosine with the gradient: 1 for plain SGD only.
-      const auto first = cells(row, 0);
-      ASSERT_GE(first.size(), 5u) << row;
-      EXPECT_EQ(first[4] == " 1.000 ", name == "SGD") << row << first[4];
-      // The second: the direction before Newton–Schulz exists for Muon only; SGD's step has its
-      // gradient's stable rank, Muon's a larger one than its direction's.
-      const auto second = cells(row, spectra);
-      ASSERT_EQ(second.size(), 8u) << row;
-      EXPECT_EQ(second[3] == " - ", name != "Muon") << row << second[3];
-      if (name == "SGD") {
-        EXPECT_EQ(second[5], second[7]) << row;
-      }
-      if (name == "Muon") {
-        EXPECT_GT(std::stod(second[7]), std::stod(second[6])) << row;
-      }
-    }
-  base.erase("diagnostics");
-  json plain = {{"base", base}, {"grid", {{"task.width", {16}}}}, {"output_dir", dir.path("plain")}};
-  lopt::run_sweep(plain, lopt::ProgressMode::quiet);
-  EXPECT_NE(lopt_test::run_shell(script + " " + dir.path("plain.h5") + " --group task.width > " + dir.path("e.txt") + " 2>&1"), 0);
-  EXPECT_NE(lopt_test::read_text(dir.path("e.txt")).find("\"diagnostics\": true"), std::string::npos)
-      << lopt_test::read_text(dir.path("e.txt"));
-}
-
 TEST(Sweep, ExpandsTheGridValidatesAndResumes) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
-  auto base = tiny_config(dir.path("fm"), "");
+  auto base = tiny_train_config(dir.path("fm"), "");
   base["steps"] = 5;
   json sweep = {{"base", base},
                 {"grid", {{"optimizer.lr", {1e-3, 1e-2, 1e-1}}, {"task.width", {16, 32}}}},
@@ -344,7 +274,7 @@ TEST(Sweep, ExpandsTheGridValidatesAndResumes) {
 TEST(Cli, TrainsWithMuloFromACheckpointOrASeededTheta) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
-  std::ofstream(dir.path("c.json")) << tiny_config(dir.path("fm"), dir.path("lo.h5")).dump();
+  std::ofstream(dir.path("c.json")) << tiny_train_config(dir.path("fm"), dir.path("lo.h5")).dump();
   auto lo = lopt::make_small_fc_lopt({{"type", "mulo"}});
   auto gen = lopt::make_generator(9);
   lo->save(dir.path("theta.safetensors"), lo->init_theta(gen));
@@ -380,7 +310,7 @@ TEST(Train, FullDiskFailsCleanly) {
     ~Unmount() { (void)std::system(("umount " + dir).c_str()); }
   } unmount{mnt};
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
-  auto cfg = tiny_config(dir.path("fm"), mnt + "/r.h5");
+  auto cfg = tiny_train_config(dir.path("fm"), mnt + "/r.h5");
   cfg["steps"] = 12000;  // ~300 kB of curves: more than the disk holds
   cfg["eval_every"] = 6000;
   lopt::write_text_atomic(dir.path("c.json"), cfg.dump());
@@ -399,7 +329,7 @@ TEST(Train, FullDiskFailsCleanly) {
 TEST(Cli, BadNumbersAndInputsAreOneLineErrors) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
-  lopt::write_text_atomic(dir.path("c.json"), tiny_config(dir.path("fm"), dir.path("out.h5")).dump());
+  lopt::write_text_atomic(dir.path("c.json"), tiny_train_config(dir.path("fm"), dir.path("out.h5")).dump());
   const std::string train = "train -q --config " + dir.path("c.json") + " ";
   auto expect = [&](const std::string& args, int code, const std::string& needle, const char* env = "") {
     std::string out;
@@ -457,7 +387,7 @@ TEST(Cli, SignalsStopCleanlyWithAResumeHint) {
   EXPECT_TRUE(std::filesystem::exists(dir.path("meta/checkpoint.safetensors")));
   EXPECT_TRUE(std::filesystem::exists(dir.path("meta/meta_train.h5")));
 
-  auto cfg = tiny_config(dir.path("fm"), dir.path("long.h5"));
+  auto cfg = tiny_train_config(dir.path("fm"), dir.path("long.h5"));
   cfg["steps"] = 100000000;
   lopt::write_text_atomic(dir.path("long.json"), cfg.dump());
   rc = lopt_test::run_lopt("train -q --threads 1 --config " + dir.path("long.json"), &out, "", "timeout --preserve-status -s TERM 10");
@@ -509,7 +439,7 @@ TEST(Train, SchedulesRelativeToTheRunLength) {
 TEST(Sweep, TunedContendersShardsAndMerge) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
-  auto base = tiny_config(dir.path("fm"), "");
+  auto base = tiny_train_config(dir.path("fm"), "");
   base.erase("optimizer");
   base.erase("output");
   base["steps"] = 6;
@@ -600,7 +530,7 @@ TEST(Sweep, TunedContendersShardsAndMerge) {
 TEST(Sweep, CliShardMergeAndDryRun) {
   lopt_test::TempDir dir;
   lopt_test::write_fake_fashion_mnist(dir.path("fm"), 60, 20);
-  auto base = tiny_config(dir.path("fm"), "");
+  auto base = tiny_train_config(dir.path("fm"), "");
   base.erase("optimizer");
   base.erase("output");
   base["steps"] = 3;
@@ -683,83 +613,4 @@ TEST(Sweep, TunedLearnedOptimizersAndKeysOutsideTheOptimizer) {
   EXPECT_EQ(runs[2].config["optimizer"]["lr"], tuned[2]["best_lr"]);
   auto stored = json::parse(lopt::h5_read_string_attr(runs[1].config["output"].get<std::string>(), "config"));
   EXPECT_EQ(stored["local_sgd"]["local_lr"], tuned[1]["best_lr"]);
-}
-
-// experiments/reparam_auc.py: per reparameterisation scale and name, the mean over seeds of the
-// run's mean normalised training loss (clamped at 1.5 ln C, as meta-training normalises it), read
-// back here from each run's own file; the last row is their mean over scales; --first N reads only
-// the first N steps; a sweep without task.reparam_scale is refused naming the key.
-TEST(Sweep, ReparamAucAveragesTheClampedTrainingLossOfEachRun) {
-  if (lopt_test::run_shell("/usr/bin/python3 -c 'import h5py' > /dev/null 2>&1") != 0)
-    GTEST_SKIP() << "python3-h5py is not installed";
-  lopt_test::TempDir dir;
-  lopt_test::write_fake_fashion_mnist(dir.path("fm"), 100, 20);
-  auto base = tiny_config(dir.path("fm"), "");
-  base["steps"] = 12;
-  base["eval_every"] = 12;
-  json sweep = {{"base", base},
-                {"grid", {{"task.reparam_scale", {0.5, 4.0}},
-                          {"@name,optimizer", json::array({json::array({"SGD", {{"type", "sgd"}, {"lr", 0.5}}}),
-                                                           json::array({"Adam", {{"type", "adam"}, {"lr", 1e-2}}})})},
-                          {"seed", {1, 2}}}},
-                {"output_dir", dir.path("sw")}};
-  const auto rows = lopt::run_sweep(sweep, lopt::ProgressMode::quiet);
-  ASSERT_EQ(rows.size(), 8u);
-  const auto runs = json::parse(lopt::h5_read_string_attr(dir.path("sw.h5"), "runs"));
-  ASSERT_EQ(runs.size(), 8u);
-  // Two classes: the cap 1.5 ln 2 ≈ 1.04 sits below the fake data's initial loss, so clamping matters.
-  const double cap = 1.5 * std::log(2.0);
-  auto expected = [&](const std::string& name, double s, int first) {
-    double sum = 0;
-    int n = 0;
-    for (const auto& r : runs) {
-      if (r["point"]["@name"] != name || r["point"]["task.reparam_scale"].get<double>() != s) continue;
-      auto loss = lopt::h5_read_doubles(r["file"].get<std::string>(), "train/loss");
-      if (first > 0) loss.resize(static_cast<size_t>(first));
-      double m = 0;
-      for (double l : loss) m += std::clamp(std::isfinite(l) ? l : cap, 0.0, cap);
-      sum += m / static_cast<double>(loss.size());
-      ++n;
-    }
-    EXPECT_EQ(n, 2) << name << " " << s;
-    return sum / n;
-  };
-  const std::string script = "/usr/bin/python3 " + (lopt_test::repo_root() / "experiments/reparam_auc.py").string() + " " +
-                             dir.path("sw.h5") + " --classes 2";
-  for (int first : {0, 3}) {
-    const std::string out = dir.path("t" + std::to_string(first) + ".md");
-    ASSERT_EQ(lopt_test::run_shell(script + (first ? " --first 3" : "") + " > " + out + " 2>&1"), 0)
-        << lopt_test::read_text(out);
-    const std::string table = lopt_test::read_text(out);
-    ASSERT_NE(table.find("| s | Adam | SGD |"), std::string::npos) << table;
-    auto row = [&](const std::string& head) {
-      const auto at = table.find("| " + head + " |");
-      EXPECT_NE(at, std::string::npos) << head << "\n" << table;
-      std::vector<double> v;
-      std::stringstream line(table.substr(at, table.find('\n', at) - at));
-      std::string c;
-      std::getline(line, c, '|');
-      std::getline(line, c, '|');
-      while (std::getline(line, c, '|'))
-        if (c.find_first_not_of(' ') != std::string::npos) v.push_back(std::stod(c));
-      return v;
-    };
-    const auto lo = row("0.5"), hi = row("4"), mean = row("mean over s");
-    ASSERT_EQ(lo.size(), 2u);
-    ASSERT_EQ(hi.size(), 2u);
-    ASSERT_EQ(mean.size(), 2u);
-    EXPECT_NEAR(lo[0], expected("Adam", 0.5, first), 6e-5);
-    EXPECT_NEAR(lo[1], expected("SGD", 0.5, first), 6e-5);
-    EXPECT_NEAR(hi[0], expected("Adam", 4.0, first), 6e-5);
-    EXPECT_NEAR(hi[1], expected("SGD", 4.0, first), 6e-5);
-    EXPECT_NEAR(mean[1], (expected("SGD", 0.5, first) + expected("SGD", 4.0, first)) / 2, 1e-4);
-    EXPECT_LE(hi[1], cap + 1e-4);
-  }
-  json plain = {{"base", base}, {"grid", {{"task.width", {16}}}}, {"output_dir", dir.path("plain")}};
-  lopt::run_sweep(plain, lopt::ProgressMode::quiet);
-  ASSERT_NE(lopt_test::run_shell("/usr/bin/python3 " + (lopt_test::repo_root() / "experiments/reparam_auc.py").string() +
-                                 " " + dir.path("plain.h5") + " > " + dir.path("e.txt") + " 2>&1"),
-            0);
-  EXPECT_NE(lopt_test::read_text(dir.path("e.txt")).find("task.reparam_scale"), std::string::npos)
-      << lopt_test::read_text(dir.path("e.txt"));
 }

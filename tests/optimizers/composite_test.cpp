@@ -54,7 +54,9 @@ TEST(Composite, MuonPlusAdamwRoutesEqualMuon) {
     EXPECT_TRUE(da[1].defined());  // the hidden matrix
     for (size_t i = 0; i < da.size(); ++i) {
       ASSERT_EQ(db[i].defined(), da[i].defined()) << "step " << s << " tensor " << i;
-      if (da[i].defined()) EXPECT_LT(lopt_test::max_rel_error(db[i], da[i], 1e-3), 1e-6) << "step " << s << " tensor " << i;
+      if (da[i].defined()) {
+        EXPECT_LT(lopt_test::max_rel_error(db[i], da[i], 1e-3), 1e-6) << "step " << s << " tensor " << i;
+      }
     }
     a = muon->update(a, grads(s), torch::tensor(1.0));
     b = comp->update(b, grads(s), torch::tensor(1.0));
