@@ -11,7 +11,6 @@ import argparse
 import collections
 import json
 import math
-import sys
 
 import h5py
 import numpy as np
@@ -26,18 +25,15 @@ def main():
     cap = 1.5 * math.log(a.classes)
     with h5py.File(a.summary, "r") as f:
         if not isinstance(f.attrs.get("runs"), (str, bytes)):
-            print("%s: no \"runs\" list of sweep points: this reads the summary of `lopt sweep`, not of `lopt compare`" % a.summary,
-                  file=sys.stderr)
-            sys.exit(2)
+            ap.exit(2, "%s: no \"runs\" list of sweep points: this reads the summary of `lopt sweep`, not of `lopt compare`\n"
+                    % a.summary)
         runs = json.loads(f.attrs["runs"])
     table = collections.defaultdict(list)
     for i, r in enumerate(runs):
         p = r["point"]
         if "task.reparam_scale" not in p:
-            print("%s: run %d (%s) has no task.reparam_scale in its sweep point: this reads a sweep whose grid "
-                  "has \"task.reparam_scale\" (e.g. experiments/sweeps/celo2_param_reparam.json)" % (a.summary, i, r["file"]),
-                  file=sys.stderr)
-            sys.exit(2)  # a usage error, like the CLI's
+            ap.exit(2, "%s: run %d (%s) has no task.reparam_scale in its sweep point: this reads a sweep whose grid "
+                    "has \"task.reparam_scale\" (e.g. experiments/sweeps/celo2_param_reparam.json)\n" % (a.summary, i, r["file"]))
         with h5py.File(r["file"], "r") as g:
             loss = g["train/loss"][:]
         if a.first:
