@@ -82,7 +82,7 @@ nlohmann::json resolve_meta_train_config(const nlohmann::json& config) {
   out["checkpoint_every"] = r.get<int64_t>("checkpoint_every", 50);
   {
     // theta kept at these outer steps (snapshots/theta_step<N>.safetensors) for a meta-compute curve;
-    // default 10, 30, 100, 300, ... up to outer_steps.
+    // default 10, 30, 100, 300, ... up to outer_steps, and outer_steps itself (the curve's last point).
     std::vector<int64_t> snaps;
     if (r.has("snapshot_steps")) {
       snaps = r.get<std::vector<int64_t>>("snapshot_steps", {});
@@ -91,6 +91,7 @@ nlohmann::json resolve_meta_train_config(const nlohmann::json& config) {
       for (int64_t decade = 10; decade <= out["outer_steps"].get<int64_t>(); decade *= 10)
         for (int64_t k : {int64_t(1), int64_t(3)})
           if (decade * k <= out["outer_steps"].get<int64_t>()) snaps.push_back(decade * k);
+      snaps.push_back(out["outer_steps"].get<int64_t>());
     }
     std::sort(snaps.begin(), snaps.end());
     snaps.erase(std::unique(snaps.begin(), snaps.end()), snaps.end());
@@ -212,9 +213,11 @@ void MetaTrainer::write_outputs() const {
 
 std::string MetaTrainer::run_config_difference(nlohmann::json saved) const {
   auto now = config_;
-  // How often to checkpoint and where the folder lives do not change the run.
+  // How often to checkpoint, which theta snapshots to keep and where the folder lives do not change
+  // the run.
   for (auto* c : {&saved, &now}) {
     c->erase("checkpoint_every");
+    c->erase("snapshot_steps");
     c->erase("output_dir");
   }
   return config_difference(saved, now);

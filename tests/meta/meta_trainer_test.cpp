@@ -433,7 +433,8 @@ TEST(MetaTrainer, ContinuesFromOutputsWhenTheResumeStateIsLost) {
 }  // namespace
 
 // theta at the snapshot steps, for a meta-compute curve: the last one is the final theta, the files
-// are written across a resume, and the default is log-spaced (10, 30, 100, 300, ...).
+// are written across a resume (which may list other steps), and the default is log-spaced (10, 30,
+// 100, 300, ...) and ends at outer_steps.
 TEST(MetaTrainer, SnapshotsKeepThetaAtTheListedSteps) {
   lopt_test::TempDir tmp;
   auto cfg = tiny_config(tmp.path("s"), "pes");
@@ -442,6 +443,7 @@ TEST(MetaTrainer, SnapshotsKeepThetaAtTheListedSteps) {
     lopt::MetaTrainer first(cfg);
     first.run(lopt::ProgressMode::quiet, 3);
   }
+  cfg["snapshot_steps"] = {2, 4, 5, 6};
   lopt::MetaTrainer second(cfg);
   ASSERT_TRUE(second.resume());
   second.run(lopt::ProgressMode::quiet);
@@ -450,8 +452,11 @@ TEST(MetaTrainer, SnapshotsKeepThetaAtTheListedSteps) {
   EXPECT_TRUE(torch::equal(snap(6), second.theta()));
   EXPECT_FALSE(torch::equal(snap(2), snap(4)));
   EXPECT_FALSE(std::filesystem::exists(tmp.path("s/snapshots/theta_step3.safetensors")));
+  EXPECT_FALSE(torch::equal(snap(4), snap(5))) << "step 5, listed only on resume, was written";
   auto defaults = tiny_config(tmp.path("d"), "pes");
   defaults["outer_steps"] = 350;
+  EXPECT_EQ(lopt::resolve_meta_train_config(defaults).at("snapshot_steps"), nlohmann::json({10, 30, 100, 300, 350}));
+  defaults["outer_steps"] = 300;
   EXPECT_EQ(lopt::resolve_meta_train_config(defaults).at("snapshot_steps"), nlohmann::json({10, 30, 100, 300}));
   defaults["snapshot_steps"] = {0};
   auto resolve = [](const nlohmann::json& c) { lopt::resolve_meta_train_config(c); };
