@@ -288,7 +288,8 @@ std::map<size_t, Carried> plan_carry_over(const Spec& spec, const std::vector<st
     size_t k = 0;
     while (k < old_contenders.size() && old_contenders[k].value("name", std::string()) != ct.name) ++k;
     if (k == old_contenders.size() || k >= old_rows.size() || old_rows[k].value("name", std::string()) != ct.name)
-      throw UsageError("--only: " + ct.name + " has no row in " + path + add);
+      throw UsageError("--only: " + ct.name + " has no row in " + path + add + " (or --leave-out " + ct.name +
+                       " to write the summary without it)");
     const std::string d = config_difference(old_contenders[k], ct.entry);
     if (!d.empty()) throw UsageError("--only: " + ct.name + " ran with another config in " + path + " (" + d + ")" + add);
     // Its checkpoint must be the one it ran with; summaries written before the fingerprints were
@@ -303,6 +304,22 @@ std::map<size_t, Carried> plan_carry_over(const Spec& spec, const std::vector<st
 }
 
 }  // namespace
+
+nlohmann::json leave_out_contenders(nlohmann::json spec, const std::vector<std::string>& names) {
+  if (names.empty()) return spec;
+  if (!spec.contains("contenders") || !spec["contenders"].is_array())
+    throw UsageError("--leave-out: the config has no \"contenders\" list");
+  auto& list = spec["contenders"];
+  std::string all;
+  for (const auto& c : list) all += (all.empty() ? "" : ", ") + c.value("name", std::string("?"));
+  for (const auto& n : names) {
+    const auto it = std::find_if(list.begin(), list.end(), [&](const nlohmann::json& c) { return c.value("name", std::string()) == n; });
+    if (it == list.end()) throw UsageError("--leave-out " + n + ": the comparison has no contender of that name (it has " + all + ")");
+    list.erase(it);
+  }
+  if (list.empty()) throw UsageError("--leave-out: every contender of the comparison was left out; nothing to compare");
+  return spec;
+}
 
 nlohmann::json relative_schedule_config(const nlohmann::json& s) {
   if (s.at("type") == "constant") return {{"type", "constant"}};

@@ -88,6 +88,12 @@ std::vector<std::string> tuning_inequalities(const nlohmann::json& spec);
 nlohmann::json run_compare(const nlohmann::json& spec, ProgressMode progress = ProgressMode::automatic,
                            bool fresh = false, const std::vector<std::string>& only = {}, const TrainJobs& jobs = {});
 
+/// The spec without the named contenders (the CLI's --leave-out NAME): they run nothing and get no
+/// row, as if the config did not list them — to add one contender to a finished comparison with
+/// --only while another listed contender has not run yet. UsageError naming the contenders when a
+/// name is not one of them, or when nothing would be left.
+nlohmann::json leave_out_contenders(nlohmann::json spec, const std::vector<std::string>& names);
+
 /// The contenders whose rows run_compare(spec, ..., only) keeps from the existing summary, after
 /// every check it makes (UsageError otherwise); empty when `only` is empty or names them all.
 std::vector<std::string> compare_carry_over(const nlohmann::json& spec, const std::vector<std::string>& only);

@@ -321,7 +321,7 @@ int cmd_compare(int argc, char** argv) {
   Common c;
   RunFolderOptions f;
   std::string png, device;
-  std::vector<std::string> only;
+  std::vector<std::string> only, leave_out;
   bool dry_run = false;
   auto desc = common_options(c);
   f.add(desc);
@@ -330,13 +330,16 @@ int cmd_compare(int argc, char** argv) {
       "only", po::value(&only)->composing(),
       "run only this contender (repeat for more) and keep the others' rows from the existing summary, which is "
       "rewritten with all of them: adds a contender to a finished comparison")(
+      "leave-out", po::value(&leave_out)->composing(),
+      "drop this contender from the config for this command (repeat for more): it runs nothing and the summary "
+      "has no row for it, e.g. one not yet run beside --only")(
       "dry-run", po::bool_switch(&dry_run), "validate and list the runs known before tuning, without training");
   po::variables_map vm;
   if (!parse(argc, argv, desc, "usage: lopt compare --config FILE [--set base.steps=100 ...] [options]", vm)) return 0;
   set_threads(c.threads);
   const auto jobs = f.train_jobs();
   if (c.config.empty()) throw lopt::UsageError("lopt compare needs --config FILE (see experiments/configs/eval_*.json)");
-  json cfg = load_config(c, json::object());
+  json cfg = lopt::leave_out_contenders(load_config(c, json::object()), leave_out);
   f.apply(cfg);
   apply_device(cfg, device, "base.device");
   auto runs = lopt::expand_compare(cfg);

@@ -25,10 +25,13 @@ extern char** environ;
 namespace lopt {
 
 std::string current_executable() {
+  // Not the file /proc/self/exe points at but the link itself: a child spawned through it runs the
+  // very binary of this process even when a rebuild has replaced or removed that file meanwhile, so a
+  // long comparison's children neither fail to start nor run other code than their parent.
   std::error_code ec;
-  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  std::filesystem::read_symlink("/proc/self/exe", ec);
   if (ec) throw Error("cannot find the running lopt binary (/proc/self/exe: " + ec.message() + "); run without --jobs");
-  return p.string();
+  return "/proc/self/exe";
 }
 
 namespace {

@@ -20,7 +20,8 @@ struct TrainJobs {
   bool parallel() const { return jobs > 1; }
 };
 
-/// The running binary (/proc/self/exe), for TrainJobs::executable.
+/// The running binary, for TrainJobs::executable: "/proc/self/exe", which a child started through it
+/// resolves to its parent's binary even after the file the parent started from was replaced.
 std::string current_executable();
 
 /// One run for train_runs: its resolved train config (with "output") and what to call it in messages.

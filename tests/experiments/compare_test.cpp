@@ -173,6 +173,21 @@ TEST(Compare, OnlyRunsTheNamedContendersAndKeepsTheOthersRows) {
   c = s2;
   c["contenders"].push_back({{"name", "muLO3"}, {"optimizer", {{"type", "mulo"}}}});
   expect_refused(c, {"muLO2"}, "muLO3 has no row in");
+  expect_refused(c, {"muLO2"}, "or --leave-out muLO3");
+  // Left out, muLO3 neither runs nor blocks the others' rows; the config itself is not changed.
+  EXPECT_TRUE(lopt::compare_carry_over(lopt::leave_out_contenders(c, {"muLO3"}), {"muLO2"}) ==
+              (std::vector<std::string>{"SGD", "muLO"}));
+  EXPECT_EQ(c["contenders"].size(), 4u);
+  auto expect_left_out_refused = [&](const std::vector<std::string>& names, const std::string& part) {
+    try {
+      lopt::leave_out_contenders(c, names);
+      ADD_FAILURE() << "accepted; expected: " << part;
+    } catch (const lopt::UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  expect_left_out_refused({"Muon"}, "--leave-out Muon: the comparison has no contender of that name (it has muLO2, SGD, muLO, muLO3)");
+  expect_left_out_refused({"muLO2", "SGD", "muLO", "muLO3"}, "every contender of the comparison was left out");
   theta.retrain();
   expect_refused(s2, {"muLO2"}, "muLO's checkpoint changed since");
   c = s2;
@@ -413,6 +428,24 @@ TEST(Compare, JobsInChildProcessesWriteTheFilesOneProcessWrites) {
     EXPECT_EQ(e.path().extension(), ".h5") << e.path();
   lopt::run_compare(spec(b.path()), lopt::ProgressMode::quiet);
   EXPECT_EQ(reused(b.path()), lopt_test::h5_int_attr(b.path("compare.h5"), "runs"));
+}
+
+// `lopt compare --jobs 2` whose binary file is gone (a rebuild replaced it) still starts its children:
+// they run the parent's own binary, not whatever the path now holds.
+TEST(Compare, JobsRunTheParentsBinaryAfterItsFileIsRemoved) {
+  lopt_test::TempDir dir;
+  auto s = spec(dir.path());
+  s["contenders"] = {s["contenders"][0]};
+  s["contenders"][0]["lr_grid"] = {1e-3, 1e-1};
+  s["contenders"][0]["schedules"] = {{{"type", "constant"}}};
+  lopt::write_text_atomic(dir.path("c.json"), s.dump());
+  std::filesystem::copy_file(LOPT_BINARY, dir.path("lopt"));
+  // fd 3 keeps the copy runnable after its file is removed; the comparison starts from that fd.
+  const std::string cmd = "cd " + dir.path() + " && exec 3< lopt && rm lopt && /proc/self/fd/3 compare -q --jobs 2 "
+                          "--threads 2 --config c.json > out.txt 2>&1";
+  EXPECT_EQ(lopt_test::run_shell("bash -c '" + cmd + "'"), 0) << lopt_test::read_text(dir.path("out.txt"));
+  EXPECT_FALSE(std::filesystem::exists(dir.path("lopt")));
+  EXPECT_GE(lopt_test::h5_int_attr(dir.path("compare.h5"), "runs"), 6);  // 2 lrs x 2 tuning seeds + 2 report seeds
 }
 
 // A child that fails (not a divergence) stops the comparison with an error naming the run, how the
