@@ -439,12 +439,15 @@ TEST(Compare, JobsRunTheParentsBinaryAfterItsFileIsRemoved) {
   s["contenders"][0]["lr_grid"] = {1e-3, 1e-1};
   s["contenders"][0]["schedules"] = {{{"type", "constant"}}};
   lopt::write_text_atomic(dir.path("c.json"), s.dump());
-  std::filesystem::copy_file(LOPT_BINARY, dir.path("lopt"));
-  // fd 3 keeps the copy runnable after its file is removed; the comparison starts from that fd.
-  const std::string cmd = "cd " + dir.path() + " && exec 3< lopt && rm lopt && /proc/self/fd/3 compare -q --jobs 2 "
-                          "--threads 2 --config c.json > out.txt 2>&1";
+  // The copy sits beside the binary (the temporary folder may be mounted noexec); fd 3 keeps it
+  // runnable after its file is removed, and the comparison starts from that fd.
+  const auto copy = std::filesystem::path(LOPT_BINARY).parent_path() / ("lopt_removed_" + std::to_string(::getpid()));
+  std::filesystem::copy_file(LOPT_BINARY, copy, std::filesystem::copy_options::overwrite_existing);
+  const std::string cmd = "cd " + dir.path() + " && exec 3< " + copy.string() + " && rm " + copy.string() +
+                          " && /proc/self/fd/3 compare -q --jobs 2 --threads 2 --config c.json > out.txt 2>&1";
   EXPECT_EQ(lopt_test::run_shell("bash -c '" + cmd + "'"), 0) << lopt_test::read_text(dir.path("out.txt"));
-  EXPECT_FALSE(std::filesystem::exists(dir.path("lopt")));
+  EXPECT_FALSE(std::filesystem::exists(copy));
+  std::filesystem::remove(copy);
   EXPECT_GE(lopt_test::h5_int_attr(dir.path("compare.h5"), "runs"), 6);  // 2 lrs x 2 tuning seeds + 2 report seeds
 }
 
