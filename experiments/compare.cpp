@@ -240,18 +240,24 @@ struct Carried {
   bool inputs_checked = true;  ///< false: a checkpoint, but the old group predates input fingerprints
 };
 
+/// The refusal of `--only NAME` or `--leave-out NAME` when the comparison has no contender NAME;
+/// it lists the names it has.
+UsageError no_such_contender(const std::string& flag, const std::string& name, const std::vector<std::string>& names) {
+  std::string all;
+  for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
+  return UsageError(flag + " " + name + ": the comparison has no contender of that name (it has " + all + ")");
+}
+
 /// Checks that every contender outside `only` can keep its row of the existing summary, and returns
 /// those rows by contender index (empty when `only` names every contender). UsageError naming the
 /// contender and the first difference otherwise, before any work.
 std::map<size_t, Carried> plan_carry_over(const Spec& spec, const std::vector<std::string>& only) {
   std::map<size_t, Carried> out;
   if (only.empty()) return out;
-  std::string names;
-  for (const auto& ct : spec.contenders) names += (names.empty() ? "" : ", ") + ct.name;
-  for (const auto& n : only) {
-    const bool known = std::any_of(spec.contenders.begin(), spec.contenders.end(), [&](const Contender& ct) { return ct.name == n; });
-    if (!known) throw UsageError("--only " + n + ": the comparison has no contender of that name (it has " + names + ")");
-  }
+  std::vector<std::string> names;
+  for (const auto& ct : spec.contenders) names.push_back(ct.name);
+  for (const auto& n : only)
+    if (std::find(names.begin(), names.end(), n) == names.end()) throw no_such_contender("--only", n, names);
   const std::set<std::string> run(only.begin(), only.end());
   if (run.size() == spec.contenders.size()) return out;
   const std::string& path = spec.summary;
@@ -310,11 +316,11 @@ nlohmann::json leave_out_contenders(nlohmann::json spec, const std::vector<std::
   if (!spec.contains("contenders") || !spec["contenders"].is_array())
     throw UsageError("--leave-out: the config has no \"contenders\" list");
   auto& list = spec["contenders"];
-  std::string all;
-  for (const auto& c : list) all += (all.empty() ? "" : ", ") + c.value("name", std::string("?"));
+  std::vector<std::string> all;
+  for (const auto& c : list) all.push_back(c.value("name", std::string("?")));
   for (const auto& n : names) {
     const auto it = std::find_if(list.begin(), list.end(), [&](const nlohmann::json& c) { return c.value("name", std::string()) == n; });
-    if (it == list.end()) throw UsageError("--leave-out " + n + ": the comparison has no contender of that name (it has " + all + ")");
+    if (it == list.end()) throw no_such_contender("--leave-out", n, all);
     list.erase(it);
   }
   if (list.empty()) throw UsageError("--leave-out: every contender of the comparison was left out; nothing to compare");
